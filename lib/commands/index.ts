@@ -1,0 +1,7 @@
+import type { CommandModule } from 'yargs';
+import { command as conformance } from './conformance';
+import { command as info } from './info';
+import { command as tokenize } from './tokenize';
+
+/** Every `roundtrip` subcommand, one module per command. */
+export const commands: CommandModule<{}, any>[] = [info, tokenize, conformance];

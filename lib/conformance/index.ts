@@ -1,0 +1,2 @@
+/** Conformance runners of every component, registered on import. */
+export * from './registry';

@@ -1,0 +1,125 @@
+/**
+ * NativeModel: a model that lives in C++ (a `rt::Model` registered under a kind such as "blip").
+ * Inputs and outputs are named tensors; every call runs off the JS thread and returns a Promise.
+ */
+import { RoundtripError } from './errors';
+import { native, NativeModelHandle, ParameterInfo, WeightsReport } from './native';
+import { DType, Tensor } from './tensor';
+
+export type { ParameterInfo, WeightsReport } from './native';
+
+export interface LoadWeightsOptions {
+  /** file key -> model key, applied before lookup (published alternative layouts). */
+  renames?: Record<string, string>;
+  /** Missing keys allowed (partial state dicts such as finetuned query weights). */
+  partial?: boolean;
+  /** Regular expressions of file keys that may be present without a model counterpart. */
+  allowUnexpected?: string[];
+  /** Accept [C, C, 1, 1] 1×1-conv weights for [C, C] linear ones and back. */
+  reshapeSingletons?: boolean;
+  /** Only file keys starting with this prefix are considered; the prefix is stripped. */
+  prefix?: string;
+}
+
+function wrapError(err: unknown): Error {
+  return err instanceof RoundtripError ? err : new RoundtripError(err instanceof Error ? err.message : String(err));
+}
+
+export class NativeModel {
+  /** @internal */
+  readonly handle: NativeModelHandle;
+
+  private constructor(handle: NativeModelHandle) {
+    this.handle = handle;
+  }
+
+  /** Builds a model of a registered kind from its config object (e.g. a parsed config.json). */
+  static async create(kind: string, config: object, opts: { device?: string; [k: string]: unknown } = {}): Promise<NativeModel> {
+    try {
+      return new NativeModel(await native().createModel(kind, JSON.stringify(config), JSON.stringify(opts)));
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  get kind(): string {
+    return this.handle.kind;
+  }
+  get device(): string {
+    return this.handle.device;
+  }
+
+  /** Runs a named method of the model. */
+  async call(method: string, inputs: Record<string, Tensor | undefined>, options: object = {}): Promise<Record<string, Tensor>> {
+    const handles: Record<string, any> = {};
+    for (const [k, t] of Object.entries(inputs)) if (t) handles[k] = t.handle;
+    let out;
+    try {
+      out = await this.handle.call(method, handles, JSON.stringify(options));
+    } catch (err) {
+      throw wrapError(err);
+    }
+    const result: Record<string, Tensor> = {};
+    for (const [k, h] of Object.entries(out)) result[k] = new Tensor(h);
+    return result;
+  }
+
+  /** Loads safetensors files by published key names; throws naming missing/mis-shaped/unexpected keys. */
+  async loadWeights(files: string[], opts: LoadWeightsOptions = {}): Promise<WeightsReport> {
+    try {
+      return await this.handle.loadWeights(files, JSON.stringify(opts));
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  parameters(): ParameterInfo[] {
+    return this.handle.parameters();
+  }
+
+  /** Total parameter count (tied weights counted once, as PyTorch's `parameters()` does). */
+  parameterCount(): number {
+    return this.parameters().reduce((n, p) => n + p.numel, 0);
+  }
+
+  /**
+   * Makes exactly the parameters whose names match one of the regular expressions trainable; all others
+   * are frozen and hold no gradient buffers. Returns the trainable names.
+   */
+  setTrainable(patterns: string[]): string[] {
+    try {
+      return this.handle.setTrainable(patterns);
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  /** Named parameters/buffers as tensors sharing storage with the model. */
+  tensors(names?: string[]): Record<string, Tensor> {
+    let out;
+    try {
+      out = this.handle.tensors(names);
+    } catch (err) {
+      throw wrapError(err);
+    }
+    const result: Record<string, Tensor> = {};
+    for (const [k, h] of Object.entries(out)) result[k] = new Tensor(h);
+    return result;
+  }
+
+  async to(device: string, dtype?: DType): Promise<void> {
+    try {
+      await this.handle.to(device, dtype);
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  train(on = true): void {
+    this.handle.train(on);
+  }
+
+  dispose(): void {
+    this.handle.dispose();
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * The native addon (C++, libtorch), loaded once. Everything here is internal: user code goes through
+ * `Tensor`, `NativeModel` and the model classes, which check their arguments first.
+ */
+import * as path from 'path';
+
+export type DType = 'float64' | 'float32' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
+
+export interface NativeTensorHandle {
+  readonly shape: number[];
+  readonly dtype: DType;
+  readonly device: string;
+  readonly disposed: boolean;
+  readonly nbytes: number;
+  requiresGrad: boolean;
+  dispose(): void;
+  toBuffer(): Buffer;
+  to(device?: string | null, dtype?: DType | null): NativeTensorHandle;
+  grad(): NativeTensorHandle | null;
+  backward(gradient?: NativeTensorHandle): Promise<void>;
+  item(): number;
+}
+
+export interface NativeModelHandle {
+  readonly kind: string;
+  readonly device: string;
+  call(method: string, inputs: Record<string, NativeTensorHandle>, options?: string): Promise<Record<string, NativeTensorHandle>>;
+  loadWeights(files: string[], options?: string): Promise<WeightsReport>;
+  parameters(): ParameterInfo[];
+  setTrainable(patterns: string[]): string[];
+  tensors(names?: string[]): Record<string, NativeTensorHandle>;
+  to(device: string, dtype?: DType): Promise<void>;
+  train(on: boolean): void;
+  dispose(): void;
+}
+
+export interface WeightsReport {
+  loaded: number;
+  missing: string[];
+  unexpected: string[];
+  ignored: string[];
+  files: string[];
+}
+
+export interface ParameterInfo {
+  name: string;
+  shape: number[];
+  dtype: DType;
+  requiresGrad: boolean;
+  numel: number;
+}
+
+export interface SafetensorsHeaderJson {
+  tensors: { name: string; dtype: string; shape: number[]; dataOffsets: [number, number] }[];
+  metadata: Record<string, string>;
+  dataStart: number;
+}
+
+export interface NativeInfo {
+  libtorch: string;
+  cuda: boolean;
+  cudaDeviceCount: number;
+  cudnn: boolean;
+  mkldnn: boolean;
+  mkl: boolean;
+  openmp: boolean;
+  threads: number;
+  interopThreads: number;
+  fusedAttention: boolean;
+  config: string;
+  modelKinds: string[];
+}
+
+export interface NativeAddon {
+  TensorHandle: unknown;
+  ModelHandle: unknown;
+  tensorFromBuffer(data: ArrayBufferView | ArrayBuffer, dtype: DType, shape: number[]): NativeTensorHandle;
+  op(name: string, tensors: NativeTensorHandle[], args?: string): any;
+  readSafetensorsHeader(file: string): SafetensorsHeaderJson;
+  loadSafetensors(file: string, names?: string[] | null, options?: string): Promise<Record<string, NativeTensorHandle>>;
+  createModel(kind: string, config: string, options?: string): Promise<NativeModelHandle>;
+  modelKinds(): string[];
+  info(): NativeInfo;
+  setNumThreads(n: number): void;
+  getNumThreads(): number;
+  setGradEnabled(on: boolean): void;
+  manualSeed(seed: number): void;
+  liveTensors(): number;
+}
+
+let addon: NativeAddon | undefined;
+
+/** The addon; built by `npm install` (cmake-js) into build/Release. */
+export function native(): NativeAddon {
+  if (!addon) {
+    const root = path.resolve(__dirname, '..');
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      addon = require('node-gyp-build')(root) as NativeAddon;
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      throw new Error(
+        `roundtrip: the native addon could not be loaded (${why}). Build it with \`npm run build:native\` ` +
+          '(needs libtorch: `sudo apt-get install -y libtorch-dev nlohmann-json3-dev`, or LIBTORCH=/path/to/libtorch).',
+      );
+    }
+  }
+  return addon;
+}

@@ -1,0 +1,127 @@
+#include "core/common.h"
+
+#include <atomic>
+#include <thread>
+
+namespace rt {
+
+std::string message_of(const std::exception& e) {
+  if (auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+namespace {
+struct DT {
+  const char* st;
+  const char* name;
+  at::ScalarType type;
+  size_t size;
+};
+const std::vector<DT>& dtypes() {
+  static const std::vector<DT> table = {
+      {"F64", "float64", at::kDouble, 8},   {"F32", "float32", at::kFloat, 4},  {"F16", "float16", at::kHalf, 2},
+      {"BF16", "bfloat16", at::kBFloat16, 2}, {"I64", "int64", at::kLong, 8},   {"I32", "int32", at::kInt, 4},
+      {"I16", "int16", at::kShort, 2},      {"I8", "int8", at::kChar, 1},       {"U8", "uint8", at::kByte, 1},
+      {"BOOL", "bool", at::kBool, 1},
+  };
+  return table;
+}
+}  // namespace
+
+at::ScalarType dtype_from_safetensors(const std::string& name) {
+  for (auto& d : dtypes())
+    if (name == d.st) return d.type;
+  throw Error("unsupported safetensors dtype '" + name + "' (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
+}
+std::string dtype_to_safetensors(at::ScalarType t) {
+  for (auto& d : dtypes())
+    if (t == d.type) return d.st;
+  throw Error(std::string("dtype ") + c10::toString(t) + " has no safetensors name");
+}
+bool is_safetensors_dtype(const std::string& name) {
+  for (auto& d : dtypes())
+    if (name == d.st) return true;
+  return false;
+}
+size_t safetensors_dtype_size(const std::string& name) {
+  for (auto& d : dtypes())
+    if (name == d.st) return d.size;
+  return 0;
+}
+at::ScalarType dtype_from_name(const std::string& name) {
+  for (auto& d : dtypes())
+    if (name == d.name) return d.type;
+  throw Error("unknown dtype '" + name +
+              "': expected one of float64, float32, float16, bfloat16, int64, int32, int16, int8, uint8, bool");
+}
+std::string dtype_name(at::ScalarType t) {
+  for (auto& d : dtypes())
+    if (t == d.type) return d.name;
+  return c10::toString(t);
+}
+
+at::Device parse_device(const std::string& spec) {
+  if (spec == "cpu") return at::Device(at::kCPU);
+  if (spec == "cuda" || spec.rfind("cuda:", 0) == 0) {
+    int index = 0;
+    if (spec.size() > 5) {
+      const std::string digits = spec.substr(5);
+      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
+        throw Error("device: expected \"cpu\", \"cuda\" or \"cuda:N\", got \"" + spec + "\"");
+      index = std::stoi(digits);
+    }
+    if (!torch::cuda::is_available())
+      throw Error("device \"" + spec + "\": this roundtrip build has no usable CUDA (libtorch " +
+                  std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
+                  (torch::cuda::device_count() == 0 ? ", no CUDA device or CPU-only build" : "") +
+                  "); rebuild with LIBTORCH pointing at a CUDA libtorch, or use --device cpu");
+    if (index >= static_cast<int>(torch::cuda::device_count()))
+      throw Error("device \"" + spec + "\": only " + std::to_string(torch::cuda::device_count()) + " CUDA device(s) present");
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  throw Error("device: expected \"cpu\", \"cuda\" or \"cuda:N\", got \"" + spec + "\"");
+}
+
+std::string device_name(const at::Device& d) {
+  if (d.is_cpu()) return "cpu";
+  return "cuda:" + std::to_string(d.has_index() ? d.index() : 0);
+}
+
+namespace {
+std::atomic<int> g_threads{0};
+std::atomic<bool> g_grad{true};
+thread_local int t_applied = -1;
+}  // namespace
+
+void set_default_threads(int n) { g_threads = n; }
+int default_threads() {
+  int n = g_threads.load();
+  if (n <= 0) n = std::max(1u, std::thread::hardware_concurrency());
+  return n;
+}
+void apply_threads() {
+  const int n = default_threads();
+  if (t_applied != n) {
+    at::set_num_threads(n);
+    t_applied = n;
+  }
+}
+bool js_grad_enabled() { return g_grad.load(); }
+void set_js_grad_enabled(bool on) {
+  g_grad = on;
+  at::GradMode::set_enabled(on);  // sync ops run on the JS thread
+}
+
+const at::Tensor& need(const TensorMap& m, const std::string& name, const std::string& where) {
+  auto it = m.find(name);
+  if (it == m.end() || !it->second.defined()) throw Error(where + ": missing input tensor '" + name + "'");
+  return it->second;
+}
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace rt

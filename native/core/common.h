@@ -1,0 +1,66 @@
+// Shared helpers of the native core: errors, dtypes, devices, threads, grad mode.
+#pragma once
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace rt {
+
+using json = nlohmann::json;
+using TensorMap = std::map<std::string, at::Tensor>;
+
+// A user-facing error: its message is shown as is in the JS Error.
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Message of any exception without libtorch's C++ backtrace.
+std::string message_of(const std::exception& e);
+
+// Safetensors dtype names ("F32", "BF16", ...) <-> torch dtypes.
+at::ScalarType dtype_from_safetensors(const std::string& name);
+std::string dtype_to_safetensors(at::ScalarType t);
+bool is_safetensors_dtype(const std::string& name);
+size_t safetensors_dtype_size(const std::string& name);
+// JS-facing names ("float32", "int64", ...) <-> torch dtypes.
+at::ScalarType dtype_from_name(const std::string& name);
+std::string dtype_name(at::ScalarType t);
+
+// "cpu", "cuda", "cuda:N". CUDA on a CPU-only libtorch is a clear error.
+at::Device parse_device(const std::string& spec);
+std::string device_name(const at::Device& d);
+
+// Intra-op threads for native work (libtorch sets them per calling thread).
+void set_default_threads(int n);
+int default_threads();
+// Applies the configured thread count to the calling (worker) thread.
+void apply_threads();
+
+// Grad mode as the JS side last set it; captured when a native call starts.
+bool js_grad_enabled();
+void set_js_grad_enabled(bool on);
+
+// Reads a value from a JSON options object with a default.
+template <typename T>
+T opt(const json& o, const char* key, T fallback) {
+  if (!o.is_object()) return fallback;
+  auto it = o.find(key);
+  if (it == o.end() || it->is_null()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const std::exception&) {
+    throw Error(std::string("option '") + key + "': wrong type (" + it->dump() + ")");
+  }
+}
+
+// Looks up a required input tensor by name.
+const at::Tensor& need(const TensorMap& m, const std::string& name, const std::string& where);
+
+// "[2, 3, 4]"
+std::string shape_str(at::IntArrayRef s);
+
+}  // namespace rt

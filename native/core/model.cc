@@ -1,0 +1,146 @@
+#include "core/model.h"
+
+#include <regex>
+
+namespace rt {
+
+at::Device Model::device() const {
+  for (auto& p : parameters()) return p.device();
+  return at::Device(at::kCPU);
+}
+
+namespace {
+std::map<std::string, ModelFactory>& registry() {
+  static std::map<std::string, ModelFactory> r;
+  return r;
+}
+std::string list_names(const std::vector<std::string>& names, size_t max = 12) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < max; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > max) out += ", ... (" + std::to_string(names.size() - max) + " more)";
+  return out;
+}
+}  // namespace
+
+bool register_model(const std::string& kind, ModelFactory factory) {
+  registry()[kind] = std::move(factory);
+  return true;
+}
+
+std::shared_ptr<Model> create_model(const std::string& kind, const json& config, const json& options) {
+  auto it = registry().find(kind);
+  if (it == registry().end()) {
+    std::vector<std::string> kinds = model_kinds();
+    throw Error("unknown model kind '" + kind + "' (known: " + list_names(kinds, 100) + ")");
+  }
+  return it->second(config, options);
+}
+
+std::vector<std::string> model_kinds() {
+  std::vector<std::string> out;
+  for (auto& [k, _] : registry()) out.push_back(k);
+  return out;
+}
+
+at::Tensor* find_tensor(torch::nn::Module& m, const std::string& name) {
+  // named_parameters() builds a fresh dict; callers loading many keys use the map in load_weights.
+  for (auto& item : m.named_parameters(true))
+    if (item.key() == name) return &item.value();
+  for (auto& item : m.named_buffers(true))
+    if (item.key() == name) return &item.value();
+  return nullptr;
+}
+
+json load_weights(Model& model, const std::vector<std::string>& files, const json& options) {
+  const bool partial = opt<bool>(options, "partial", false);
+  const bool reshape_singletons = opt<bool>(options, "reshapeSingletons", false);
+  const std::string prefix = opt<std::string>(options, "prefix", "");
+  std::map<std::string, std::string> renames;
+  if (options.contains("renames") && options["renames"].is_object())
+    for (auto it = options["renames"].begin(); it != options["renames"].end(); ++it) renames[it.key()] = it.value().get<std::string>();
+  std::vector<std::regex> allow_unexpected;
+  if (options.contains("allowUnexpected") && options["allowUnexpected"].is_array())
+    for (auto& r : options["allowUnexpected"]) allow_unexpected.emplace_back(r.get<std::string>());
+
+  std::map<std::string, at::Tensor> targets;  // model name -> parameter or buffer (shares storage)
+  for (auto& item : model.named_parameters(true)) targets[item.key()] = item.value();
+  for (auto& item : model.named_buffers(true)) targets[item.key()] = item.value();
+  std::set<std::string> tied;
+  for (auto& k : model.tied_keys()) tied.insert(k);
+
+  std::set<std::string> loaded;
+  std::vector<std::string> unexpected, ignored;
+  json mismatched = json::array();
+  at::NoGradGuard no_grad;
+  for (const auto& path : files) {
+    auto file = SafetensorsFile::open(path);
+    for (const auto& e : file->entries()) {
+      std::string key = e.name;
+      if (!prefix.empty()) {
+        if (key.rfind(prefix, 0) != 0) {
+          ignored.push_back(e.name);
+          continue;
+        }
+        key = key.substr(prefix.size());
+      }
+      auto rn = renames.find(key);
+      if (rn != renames.end()) key = rn->second;
+      key = model.canonical_key(key);
+      auto t = targets.find(key);
+      if (t == targets.end()) {
+        if (model.ignorable_key(key)) {
+          ignored.push_back(e.name);
+          continue;
+        }
+        bool allowed = false;
+        for (auto& r : allow_unexpected) allowed = allowed || std::regex_search(e.name, r);
+        (allowed ? ignored : unexpected).push_back(e.name);
+        continue;
+      }
+      at::Tensor src = file->tensor(e.name);
+      at::Tensor& dst = t->second;
+      if (src.sizes() != dst.sizes()) {
+        bool ok = false;
+        if (reshape_singletons && src.numel() == dst.numel()) {
+          // 1x1 conv [C, C, 1, 1] <-> linear [C, C]: equal after dropping trailing singleton dims.
+          auto strip = [](at::IntArrayRef s) {
+            std::vector<int64_t> v(s.begin(), s.end());
+            while (v.size() > 1 && v.back() == 1) v.pop_back();
+            return v;
+          };
+          ok = strip(src.sizes()) == strip(dst.sizes());
+          if (ok) src = src.reshape(dst.sizes());
+        }
+        if (!ok) {
+          mismatched.push_back({{"name", e.name}, {"file", path}, {"expected", dst.sizes().vec()}, {"got", src.sizes().vec()}});
+          continue;
+        }
+      }
+      dst.copy_(src);
+      loaded.insert(key);
+    }
+  }
+  std::vector<std::string> missing;
+  for (auto& [name, _] : targets)
+    if (!loaded.count(name) && !tied.count(name) && !model.ignorable_key(name)) missing.push_back(name);
+  model.tie_weights();
+
+  const std::string where = files.size() == 1 ? "'" + files[0] + "'" : std::to_string(files.size()) + " weight files";
+  if (!mismatched.empty()) {
+    std::string msg;
+    for (size_t i = 0; i < mismatched.size() && i < 8; ++i) {
+      auto& m = mismatched[i];
+      msg += (i ? "; " : "") + m["name"].get<std::string>() + " is " + shape_str(m["got"].get<std::vector<int64_t>>()) +
+             ", the model expects " + shape_str(m["expected"].get<std::vector<int64_t>>());
+    }
+    throw Error("weights in " + where + " do not fit the model config: " + msg);
+  }
+  if (!missing.empty() && !partial)
+    throw Error("weights in " + where + " lack " + std::to_string(missing.size()) + " tensor(s) the model needs: " + list_names(missing));
+  if (!unexpected.empty())
+    throw Error("weights in " + where + " hold " + std::to_string(unexpected.size()) +
+                " tensor(s) the model does not have: " + list_names(unexpected));
+  return {{"loaded", loaded.size()}, {"missing", missing}, {"unexpected", unexpected}, {"ignored", ignored}, {"files", files}};
+}
+
+}  // namespace rt

@@ -1,0 +1,51 @@
+// Model: the base of every native model (BLIP, CLIP, UNet, ...), a registry of model kinds, and the
+// weight loader that maps published key names onto registered parameters.
+//
+// A model is a torch::nn::Module whose submodules are registered under their published key names
+// ("text_decoder.bert.encoder.layer.0..."), so named_parameters() *is* the checkpoint layout.
+#pragma once
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include "core/common.h"
+#include "core/safetensors.h"
+
+namespace rt {
+
+struct Model : torch::nn::Module {
+  // Runs a named method on named inputs with JSON options; returns named outputs.
+  virtual TensorMap call(const std::string& method, const TensorMap& in, const json& options) = 0;
+  // Parameter names that published files may omit because they are tied to another parameter.
+  virtual std::vector<std::string> tied_keys() const { return {}; }
+  // Re-establishes ties after loading (e.g. LM head = word embeddings).
+  virtual void tie_weights() {}
+  // Checkpoint entries that are always safe to skip (legacy buffers such as position_ids).
+  virtual bool ignorable_key(const std::string& key) const { return false; }
+  // Maps an alternative published name (e.g. the VAE's legacy `query`) to this module's name.
+  virtual std::string canonical_key(const std::string& key) const { return key; }
+  // The device parameters live on.
+  at::Device device() const;
+  // Serialises concurrent calls on one model (workers run on several libuv threads).
+  std::mutex mutex;
+};
+
+using ModelFactory = std::function<std::shared_ptr<Model>(const json& config, const json& options)>;
+
+// Registers a model kind; use from a static initializer in the model's translation unit:
+//   static const bool registered = rt::register_model("blip", [](auto& c, auto& o) { ... });
+bool register_model(const std::string& kind, ModelFactory factory);
+std::shared_ptr<Model> create_model(const std::string& kind, const json& config, const json& options);
+std::vector<std::string> model_kinds();
+
+// Loads tensors from safetensors files into the model's parameters and buffers by name.
+// options: {renames: {fileKey: modelKey}, partial: bool (missing keys allowed), allowUnexpected: [regex],
+//           reshapeSingletons: bool (accept [C,C,1,1] for [C,C] and back), prefix: "strip this prefix"}
+// Returns a report {loaded, missing, unexpected, mismatched, ignored, files}. Throws a named error when
+// keys are missing (unless partial), mis-shaped, or unexpected (unless allowed).
+json load_weights(Model& model, const std::vector<std::string>& files, const json& options);
+
+// Looks up `name` among parameters and buffers.
+at::Tensor* find_tensor(torch::nn::Module& m, const std::string& name);
+
+}  // namespace rt

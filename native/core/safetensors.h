@@ -1,0 +1,45 @@
+// safetensors reader: validates the whole header before touching data, then maps the file and hands out
+// tensors that view the mapping (zero-copy) when dtype, device and alignment allow.
+#pragma once
+#include <memory>
+
+#include "core/common.h"
+
+namespace rt {
+
+struct SafetensorsEntry {
+  std::string name;
+  std::string dtype;  // safetensors name, e.g. "F32"
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // offsets from the start of the data section
+};
+
+class SafetensorsFile {
+ public:
+  // Throws rt::Error naming the file and the fault for any malformed file.
+  static std::shared_ptr<SafetensorsFile> open(const std::string& path);
+  ~SafetensorsFile();
+
+  const std::string& path() const { return path_; }
+  const std::vector<SafetensorsEntry>& entries() const { return entries_; }
+  const json& metadata() const { return metadata_; }
+  uint64_t data_start() const { return data_start_; }
+  const SafetensorsEntry* find(const std::string& name) const;
+  // The tensor `name`; a view of the mapping when possible (copy-on-write, so in-place writes are safe).
+  at::Tensor tensor(const std::string& name) const;
+  // Header as JSON: {tensors: [{name, dtype, shape, dataOffsets}], metadata, dataStart}.
+  json header_json() const;
+
+ private:
+  SafetensorsFile() = default;
+  std::string path_;
+  void* map_ = nullptr;
+  size_t size_ = 0;
+  uint64_t data_start_ = 0;
+  std::vector<SafetensorsEntry> entries_;
+  std::map<std::string, size_t> index_;
+  json metadata_ = json::object();
+  std::weak_ptr<SafetensorsFile> self_;
+};
+
+}  // namespace rt

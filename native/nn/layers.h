@@ -1,0 +1,56 @@
+// Building blocks shared by every transformer in the project (BLIP, CLIP, ViT/DINO, BERT, UNet attention).
+#pragma once
+#include <torch/torch.h>
+
+namespace rt::nn {
+
+// x: [B, T, H*D] -> [B, H, T, D]
+inline at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+  return x.view({B, T, heads, C / heads}).permute({0, 2, 1, 3});
+}
+
+// x: [B, H, T, D] -> [B, T, H*D]
+inline at::Tensor merge_heads(const at::Tensor& x) {
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
+  return x.permute({0, 2, 1, 3}).reshape({B, T, H * D});
+}
+
+// softmax(q·kᵀ·scale + mask)·v. q: [B, H, Tq, D], k/v: [B, H, Tk, D], mask additive and broadcastable to
+// [B, H, Tq, Tk] (undefined = none). The explicit path is the reference ("eager") computation; on
+// libtorch >= 2.1 the fused kernel computes the same function (about 1e-6 apart).
+inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, double scale) {
+#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  if (!q.device().is_cpu()) {
+    c10::optional<at::Tensor> m;
+    if (mask.defined()) m = mask.to(q.scalar_type());
+    return at::scaled_dot_product_attention(q, k, v, m, 0.0, false, scale);
+  }
+#endif
+  // matmul, not baddbmm with beta=0: libtorch 1.13 can read an uninitialised buffer there (NaN).
+  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;
+  if (mask.defined()) scores = scores + mask;
+  // Softmax in float32 even under half precision autocast, as the references upcast.
+  return at::matmul(scores.softmax(-1, at::kFloat).to(v.scalar_type()), v);
+}
+
+// Exact erf GELU (never the tanh approximation: that is ~1e-3 off the references).
+inline at::Tensor gelu(const at::Tensor& x) { return at::gelu(x); }
+// CLIP's quick GELU: x·sigmoid(1.702·x).
+inline at::Tensor quick_gelu(const at::Tensor& x) { return x * at::sigmoid(1.702 * x); }
+
+// The activation a config names ("gelu", "quick_gelu", "gelu_new" is rejected: not used by our models).
+inline at::Tensor activation(const std::string& name, const at::Tensor& x) {
+  if (name == "gelu") return gelu(x);
+  if (name == "quick_gelu") return quick_gelu(x);
+  if (name == "relu") return at::relu(x);
+  if (name == "silu" || name == "swish") return at::silu(x);
+  throw std::runtime_error("unsupported hidden_act '" + name + "' (supported: gelu, quick_gelu, relu, silu)");
+}
+
+// Additive mask value for blocked keys: finfo(dtype).min, as transformers uses.
+inline double mask_min(at::ScalarType t) {
+  return t == at::kHalf ? -65504.0 : t == at::kBFloat16 ? -3.3895313892515355e38 : t == at::kDouble ? -1.7976931348623157e308 : -3.4028234663852886e38;
+}
+
+}  // namespace rt::nn
