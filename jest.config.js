@@ -5,5 +5,4 @@ module.exports = {
   testMatch: ['**/*.test.ts'],
   transform: { '^.+\\.ts$': ['@swc/jest', { jsc: { target: 'es2022' }, module: { type: 'commonjs' } }] },
   testTimeout: 120000,
-  reporters: ['default', '<rootDir>/test/support/summary-reporter.js'],
 };

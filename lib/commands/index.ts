@@ -1,7 +1,8 @@
 import type { CommandModule } from 'yargs';
+import { command as bridge } from './bridge';
 import { command as conformance } from './conformance';
 import { command as info } from './info';
 import { command as tokenize } from './tokenize';
 
 /** Every `roundtrip` subcommand, one module per command. */
-export const commands: CommandModule<{}, any>[] = [info, tokenize, conformance];
+export const commands: CommandModule<{}, any>[] = [info, tokenize, conformance, bridge];

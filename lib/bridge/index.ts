@@ -1,0 +1,242 @@
+/**
+ * The vocabulary bridge of the joint method (paper, Appendix G): a map from every CLIP BPE id to the BLIP
+ * WordPiece id its probability is read from, so BLIP's per-step token distributions can condition Stable
+ * Diffusion's text encoder (`P_clip[:, :, c] = P_blip[:, :, bridge[c]]`).
+ *
+ * Learning it from a caption corpus:
+ * 1. Tokenise each caption with both tokenisers; give every token its character span in the caption with
+ *    whitespace removed (WordPiece `##` and BPE `</w>` markers dropped).
+ * 2. Where a CLIP token and a BLIP token cover exactly the same span, count the pair.
+ * 3. Each CLIP id takes its most frequent partner (ties → the smaller BLIP id, for determinism).
+ * 4. CLIP ids never aligned take the BLIP token with the same text (`dog`, then `##dog`), else `[UNK]`.
+ * 5. CLIP's start/end tokens map to BLIP's `[DEC]`/`[SEP]`.
+ * Coverage = share of captions whose CLIP ids map, position by position, onto exactly their BLIP ids.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { RoundtripError, invalid } from '../errors';
+import type { BertTokenizer } from '../tokenizers/bert';
+import type { ClipTokenizer } from '../tokenizers/clip';
+
+export interface BridgeStats {
+  captions: number;
+  /** Captions whose two tokenisations cover the same characters (others are not used for alignment). */
+  alignedCaptions: number;
+  /** Captions whose CLIP ids map exactly onto their BLIP ids. */
+  exactCaptions: number;
+  /** exactCaptions / captions. */
+  coverage: number;
+  /** CLIP ids mapped from alignment counts, from string equality, and left at [UNK]. */
+  fromAlignment: number;
+  fromString: number;
+  unknown: number;
+}
+
+export interface VocabularyBridge {
+  format: 'roundtrip-bridge-v1';
+  clipVocabSize: number;
+  blipVocabSize: number;
+  /** clipToBlip[c] = the BLIP id whose probability CLIP id c receives. */
+  clipToBlip: number[];
+  stats?: BridgeStats;
+}
+
+interface Span {
+  id: number;
+  start: number;
+  end: number;
+}
+
+function spans(pieces: string[], ids: number[]): { spans: Span[]; text: string } {
+  const out: Span[] = [];
+  let text = '';
+  pieces.forEach((p, i) => {
+    const start = text.length;
+    text += p;
+    out.push({ id: ids[i], start, end: text.length });
+  });
+  return { spans: out, text };
+}
+
+/** Token text without markers, cached per id (decoding byte-level BPE per token is not free). */
+function pieceText(cache: Map<number, string>, id: number, text: () => string): string {
+  let t = cache.get(id);
+  if (t === undefined) cache.set(id, (t = text()));
+  return t;
+}
+
+function blipPieces(blip: BertTokenizer, caption: string, cache: Map<number, string>): { pieces: string[]; ids: number[] } {
+  const ids = blip.encode(caption);
+  const pieces = ids.map((id) => pieceText(cache, id, () => (blip.idToToken(id) ?? '').replace(/^##/, '')));
+  return { pieces, ids };
+}
+
+function clipPieces(clip: ClipTokenizer, caption: string, cache: Map<number, string>): { pieces: string[]; ids: number[] } {
+  const ids = clip.encode(caption);
+  const pieces = ids.map((id) => pieceText(cache, id, () => clip.decode([id]).replace(/\s+/g, '')));
+  return { pieces, ids };
+}
+
+/** Learns a bridge from captions (see the module comment for the algorithm). */
+export function buildBridge(captions: Iterable<string>, blip: BertTokenizer, clip: ClipTokenizer): VocabularyBridge {
+  const pairCounts = new Map<number, Map<number, number>>();
+  const tokenized: { c: number[]; b: number[] }[] = [];
+  let aligned = 0;
+  const blipCache = new Map<number, string>();
+  const clipCache = new Map<number, string>();
+  for (const caption of captions) {
+    const b = blipPieces(blip, caption, blipCache);
+    const c = clipPieces(clip, caption, clipCache);
+    tokenized.push({ c: c.ids, b: b.ids });
+    const sb = spans(b.pieces, b.ids);
+    const sc = spans(c.pieces, c.ids);
+    if (sb.text !== sc.text) continue; // accents, unknown characters: spans would not be comparable
+    aligned++;
+    const byStart = new Map<number, Span>();
+    for (const s of sb.spans) byStart.set(s.start, s);
+    for (const s of sc.spans) {
+      const m = byStart.get(s.start);
+      if (!m || m.end !== s.end) continue;
+      let counts = pairCounts.get(s.id);
+      if (!counts) pairCounts.set(s.id, (counts = new Map()));
+      counts.set(m.id, (counts.get(m.id) ?? 0) + 1);
+    }
+  }
+  const clipToBlip = new Array<number>(clip.vocabSize).fill(blip.unkId);
+  let fromAlignment = 0;
+  let fromString = 0;
+  for (let c = 0; c < clip.vocabSize; c++) {
+    const counts = pairCounts.get(c);
+    if (counts) {
+      let best = -1;
+      let bestCount = -1;
+      for (const [b, n] of counts) if (n > bestCount || (n === bestCount && b < best)) [best, bestCount] = [b, n];
+      clipToBlip[c] = best;
+      fromAlignment++;
+      continue;
+    }
+    const text = clip.decode([c]).replace(/\s+/g, '');
+    const id = text ? blip.tokenToId(text) ?? blip.tokenToId('##' + text) : undefined;
+    if (id !== undefined && id !== blip.unkId) {
+      clipToBlip[c] = id;
+      fromString++;
+    }
+  }
+  if (blip.decId === undefined) throw new RoundtripError('bridge: the BLIP tokenizer has no [DEC] token');
+  clipToBlip[clip.sotId] = blip.decId;
+  clipToBlip[clip.eotId] = blip.sepId;
+  let exact = 0;
+  for (const { c, b } of tokenized) if (mapsExactly(clipToBlip, c, b)) exact++;
+  const stats: BridgeStats = {
+    captions: tokenized.length,
+    alignedCaptions: aligned,
+    exactCaptions: exact,
+    coverage: tokenized.length ? exact / tokenized.length : 0,
+    fromAlignment,
+    fromString,
+    unknown: clipToBlip.filter((b) => b === blip.unkId).length,
+  };
+  return { format: 'roundtrip-bridge-v1', clipVocabSize: clip.vocabSize, blipVocabSize: blip.vocabSize, clipToBlip, stats };
+}
+
+/** Do these CLIP ids map, position by position, onto exactly these BLIP ids? */
+export function mapsExactly(clipToBlip: ArrayLike<number>, clipIds: number[], blipIds: number[]): boolean {
+  if (clipIds.length !== blipIds.length) return false;
+  for (let i = 0; i < clipIds.length; i++) if (clipToBlip[clipIds[i]] !== blipIds[i]) return false;
+  return true;
+}
+
+/** Coverage of a bridge on captions (share whose token sequences map exactly). */
+export function bridgeCoverage(bridge: VocabularyBridge, captions: Iterable<string>, blip: BertTokenizer, clip: ClipTokenizer): number {
+  let n = 0;
+  let exact = 0;
+  for (const caption of captions) {
+    n++;
+    if (mapsExactly(bridge.clipToBlip, clip.encode(caption), blip.encode(caption))) exact++;
+  }
+  return n ? exact / n : 0;
+}
+
+export interface BridgeAgreement {
+  /** Share of CLIP ids with the same BLIP id in both bridges. */
+  all: number;
+  /** The same, among CLIP ids that neither bridge leaves at [UNK]. */
+  bothMapped: number;
+  bothMappedCount: number;
+}
+
+/** Agreement between two bridges (e.g. a learned one and the paper authors' release). */
+export function bridgeAgreement(a: VocabularyBridge, b: VocabularyBridge, unkId = 100): BridgeAgreement {
+  if (a.clipToBlip.length !== b.clipToBlip.length) throw invalid('bridges', `equal CLIP vocabulary sizes (${a.clipToBlip.length})`, b.clipToBlip.length);
+  let same = 0;
+  let both = 0;
+  let bothSame = 0;
+  for (let c = 0; c < a.clipToBlip.length; c++) {
+    const x = a.clipToBlip[c];
+    const y = b.clipToBlip[c];
+    if (x === y) same++;
+    if (x !== unkId && y !== unkId) {
+      both++;
+      if (x === y) bothSame++;
+    }
+  }
+  return { all: same / a.clipToBlip.length, bothMapped: both ? bothSame / both : 0, bothMappedCount: both };
+}
+
+/** Reads a bridge file: roundtrip's JSON, or the authors' release (a plain array, one BLIP id per CLIP id). */
+export function loadBridge(file: string): VocabularyBridge {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new RoundtripError(`bridge file '${file}': ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const arr = Array.isArray(raw) ? raw : (raw as VocabularyBridge)?.clipToBlip;
+  if (!Array.isArray(arr) || !arr.every((x) => Number.isInteger(x) && x >= 0)) {
+    throw new RoundtripError(`bridge file '${file}': expected an array of non-negative integer BLIP ids (or {clipToBlip: [...]})`);
+  }
+  const blipVocabSize = Array.isArray(raw) ? Math.max(...arr) + 1 : (raw as VocabularyBridge).blipVocabSize;
+  return { format: 'roundtrip-bridge-v1', clipVocabSize: arr.length, blipVocabSize, clipToBlip: arr, stats: Array.isArray(raw) ? undefined : (raw as VocabularyBridge).stats };
+}
+
+/** Writes a bridge atomically (temp file, fsync, rename). */
+export function saveBridge(file: string, bridge: VocabularyBridge): void {
+  const dir = path.dirname(path.resolve(file));
+  fs.mkdirSync(dir, { recursive: true });
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  const body = JSON.stringify({ ...bridge, clipToBlip: undefined, stats: bridge.stats }, null, 2).replace(/\n}$/, `,\n  "clipToBlip": ${JSON.stringify(bridge.clipToBlip)}\n}`);
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, body + '\n');
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+/** Captions from a file: Karpathy layout ([{caption: str|str[]}]), COCO layout ({annotations}), or text lines. */
+export function readCaptions(file: string): string[] {
+  let body: string;
+  try {
+    body = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new RoundtripError(`captions file '${file}': ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (!/\.json$/i.test(file)) return body.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+  let raw: any;
+  try {
+    raw = JSON.parse(body);
+  } catch (err) {
+    throw new RoundtripError(`captions file '${file}': ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const items: any[] = Array.isArray(raw) ? raw : Array.isArray(raw?.annotations) ? raw.annotations : [];
+  const out: string[] = [];
+  for (const item of items) {
+    const c = item?.caption;
+    if (typeof c === 'string') out.push(c);
+    else if (Array.isArray(c)) out.push(...c.filter((x: unknown): x is string => typeof x === 'string'));
+  }
+  if (!out.length) throw new RoundtripError(`captions file '${file}': no captions found (expected [{caption}], {annotations: [{caption}]} or text lines)`);
+  return out;
+}

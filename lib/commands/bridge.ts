@@ -1,0 +1,47 @@
+import type { CommandModule } from 'yargs';
+import { bridgeAgreement, buildBridge, loadBridge, readCaptions, saveBridge } from '../bridge';
+import { loadBertTokenizer, loadClipTokenizer } from '../tokenizers';
+
+interface BuildArgs {
+  captions: string[];
+  out: string;
+  blipTokenizer: string;
+  clipTokenizer: string;
+  compare?: string;
+}
+
+const build: CommandModule<{}, BuildArgs> = {
+  command: 'build',
+  describe: 'Learn the BLIP WordPiece → CLIP BPE bridge from caption files',
+  builder: (y) =>
+    y
+      .option('captions', { type: 'string', array: true, demandOption: true, describe: 'caption files (Karpathy/COCO JSON or text lines)' })
+      .option('out', { type: 'string', demandOption: true, describe: 'bridge JSON to write' })
+      .option('blip-tokenizer', { type: 'string', demandOption: true, describe: 'folder with BLIP\'s vocab.txt (a BLIP model folder)' })
+      .option('clip-tokenizer', { type: 'string', demandOption: true, describe: 'folder with CLIP\'s vocab.json + merges.txt (an SD folder or its tokenizer/)' })
+      .option('compare', { type: 'string', describe: 'another bridge (e.g. the authors\' reindex_clip_to_blip.json) to report agreement with' }) as any,
+  handler: (argv) => {
+    const blip = loadBertTokenizer(argv.blipTokenizer);
+    const clip = loadClipTokenizer(argv.clipTokenizer);
+    const captions = argv.captions.flatMap(readCaptions);
+    const bridge = buildBridge(captions, blip, clip);
+    saveBridge(argv.out, bridge);
+    const s = bridge.stats!;
+    process.stdout.write(
+      `bridge written to ${argv.out}\n` +
+        `captions ${s.captions}, exact mappings ${s.exactCaptions} (coverage ${(100 * s.coverage).toFixed(1)} %)\n` +
+        `CLIP ids: ${s.fromAlignment} from alignment, ${s.fromString} by token text, ${s.unknown} → [UNK]\n`,
+    );
+    if (argv.compare) {
+      const a = bridgeAgreement(bridge, loadBridge(argv.compare), blip.unkId);
+      process.stdout.write(`agreement with ${argv.compare}: ${(100 * a.all).toFixed(1)} % of all CLIP ids, ${(100 * a.bothMapped).toFixed(1)} % of the ${a.bothMappedCount} ids both map\n`);
+    }
+  },
+};
+
+export const command: CommandModule<{}, any> = {
+  command: 'bridge <command>',
+  describe: 'The BLIP → CLIP vocabulary bridge of the joint method',
+  builder: (y) => y.command(build).demandCommand(1),
+  handler: () => undefined,
+};
