@@ -7,6 +7,7 @@
 namespace rt {
 void InitOps(Napi::Env env, Napi::Object exports);
 void InitModelHandle(Napi::Env env, Napi::Object exports);
+void InitOptim(Napi::Env env, Napi::Object exports);
 json model_kinds_json() { return model_kinds(); }
 }  // namespace rt
 
@@ -17,6 +18,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rt::TensorHandle::Init(env, exports);
   rt::InitOps(env, exports);
   rt::InitModelHandle(env, exports);
+  rt::InitOptim(env, exports);
   return exports;
 }
 

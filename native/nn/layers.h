@@ -41,8 +41,8 @@ inline at::Tensor quick_gelu(const at::Tensor& x) { return x * at::sigmoid(1.702
 
 // The activation a config names ("gelu", "quick_gelu", "gelu_new" is rejected: not used by our models).
 inline at::Tensor activation(const std::string& name, const at::Tensor& x) {
-  if (name == "gelu") return gelu(x);
-  if (name == "quick_gelu") return quick_gelu(x);
+  if (name == "gelu") return rt::nn::gelu(x);
+  if (name == "quick_gelu") return rt::nn::quick_gelu(x);
   if (name == "relu") return at::relu(x);
   if (name == "silu" || name == "swish") return at::silu(x);
   throw std::runtime_error("unsupported hidden_act '" + name + "' (supported: gelu, quick_gelu, relu, silu)");

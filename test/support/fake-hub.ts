@@ -7,7 +7,8 @@
  * - CDN server (a different origin, like the real CDN): `/blobs/{sha256}` and `/files/{name}` for
  *   plain URL downloads; both honour `Range`.
  *
- * Faults for tests: `cutOnce` (send N bytes then drop the connection, once), `corrupt` (serve
+ * Faults for tests: `cutOnce` (send N bytes then drop the connection, once), `stallOnce` (send N
+ * bytes then go silent, once), `corrupt` (serve
  * altered bytes of the same length), gated repos (token required on the hub, not on the CDN).
  * Every request is recorded.
  */
@@ -71,6 +72,8 @@ export class FakeHub {
   readonly requests: RecordedRequest[] = [];
   /** Fault key → bytes to send before dropping the connection (applies once). */
   readonly cutOnce = new Map<string, number>();
+  /** Fault key → bytes to send before going silent without closing (applies once). */
+  readonly stallOnce = new Map<string, number>();
   /** Fault keys whose bytes are served altered. */
   readonly corrupt = new Set<string>();
   private readonly repos = new Map<string, FakeRepo>();
@@ -182,7 +185,9 @@ export class FakeHub {
     const blob = /^\/blobs\/([0-9a-f]{64})$/.exec(url.pathname);
     const served = blob ? this.blobs.get(blob[1]) : this.urlFiles.get(url.pathname);
     if (!served) return error(res, 404, 'NotFound');
-    serve(req, res, this.faulted(served), {}, this.takeCut(served.key));
+    const stallAfter = this.stallOnce.get(served.key);
+    this.stallOnce.delete(served.key);
+    serve(req, res, this.faulted(served), {}, this.takeCut(served.key), stallAfter);
   }
 
   private revisionOk(repo: FakeRepo, revision: string): boolean {
@@ -214,7 +219,7 @@ function error(res: http.ServerResponse, status: number, code: string, message =
 }
 
 /** Serves `content`, honouring `Range: bytes=N-[M]`; with `cutAfter`, drops the connection after that many body bytes. */
-function serve(req: http.IncomingMessage, res: http.ServerResponse, content: Buffer, headers: Record<string, string>, cutAfter?: number): void {
+function serve(req: http.IncomingMessage, res: http.ServerResponse, content: Buffer, headers: Record<string, string>, cutAfter?: number, stallAfter?: number): void {
   let start = 0;
   let end = content.length - 1;
   let status = 200;
@@ -234,6 +239,10 @@ function serve(req: http.IncomingMessage, res: http.ServerResponse, content: Buf
   res.writeHead(status, { ...headers, 'accept-ranges': 'bytes', 'content-length': String(body.length), 'content-type': 'application/octet-stream' });
   if (req.method === 'HEAD') {
     res.end();
+    return;
+  }
+  if (stallAfter !== undefined && stallAfter < body.length) {
+    res.write(body.subarray(0, stallAfter)); // then nothing more until the server closes
     return;
   }
   if (cutAfter !== undefined && cutAfter < body.length) {
