@@ -3,6 +3,7 @@ import { command as bridge } from './bridge';
 import { command as conformance } from './conformance';
 import { command as info } from './info';
 import { command as tokenize } from './tokenize';
+import { command as weights } from './weights';
 
 /** Every `roundtrip` subcommand, one module per command. */
-export const commands: CommandModule<{}, any>[] = [info, tokenize, conformance, bridge];
+export const commands: CommandModule<{}, any>[] = [info, tokenize, conformance, bridge, weights];

@@ -28,9 +28,21 @@ const std::vector<DT>& dtypes() {
 }
 }  // namespace
 
+namespace {
+// Valid in the format but without a libtorch type in every supported version: headers validate, loading
+// them says which libtorch is needed.
+struct FormatOnly {
+  const char* st;
+  size_t size;
+};
+const FormatOnly kFormatOnly[] = {{"U16", 2}, {"U32", 4}, {"U64", 8}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
+}  // namespace
+
 at::ScalarType dtype_from_safetensors(const std::string& name) {
   for (auto& d : dtypes())
     if (name == d.st) return d.type;
+  for (auto& d : kFormatOnly)
+    if (name == d.st) throw Error("safetensors dtype '" + name + "' has no tensor type in this libtorch (" + std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "); convert it to F16/F32 first");
   throw Error("unsupported safetensors dtype '" + name + "' (supported: F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)");
 }
 std::string dtype_to_safetensors(at::ScalarType t) {
@@ -38,13 +50,11 @@ std::string dtype_to_safetensors(at::ScalarType t) {
     if (t == d.type) return d.st;
   throw Error(std::string("dtype ") + c10::toString(t) + " has no safetensors name");
 }
-bool is_safetensors_dtype(const std::string& name) {
-  for (auto& d : dtypes())
-    if (name == d.st) return true;
-  return false;
-}
+bool is_safetensors_dtype(const std::string& name) { return safetensors_dtype_size(name) != 0; }
 size_t safetensors_dtype_size(const std::string& name) {
   for (auto& d : dtypes())
+    if (name == d.st) return d.size;
+  for (auto& d : kFormatOnly)
     if (name == d.st) return d.size;
   return 0;
 }
