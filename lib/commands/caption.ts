@@ -1,0 +1,125 @@
+/**
+ * `roundtrip caption IMAGE… --model DIR [--strategy beam|greedy|top-p|top-k|temperature] [--k N]
+ *  [--prompt TEXT] [--max-length N] [--min-length N] [--seed S] [--device D] [--json]`:
+ * captions images with a BLIP folder (config.json + model.safetensors + vocab.txt).
+ */
+import type { CommandModule } from 'yargs';
+import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
+import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer } from '../models/blip';
+import { createProgress } from '../progress';
+
+export interface CaptionRequest {
+  images: string[];
+  model: string;
+  strategy?: string;
+  /** Captions per image. */
+  k?: number;
+  prompt?: string;
+  maxLength?: number;
+  minLength?: number;
+  numBeams?: number;
+  topP?: number;
+  topK?: number;
+  temperature?: number;
+  repetitionPenalty?: number;
+  seed?: number;
+  device?: string;
+  batchSize?: number;
+  /** Draw a progress bar (on stderr) for more than one batch. */
+  progress?: boolean;
+  tokenizer?: CaptionTokenizer;
+}
+
+export interface CaptionResult {
+  image: string;
+  captions: string[];
+}
+
+/** Checks a request and returns the caption options; throws RoundtripError naming the bad flag. */
+export function captionOptions(req: CaptionRequest): BlipCaptionOptions {
+  const strategy: BlipStrategy = expectOneOf('--strategy', req.strategy ?? 'beam', BLIP_STRATEGIES);
+  const k = expectInteger('--k', req.k ?? 1, { min: 1 });
+  const numBeams = req.numBeams !== undefined ? expectInteger('--num-beams', req.numBeams, { min: 1 }) : strategy === 'beam' ? Math.max(3, k) : undefined;
+  if (strategy === 'greedy' && k !== 1) throw invalid('--k', '1 with --strategy greedy (use beam or a sampling strategy for several captions)', k);
+  if (strategy === 'beam' && numBeams !== undefined && k > numBeams) throw invalid('--k', `at most --num-beams (${numBeams})`, k);
+  const opts: BlipCaptionOptions = { strategy, numReturnSequences: k, numBeams };
+  if (req.prompt !== undefined) opts.prompt = expectString('--prompt', req.prompt);
+  if (req.maxLength !== undefined) opts.maxLength = expectInteger('--max-length', req.maxLength, { min: 2 });
+  if (req.minLength !== undefined) opts.minLength = expectInteger('--min-length', req.minLength, { min: 0 });
+  if (req.topP !== undefined) opts.topP = expectNumber('--top-p', req.topP, { min: 0, max: 1, exclusiveMin: true });
+  if (req.topK !== undefined) opts.topK = expectInteger('--top-k', req.topK, { min: 0 });
+  if (req.temperature !== undefined) opts.temperature = expectNumber('--temperature', req.temperature, { min: 0, exclusiveMin: true });
+  if (req.repetitionPenalty !== undefined) opts.repetitionPenalty = expectNumber('--repetition-penalty', req.repetitionPenalty, { min: 0, exclusiveMin: true });
+  if (req.seed !== undefined) opts.seed = expectInteger('--seed', req.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
+  if (req.batchSize !== undefined) opts.batchSize = expectInteger('--batch-size', req.batchSize, { min: 1 });
+  if (req.tokenizer) opts.tokenizer = req.tokenizer;
+  return opts;
+}
+
+/** Captions the images of a request (the handler's work, callable from tests and scripts). */
+export async function captionImages(req: CaptionRequest): Promise<CaptionResult[]> {
+  if (!Array.isArray(req.images) || req.images.length === 0) throw invalid('IMAGE', 'at least one image path', req.images);
+  req.images.forEach((p, i) => expectString(`IMAGE ${i + 1}`, p));
+  const opts = captionOptions(req);
+  const blip = await Blip.load(expectString('--model', req.model), { device: req.device ?? 'cpu' });
+  const batch = opts.batchSize ?? 8;
+  const progress = req.progress && req.images.length > batch ? createProgress({ label: 'caption', total: req.images.length, unit: 'image' }) : undefined;
+  try {
+    const captions = await blip.caption(req.images, { ...opts, onProgress: (done) => progress?.update(done) });
+    return req.images.map((image, i) => ({ image, captions: captions[i] }));
+  } finally {
+    progress?.done();
+    blip.dispose();
+  }
+}
+
+/** Plain output: `image<TAB>caption`, one line per caption. */
+export function formatCaptions(results: CaptionResult[]): string {
+  return results.map((r) => r.captions.map((c) => `${r.image}\t${c}`).join('\n')).join('\n') + '\n';
+}
+
+export const command: CommandModule<{}, any> = {
+  command: 'caption <images..>',
+  describe: 'Caption images with a BLIP model folder',
+  builder: (y) =>
+    y
+      .positional('images', { type: 'string', array: true, describe: 'Image files' })
+      .option('model', { type: 'string', demandOption: true, describe: 'BLIP folder: config.json, model.safetensors, vocab.txt' })
+      .option('strategy', { type: 'string', default: 'beam', describe: `Decoding: ${BLIP_STRATEGIES.join(', ')}` })
+      .option('k', { type: 'number', default: 1, describe: 'Captions per image (beams returned, or independent samples)' })
+      .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k))' })
+      .option('prompt', { type: 'string', describe: "Text the captions continue (e.g. 'a picture of '); not printed" })
+      .option('max-length', { type: 'number', default: 20, describe: 'Maximum length, start token and prompt included' })
+      .option('min-length', { type: 'number', default: 5, describe: 'Minimum length before EOS may appear, start token included' })
+      .option('top-p', { type: 'number', describe: 'Nucleus mass for --strategy top-p (default 0.9)' })
+      .option('top-k', { type: 'number', describe: 'k for --strategy top-k (default 50; top-p also applies it)' })
+      .option('temperature', { type: 'number', describe: 'Sampling temperature (default 1)' })
+      .option('repetition-penalty', { type: 'number', describe: 'transformers repetition penalty (default 1)' })
+      .option('seed', { type: 'number', describe: 'Seed for sampling strategies (same seed, same captions)' })
+      .option('batch-size', { type: 'number', default: 8, describe: 'Images per native call' })
+      .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
+      .option('json', { type: 'boolean', default: false, describe: 'Print JSON [{image, captions}]' }),
+  handler: async (argv) => {
+    const images = ((argv.images as unknown[]) ?? []).map((p) => String(p));
+    if (images.length === 0) throw new RoundtripError('caption: give at least one image file');
+    const results = await captionImages({
+      images,
+      model: argv.model,
+      strategy: argv.strategy,
+      k: argv.k,
+      numBeams: argv['num-beams'],
+      prompt: argv.prompt,
+      maxLength: argv['max-length'],
+      minLength: argv['min-length'],
+      topP: argv['top-p'],
+      topK: argv['top-k'],
+      temperature: argv.temperature,
+      repetitionPenalty: argv['repetition-penalty'],
+      seed: argv.seed,
+      batchSize: argv['batch-size'],
+      device: argv.device,
+      progress: true,
+    });
+    process.stdout.write(argv.json ? JSON.stringify(results, null, 2) + '\n' : formatCaptions(results));
+  },
+};
