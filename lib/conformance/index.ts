@@ -1,3 +1,9 @@
 /** Conformance runners of every component, registered on import. */
 export * from './registry';
+import './bert-minilm';
 import './blip-captioning';
+import './clip-text-encoder';
+import './clip-vit';
+import './inception-fid';
+import './vit-dino';
+import './vit-dino-384';
