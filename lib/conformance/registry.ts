@@ -9,6 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { loadSafetensors } from '../weights/safetensors';
+import { parsePythonJson } from '../models/sd/schedulers';
 import { Tensor, disposeAll } from '../tensor';
 
 export interface ConformanceContext {
@@ -83,9 +84,10 @@ export function expectedOutputs(caseJson: any): { name: string; compare: 'exact'
   return out;
 }
 
+/** Python-written JSON: diffusers configs may hold NaN/Infinity. */
 function readJson(file: string): any {
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
+    return parsePythonJson(fs.readFileSync(file, 'utf8'));
   } catch (err) {
     throw new RoundtripError(`${file}: ${err instanceof Error ? err.message : String(err)}`);
   }

@@ -1,0 +1,96 @@
+/**
+ * `roundtrip generate "PROMPT"… --model DIR --out DIR`: Stable Diffusion v1.x text-to-image.
+ */
+import type { CommandModule } from 'yargs';
+import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString } from '../errors';
+import { StableDiffusionPipeline } from '../models/sd/pipeline';
+import { SCHEDULER_NAMES, schedulerName } from '../models/sd/schedulers';
+import { ProgressStream, createProgress } from '../progress';
+
+export interface GenerateArgs {
+  prompts: string[];
+  model: string;
+  out: string;
+  scheduler?: string;
+  steps: number;
+  guidance: number;
+  negative?: string;
+  seed: number;
+  height?: number;
+  width?: number;
+  batch: number;
+  device: string;
+}
+
+/** Validates CLI arguments (flag names in the messages) before any model is loaded. */
+export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
+  if (!Array.isArray(a.prompts) || a.prompts.length === 0) throw new RoundtripError('generate: give at least one PROMPT');
+  a.prompts.forEach((p, i) => expectString(`PROMPT ${i + 1}`, p));
+  expectString('--model', a.model);
+  expectString('--out', a.out);
+  if (a.scheduler !== undefined) expectOneOf('--scheduler', schedulerName(String(a.scheduler)), SCHEDULER_NAMES);
+  expectInteger('--steps', a.steps, { min: 1, max: 1000 });
+  expectNumber('--guidance', a.guidance);
+  expectInteger('--seed', a.seed, { min: 0 });
+  expectInteger('--batch', a.batch, { min: 1 });
+  for (const [flag, v] of [['--height', a.height], ['--width', a.width]] as const) {
+    if (v === undefined) continue;
+    expectInteger(flag, v, { min: 8 });
+    if (v % 8 !== 0) throw new RoundtripError(`${flag}: expected a multiple of 8, got ${v}`);
+  }
+  return a;
+}
+
+/** Runs a generation and writes PNGs; returns their paths. */
+export async function runGenerate(a: GenerateArgs, stream: ProgressStream = process.stderr): Promise<string[]> {
+  checkGenerateArgs(a);
+  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device });
+  try {
+    let progress: ReturnType<typeof createProgress> | undefined;
+    const result = await pipe.generate(a.prompts, {
+      scheduler: a.scheduler,
+      steps: a.steps,
+      guidance: a.guidance,
+      negative: a.negative,
+      seed: a.seed,
+      height: a.height,
+      width: a.width,
+      batch: a.batch,
+      onStep: (done, total) => {
+        progress ??= createProgress({ label: 'sampling', total, unit: 'step', stream });
+        progress.update(done);
+      },
+    });
+    progress?.done();
+    try {
+      return await StableDiffusionPipeline.savePngs(result, a.out);
+    } finally {
+      result.images.dispose();
+    }
+  } finally {
+    pipe.dispose();
+  }
+}
+
+export const command: CommandModule<{}, any> = {
+  command: 'generate <prompts..>',
+  describe: 'Generate images with a Stable Diffusion v1.x diffusers folder',
+  builder: (y) =>
+    y
+      .positional('prompts', { type: 'string', array: true, describe: 'Text prompt(s)' })
+      .option('model', { type: 'string', demandOption: true, describe: 'diffusers SD folder (model_index.json, unet/, vae/, ...)' })
+      .option('out', { type: 'string', demandOption: true, describe: 'Output folder for the PNGs' })
+      .option('scheduler', { type: 'string', describe: `One of ${SCHEDULER_NAMES.join(', ')} (default: the folder's)` })
+      .option('steps', { type: 'number', default: 50 })
+      .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
+      .option('negative', { type: 'string', describe: 'Negative prompt' })
+      .option('seed', { type: 'number', default: 0, describe: 'Seed of the first image (image k uses seed + k)' })
+      .option('height', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
+      .option('width', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
+      .option('batch', { type: 'number', default: 1, describe: 'Images per prompt' })
+      .option('device', { type: 'string', default: 'cpu' }),
+  handler: async (argv) => {
+    const paths = await runGenerate({ ...argv, prompts: (argv.prompts as unknown[]).map(String) } as unknown as GenerateArgs);
+    for (const p of paths) process.stdout.write(p + '\n');
+  },
+};

@@ -1,0 +1,144 @@
+/**
+ * Noise schedulers (native, model kind "scheduler"): DDPM, DDIM, PNDM (PLMS), Euler, LMS and DPM-Solver++,
+ * configured from a diffusers scheduler_config.json. Steps are addressed by their index in `timesteps`.
+ */
+import * as fs from 'fs';
+import { RoundtripError, expectInteger, invalid } from '../../errors';
+import { NativeModel } from '../../model';
+import { Tensor } from '../../tensor';
+
+/** Scheduler names accepted by the CLI and the pipeline. */
+export const SCHEDULER_NAMES = ['ddpm', 'ddim', 'pndm', 'euler', 'lms', 'dpm++'] as const;
+export type SchedulerName = (typeof SCHEDULER_NAMES)[number];
+
+const CLASS_TO_NAME: Record<string, SchedulerName> = {
+  DDPMScheduler: 'ddpm',
+  DDIMScheduler: 'ddim',
+  PNDMScheduler: 'pndm',
+  EulerDiscreteScheduler: 'euler',
+  LMSDiscreteScheduler: 'lms',
+  DPMSolverMultistepScheduler: 'dpm++',
+};
+
+/** Resolves a scheduler name, alias ("dpmsolver", "plms") or diffusers class name. */
+export function schedulerName(name: string): SchedulerName {
+  if (CLASS_TO_NAME[name]) return CLASS_TO_NAME[name];
+  const n = name.toLowerCase();
+  if (n === 'dpmsolver' || n === 'dpmsolver++' || n === 'dpm') return 'dpm++';
+  if (n === 'plms') return 'pndm';
+  if ((SCHEDULER_NAMES as readonly string[]).includes(n)) return n as SchedulerName;
+  throw invalid('scheduler', `one of ${SCHEDULER_NAMES.join(', ')}`, name);
+}
+
+/**
+ * Parses JSON as Python's `json` writes it: bare `NaN`, `Infinity` and `-Infinity` are accepted (diffusers saves
+ * `"lambda_min_clipped": -Infinity` in DPM-Solver configs).
+ */
+export function parsePythonJson(text: string): unknown {
+  // Non-finite numbers become marked strings (a NUL prefix no real config uses), mapped back by the reviver.
+  const marks: Record<string, number> = { '\u0000NaN': NaN, '\u0000Infinity': Infinity, '\u0000-Infinity': -Infinity };
+  let out = '';
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      out += c;
+      if (c === '\\') out += text[++i] ?? '';
+      else if (c === '"') inString = false;
+      continue;
+    }
+    if (c === '"') {
+      inString = true;
+      out += c;
+      continue;
+    }
+    const rest = text.slice(i, i + 9);
+    const token = rest.startsWith('-Infinity') ? '-Infinity' : rest.startsWith('Infinity') ? 'Infinity' : rest.startsWith('NaN') ? 'NaN' : '';
+    if (token) {
+      out += `"\\u0000${token}"`;
+      i += token.length - 1;
+    } else {
+      out += c;
+    }
+  }
+  return JSON.parse(out, (_key, value) => (typeof value === 'string' && value.startsWith('\u0000') ? marks[value] : value));
+}
+
+/** Reads a scheduler_config.json. */
+export function readSchedulerConfig(file: string): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = parsePythonJson(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new RoundtripError(`${file}: cannot read the scheduler config (${err instanceof Error ? err.message : String(err)})`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw invalid(file, 'a JSON object', parsed);
+  return parsed as Record<string, unknown>;
+}
+
+export interface Schedule {
+  /** int64 [N] (ddpm/ddim/pndm/dpm++) or float32 [N] (euler/lms). PNDM has N+1 entries. */
+  timesteps: Tensor;
+  /** float32 [len+1] for sigma schedulers. */
+  sigmas?: Tensor;
+  initNoiseSigma: number;
+  alphasCumprod: Tensor;
+  betas: Tensor;
+}
+
+export interface StepOutput {
+  prevSample: Tensor;
+  predOriginalSample?: Tensor;
+  /** DDPM: the variance whose square root scales the noise. */
+  variance: number;
+  noiseDrawn: boolean;
+  /** The noise used (given or drawn). */
+  noise?: Tensor;
+}
+
+export class Scheduler {
+  private constructor(readonly model: NativeModel, readonly name: SchedulerName, readonly config: Record<string, unknown>) {}
+
+  /** Builds a scheduler of `name` from a scheduler_config.json object (its `_class_name` may differ). */
+  static async create(name: string, config: Record<string, unknown>): Promise<Scheduler> {
+    const resolved = schedulerName(name);
+    return new Scheduler(await NativeModel.create('scheduler', config, { scheduler: resolved === 'dpm++' ? 'dpmsolver' : resolved }), resolved, config);
+  }
+
+  /** Computes the schedule for `steps` steps and restarts the run; `seed` seeds noise the steps draw. */
+  async setTimesteps(steps: number, opts: { seed?: number } = {}): Promise<Schedule> {
+    expectInteger('steps', steps, { min: 1 });
+    const out = await this.model.call('set_timesteps', {}, { steps, seed: opts.seed ?? 0 });
+    const initNoiseSigma = out.init_noise_sigma.item();
+    out.init_noise_sigma.dispose();
+    return { timesteps: out.timesteps, sigmas: out.sigmas, initNoiseSigma, alphasCumprod: out.alphas_cumprod, betas: out.betas };
+  }
+
+  async scaleModelInput(sample: Tensor, step: number): Promise<Tensor> {
+    return (await this.model.call('scale_model_input', { sample }, { step })).sample;
+  }
+
+  /** One step; `noise` replays recorded noise instead of drawing it. */
+  async step(modelOutput: Tensor, step: number, sample: Tensor, opts: { noise?: Tensor } = {}): Promise<StepOutput> {
+    const out = await this.model.call('step', { model_output: modelOutput, sample, noise: opts.noise }, { step });
+    const variance = out.variance.item();
+    const noiseDrawn = out.noise_drawn.item() !== 0;
+    out.variance.dispose();
+    out.noise_drawn.dispose();
+    return { prevSample: out.prev_sample, predOriginalSample: out.pred_original_sample, variance, noiseDrawn, noise: out.noise };
+  }
+
+  /** Forward diffusion at per-sample timesteps ([B]). */
+  async addNoise(originalSamples: Tensor, noise: Tensor, timesteps: Tensor): Promise<Tensor> {
+    return (await this.model.call('add_noise', { original_samples: originalSamples, noise, timesteps })).noisy_samples;
+  }
+
+  /** The v-prediction target √ᾱ·ε − √(1−ᾱ)·x0. */
+  async getVelocity(sample: Tensor, noise: Tensor, timesteps: Tensor): Promise<Tensor> {
+    return (await this.model.call('get_velocity', { sample, noise, timesteps })).velocity;
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
+}
