@@ -104,7 +104,8 @@ export async function runConformanceCase(dir: string, opts: { device?: string } 
   if (!runner) throw new RoundtripError(`${dir}: no conformance runner for case '${name}' (known: ${conformanceNames().join(', ') || 'none'})`);
   const configPath = path.join(dir, 'config.json');
   const config = fs.existsSync(configPath) ? readJson(configPath) : undefined;
-  const io = await loadSafetensors(path.join(dir, 'io.safetensors'));
+  // Inputs and expected tensors live on the run's device, so runners can combine them with outputs.
+  const io = await loadSafetensors(path.join(dir, 'io.safetensors'), { device: opts.device });
   let produced: Record<string, Tensor> = {};
   try {
     produced = await runner({ dir, caseJson, config, io, device: opts.device ?? 'cpu' });

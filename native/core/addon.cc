@@ -15,6 +15,9 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // Default intra-op threads: all cores (libtorch 1.13 would use half).
   rt::set_default_threads(0);
   at::set_num_threads(rt::default_threads());
+  // Full fp32 in cuDNN convolutions, as the reference numbers assume (PyTorch enables TF32 there).
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
   rt::TensorHandle::Init(env, exports);
   rt::InitOps(env, exports);
   rt::InitModelHandle(env, exports);

@@ -130,7 +130,7 @@ Napi::Value Op(const Napi::CallbackInfo& info) {
       double atol = opt<double>(a, "atol", 0), rtol = opt<double>(a, "rtol", 0);
       at::Tensor diff = (x - ref).abs();
       at::Tensor bad = diff > (atol + rtol * ref.abs());
-      bad = bad | x.isnan() != ref.isnan();
+      bad = bad | (x.isnan() != ref.isnan());
       json out = {{"maxAbs", x.numel() ? diff.nan_to_num(0).max().item<double>() : 0.0},
                   {"maxRel", x.numel() ? (diff / ref.abs().clamp_min(1e-30)).nan_to_num(0).max().item<double>() : 0.0},
                   {"bad", bad.sum().item<int64_t>()},
