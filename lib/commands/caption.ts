@@ -9,6 +9,8 @@ import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokeniz
 import { createProgress } from '../progress';
 
 export interface CaptionRequest {
+  /** Trained tensors (finetune exports) merged over the model's weights. */
+  weights?: string[];
   images: string[];
   model: string;
   strategy?: string;
@@ -61,7 +63,7 @@ export async function captionImages(req: CaptionRequest): Promise<CaptionResult[
   if (!Array.isArray(req.images) || req.images.length === 0) throw invalid('IMAGE', 'at least one image path', req.images);
   req.images.forEach((p, i) => expectString(`IMAGE ${i + 1}`, p));
   const opts = captionOptions(req);
-  const blip = await Blip.load(expectString('--model', req.model), { device: req.device ?? 'cpu' });
+  const blip = await Blip.load(expectString('--model', req.model), { device: req.device ?? 'cpu', partial: req.weights });
   const batch = opts.batchSize ?? 8;
   const progress = req.progress && req.images.length > batch ? createProgress({ label: 'caption', total: req.images.length, unit: 'image' }) : undefined;
   try {
@@ -85,6 +87,7 @@ export const command: CommandModule<{}, any> = {
     y
       .positional('images', { type: 'string', array: true, describe: 'Image files' })
       .option('model', { type: 'string', demandOption: true, describe: 'BLIP folder: config.json, model.safetensors, vocab.txt' })
+      .option('weights', { type: 'string', array: true, describe: 'Trained tensors (e.g. a finetune export/blip.safetensors) merged over the model' })
       .option('strategy', { type: 'string', default: 'beam', describe: `Decoding: ${BLIP_STRATEGIES.join(', ')}` })
       .option('k', { type: 'number', default: 1, describe: 'Captions per image (beams returned, or independent samples)' })
       .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k))' })
@@ -105,6 +108,7 @@ export const command: CommandModule<{}, any> = {
     const results = await captionImages({
       images,
       model: argv.model,
+      weights: argv.weights,
       strategy: argv.strategy,
       k: argv.k,
       numBeams: argv['num-beams'],

@@ -8,6 +8,8 @@ import { SCHEDULER_NAMES, schedulerName } from '../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../progress';
 
 export interface GenerateArgs {
+  /** Trained UNet tensors (e.g. a finetune export/unet.safetensors) merged over the model. */
+  weights?: string[];
   prompts: string[];
   model: string;
   out: string;
@@ -44,7 +46,7 @@ export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
 /** Runs a generation and writes PNGs; returns their paths. */
 export async function runGenerate(a: GenerateArgs, stream: ProgressStream = process.stderr): Promise<string[]> {
   checkGenerateArgs(a);
-  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device });
+  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights } });
   try {
     let progress: ReturnType<typeof createProgress> | undefined;
     const result = await pipe.generate(a.prompts, {
@@ -79,6 +81,7 @@ export const command: CommandModule<{}, any> = {
     y
       .positional('prompts', { type: 'string', array: true, describe: 'Text prompt(s)' })
       .option('model', { type: 'string', demandOption: true, describe: 'diffusers SD folder (model_index.json, unet/, vae/, ...)' })
+      .option('weights', { type: 'string', array: true, describe: 'Trained UNet tensors (e.g. a finetune export/unet.safetensors) merged over the model' })
       .option('out', { type: 'string', demandOption: true, describe: 'Output folder for the PNGs' })
       .option('scheduler', { type: 'string', describe: `One of ${SCHEDULER_NAMES.join(', ')} (default: the folder's)` })
       .option('steps', { type: 'number', default: 50 })

@@ -1,12 +1,14 @@
 import type { CommandModule } from 'yargs';
+import { command as bench } from './bench';
 import { command as bridge } from './bridge';
 import { command as caption } from './caption';
 import { command as conformance } from './conformance';
 import { command as evaluate } from './eval';
+import { command as finetune } from './finetune';
 import { command as generate } from './generate';
 import { command as info } from './info';
 import { command as tokenize } from './tokenize';
 import { command as weights } from './weights';
 
 /** Every `roundtrip` subcommand, one module per command. */
-export const commands: CommandModule<{}, any>[] = [info, tokenize, caption, generate, evaluate, conformance, bridge, weights];
+export const commands: CommandModule<{}, any>[] = [info, tokenize, caption, generate, evaluate, finetune, bench, conformance, bridge, weights];

@@ -96,6 +96,8 @@ export interface BlipFiles {
 
 export interface BlipLoadOptions {
   device?: string;
+  /** safetensors files of trained tensors (e.g. a finetune export) merged over the folder's weights. */
+  partial?: string[];
 }
 
 /** What captioning needs from a tokenizer (lib/tokenizers' BERT tokenizer fits). */
@@ -298,7 +300,7 @@ export class Blip {
       const weightsPath = path.join(dir, 'model.safetensors');
       if (!fs.existsSync(configPath)) throw new RoundtripError(`${dir}: no config.json (expected a transformers BLIP folder)`);
       if (!fs.existsSync(weightsPath)) throw new RoundtripError(`${dir}: no model.safetensors (convert .pth/.bin weights first: roundtrip weights convert)`);
-      files = { config: configPath, weights: [weightsPath] };
+      files = { config: configPath, weights: [weightsPath], partial: opts.partial };
     } else {
       files = source;
     }

@@ -5,6 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { parsePythonJson } from '../../lib/models/sd/schedulers';
 import { REFERENCE, VOCAB } from './paths';
 
 function copy(from: string, to: string): void {
@@ -36,7 +37,7 @@ export function makeTinySd(dir: string, scheduler: 'PNDMScheduler' | 'DDPMSchedu
   copy(path.join(REFERENCE, 'clip-text-encoder', 'model.safetensors'), path.join(dir, 'text_encoder', 'model.safetensors'));
   copy(path.join(VOCAB, 'clip', 'vocab.json'), path.join(dir, 'tokenizer', 'vocab.json'));
   copy(path.join(VOCAB, 'clip', 'merges.txt'), path.join(dir, 'tokenizer', 'merges.txt'));
-  const schedulers = JSON.parse(fs.readFileSync(path.join(REFERENCE, 'sd-schedulers', 'config.json'), 'utf8'));
+  const schedulers = parsePythonJson(fs.readFileSync(path.join(REFERENCE, 'sd-schedulers', 'config.json'), 'utf8')) as any;
   const base = schedulers['source_scheduler_config (CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json)'];
   fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
   fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify({ ...base, _class_name: scheduler }, null, 2));

@@ -80,8 +80,14 @@ export class StableDiffusionPipeline {
     readonly schedulerConfig: Record<string, unknown>,
   ) {}
 
-  /** Loads a diffusers folder onto `device` ("cpu", "cuda", "cuda:N"). */
-  static async load(dir: string, opts: { device?: string } = {}): Promise<StableDiffusionPipeline> {
+  /**
+   * Loads a diffusers folder onto `device` ("cpu", "cuda", "cuda:N"). `partial` lists safetensors files
+   * of trained tensors (e.g. a finetune export of the UNet's `attn2.to_q` weights) merged over the base.
+   */
+  static async load(
+    dir: string,
+    opts: { device?: string; partial?: { unet?: string[]; vae?: string[]; textEncoder?: string[] } } = {},
+  ): Promise<StableDiffusionPipeline> {
     expectString('model folder', dir);
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new RoundtripError(`${dir}: not a model folder`);
     const index = path.join(dir, 'model_index.json');
@@ -99,17 +105,21 @@ export class StableDiffusionPipeline {
     const owned: { dispose(): void }[] = [];
     try {
       const unetDir = component('unet');
-      const unet = await UNet.create(readJsonFile(path.join(unetDir, 'config.json')), opts);
+      const device = { device: opts.device };
+      const unet = await UNet.create(readJsonFile(path.join(unetDir, 'config.json')), device);
       owned.push(unet);
       await unet.model.loadWeights([findWeightFile(unetDir)]);
+      if (opts.partial?.unet?.length) await unet.model.loadWeights(opts.partial.unet, { partial: true });
       const vaeDir = component('vae');
-      const vae = await VAE.create(readJsonFile(path.join(vaeDir, 'config.json')), opts);
+      const vae = await VAE.create(readJsonFile(path.join(vaeDir, 'config.json')), device);
       owned.push(vae);
       await vae.model.loadWeights([findWeightFile(vaeDir)]);
+      if (opts.partial?.vae?.length) await vae.model.loadWeights(opts.partial.vae, { partial: true });
       const textDir = component('text_encoder');
-      const text = await NativeModel.create('clip', readJsonFile(path.join(textDir, 'config.json')), opts);
+      const text = await NativeModel.create('clip', readJsonFile(path.join(textDir, 'config.json')), device);
       owned.push(text);
       await text.loadWeights([findWeightFile(textDir)]);
+      if (opts.partial?.textEncoder?.length) await text.loadWeights(opts.partial.textEncoder, { partial: true });
       for (const m of [unet.model, vae.model, text]) m.setTrainable([]);
       return new StableDiffusionPipeline(dir, unet, vae, text, tokenizer, schedulerConfig);
     } catch (err) {

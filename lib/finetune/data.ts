@@ -1,0 +1,127 @@
+/**
+ * Finetuning data: COCO Karpathy annotation lists (`[{image, caption, image_id}]`, the layout BLIP's
+ * loaders read), a deterministic per-epoch order, and prefetched micro-batches holding both models'
+ * inputs. Every random choice of item i in epoch e comes from deriveSeed(seed, e, i), so a resumed run
+ * sees exactly the batches an uninterrupted one would.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { RoundtripError, invalid } from '../errors';
+import { loadImage } from '../image/decode';
+import { PreprocessConfig, blipTrainPreprocess, preprocessImage, sdVaePreprocess, validatePreprocessConfig } from '../image/preprocess';
+import { prefetchMap } from '../image/pool';
+import { Rng, deriveSeed } from '../image/random';
+import { Tensor } from '../tensor';
+
+export interface TrainItem {
+  /** Absolute image path. */
+  image: string;
+  caption: string;
+  imageId: string;
+}
+
+/** Reads a Karpathy-layout annotation file; entries with several captions give one item per caption. */
+export function readAnnotations(file: string, imagesDir: string, limit?: number): TrainItem[] {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new RoundtripError(`annotations '${file}': ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (!Array.isArray(raw)) throw invalid(`annotations '${file}'`, 'a JSON array of {image, caption, image_id}', raw);
+  const items: TrainItem[] = [];
+  raw.forEach((e: any, i) => {
+    if (!e || typeof e.image !== 'string') throw invalid(`annotations '${file}' entry ${i}`, 'an object with an "image" path', e);
+    const captions = Array.isArray(e.caption) ? e.caption : [e.caption];
+    captions.forEach((c: unknown, k: number) => {
+      if (typeof c !== 'string') throw invalid(`annotations '${file}' entry ${i} caption ${k}`, 'a string', c);
+      items.push({ image: path.resolve(imagesDir, e.image), caption: c, imageId: String(e.image_id ?? e.img_id ?? e.image) });
+    });
+  });
+  if (items.length === 0) throw new RoundtripError(`annotations '${file}': no items`);
+  return limit !== undefined ? items.slice(0, limit) : items;
+}
+
+/** The item order of an epoch: a Fisher–Yates shuffle seeded by (seed, epoch). */
+export function epochOrder(n: number, seed: number, epoch: number): Uint32Array {
+  const order = new Uint32Array(n);
+  for (let i = 0; i < n; i++) order[i] = i;
+  const rng = new Rng(deriveSeed(seed, 0x5eed, epoch));
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.int(0, i + 1);
+    const t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+  return order;
+}
+
+export interface AugmentOptions {
+  sdSize: number;
+  sdRandomCrop: boolean;
+  sdFlip: boolean;
+  blipSize: number;
+  blipMinScale: number;
+}
+
+export interface MicroBatch {
+  epoch: number;
+  /** Index of this micro-batch within its epoch. */
+  position: number;
+  items: TrainItem[];
+  blipImages: Tensor;
+  sdImages: Tensor;
+}
+
+interface Prepared {
+  blip: Float32Array;
+  sd: Float32Array;
+}
+
+/**
+ * Micro-batches of one epoch starting at `fromPosition`, decoded `concurrency` images ahead (sharp
+ * decodes on libuv threads while the step runs). Incomplete trailing batches are dropped.
+ */
+export async function* epochBatches(
+  items: TrainItem[],
+  opts: AugmentOptions & { seed: number; epoch: number; batchSize: number; fromPosition: number; concurrency: number },
+): AsyncGenerator<MicroBatch, void, undefined> {
+  const sdRecipe: PreprocessConfig = validatePreprocessConfig(sdVaePreprocess({ size: opts.sdSize, randomCrop: opts.sdRandomCrop, randomFlip: opts.sdFlip }));
+  const blipRecipe: PreprocessConfig = validatePreprocessConfig(blipTrainPreprocess(opts.blipSize, opts.blipMinScale));
+  const order = epochOrder(items.length, opts.seed, opts.epoch);
+  const perEpoch = Math.floor(items.length / opts.batchSize);
+  const start = opts.fromPosition * opts.batchSize;
+  const indices = Array.from(order.subarray(start, perEpoch * opts.batchSize));
+  const prepare = async (index: number): Promise<Prepared> => {
+    const item = items[index];
+    let image;
+    try {
+      image = await loadImage(item.image);
+    } catch (err) {
+      throw new RoundtripError(`image '${item.image}': ${err instanceof Error ? err.message : String(err)}`);
+    }
+    const sd = preprocessImage(image, sdRecipe, new Rng(deriveSeed(opts.seed, 1, opts.epoch, index)));
+    const blip = preprocessImage(image, blipRecipe, new Rng(deriveSeed(opts.seed, 2, opts.epoch, index)));
+    return { sd: sd.data as Float32Array, blip: blip.data as Float32Array };
+  };
+  let pending: Prepared[] = [];
+  let position = opts.fromPosition;
+  let k = 0;
+  for await (const p of prefetchMap(indices, prepare, opts.concurrency)) {
+    pending.push(p);
+    k++;
+    if (pending.length === opts.batchSize) {
+      const B = opts.batchSize;
+      const batchItems = indices.slice(k - B, k).map((i) => items[i]);
+      const stack = (key: 'sd' | 'blip', size: number) => {
+        const plane = 3 * size * size;
+        const data = new Float32Array(B * plane);
+        pending.forEach((q, i) => data.set(q[key], i * plane));
+        return Tensor.fromTypedArray(data, [B, 3, size, size]);
+      };
+      yield { epoch: opts.epoch, position, items: batchItems, blipImages: stack('blip', opts.blipSize), sdImages: stack('sd', opts.sdSize) };
+      position++;
+      pending = [];
+    }
+  }
+}

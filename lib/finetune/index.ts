@@ -1,0 +1,12 @@
+/**
+ * Joint finetuning of BLIP and Stable Diffusion with reconstruction regularisation (paper, Section 4):
+ * the loss terms as a composable API, the objective (summed or the release's alternating schedule), the
+ * training loop, its data pipeline, the benchmark and the report.
+ */
+export * from './losses';
+export * from './objective';
+export * from './data';
+export * from './trainer';
+export * from './report';
+export { benchFinetune } from './bench';
+export type { BenchOptions, BenchResult, BenchRow } from './bench';

@@ -1,0 +1,82 @@
+/** The final report of a finetuning run: loss curves (hand-written SVG), JSON and Markdown summaries. */
+import * as fs from 'fs';
+import * as path from 'path';
+
+export interface ReportInput {
+  config: object;
+  logs: { step: number; loss: number; terms: Record<string, number | undefined>; samplesPerSecond: number; rssMB: number }[];
+  validation: { step: number; cider: number }[];
+  exported: Record<string, string | undefined>;
+  interrupted: boolean;
+}
+
+function writeAtomic(file: string, body: string): void {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, body);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+const COLOURS = ['#222222', '#1f77b4', '#ff7f0e', '#2ca02c', '#d62728'];
+
+/** An SVG line plot of named series over steps (linear axes, min/max labels). */
+export function lossCurvesSvg(series: Record<string, [number, number][]>, width = 720, height = 360): string {
+  const pad = { l: 60, r: 130, t: 20, b: 40 };
+  const pts = Object.values(series).flat().filter(([, y]) => Number.isFinite(y));
+  const xs = pts.map((p) => p[0]);
+  const ys = pts.map((p) => p[1]);
+  const [x0, x1] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1];
+  const [y0, y1] = ys.length ? [Math.min(...ys), Math.max(...ys)] : [0, 1];
+  const sx = (x: number) => pad.l + ((x - x0) / (x1 - x0 || 1)) * (width - pad.l - pad.r);
+  const sy = (y: number) => height - pad.b - ((y - y0) / (y1 - y0 || 1)) * (height - pad.t - pad.b);
+  const lines = Object.entries(series).map(([name, s], i) => {
+    const colour = COLOURS[i % COLOURS.length];
+    const d = s.filter(([, y]) => Number.isFinite(y)).map(([x, y], k) => `${k ? 'L' : 'M'}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ');
+    const ly = pad.t + 16 * i + 10;
+    return `<path d="${d}" fill="none" stroke="${colour}" stroke-width="1.5"/><text x="${width - pad.r + 10}" y="${ly}" fill="${colour}" font-size="12">${name}</text>`;
+  });
+  const axis = `<line x1="${pad.l}" y1="${height - pad.b}" x2="${width - pad.r}" y2="${height - pad.b}" stroke="#888"/><line x1="${pad.l}" y1="${pad.t}" x2="${pad.l}" y2="${height - pad.b}" stroke="#888"/>`;
+  const labels =
+    `<text x="${pad.l}" y="${height - 15}" font-size="11">${x0}</text><text x="${width - pad.r}" y="${height - 15}" font-size="11" text-anchor="end">${x1} steps</text>` +
+    `<text x="${pad.l - 5}" y="${sy(y0)}" font-size="11" text-anchor="end">${y0.toPrecision(3)}</text><text x="${pad.l - 5}" y="${sy(y1) + 10}" font-size="11" text-anchor="end">${y1.toPrecision(3)}</text>`;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>${axis}${labels}${lines.join('')}</svg>\n`;
+}
+
+/** Writes report.json, report.md and loss-curves.svg into the run folder (atomically). */
+export function writeReport(dir: string, r: ReportInput): void {
+  const series: Record<string, [number, number][]> = { total: r.logs.map((l) => [l.step, l.loss]) };
+  for (const l of r.logs) for (const [k, v] of Object.entries(l.terms)) if (v !== undefined) (series[k] ??= []).push([l.step, v]);
+  writeAtomic(path.join(dir, 'loss-curves.svg'), lossCurvesSvg(series));
+  const last = r.logs[r.logs.length - 1];
+  const mean = (f: (l: ReportInput['logs'][number]) => number) => (r.logs.length ? r.logs.reduce((a, l) => a + f(l), 0) / r.logs.length : 0);
+  const summary = {
+    steps: last?.step ?? 0,
+    finalLoss: last?.loss ?? null,
+    finalTerms: last?.terms ?? {},
+    meanSamplesPerSecond: mean((l) => l.samplesPerSecond),
+    peakRssMB: Math.max(0, ...r.logs.map((l) => l.rssMB)),
+    validation: r.validation,
+    bestCider: r.validation.length ? Math.max(...r.validation.map((v) => v.cider)) : null,
+    exported: r.exported,
+    interrupted: r.interrupted,
+    config: r.config,
+  };
+  writeAtomic(path.join(dir, 'report.json'), JSON.stringify(summary, null, 2) + '\n');
+  const rows = [
+    '| metric | value |',
+    '| --- | --- |',
+    `| steps | ${summary.steps} |`,
+    `| final loss | ${summary.finalLoss?.toFixed(4) ?? '-'} |`,
+    ...Object.entries(summary.finalTerms).map(([k, v]) => `| final ${k} | ${(v as number).toFixed(4)} |`),
+    `| samples/s (mean) | ${summary.meanSamplesPerSecond.toFixed(2)} |`,
+    `| peak RSS (MB) | ${summary.peakRssMB.toFixed(0)} |`,
+    `| best CIDEr-D | ${summary.bestCider?.toFixed(4) ?? '-'} |`,
+  ];
+  const val = r.validation.length ? ['', '| step | CIDEr-D |', '| --- | --- |', ...r.validation.map((v) => `| ${v.step} | ${v.cider.toFixed(4)} |`)] : [];
+  writeAtomic(path.join(dir, 'report.md'), `# Finetuning report\n\n${rows.join('\n')}\n${val.join('\n')}\n\n![loss curves](loss-curves.svg)\n`);
+}

@@ -1,0 +1,519 @@
+/**
+ * The joint finetuning loop: trainable sets per model, AdamW with global-norm clipping, LR schedules,
+ * gradient accumulation, deterministic data/noise, atomic checkpoints with exact resume, SIGINT and
+ * non-finite-loss handling, JSONL logs, periodic validation (CIDEr) with a best checkpoint, exported
+ * partial weights and a final report.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { RoundtripError, expectBoolean, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
+import { VocabularyBridge, buildBridge, loadBridge, saveBridge } from '../bridge';
+import { Blip } from '../models/blip';
+import { StableDiffusionPipeline } from '../models/sd/pipeline';
+import { NativeModel } from '../model';
+import { native } from '../native';
+import { createProgress } from '../progress';
+import { Tensor, disposeAll, noGrad } from '../tensor';
+import { AdamW } from '../train/optimizer';
+import { LR_SCHEDULES, LrScheduleName, learningRate } from '../train/schedule';
+import { CheckpointData, disposeCheckpoint, loadCheckpoint, resolveCheckpoint, saveCheckpoint } from '../train/checkpoint';
+import { saveTensors } from '../weights/save';
+import { loadBertTokenizer } from '../tokenizers/load';
+import { BertTokenizer } from '../tokenizers/bert';
+import { BLIP_PROMPT, blipDecodeCaption, preCaption } from '../tokenizers/blip';
+import { ciderD } from '../metrics/cider';
+import { blipPreprocess, preprocessImage } from '../image/preprocess';
+import { loadImage } from '../image/decode';
+import { deriveSeed } from '../image/random';
+import { SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, encodeCaptions, disposeCaptionBatch } from './losses';
+import { LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, SCHEDULES, activeTerms, jointObjective, presetWeights } from './objective';
+import { TrainItem, epochBatches, readAnnotations } from './data';
+import { writeReport } from './report';
+
+export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'none'] as const;
+export type TrainableSet = (typeof TRAINABLE_SETS)[number];
+
+/** Parameter-name patterns of each trainable set (published key names). */
+export function trainablePatterns(model: 'blip' | 'unet', set: TrainableSet): string[] {
+  expectOneOf(`trainable.${model}`, set, TRAINABLE_SETS);
+  if (set === 'none') return [];
+  const parts = set === 'xattn-q' ? ['q'] : set === 'xattn-kv' ? ['k', 'v'] : ['q', 'k', 'v'];
+  const blipName: Record<string, string> = { q: 'query', k: 'key', v: 'value' };
+  return model === 'blip'
+    ? parts.map((p) => `crossattention\\.self\\.${blipName[p]}\\.`)
+    : parts.map((p) => `attn2\\.to_${p}\\.`);
+}
+
+export interface FinetuneConfig {
+  /** BLIP folder (config.json, model.safetensors, vocab.txt). */
+  blip: string;
+  /** diffusers SD folder. */
+  sd: string;
+  /** Bridge file (roundtrip JSON or the authors' array); default: learned from the training captions. */
+  bridge?: string;
+  /** Karpathy-layout training annotations and the images folder they are relative to. */
+  annotations: string;
+  images: string;
+  limit?: number;
+  /** Validation annotations (captions as arrays); default none. */
+  valAnnotations?: string;
+  valImages?: string;
+  valSize: number;
+  validateEvery: number;
+  /** Run folder: checkpoints/, log.jsonl, export/, report.*. */
+  output: string;
+  device: string;
+  seed: number;
+  trainable: { blip: TrainableSet; unet: TrainableSet };
+  objective: (typeof OBJECTIVE_PRESETS)[number];
+  /** Per-term weights (override the objective preset). */
+  weights?: Partial<LossWeights>;
+  schedule: (typeof SCHEDULES)[number];
+  temperature: number;
+  softMode: (typeof SOFT_CAPTION_MODES)[number];
+  recTxtMode: (typeof RECONSTRUCT_TEXT_MODES)[number];
+  labelSmoothing: number;
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  clip: number;
+  lrSchedule: LrScheduleName;
+  warmupSteps: number;
+  minLr: number;
+  batchSize: number;
+  gradAccum: number;
+  epochs: number;
+  maxSteps?: number;
+  sdSize: number;
+  sdRandomCrop: boolean;
+  sdFlip: boolean;
+  blipSize: number;
+  blipMinScale: number;
+  prefetch: number;
+  checkpointEvery: number;
+  keepLast: number;
+  resume?: string;
+  progress: boolean;
+  /** Intra-op threads for the native core (default: libtorch's). */
+  threads?: number;
+}
+
+export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' | 'images' | 'output'> = {
+  valSize: 100,
+  validateEvery: 0,
+  device: 'cpu',
+  seed: 0,
+  trainable: { blip: 'xattn-q', unet: 'xattn-q' },
+  objective: 'joint',
+  schedule: 'summed',
+  temperature: 1,
+  softMode: 'probs',
+  recTxtMode: 'x0',
+  labelSmoothing: 0.1,
+  lr: 1e-4,
+  beta1: 0.9,
+  beta2: 0.999,
+  eps: 1e-8,
+  weightDecay: 0.05,
+  clip: 1.0,
+  lrSchedule: 'constant',
+  warmupSteps: 0,
+  minLr: 0,
+  batchSize: 8,
+  gradAccum: 1,
+  epochs: 5,
+  sdSize: 512,
+  sdRandomCrop: false,
+  sdFlip: false,
+  blipSize: 384,
+  blipMinScale: 0.5,
+  prefetch: 16,
+  checkpointEvery: 1000,
+  keepLast: 3,
+  progress: true,
+};
+
+/** Merges a partial config over the defaults and checks every key (errors name the key). */
+export function resolveConfig(partial: Record<string, unknown>, source = 'config'): FinetuneConfig {
+  if (!partial || typeof partial !== 'object' || Array.isArray(partial)) throw invalid(source, 'an object', partial);
+  const known = new Set([...Object.keys(DEFAULT_CONFIG), 'blip', 'sd', 'bridge', 'annotations', 'images', 'limit', 'valAnnotations', 'valImages', 'output', 'weights', 'maxSteps', 'resume', 'threads', '$comment', 'comment']);
+  for (const k of Object.keys(partial)) if (!known.has(k)) throw new RoundtripError(`${source}: unknown key '${k}' (known: ${[...known].filter((x) => !x.includes('omment')).sort().join(', ')})`);
+  const c = { ...DEFAULT_CONFIG, ...partial, trainable: { ...DEFAULT_CONFIG.trainable, ...((partial.trainable as object) ?? {}) } } as FinetuneConfig;
+  const k = (name: string) => `${source} '${name}'`;
+  for (const name of ['blip', 'sd', 'annotations', 'images', 'output'] as const) expectString(k(name), c[name]);
+  if (c.bridge !== undefined) expectString(k('bridge'), c.bridge);
+  expectString(k('device'), c.device);
+  expectInteger(k('seed'), c.seed, { min: 0, max: 2 ** 32 - 1 });
+  expectOneOf(k('trainable.blip'), c.trainable.blip, TRAINABLE_SETS);
+  expectOneOf(k('trainable.unet'), c.trainable.unet, TRAINABLE_SETS);
+  if (c.trainable.blip === 'none' && c.trainable.unet === 'none') throw new RoundtripError(`${source}: both models are frozen (trainable 'none'); nothing to train`);
+  expectOneOf(k('objective'), c.objective, OBJECTIVE_PRESETS);
+  expectOneOf(k('schedule'), c.schedule, SCHEDULES);
+  expectOneOf(k('softMode'), c.softMode, SOFT_CAPTION_MODES);
+  expectOneOf(k('recTxtMode'), c.recTxtMode, RECONSTRUCT_TEXT_MODES);
+  expectOneOf(k('lrSchedule'), c.lrSchedule, LR_SCHEDULES);
+  expectNumber(k('temperature'), c.temperature, { min: 0, exclusiveMin: true });
+  expectNumber(k('labelSmoothing'), c.labelSmoothing, { min: 0, max: 1 });
+  expectNumber(k('lr'), c.lr, { min: 0 });
+  expectNumber(k('beta1'), c.beta1, { min: 0, max: 1 });
+  expectNumber(k('beta2'), c.beta2, { min: 0, max: 1 });
+  expectNumber(k('eps'), c.eps, { min: 0 });
+  expectNumber(k('weightDecay'), c.weightDecay, { min: 0 });
+  expectNumber(k('clip'), c.clip, { min: 0 });
+  expectNumber(k('minLr'), c.minLr, { min: 0 });
+  expectInteger(k('warmupSteps'), c.warmupSteps, { min: 0 });
+  expectInteger(k('batchSize'), c.batchSize, { min: 1 });
+  expectInteger(k('gradAccum'), c.gradAccum, { min: 1 });
+  expectInteger(k('epochs'), c.epochs, { min: 1 });
+  if (c.maxSteps !== undefined) expectInteger(k('maxSteps'), c.maxSteps, { min: 1 });
+  if (c.limit !== undefined) expectInteger(k('limit'), c.limit, { min: 1 });
+  if (c.threads !== undefined) expectInteger(k('threads'), c.threads, { min: 1 });
+  expectInteger(k('sdSize'), c.sdSize, { min: 8 });
+  expectInteger(k('blipSize'), c.blipSize, { min: 1 });
+  expectNumber(k('blipMinScale'), c.blipMinScale, { min: 0, max: 1, exclusiveMin: true });
+  expectBoolean(k('sdRandomCrop'), c.sdRandomCrop);
+  expectBoolean(k('sdFlip'), c.sdFlip);
+  expectBoolean(k('progress'), c.progress);
+  expectInteger(k('prefetch'), c.prefetch, { min: 1 });
+  expectInteger(k('checkpointEvery'), c.checkpointEvery, { min: 0 });
+  expectInteger(k('keepLast'), c.keepLast, { min: 1 });
+  expectInteger(k('valSize'), c.valSize, { min: 1 });
+  expectInteger(k('validateEvery'), c.validateEvery, { min: 0 });
+  if (c.weights !== undefined) {
+    if (typeof c.weights !== 'object' || c.weights === null) throw invalid(k('weights'), 'an object {cap, recImg, sd, recTxt}', c.weights);
+    for (const [t, w] of Object.entries(c.weights)) {
+      expectOneOf(`${source} 'weights' key`, t, LOSS_TERMS);
+      expectNumber(k(`weights.${t}`), w, { min: 0 });
+    }
+  }
+  const weights = { ...presetWeights(c.objective), ...(c.weights ?? {}) };
+  const opts = objectiveOptions(c, weights);
+  if (activeTerms(opts, 0).length === 0 && activeTerms(opts, 1).length === 0) throw new RoundtripError(`${source}: every loss weight is zero`);
+  return c;
+}
+
+function objectiveOptions(c: FinetuneConfig, weights: LossWeights, clip = { start: 49406, end: 49407, pad: 49407 }): ObjectiveOptions {
+  return {
+    weights,
+    schedule: c.schedule,
+    temperature: c.temperature,
+    softMode: c.softMode,
+    recTxtMode: c.recTxtMode,
+    labelSmoothing: c.labelSmoothing,
+    clipStartId: clip.start,
+    clipEndId: clip.end,
+    clipPadId: clip.pad,
+  };
+}
+
+/** One JSONL log row. */
+export interface StepLog {
+  step: number;
+  epoch: number;
+  loss: number;
+  terms: Partial<Record<LossTerm, number>>;
+  lr: number;
+  gradNorm: { total: number; blip: number; unet: number };
+  samplesPerSecond: number;
+  stepsPerSecond: number;
+  rssMB: number;
+  time: number;
+}
+
+export interface FinetuneResult {
+  steps: number;
+  /** Loss per optimizer step (mean over micro-batches). */
+  losses: number[];
+  logs: StepLog[];
+  lastCheckpoint?: string;
+  bestCheckpoint?: string;
+  exported: { blip?: string; unet?: string };
+  interrupted: boolean;
+  validation: { step: number; cider: number }[];
+}
+
+/** Test and embedding hooks. */
+export interface FinetuneHooks {
+  /** Called with each step's losses before backward; may return a replacement total (tests inject NaN). */
+  afterLoss?: (step: number, total: number) => number | void;
+  /** Called after each optimizer step. */
+  afterStep?: (log: StepLog) => void | Promise<void>;
+  /** Set to stop after the current step as SIGINT does. */
+  stopSignal?: { stop: boolean };
+  /** Log line sink (default stderr when progress is on). */
+  print?: (line: string) => void;
+}
+
+interface Models {
+  blip: Blip;
+  sd: StableDiffusionPipeline;
+  bridge: VocabularyBridge;
+  bert: BertTokenizer;
+  blipTrainable: string[];
+  unetTrainable: string[];
+}
+
+/** Loads both models, sets the trainable sets and the bridge. */
+export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promise<Models> {
+  const blip = await Blip.load(c.blip, { device: c.device });
+  let sd: StableDiffusionPipeline;
+  try {
+    sd = await StableDiffusionPipeline.load(c.sd, { device: c.device });
+  } catch (err) {
+    blip.dispose();
+    throw err;
+  }
+  const bert = loadBertTokenizer(c.blip);
+  let bridge: VocabularyBridge;
+  if (c.bridge) bridge = loadBridge(c.bridge);
+  else {
+    if (!items) throw new RoundtripError('no bridge file and no captions to learn one from');
+    bridge = buildBridge(items.map((i) => i.caption), bert, sd.tokenizer);
+    saveBridge(path.join(c.output, 'bridge.json'), bridge);
+  }
+  if (bridge.clipToBlip.length !== sd.tokenizer.vocabSize) throw new RoundtripError(`bridge: ${bridge.clipToBlip.length} CLIP ids, the SD tokenizer has ${sd.tokenizer.vocabSize}`);
+  const blipTrainable = blip.model.setTrainable(trainablePatterns('blip', c.trainable.blip));
+  const unetTrainable = sd.unet.model.setTrainable(trainablePatterns('unet', c.trainable.unet));
+  if (c.trainable.blip !== 'none' && blipTrainable.length === 0) throw new RoundtripError(`trainable.blip '${c.trainable.blip}': no BLIP parameter matches ${trainablePatterns('blip', c.trainable.blip).join(', ')}`);
+  if (c.trainable.unet !== 'none' && unetTrainable.length === 0) throw new RoundtripError(`trainable.unet '${c.trainable.unet}': no UNet parameter matches ${trainablePatterns('unet', c.trainable.unet).join(', ')}`);
+  return { blip, sd, bridge, bert, blipTrainable, unetTrainable };
+}
+
+function countParams(model: NativeModel, names: string[]): number {
+  const set = new Set(names);
+  return model.parameters().filter((p) => set.has(p.name)).reduce((n, p) => n + p.numel, 0);
+}
+
+function gradNorm(tensors: Tensor[]): number {
+  return tensors.length ? ((native() as any).op('gradNorm', tensors.map((t) => t.handle), '{}') as number) : 0;
+}
+
+function rssMB(): number {
+  return process.memoryUsage().rss / 2 ** 20;
+}
+
+function appendLine(file: string, line: string): void {
+  const fd = fs.openSync(file, 'a');
+  try {
+    fs.writeSync(fd, line + '\n');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Runs a finetuning from a resolved config. */
+export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Promise<FinetuneResult> {
+  fs.mkdirSync(c.output, { recursive: true });
+  if (c.threads) (native() as any).setNumThreads(c.threads);
+  const print = hooks.print ?? ((line: string) => c.progress && process.stderr.write(line + '\n'));
+  const items = readAnnotations(c.annotations, c.images, c.limit);
+  const microPerEpoch = Math.floor(items.length / c.batchSize);
+  const stepsPerEpoch = Math.floor(microPerEpoch / c.gradAccum);
+  if (stepsPerEpoch === 0) throw new RoundtripError(`${items.length} training items do not fill one step of batchSize ${c.batchSize} × gradAccum ${c.gradAccum}`);
+  const totalSteps = Math.min(c.maxSteps ?? Infinity, stepsPerEpoch * c.epochs);
+  const m = await loadModels(c, items);
+  const { blip, sd } = m;
+  const blipParams = blip.model.tensors(m.blipTrainable);
+  const unetParams = sd.unet.model.tensors(m.unetTrainable);
+  const all: Record<string, Tensor> = {};
+  for (const [n, t] of Object.entries(blipParams)) all[`blip:${n}`] = t;
+  for (const [n, t] of Object.entries(unetParams)) all[`unet:${n}`] = t;
+  const optimizer = new AdamW(all, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay });
+  const weights = { ...presetWeights(c.objective), ...(c.weights ?? {}) };
+  const objective = objectiveOptions(c, weights, { start: sd.tokenizer.sotId, end: sd.tokenizer.eotId, pad: sd.tokenizer.padId });
+  const visionTrainable = m.blipTrainable.some((n) => n.startsWith('vision_model.'));
+  print(`finetune: ${items.length} items, ${stepsPerEpoch} steps/epoch, ${totalSteps} steps; trainable BLIP ${countParams(blip.model, m.blipTrainable).toLocaleString('en-US')} params (${m.blipTrainable.length} tensors), UNet ${countParams(sd.unet.model, m.unetTrainable).toLocaleString('en-US')} params (${m.unetTrainable.length} tensors)`);
+
+  let step = 0;
+  let epoch = 0;
+  let position = 0;
+  const result: FinetuneResult = { steps: 0, losses: [], logs: [], exported: {}, interrupted: false, validation: [] };
+  let best = -Infinity;
+  if (c.resume) {
+    const dir = resolveCheckpoint(c.resume, c.output);
+    const ck = await loadCheckpoint(dir);
+    try {
+      for (const [model, target] of [['blip', blip.model], ['unet', sd.unet.model]] as const) {
+        const saved = ck.tensors[model] ?? {};
+        const params = model === 'blip' ? blipParams : unetParams;
+        for (const n of Object.keys(params)) if (!saved[n]) throw new RoundtripError(`--resume ${dir}: ${model} tensor '${n}' is not in the checkpoint (trainable sets differ?)`);
+        if (Object.keys(saved).length) await target.loadWeights([path.join(dir, `${model}.safetensors`)], { partial: true });
+      }
+      if (ck.optimizers.joint) optimizer.importState(ck.optimizers.joint);
+      step = ck.state.step;
+      epoch = Number(ck.state.epoch);
+      position = Number(ck.state.position);
+      best = Number(ck.state.bestCider ?? -Infinity);
+      if (Number(ck.state.seed) !== c.seed || Number(ck.state.batchSize) !== c.batchSize || Number(ck.state.gradAccum) !== c.gradAccum) {
+        throw new RoundtripError(`--resume ${dir}: seed/batchSize/gradAccum differ from the checkpoint's (${ck.state.seed}/${ck.state.batchSize}/${ck.state.gradAccum}); the data order would not continue`);
+      }
+    } finally {
+      disposeCheckpoint(ck);
+    }
+    print(`finetune: resumed from ${dir} at step ${step}`);
+  }
+
+  const logFile = path.join(c.output, 'log.jsonl');
+  const stop = hooks.stopSignal ?? { stop: false };
+  const onSigint = () => {
+    stop.stop = true;
+    print('finetune: interrupted; writing a checkpoint after this step');
+  };
+  process.on('SIGINT', onSigint);
+
+  const checkpoint = async (dirRun = c.output, keepLast = c.keepLast, extra: Record<string, unknown> = {}): Promise<string> => {
+    const data: CheckpointData = {
+      tensors: { blip: blipParams, unet: unetParams },
+      optimizers: { joint: optimizer.exportState() },
+      state: { step, epoch, position, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, config: c, ...extra },
+    };
+    try {
+      return await saveCheckpoint(dirRun, data, { keepLast });
+    } finally {
+      disposeAll([...data.optimizers.joint.expAvg, ...data.optimizers.joint.expAvgSq].filter(Boolean));
+    }
+  };
+
+  const progress = c.progress ? createProgress({ label: 'finetune', total: totalSteps, unit: 'step', start: step }) : undefined;
+  let batches: AsyncGenerator<Awaited<ReturnType<typeof epochBatches> extends AsyncGenerator<infer B> ? B : never>> | undefined;
+  const openEpoch = () =>
+    epochBatches(items, { seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale });
+  const started = Date.now();
+  try {
+    while (step < totalSteps && !stop.stop) {
+      if (position + c.gradAccum > microPerEpoch) {
+        epoch++;
+        position = 0;
+        await batches?.return(undefined);
+        batches = undefined;
+      }
+      batches ??= openEpoch();
+      const t0 = Date.now();
+      const lr = learningRate({ name: c.lrSchedule, lr: c.lr, warmupSteps: c.warmupSteps, minLr: c.minLr }, step, totalSteps);
+      optimizer.setLr(lr);
+      optimizer.zeroGrad();
+      let stepLoss = 0;
+      const termSums: Partial<Record<LossTerm, number>> = {};
+      for (let micro = 0; micro < c.gradAccum; micro++) {
+        const next = await batches.next();
+        if (next.done) throw new RoundtripError('internal: the epoch ran out of batches');
+        const mb = next.value;
+        const captions = encodeCaptions({ blip: m.bert, clip: sd.tokenizer }, mb.items.map((i) => i.caption));
+        try {
+          const { total, terms } = await jointObjective(
+            { blip, sd, bridge: m.bridge, visionTrainable },
+            { blipImages: mb.blipImages, sdImages: mb.sdImages, captions },
+            objective,
+            step,
+            deriveSeed(c.seed, 3, step, micro),
+          );
+          try {
+            let value = total.item();
+            const replaced = hooks.afterLoss?.(step, value);
+            if (typeof replaced === 'number') value = replaced;
+            const termValues = Object.fromEntries(Object.entries(terms).map(([k, t]) => [k, t!.item()]));
+            if (!Number.isFinite(value)) {
+              const last = fs.existsSync(path.join(c.output, 'checkpoints', 'latest')) ? resolveCheckpoint('latest', c.output) : undefined;
+              throw new RoundtripError(
+                `finetune: non-finite loss (${value}) at step ${step} (terms ${JSON.stringify(termValues)}); stopping. ` +
+                  (last ? `The last good checkpoint is ${last} (resume with --resume latest and a lower learning rate).` : 'No checkpoint was written yet.'),
+              );
+            }
+            for (const [k, v] of Object.entries(termValues)) termSums[k as LossTerm] = (termSums[k as LossTerm] ?? 0) + v / c.gradAccum;
+            stepLoss += value / c.gradAccum;
+            const scaled = c.gradAccum > 1 ? total.div(c.gradAccum) : total;
+            await scaled.backward();
+            if (scaled !== total) scaled.dispose();
+          } finally {
+            total.dispose();
+            disposeAll(Object.values(terms));
+          }
+        } finally {
+          disposeCaptionBatch(captions);
+          mb.blipImages.dispose();
+          mb.sdImages.dispose();
+        }
+        position++;
+      }
+      const blipNorm = gradNorm(Object.values(blipParams));
+      const unetNorm = gradNorm(Object.values(unetParams));
+      const norm = c.clip > 0 ? optimizer.clipGradNorm(c.clip) : Math.hypot(blipNorm, unetNorm);
+      await optimizer.step();
+      step++;
+      const seconds = Math.max(1e-9, (Date.now() - t0) / 1000);
+      const log: StepLog = {
+        step,
+        epoch,
+        loss: stepLoss,
+        terms: termSums,
+        lr,
+        gradNorm: { total: norm, blip: blipNorm, unet: unetNorm },
+        samplesPerSecond: (c.batchSize * c.gradAccum) / seconds,
+        stepsPerSecond: 1 / seconds,
+        rssMB: rssMB(),
+        time: (Date.now() - started) / 1000,
+      };
+      appendLine(logFile, JSON.stringify(log));
+      result.logs.push(log);
+      result.losses.push(stepLoss);
+      progress?.tick();
+      if (c.progress && (step % 10 === 0 || step === totalSteps)) {
+        print(`step ${step}/${totalSteps} loss ${stepLoss.toFixed(4)} ${Object.entries(termSums).map(([k, v]) => `${k} ${v!.toFixed(4)}`).join(' ')} lr ${lr.toExponential(2)} ${log.samplesPerSecond.toFixed(2)} samples/s`);
+      }
+      await hooks.afterStep?.(log);
+      if (c.validateEvery > 0 && c.valAnnotations && step % c.validateEvery === 0) {
+        const cider = await validate(c, m);
+        result.validation.push({ step, cider });
+        appendLine(logFile, JSON.stringify({ step, validation: { cider } }));
+        if (cider > best) {
+          best = cider;
+          result.bestCheckpoint = await checkpoint(path.join(c.output, 'best'), 1, { cider });
+        }
+      }
+      if (c.checkpointEvery > 0 && step % c.checkpointEvery === 0 && step < totalSteps) result.lastCheckpoint = await checkpoint();
+    }
+    result.interrupted = stop.stop && step < totalSteps;
+    result.lastCheckpoint = await checkpoint();
+    // Exported partial state dicts under published names (load with Blip.load({partial}) / unet loadWeights partial).
+    const exportDir = path.join(c.output, 'export');
+    fs.mkdirSync(exportDir, { recursive: true });
+    if (Object.keys(blipParams).length) await saveTensors((result.exported.blip = path.join(exportDir, 'blip.safetensors')), blipParams, { format: 'pt', model: 'blip' });
+    if (Object.keys(unetParams).length) await saveTensors((result.exported.unet = path.join(exportDir, 'unet.safetensors')), unetParams, { format: 'pt', model: 'unet' });
+    result.steps = step;
+    writeReport(c.output, { config: c, logs: result.logs, validation: result.validation, exported: result.exported, interrupted: result.interrupted });
+    return result;
+  } finally {
+    process.removeListener('SIGINT', onSigint);
+    progress?.done();
+    await batches?.return(undefined);
+    blip.dispose();
+    sd.dispose();
+  }
+}
+
+/** Greedy captions of the validation subset and their CIDEr-D against the references. */
+async function validate(c: FinetuneConfig, m: Models): Promise<number> {
+  const raw = JSON.parse(fs.readFileSync(c.valAnnotations!, 'utf8')) as { image: string; caption: string | string[] }[];
+  const subset = raw.slice(0, c.valSize);
+  const recipe = blipPreprocess(c.blipSize);
+  const prompt = m.bert.encode(BLIP_PROMPT);
+  const candidates: string[] = [];
+  for (let i = 0; i < subset.length; i += c.batchSize) {
+    const chunk = subset.slice(i, i + c.batchSize);
+    const images = await Promise.all(chunk.map((e) => loadImage(path.resolve(c.valImages ?? c.images, e.image))));
+    const size = 3 * c.blipSize * c.blipSize;
+    const data = new Float32Array(chunk.length * size);
+    images.forEach((img, k) => data.set(preprocessImage(img, recipe).data as Float32Array, k * size));
+    const pixels = Tensor.fromTypedArray(data, [chunk.length, 3, c.blipSize, c.blipSize]);
+    try {
+      const gen = await noGrad(() => m.blip.generate(pixels, { strategy: 'greedy', maxLength: 20, minLength: 5, prompt }));
+      for (const row of gen.sequences) candidates.push(blipDecodeCaption(m.bert, row));
+    } finally {
+      pixels.dispose();
+    }
+  }
+  const refs = subset.map((e) => (Array.isArray(e.caption) ? e.caption : [e.caption]).map((s) => preCaption(s)));
+  return ciderD(candidates, refs).corpus;
+}
