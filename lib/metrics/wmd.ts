@@ -11,6 +11,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { StringDecoder } from 'string_decoder';
 import { RoundtripError, expectBoolean, invalid } from '../errors';
 import { earthMoversDistance } from './emd';
 
@@ -32,43 +33,64 @@ export interface WordVectors {
  */
 export function loadWordVectors(file: string, opts: { hasHeader?: boolean } = {}): WordVectors {
   const hasHeader = opts.hasHeader === undefined ? false : expectBoolean('hasHeader', opts.hasHeader);
-  let text: string;
+  let fd: number;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    fd = fs.openSync(file, 'r');
   } catch (err) {
     throw new RoundtripError(`word vectors: cannot read ${file}: ${(err as Error).message}`);
   }
-  const lines = text.split('\n');
+  // Streamed in chunks: published GloVe files (about 1 GB) exceed V8's longest string.
+  const decoder = new StringDecoder('utf8');
+  const chunk = Buffer.alloc(16 << 20);
   let dim = -1;
   const index = new Map<string, number>();
   const words: string[] = [];
-  const rows: Float32Array[] = [];
-  for (let ln = hasHeader ? 1 : 0; ln < lines.length; ln++) {
-    const line = lines[ln].replace(/\s+$/, '');
-    if (line === '') continue;
+  let vectors = new Float32Array(0);
+  let ln = 0;
+  const addLine = (raw: string): void => {
+    ln++;
+    if (hasHeader && ln === 1) return;
+    const line = raw.replace(/\s+$/, '');
+    if (line === '') return;
     const parts = line.split(' ');
     if (dim < 0) {
       dim = parts.length - 1;
-      if (dim < 1) throw new RoundtripError(`${file}:${ln + 1}: expected a word followed by its vector values, got ${JSON.stringify(line.slice(0, 60))}`);
+      if (dim < 1) throw new RoundtripError(`${file}:${ln}: expected a word followed by its vector values, got ${JSON.stringify(line.slice(0, 60))}`);
+      vectors = new Float32Array(dim * 1024);
     }
     if (parts.length !== dim + 1) {
-      throw new RoundtripError(`${file}:${ln + 1}: expected ${dim} values after the word (as on the first line), got ${parts.length - 1}`);
+      throw new RoundtripError(`${file}:${ln}: expected ${dim} values after the word (as on the first line), got ${parts.length - 1}`);
     }
-    const row = new Float32Array(dim);
+    if (index.has(parts[0])) return;
+    const row = words.length;
+    if ((row + 1) * dim > vectors.length) {
+      const grown = new Float32Array(vectors.length * 2);
+      grown.set(vectors);
+      vectors = grown;
+    }
     for (let k = 0; k < dim; k++) {
       const v = Number(parts[k + 1]);
-      if (!Number.isFinite(v)) throw new RoundtripError(`${file}:${ln + 1}: value ${k + 1} is not a number: ${JSON.stringify(parts[k + 1])}`);
-      row[k] = v;
+      if (!Number.isFinite(v)) throw new RoundtripError(`${file}:${ln}: value ${k + 1} is not a number: ${JSON.stringify(parts[k + 1])}`);
+      vectors[row * dim + k] = v;
     }
-    if (index.has(parts[0])) continue;
-    index.set(parts[0], words.length);
+    index.set(parts[0], row);
     words.push(parts[0]);
-    rows.push(row);
+  };
+  try {
+    let rest = '';
+    for (;;) {
+      const n = fs.readSync(fd, chunk, 0, chunk.length, null);
+      const text = rest + (n > 0 ? decoder.write(chunk.subarray(0, n)) : decoder.end());
+      const lines = text.split('\n');
+      rest = n > 0 ? lines.pop()! : '';
+      for (const line of lines) addLine(line);
+      if (n === 0) break;
+    }
+  } finally {
+    fs.closeSync(fd);
   }
   if (words.length === 0) throw new RoundtripError(`${file}: no word vectors found`);
-  const vectors = new Float32Array(words.length * dim);
-  rows.forEach((r, i) => vectors.set(r, i * dim));
-  return { index, words, dim, vectors };
+  return { index, words, dim, vectors: vectors.slice(0, words.length * dim) };
 }
 
 /** numpy float32 pairwise sum (same blocking as numpy's `pairwise_sum`), every step rounded to float32. */

@@ -1,0 +1,126 @@
+/**
+ * Reports of reranking runs, rebuilt from saved results: the paper's Table 1 / Table 2 (JSON and
+ * Markdown), the rank analysis of Figures 3/4 (data JSON + one SVG per quality metric) and an HTML
+ * gallery. Several folders (shards of one run) are merged first.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { writeTextAtomic } from '../rerank/jsonl';
+import { ItemRecord, RunSettings } from '../rerank/types';
+import { galleryHtml } from './gallery';
+import { LoadedRuns, loadRuns } from './load';
+import { RankAnalysis, SummaryOptions, SummaryTable, captionTable, imageTable, rankAnalysis } from './summary';
+import { linePlotSvg } from './svg';
+
+export * from './load';
+export * from './summary';
+export * from './svg';
+export * from './gallery';
+
+export interface ReportOptions extends SummaryOptions {
+  /** Output folder; default `<first dir>/report`. */
+  out?: string;
+  /** Items in the gallery (default 100). */
+  galleryItems?: number;
+}
+
+export interface Report {
+  out: string;
+  settings: RunSettings;
+  items: number;
+  sources: LoadedRuns['sources'];
+  table: SummaryTable;
+  ranks: RankAnalysis;
+  files: { json: string; markdown: string; ranksJson: string; svgs: string[]; gallery: string; merged: string };
+}
+
+/** A readable statement of everything that produced the numbers. */
+export function describeSettings(s: RunSettings, items: number, sources: LoadedRuns['sources']): string {
+  const blip = s.blip;
+  const sampling =
+    blip.strategy === 'beam'
+      ? `beam search, ${blip.numBeams} beams`
+      : blip.strategy === 'top-p'
+        ? `nucleus sampling top-p ${blip.topP}${blip.topK !== undefined ? `, top-k ${blip.topK}` : ' (top-k 50 as transformers)'}`
+        : blip.strategy === 'top-k'
+          ? `top-k sampling k ${blip.topK}`
+          : blip.strategy === 'temperature'
+            ? `temperature sampling T ${blip.temperature}`
+            : 'greedy';
+  const lines = [
+    `direction: ${s.direction === 'i2t2i' ? 'image → text → image (rerank BLIP captions by SD reconstruction)' : 'text → image → text (rerank SD images by BLIP caption)'}`,
+    `models: BLIP ${s.models.blip}; SD ${s.models.sd}${s.models.clip ? `; CLIP ${s.models.clip}` : ''}${s.models.dino ? `; DINO ${s.models.dino}` : ''}${s.models.sbert ? `; SBERT ${s.models.sbert}` : ''}${s.models.glove ? `; GloVe ${s.models.glove}` : ''}`,
+    `similarity: ${s.similarity.join(', ')} (CLIP embedding variant: ${s.clipVariant}${s.dinoSize ? `; DINO input ${s.dinoSize}²` : ''}); distances are 1 − cos (cider: −CIDEr-D; wmd: WMD), lower = closer`,
+    `BLIP: ${sampling}, repetition penalty ${blip.repetitionPenalty}, length ${blip.minLength}..${blip.maxLength} tokens`,
+    `SD: ${s.sd.scheduler}, ${s.sd.steps} steps, guidance ${s.sd.guidance}, ${s.sd.width}×${s.sd.height}${s.sd.negative ? `, negative "${s.sd.negative}"` : ''}`,
+    `K = ${s.k} candidates per item; baseline = a random candidate, mean over R = ${s.repeats} seeded picks per item`,
+    `seed ${s.seed}: ${s.seeding}`,
+    `dataset: ${s.dataset.kind} ${s.dataset.source} (${s.dataset.items} items); ${items} item(s) reported from ${sources.length} folder(s): ${sources.map((x) => `${x.dir} [shard ${x.shard.index}/${x.shard.count}, ${x.items} items]`).join('; ')}`,
+  ];
+  return lines.join('\n');
+}
+
+function cell(v: number): string {
+  return Number.isFinite(v) ? (Math.abs(v) >= 100 ? v.toFixed(2) : v.toFixed(4)) : String(v);
+}
+
+/** The table in the paper's layout: one row per metric, baseline then each reranking method with its gain. */
+export function tableMarkdown(table: SummaryTable, methods: readonly string[]): string {
+  const head = ['metric', 'random (mean ± std over picks)', ...methods.flatMap((m) => [`reranked: ${m}`, `gain % (${m})`])];
+  const lines = [`### ${table.title}`, '', `| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
+  for (const r of table.rows) {
+    const cells = [`${r.metric} ${r.lowerIsBetter ? '↓' : '↑'}`, `${cell(r.baseline)} ± ${cell(r.baselineStd)}`];
+    for (const m of methods) cells.push(cell(r.reranked[m]), Number.isFinite(r.gainPercent[m]) ? `${r.gainPercent[m] >= 0 ? '+' : ''}${r.gainPercent[m].toFixed(1)}` : 'n/a');
+    lines.push(`| ${cells.join(' | ')} |`);
+  }
+  if (table.notes.length) lines.push('', ...table.notes.map((n) => `- ${n}`));
+  return lines.join('\n') + '\n';
+}
+
+function ranksMarkdown(r: RankAnalysis, methods: readonly string[]): string {
+  const lines = ['### Quality by reconstruction rank (Figures 3/4)', ''];
+  for (const [metric, byMethod] of Object.entries(r.means)) {
+    const head = ['method', ...Array.from({ length: r.k }, (_, i) => `rank ${i + 1}`)];
+    lines.push(`${metric} (${r.lowerIsBetter[metric] ? 'lower' : 'higher'} is better; ${r.counts[metric]} items)`, '', `| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`);
+    for (const m of methods) lines.push(`| ${m} | ${byMethod[m].map(cell).join(' | ')} |`);
+    lines.push('');
+  }
+  if (Object.keys(r.means).length === 0) lines.push('No per-candidate quality metric available.');
+  return lines.join('\n') + '\n';
+}
+
+/** Builds every report file from run folders (merging shards). */
+export async function buildReport(dirs: readonly string[], opts: ReportOptions = {}): Promise<Report> {
+  const runs = loadRuns(dirs);
+  const { settings, records, sources } = runs;
+  const out = path.resolve(opts.out ?? path.join(dirs[0], 'report'));
+  fs.mkdirSync(out, { recursive: true });
+  const header = describeSettings(settings, records.length, sources);
+  const table = settings.direction === 'i2t2i' ? await captionTable(settings, records, opts) : await imageTable(settings, records, opts);
+  const ranks = rankAnalysis(settings, records);
+  const files: Report['files'] = {
+    json: path.join(out, 'summary.json'),
+    markdown: path.join(out, 'summary.md'),
+    ranksJson: path.join(out, 'rank-analysis.json'),
+    svgs: [],
+    gallery: path.join(out, 'gallery.html'),
+    merged: path.join(out, 'results.merged.jsonl'),
+  };
+  writeTextAtomic(files.json, JSON.stringify({ settings, header, items: records.length, sources, table }, null, 2) + '\n');
+  writeTextAtomic(files.ranksJson, JSON.stringify({ settings, header, ...ranks }, null, 2) + '\n');
+  for (const [metric, byMethod] of Object.entries(ranks.means)) {
+    const file = path.join(out, `rank-${metric.replace(/[^A-Za-z0-9_-]+/g, '_')}.svg`);
+    const svg = linePlotSvg(
+      settings.similarity.map((m) => ({ name: m, values: byMethod[m] })),
+      { title: `${metric} by reconstruction rank (${settings.direction}, K = ${settings.k})`, xLabel: 'rank of the candidate by reconstruction distance (1 = closest)', yLabel: `mean ${metric}${ranks.lowerIsBetter[metric] ? ' (lower is better)' : ''}` },
+    );
+    writeTextAtomic(file, svg);
+    files.svgs.push(file);
+  }
+  const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), ranksMarkdown(ranks, settings.similarity)].join('\n');
+  writeTextAtomic(files.markdown, md);
+  writeTextAtomic(files.gallery, galleryHtml(settings, records, out, header, opts.galleryItems ?? 100));
+  // the merged records, image paths relative to the report folder
+  writeTextAtomic(files.merged, records.map((r: ItemRecord) => JSON.stringify({ ...r, candidates: r.candidates.map((c) => ({ ...c, image: path.relative(out, c.image).split(path.sep).join('/') })) })).join('\n') + '\n');
+  return { out, settings, items: records.length, sources, table, ranks, files };
+}
