@@ -1,0 +1,32 @@
+/**
+ * roundtrip: BLIP and Stable Diffusion checking each other (image → text → image, text → image → text),
+ * joint finetuning, and the paper's metrics, over a native libtorch core.
+ *
+ * Core types are exported by name; each concern is also available as a namespace.
+ */
+export { Tensor, scope, noGrad, keep, disposeAll, liveTensors } from './tensor';
+export type { DType } from './tensor';
+export { NativeModel } from './model';
+export { RoundtripError } from './errors';
+export { Blip } from './models/blip';
+export { StableDiffusionPipeline, UNet, VAE, Scheduler } from './models/sd';
+export { ClipModel } from './models/clip';
+export { VitModel } from './models/vit';
+export { BertModel } from './models/bert';
+export { InceptionModel } from './models/inception';
+export { loadTokenizer } from './tokenizers';
+export { native } from './native';
+
+export * as tokenizers from './tokenizers';
+export * as image from './image';
+export * as metrics from './metrics';
+export * as evaluation from './eval';
+export * as rerank from './rerank';
+export * as report from './report';
+export * as finetune from './finetune';
+export * as train from './train/checkpoint';
+export * as bridge from './bridge';
+export * as world from './world';
+export * as hub from './hub';
+export * as conformance from './conformance';
+export * as weights from './weights/safetensors';

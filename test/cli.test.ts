@@ -1,0 +1,79 @@
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { loadSafetensors } from '../lib/weights/safetensors';
+import { saveTensors } from '../lib/weights/save';
+import { disposeAll } from '../lib/tensor';
+import { REFERENCE, ROOT, VOCAB } from './support/paths';
+
+// The CLI as users run it: the compiled bin (npm test compiles with tsc first).
+function roundtrip(...args: string[]) {
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'roundtrip.js'), ...args], { encoding: 'utf8', env: { ...process.env, ROUNDTRIP_QUIET: '1' } });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli.js'));
+const maybe = hasDist ? describe : describe.skip;
+
+maybe('roundtrip CLI', () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'rt-cli-'));
+  afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  test('info reports libtorch, BLAS, devices and threads', () => {
+    const r = roundtrip('info', '--json');
+    expect(r.code).toBe(0);
+    const info = JSON.parse(r.out);
+    expect(info.libtorch).toMatch(/^\d+\.\d+/);
+    expect(info.devices).toContain('cpu');
+    expect(info.threads).toBeGreaterThanOrEqual(1);
+    expect(info.modelKinds).toEqual(expect.arrayContaining(['blip', 'clip', 'unet', 'vae', 'vit', 'bert', 'inception']));
+  });
+
+  test('conformance passes a reference folder and fails (exit 1) when an output is off', async () => {
+    const ok = roundtrip('conformance', path.join(REFERENCE, 'vit-dino'));
+    expect(ok.code).toBe(0);
+    expect(ok.out).toMatch(/vit-dino .*PASS/);
+    expect(ok.out).toMatch(/output\.cls +allclose/);
+    // A copy whose expected CLS is shifted by 1e-3: far outside its tolerance.
+    const bad = path.join(tmp, 'vit-dino');
+    fs.mkdirSync(bad);
+    for (const f of ['case.json', 'config.json', 'model.safetensors']) fs.copyFileSync(path.join(REFERENCE, 'vit-dino', f), path.join(bad, f));
+    const io = await loadSafetensors(path.join(REFERENCE, 'vit-dino', 'io.safetensors'));
+    io['output.cls'] = io['output.cls'].add(1e-3);
+    await saveTensors(path.join(bad, 'io.safetensors'), io);
+    disposeAll(io);
+    const r = roundtrip('conformance', bad);
+    expect(r.code).toBe(1);
+    expect(r.out).toMatch(/output\.cls .*FAIL/);
+  });
+
+  test('tokenize prints ids and tokens', () => {
+    const r = roundtrip('tokenize', '--tokenizer', path.join(VOCAB, 'clip'), '--json', 'a photo of a cat');
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.out);
+    expect(report.kind).toBe('clip');
+    expect(report.texts[0].ids).toEqual([320, 1125, 539, 320, 2368]);
+    expect(report.texts[0].tokens[4]).toBe('cat</w>');
+  });
+
+  test('weights inspect lists tensors and names a malformed file', () => {
+    const r = roundtrip('weights', 'inspect', path.join(REFERENCE, 'vit-dino', 'model.safetensors'));
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/embeddings\.cls_token/);
+    const broken = path.join(tmp, 'broken.safetensors');
+    fs.writeFileSync(broken, Buffer.from([255, 255, 0, 0, 0, 0, 0, 0, 123]));
+    const b = roundtrip('weights', 'inspect', broken);
+    expect(b.code).not.toBe(0);
+    expect(b.err).toContain(broken);
+  });
+
+  test('bad commands and flags are clear errors', () => {
+    const r = roundtrip('frobnicate');
+    expect(r.code).not.toBe(0);
+    expect(r.err).toMatch(/Unknown argument|Did you mean|frobnicate/);
+    const g = roundtrip('generate', 'a cat', '--model', path.join(tmp, 'none'), '--out', tmp);
+    expect(g.code).not.toBe(0);
+    expect(g.err).toMatch(/none/);
+  });
+});
