@@ -30,33 +30,9 @@ import {
 import { finetuneConfigFrom, runFinetuneCommand } from '../lib/commands/finetune';
 import { benchFinetune } from '../lib/finetune/bench';
 import { listCheckpoints, loadCheckpoint, disposeCheckpoint } from '../lib/train/checkpoint';
-import { DATA } from './support/paths';
-import { makeTinyBlip } from './support/tiny-models';
-import { REFERENCE, ROOT, VOCAB } from './support/paths';
-import { parsePythonJson } from '../lib/models/sd/schedulers';
+import { DATA, ROOT } from './support/paths';
+import { makeTinyBlip, makeTinySd } from './support/tiny-models';
 
-/**
- * A tiny diffusers SD folder (test/support's makeTinySd JSON.parses the sd-schedulers config, which holds
- * a bare -Infinity, so it cannot be used yet); the scheduler config is sd-one-step's training one.
- */
-function makeSd(dir: string): string {
-  for (const [sub, src, weights] of [
-    ['unet', 'sd-unet', 'diffusion_pytorch_model.safetensors'],
-    ['vae', 'sd-vae', 'diffusion_pytorch_model.safetensors'],
-    ['text_encoder', 'clip-text-encoder', 'model.safetensors'],
-  ]) {
-    fs.mkdirSync(path.join(dir, sub), { recursive: true });
-    fs.copyFileSync(path.join(REFERENCE, src, 'config.json'), path.join(dir, sub, 'config.json'));
-    fs.copyFileSync(path.join(REFERENCE, src, 'model.safetensors'), path.join(dir, sub, weights));
-  }
-  fs.mkdirSync(path.join(dir, 'tokenizer'));
-  for (const f of ['vocab.json', 'merges.txt']) fs.copyFileSync(path.join(VOCAB, 'clip', f), path.join(dir, 'tokenizer', f));
-  fs.mkdirSync(path.join(dir, 'scheduler'));
-  const oneStep = parsePythonJson(fs.readFileSync(path.join(REFERENCE, 'sd-one-step', 'config.json'), 'utf8')) as any;
-  fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify({ ...oneStep.scheduler_config, _class_name: 'DDPMScheduler' }));
-  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({ _class_name: 'StableDiffusionPipeline' }));
-  return dir;
-}
 
 jest.setTimeout(180000);
 
@@ -110,7 +86,7 @@ const TRAIN_CAPTIONS = ['a dog on the grass', 'a red bus in the street', 'a cat 
 beforeAll(async () => {
   root = fs.mkdtempSync(path.join(os.tmpdir(), 'finetune-'));
   blipDir = makeTinyBlip(path.join(root, 'blip'));
-  sdDir = makeSd(path.join(root, 'sd'));
+  sdDir = makeTinySd(path.join(root, 'sd'), 'DDPMScheduler');
   blip = await Blip.load(blipDir);
   sd = await StableDiffusionPipeline.load(sdDir);
   batch = encodeCaptions({ blip: loadBertTokenizer(blipDir), clip: sd.tokenizer }, CAPTIONS);

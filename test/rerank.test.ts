@@ -8,33 +8,11 @@ import { inceptionScore } from '../lib/metrics/inception-score';
 import { ptbTokenize } from '../lib/metrics/ptb-tokenizer';
 import { ItemRecord, ReconstructionScorer, RerankOptions, loadDataset, readJsonLines, rerankI2t2i, rerankT2i2t, selectItems } from '../lib/rerank';
 import { buildReport } from '../lib/report';
-import { DATA, REFERENCE, VOCAB } from './support/paths';
+import { DATA } from './support/paths';
 import { command as reportCommand } from '../lib/commands/report';
 import yargs from 'yargs';
-import { makeTinyBlip, makeTinyClip, makeTinyDino, makeTinyMinilm } from './support/tiny-models';
+import { makeTinyBlip, makeTinyClip, makeTinyDino, makeTinyMinilm, makeTinySd } from './support/tiny-models';
 
-/**
- * A tiny diffusers SD folder from the fixtures. (test/support's makeTinySd cannot be used yet: it
- * JSON.parses the sd-schedulers config, which holds a bare -Infinity.)
- */
-function makeSd(dir: string): string {
-  for (const [sub, src, weights] of [
-    ['unet', 'sd-unet', 'diffusion_pytorch_model.safetensors'],
-    ['vae', 'sd-vae', 'diffusion_pytorch_model.safetensors'],
-    ['text_encoder', 'clip-text-encoder', 'model.safetensors'],
-  ]) {
-    fs.mkdirSync(path.join(dir, sub), { recursive: true });
-    fs.symlinkSync(path.join(REFERENCE, src, 'config.json'), path.join(dir, sub, 'config.json'));
-    fs.symlinkSync(path.join(REFERENCE, src, 'model.safetensors'), path.join(dir, sub, weights));
-  }
-  fs.mkdirSync(path.join(dir, 'tokenizer'));
-  for (const f of ['vocab.json', 'merges.txt']) fs.symlinkSync(path.join(VOCAB, 'clip', f), path.join(dir, 'tokenizer', f));
-  fs.mkdirSync(path.join(dir, 'scheduler'));
-  const oneStep = JSON.parse(fs.readFileSync(path.join(REFERENCE, 'sd-one-step', 'config.json'), 'utf8'));
-  fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify({ ...oneStep.scheduler_config, _class_name: 'DDIMScheduler' }));
-  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({ _class_name: 'StableDiffusionPipeline' }));
-  return dir;
-}
 
 let root: string;
 let models: { blip: string; sd: string; clip: string; dino: string; sbert: string };
@@ -56,7 +34,7 @@ beforeAll(async () => {
   root = fs.mkdtempSync(path.join(os.tmpdir(), 'rerank-'));
   models = {
     blip: makeTinyBlip(path.join(root, 'blip')),
-    sd: makeSd(path.join(root, 'sd')),
+    sd: makeTinySd(path.join(root, 'sd'), 'DDIMScheduler'),
     clip: makeTinyClip(path.join(root, 'clip')),
     dino: makeTinyDino(path.join(root, 'dino')),
     sbert: makeTinyMinilm(path.join(root, 'sbert')),

@@ -72,3 +72,34 @@ export function ciderD(candidates: readonly string[], references: readonly (read
   }
   return { corpus: perImage.length ? numpyMean(perImage) : NaN, perImage };
 }
+
+/**
+ * CIDEr-D with document frequencies from a fixed corpus of texts (one document each), for scoring a few
+ * candidates against one reference: with pycocoevalcap's own df (the evaluated set's references) K
+ * candidates sharing one reference would give every idf zero. Same weighting, clipping, length penalty and
+ * ×10. Inputs are tokenised strings.
+ */
+export class FixedCorpusCiderD {
+  private readonly df = new Map<string, number>();
+  private readonly logN: number;
+
+  constructor(corpusTokenized: readonly string[]) {
+    for (const text of corpusTokenized) {
+      const seen = new Set<string>();
+      for (const m of countNgrams(pySplit(text), N)) for (const g of m.keys()) seen.add(g);
+      for (const g of seen) this.df.set(g, (this.df.get(g) ?? 0) + 1);
+    }
+    this.logN = Math.log(corpusTokenized.length);
+  }
+
+  /** CIDEr-D of each tokenised candidate against one tokenised reference. */
+  scores(candidatesTokenized: readonly string[], referenceTokenized: string): number[] {
+    const ref = toVector(countNgrams(pySplit(referenceTokenized), N), this.df, this.logN);
+    const score = new Float64Array(N);
+    return candidatesTokenized.map((c) => {
+      score.fill(0);
+      similarity(toVector(countNgrams(pySplit(c), N), this.df, this.logN), ref, score);
+      return numpyMean(score) * 10;
+    });
+  }
+}

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { RgbImage, batchToImages, clipPreprocess, dinoPreprocess, loadImage, preprocessBatch, saveRgbPng } from '../image';
-import { countNgrams, pySplit } from '../metrics/ngrams';
+import { FixedCorpusCiderD } from '../metrics/cider';
 import { ptbTokenize } from '../metrics/ptb-tokenizer';
 import { ClipModel, EmbeddingVariant, cosineDistance, rows } from '../models/clip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
@@ -138,69 +138,22 @@ export class SdImageCache {
   }
 }
 
-const CIDER_N = 4;
-const CIDER_SIGMA = 6;
-
 /**
  * CIDEr-D of a caption against a single reference text, with document frequencies taken from a
- * fixed corpus (all input texts of the dataset). pycocoevalcap derives them from the evaluated
- * set itself, which for K candidates sharing one reference makes every idf zero; a fixed corpus
- * keeps the score meaningful and independent of sharding. Same weighting, clipping, length
- * penalty (σ = 6) and ×10 as CIDEr-D. Texts are PTB-tokenised first.
+ * fixed corpus (all input texts of the dataset), so the score is meaningful for K candidates of one
+ * reference and independent of sharding. Texts are PTB-tokenised first.
  */
 export class CiderSimilarity {
-  private readonly df = new Map<string, number>();
-  private readonly logN: number;
+  private readonly scorer: FixedCorpusCiderD;
 
   constructor(corpus: readonly string[]) {
     if (corpus.length === 0) throw new RoundtripError('CIDEr similarity: the corpus of input texts is empty');
-    for (const text of ptbTokenize([...corpus])) {
-      const seen = new Set<string>();
-      for (const m of countNgrams(pySplit(text), CIDER_N)) for (const g of m.keys()) seen.add(g);
-      for (const g of seen) this.df.set(g, (this.df.get(g) ?? 0) + 1);
-    }
-    this.logN = Math.log(corpus.length);
-  }
-
-  private vector(text: string): { vec: Map<string, number>[]; norm: number[]; length: number } {
-    const counts = countNgrams(pySplit(text), CIDER_N);
-    const vec: Map<string, number>[] = [];
-    const norm: number[] = [];
-    let length = 0;
-    for (let k = 0; k < CIDER_N; k++) {
-      const v = new Map<string, number>();
-      let sq = 0;
-      for (const [g, tf] of counts[k]) {
-        const w = tf * (this.logN - Math.log(Math.max(1, this.df.get(g) ?? 0)));
-        v.set(g, w);
-        sq += w * w;
-        if (k === 1) length += tf;
-      }
-      vec.push(v);
-      norm.push(Math.sqrt(sq));
-    }
-    return { vec, norm, length };
+    this.scorer = new FixedCorpusCiderD(ptbTokenize([...corpus]));
   }
 
   /** CIDEr-D of each candidate against `reference` (higher = closer). */
   scores(candidates: readonly string[], reference: string): number[] {
     const tokenized = ptbTokenize([reference, ...candidates]);
-    const ref = this.vector(tokenized[0]);
-    return tokenized.slice(1).map((c) => {
-      const hyp = this.vector(c);
-      const delta = hyp.length - ref.length;
-      const penalty = Math.exp(-(delta * delta) / (2 * CIDER_SIGMA * CIDER_SIGMA));
-      let sum = 0;
-      for (let k = 0; k < CIDER_N; k++) {
-        let val = 0;
-        for (const [g, w] of hyp.vec[k]) {
-          const r = ref.vec[k].get(g) ?? 0;
-          val += Math.min(w, r) * r;
-        }
-        if (hyp.norm[k] !== 0 && ref.norm[k] !== 0) val /= hyp.norm[k] * ref.norm[k];
-        sum += val * penalty;
-      }
-      return (sum / CIDER_N) * 10;
-    });
+    return this.scorer.scores(tokenized.slice(1), tokenized[0]);
   }
 }
