@@ -634,7 +634,11 @@ describe('tensors back to images', () => {
     for (let i = 0; i < img.data.length; i++) maxDiff = Math.max(maxDiff, Math.abs(decoded.data[i] - img.data[i]));
     expect(maxDiff).toBe(0);
 
-    await expect(savePng(path.join(dir, 'no-such-dir', 'x.png'), chw, [3, 13, 21])).rejects.toThrow(/no-such-dir\/x\.png: cannot write file/);
+    // Missing folders are created; a path through a regular file is a named error.
+    await savePng(path.join(dir, 'new-dir', 'x.png'), chw, [3, 13, 21]);
+    expect((await fs.stat(path.join(dir, 'new-dir', 'x.png'))).isFile()).toBe(true);
+    await fs.writeFile(path.join(dir, 'plain-file'), 'x');
+    await expect(savePng(path.join(dir, 'plain-file', 'x.png'), chw, [3, 13, 21])).rejects.toThrow(/plain-file\/x\.png: cannot write file/);
   });
 
   test('batchToImages splits NCHW, and the contact sheet tiles images with padding', async () => {

@@ -13,8 +13,8 @@
  * Coverage = share of captions whose CLIP ids map, position by position, onto exactly their BLIP ids.
  */
 import * as fs from 'fs';
-import * as path from 'path';
 import { RoundtripError, invalid } from '../errors';
+import { writeFileAtomicSync } from '../fsutil';
 import type { BertTokenizer } from '../tokenizers/bert';
 import type { ClipTokenizer } from '../tokenizers/clip';
 
@@ -201,18 +201,8 @@ export function loadBridge(file: string): VocabularyBridge {
 
 /** Writes a bridge atomically (temp file, fsync, rename). */
 export function saveBridge(file: string, bridge: VocabularyBridge): void {
-  const dir = path.dirname(path.resolve(file));
-  fs.mkdirSync(dir, { recursive: true });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
   const body = JSON.stringify({ ...bridge, clipToBlip: undefined, stats: bridge.stats }, null, 2).replace(/\n}$/, `,\n  "clipToBlip": ${JSON.stringify(bridge.clipToBlip)}\n}`);
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, body + '\n');
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
+  writeFileAtomicSync(file, body + '\n');
 }
 
 /** Captions from a file: Karpathy layout ([{caption: str|str[]}]), COCO layout ({annotations}), or text lines. */

@@ -1,6 +1,6 @@
 /** The final report of a finetuning run: loss curves (hand-written SVG), JSON and Markdown summaries. */
-import * as fs from 'fs';
 import * as path from 'path';
+import { writeFileAtomicSync } from '../fsutil';
 
 export interface ReportInput {
   config: object;
@@ -10,17 +10,6 @@ export interface ReportInput {
   interrupted: boolean;
 }
 
-function writeAtomic(file: string, body: string): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, body);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-}
 
 const COLOURS = ['#222222', '#1f77b4', '#ff7f0e', '#2ca02c', '#d62728'];
 
@@ -51,7 +40,7 @@ export function lossCurvesSvg(series: Record<string, [number, number][]>, width 
 export function writeReport(dir: string, r: ReportInput): void {
   const series: Record<string, [number, number][]> = { total: r.logs.map((l) => [l.step, l.loss]) };
   for (const l of r.logs) for (const [k, v] of Object.entries(l.terms)) if (v !== undefined) (series[k] ??= []).push([l.step, v]);
-  writeAtomic(path.join(dir, 'loss-curves.svg'), lossCurvesSvg(series));
+  writeFileAtomicSync(path.join(dir, 'loss-curves.svg'), lossCurvesSvg(series));
   const last = r.logs[r.logs.length - 1];
   const mean = (f: (l: ReportInput['logs'][number]) => number) => (r.logs.length ? r.logs.reduce((a, l) => a + f(l), 0) / r.logs.length : 0);
   const summary = {
@@ -66,7 +55,7 @@ export function writeReport(dir: string, r: ReportInput): void {
     interrupted: r.interrupted,
     config: r.config,
   };
-  writeAtomic(path.join(dir, 'report.json'), JSON.stringify(summary, null, 2) + '\n');
+  writeFileAtomicSync(path.join(dir, 'report.json'), JSON.stringify(summary, null, 2) + '\n');
   const rows = [
     '| metric | value |',
     '| --- | --- |',
@@ -78,5 +67,5 @@ export function writeReport(dir: string, r: ReportInput): void {
     `| best CIDEr-D | ${summary.bestCider?.toFixed(4) ?? '-'} |`,
   ];
   const val = r.validation.length ? ['', '| step | CIDEr-D |', '| --- | --- |', ...r.validation.map((v) => `| ${v.step} | ${v.cider.toFixed(4)} |`)] : [];
-  writeAtomic(path.join(dir, 'report.md'), `# Finetuning report\n\n${rows.join('\n')}\n${val.join('\n')}\n\n![loss curves](loss-curves.svg)\n`);
+  writeFileAtomicSync(path.join(dir, 'report.md'), `# Finetuning report\n\n${rows.join('\n')}\n${val.join('\n')}\n\n![loss curves](loss-curves.svg)\n`);
 }

@@ -5,12 +5,10 @@
  * then `numpy_to_pil`'s `(images * 255).round().astype("uint8")` (float32 product, NumPy's round
  * half to even). '[0,1]' skips the first affine step. NaN becomes 0.
  */
-import { randomBytes } from 'crypto';
-import { promises as fs } from 'fs';
-import * as pathModule from 'path';
 import sharp from 'sharp';
-import { RoundtripError, expectInteger, expectOneOf, expectString, invalid } from '../errors';
+import { expectInteger, expectOneOf, expectString, invalid } from '../errors';
 import { RgbImage, assertRgbImage } from './types';
+import { writeFileAtomic } from '../fsutil';
 
 export type PixelRange = '[-1,1]' | '[0,1]' | 'uint8';
 export type Layout = 'chw' | 'hwc';
@@ -112,28 +110,7 @@ export async function encodePng(data: Float32Array | Uint8Array, shape: readonly
   return encodeRgbPng(tensorToImage(data, shape, options));
 }
 
-/**
- * Writes bytes so that readers never see a partial file: temp file in the same folder, fsync,
- * rename over the target. The temp file is removed on failure. Errors name the target path.
- */
-export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  expectString('path', path);
-  const dir = pathModule.dirname(pathModule.resolve(path));
-  const temp = pathModule.join(dir, `.${pathModule.basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  let handle: fs.FileHandle | undefined;
-  try {
-    handle = await fs.open(temp, 'wx');
-    await handle.writeFile(bytes);
-    await handle.sync();
-    await handle.close();
-    handle = undefined;
-    await fs.rename(temp, path);
-  } catch (error) {
-    if (handle) await handle.close().catch(() => undefined);
-    await fs.rm(temp, { force: true }).catch(() => undefined);
-    throw new RoundtripError(`${path}: cannot write file: ${(error as Error).message}`);
-  }
-}
+export { writeFileAtomic };
 
 /** Saves an RGB image as PNG, atomically. */
 export async function saveRgbPng(path: string, image: RgbImage): Promise<void> {

@@ -9,9 +9,9 @@
  * round-off eigenvalues contribute 0 there too) and the trace of scipy's sqrtm(σ1σ2).
  */
 import * as fs from 'fs';
-import * as path from 'path';
 import { RoundtripError, expectInteger, expectOneOf, invalid } from '../errors';
 import { cholesky, congruenceLower, matmul, symmetricEigen, symmetricEigenvalues } from './linalg';
+import { writeFileAtomicSync } from '../fsutil';
 
 export interface FidStatistics {
   /** Feature dimension. */
@@ -273,23 +273,7 @@ export function saveFidStatistics(file: string, stats: FidStatistics, meta: Reco
   put(stats.mu);
   put(stats.sigma);
   if (stats.mu32) put(stats.mu32);
-  const dir = path.dirname(path.resolve(file));
-  fs.mkdirSync(dir, { recursive: true });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, headerBytes);
-    fs.writeSync(fd, body);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  try {
-    fs.renameSync(tmp, file);
-  } catch (err) {
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
+  writeFileAtomicSync(file, [headerBytes, body]);
 }
 
 /** Reads statistics written by {@link saveFidStatistics}. */

@@ -15,6 +15,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
+import { fsyncDirSync, writeFileAtomicSync } from '../fsutil';
 import { loadSafetensors } from '../weights/safetensors';
 import { saveTensors } from '../weights/save';
 import { Tensor, disposeAll } from '../tensor';
@@ -44,26 +45,6 @@ function stepName(step: number): string {
   return `step-${String(step).padStart(8, '0')}`;
 }
 
-function fsyncDir(dir: string): void {
-  try {
-    const fd = fs.openSync(dir, 'r');
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-  } catch {
-    // Some filesystems refuse fsync on directories; rename is still atomic there.
-  }
-}
-
-function writeFileSynced(file: string, body: string): void {
-  const fd = fs.openSync(file, 'w');
-  try {
-    fs.writeSync(fd, body);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** Writes a checkpoint atomically and keeps the newest `keepLast` (older ones are removed). */
 export async function saveCheckpoint(runDir: string, data: CheckpointData, opts: { keepLast?: number } = {}): Promise<string> {
   const root = checkpointsDir(runDir);
@@ -85,19 +66,16 @@ export async function saveCheckpoint(runDir: string, data: CheckpointData, opts:
       });
     }
     await saveTensors(path.join(tmp, 'optimizer.safetensors'), moments);
-    writeFileSynced(path.join(tmp, 'state.json'), JSON.stringify({ ...data.state, optimizers, models: Object.keys(data.tensors) }, null, 2) + '\n');
-    fsyncDir(tmp);
+    writeFileAtomicSync(path.join(tmp, 'state.json'), JSON.stringify({ ...data.state, optimizers, models: Object.keys(data.tensors) }, null, 2) + '\n');
+    fsyncDirSync(tmp);
     fs.rmSync(final, { recursive: true, force: true });
     fs.renameSync(tmp, final);
-    fsyncDir(root);
+    fsyncDirSync(root);
   } catch (err) {
     fs.rmSync(tmp, { recursive: true, force: true });
     throw err;
   }
-  const latestTmp = path.join(root, `.latest.tmp-${process.pid}`);
-  writeFileSynced(latestTmp, name + '\n');
-  fs.renameSync(latestTmp, path.join(root, 'latest'));
-  fsyncDir(root);
+  writeFileAtomicSync(path.join(root, 'latest'), name + '\n');
   const keep = opts.keepLast ?? 3;
   const all = listCheckpoints(runDir);
   for (const old of all.slice(0, Math.max(0, all.length - keep))) fs.rmSync(path.join(root, old), { recursive: true, force: true });
