@@ -32,23 +32,6 @@ interface ZooCase {
 }
 const zoo = JSON.parse(fs.readFileSync(path.join(ZOO, 'cases.json'), 'utf8')) as { cases: ZooCase[] };
 
-/**
- * Reads a safetensors file in the test itself. The native `readSafetensorsHeader` refuses the F8_E4M3 /
- * F8_E5M2 / U16 tensors that expected.safetensors holds, so the zoo's expected values are read here.
- */
-function readSafetensorsLocally(file: string): Map<string, { dtype: string; shape: number[]; data: Buffer }> {
-  const bytes = fs.readFileSync(file);
-  const n = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.toString('utf8', 8, 8 + n)) as Record<string, any>;
-  const out = new Map<string, { dtype: string; shape: number[]; data: Buffer }>();
-  for (const [name, info] of Object.entries(header)) {
-    if (name === '__metadata__') continue;
-    out.set(name, { dtype: info.dtype, shape: info.shape, data: bytes.subarray(8 + n + info.data_offsets[0], 8 + n + info.data_offsets[1]) });
-  }
-  return out;
-}
-const expectedTensors = readSafetensorsLocally(path.join(ZOO, 'expected.safetensors'));
-
 /** Reads a file's tensors through the native safetensors reader (header) and plain positioned reads. */
 function readSafetensorsNative(file: string): Map<string, { dtype: string; shape: number[]; data: Buffer }> {
   const header = readSafetensorsHeader(file);
@@ -59,6 +42,8 @@ function readSafetensorsNative(file: string): Map<string, { dtype: string; shape
   }
   return out;
 }
+
+const expectedTensors = readSafetensorsNative(path.join(ZOO, 'expected.safetensors'));
 
 async function expectTensorValues(tensor: TorchTensor, key: string): Promise<void> {
   const expected = expectedTensors.get(key);
