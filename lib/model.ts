@@ -2,7 +2,7 @@
  * NativeModel: a model that lives in C++ (a `rt::Model` registered under a kind such as "blip").
  * Inputs and outputs are named tensors; every call runs off the JS thread and returns a Promise.
  */
-import { RoundtripError } from './errors';
+import { RoundtripError, expectOneOf } from './errors';
 import { native, NativeModelHandle, ParameterInfo, WeightsReport } from './native';
 import { DType, Tensor } from './tensor';
 
@@ -25,9 +25,13 @@ function wrapError(err: unknown): Error {
   return err instanceof RoundtripError ? err : new RoundtripError(err instanceof Error ? err.message : String(err));
 }
 
+/** Mixed precision of model calls: CUDA autocast to bf16/fp16, or full fp32 ("off"). */
+export type Autocast = 'off' | 'bf16' | 'fp16';
+
 export class NativeModel {
   /** @internal */
   readonly handle: NativeModelHandle;
+  private autocastMode: Autocast = 'off';
 
   private constructor(handle: NativeModelHandle) {
     this.handle = handle;
@@ -49,13 +53,30 @@ export class NativeModel {
     return this.handle.device;
   }
 
+  /**
+   * Runs every later call under CUDA autocast (bf16 or fp16), or in fp32 ("off", the default). The model
+   * must be on CUDA: on this CPU bf16 runs 10–14× slower than fp32.
+   */
+  setAutocast(mode: Autocast): void {
+    expectOneOf('autocast', mode, ['off', 'bf16', 'fp16'] as const);
+    if (mode !== 'off' && !this.device.startsWith('cuda')) {
+      throw new RoundtripError(`autocast "${mode}" needs a model on CUDA (this ${this.kind} model is on ${this.device}; CPU runs in fp32)`);
+    }
+    this.autocastMode = mode;
+  }
+
+  get autocast(): Autocast {
+    return this.autocastMode;
+  }
+
   /** Runs a named method of the model. */
   async call(method: string, inputs: Record<string, Tensor | undefined>, options: object = {}): Promise<Record<string, Tensor>> {
     const handles: Record<string, any> = {};
     for (const [k, t] of Object.entries(inputs)) if (t) handles[k] = t.handle;
+    const opts = this.autocastMode === 'off' ? options : { autocast: this.autocastMode, ...options };
     let out;
     try {
-      out = await this.handle.call(method, handles, JSON.stringify(options));
+      out = await this.handle.call(method, handles, JSON.stringify(opts));
     } catch (err) {
       throw wrapError(err);
     }

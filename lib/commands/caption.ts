@@ -9,6 +9,8 @@ import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokeniz
 import { createProgress } from '../progress';
 
 export interface CaptionRequest {
+  /** CUDA mixed precision: fp32 (default), bf16 or fp16. */
+  precision?: 'fp32' | 'bf16' | 'fp16';
   /** Trained tensors (finetune exports) merged over the model's weights. */
   weights?: string[];
   images: string[];
@@ -64,6 +66,14 @@ export async function captionImages(req: CaptionRequest): Promise<CaptionResult[
   req.images.forEach((p, i) => expectString(`IMAGE ${i + 1}`, p));
   const opts = captionOptions(req);
   const blip = await Blip.load(expectString('--model', req.model), { device: req.device ?? 'cpu', partial: req.weights });
+  if (req.precision && req.precision !== 'fp32') {
+    try {
+      blip.model.setAutocast(req.precision);
+    } catch (err) {
+      blip.dispose();
+      throw err;
+    }
+  }
   const batch = opts.batchSize ?? 8;
   const progress = req.progress && req.images.length > batch ? createProgress({ label: 'caption', total: req.images.length, unit: 'image' }) : undefined;
   try {
@@ -101,6 +111,7 @@ export const command: CommandModule<{}, any> = {
       .option('seed', { type: 'number', describe: 'Seed for sampling strategies (same seed, same captions)' })
       .option('batch-size', { type: 'number', default: 8, describe: 'Images per native call' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
+      .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON [{image, captions}]' }),
   handler: async (argv) => {
     const images = ((argv.images as unknown[]) ?? []).map((p) => String(p));
@@ -109,6 +120,7 @@ export const command: CommandModule<{}, any> = {
       images,
       model: argv.model,
       weights: argv.weights,
+      precision: argv.precision,
       strategy: argv.strategy,
       k: argv.k,
       numBeams: argv['num-beams'],

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectString, invalid } from '../../errors';
 import { savePng } from '../../image/encode';
-import { NativeModel } from '../../model';
+import { Autocast, NativeModel } from '../../model';
 import { Tensor, disposeAll, noGrad } from '../../tensor';
 import { ClipTokenizer } from '../../tokenizers/clip';
 import { loadClipTokenizer } from '../../tokenizers/load';
@@ -126,6 +126,11 @@ export class StableDiffusionPipeline {
       owned.forEach((m) => m.dispose());
       throw err;
     }
+  }
+
+  /** CUDA autocast for every component's calls ('off' = fp32); see NativeModel.setAutocast. */
+  setAutocast(mode: Autocast): void {
+    for (const m of [this.unet.model, this.vae.model, this.textEncoder]) m.setAutocast(mode);
   }
 
   /** The VAE's spatial factor (2^(levels-1), 8 for SD). */
