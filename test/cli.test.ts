@@ -5,7 +5,7 @@ import * as path from 'path';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
 import { disposeAll } from '../lib/tensor';
-import { REFERENCE, ROOT, VOCAB } from './support/paths';
+import { METRICS, REFERENCE, ROOT, VOCAB } from './support/paths';
 
 // The CLI as users run it: the compiled bin (npm test compiles with tsc first).
 function roundtrip(...args: string[]) {
@@ -46,6 +46,21 @@ maybe('roundtrip CLI', () => {
     const r = roundtrip('conformance', bad);
     expect(r.code).toBe(1);
     expect(r.out).toMatch(/output\.cls .*FAIL/);
+  });
+
+  test('conformance runs the tokenizer cases and names the cases that differ', () => {
+    const ok = roundtrip('conformance', METRICS, '--vocab', VOCAB);
+    expect(ok.code).toBe(0);
+    expect(ok.out).toMatch(/tokenizers .*PASS/);
+    expect(ok.out).toMatch(/clip\.sd_input_ids_77 +exact/);
+    const bad = path.join(tmp, 'metrics');
+    fs.mkdirSync(bad);
+    const fixture = JSON.parse(fs.readFileSync(path.join(METRICS, 'tokenizer_cases.json'), 'utf8'));
+    fixture.cases[0].bert.ids[0] += 1;
+    fs.writeFileSync(path.join(bad, 'tokenizer_cases.json'), JSON.stringify(fixture));
+    const r = roundtrip('conformance', bad, '--vocab', VOCAB);
+    expect(r.code).toBe(1);
+    expect(r.out).toMatch(new RegExp(`bert\\.ids .*FAIL \\(cases ${fixture.cases[0].id} differ\\)`));
   });
 
   test('tokenize prints ids and tokens', () => {

@@ -20,18 +20,19 @@ export function formatCaseResult(r: CaseResult): string {
   ].join('\n');
 }
 
-export const command: CommandModule<{}, { dirs: string[]; device: string; json: boolean }> = {
+export const command: CommandModule<{}, { dirs: string[]; device: string; json: boolean; vocab?: string }> = {
   command: 'conformance <dirs..>',
   describe: 'Run reference fixture folders through roundtrip and compare every output with its tolerance',
   builder: (y) =>
     y
       .positional('dirs', { type: 'string', array: true, describe: 'fixture folders (with case.json and io.safetensors)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
+      .option('vocab', { type: 'string', describe: 'tokenizer cases: folder with clip/ and bert-base-uncased/ (default <dir>/../../vocab)' })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON' }) as any,
   handler: async (argv) => {
     const results: CaseResult[] = [];
     for (const dir of argv.dirs) {
-      const r = await runConformanceCase(path.resolve(dir), { device: argv.device });
+      const r = await runConformanceCase(path.resolve(dir), { device: argv.device, vocab: argv.vocab });
       results.push(r);
       if (!argv.json) process.stdout.write(formatCaseResult(r) + '\n\n');
     }

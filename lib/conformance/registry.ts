@@ -10,6 +10,7 @@ import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { loadSafetensors } from '../weights/safetensors';
 import { parsePythonJson } from '../models/sd/schedulers';
+import { TOKENIZER_CASES_FILE, runTokenizerCases } from './tokenizers';
 import { Tensor, disposeAll } from '../tensor';
 
 export interface ConformanceContext {
@@ -94,10 +95,11 @@ function readJson(file: string): any {
 }
 
 /** Runs one fixture folder. */
-export async function runConformanceCase(dir: string, opts: { device?: string } = {}): Promise<CaseResult> {
+export async function runConformanceCase(dir: string, opts: { device?: string; vocab?: string } = {}): Promise<CaseResult> {
   const started = Date.now();
   const casePath = path.join(dir, 'case.json');
-  if (!fs.existsSync(casePath)) throw new RoundtripError(`${dir}: not a reference fixture folder (no case.json)`);
+  if (!fs.existsSync(casePath) && fs.existsSync(path.join(dir, TOKENIZER_CASES_FILE))) return runTokenizerCases(dir, opts.vocab);
+  if (!fs.existsSync(casePath)) throw new RoundtripError(`${dir}: not a reference fixture folder (no case.json, no ${TOKENIZER_CASES_FILE})`);
   const caseJson = readJson(casePath);
   const name: string = caseJson.name ?? path.basename(dir);
   const runner = runners.get(name);
