@@ -332,6 +332,13 @@ describe('trainer', () => {
     // The documented example config is valid as it stands.
     const example = finetuneConfigFrom({ config: path.join(ROOT, 'examples', 'finetune-coco.json') });
     expect([example.lr, example.batchSize, example.epochs, example.trainable.blip, example.trainable.unet, example.weightDecay]).toEqual([1e-4, 8, 5, 'xattn-q', 'xattn-q', 0.05]);
-    expect(() => finetuneConfigFrom({ config: path.join(root, 'x.yaml') })).toThrow(/YAML is not supported/);
+    // YAML configs read like JSON ones; a malformed one is a named error.
+    const yamlFile = path.join(root, 'run.yaml');
+    fs.writeFileSync(yamlFile, `blip: ${JSON.stringify(blipDir)}\nsd: ${JSON.stringify(sdDir)}\nannotations: ${JSON.stringify(path.join(root, 'train.json'))}\nimages: ${JSON.stringify(path.join(root, 'images'))}\noutput: ${JSON.stringify(path.join(root, 'yaml-run'))}\nlr: 0.0002\nbatchSize: 3\n`);
+    const fromYaml = finetuneConfigFrom({ config: yamlFile } as any) as any;
+    expect(fromYaml.lr).toBe(0.0002);
+    expect(fromYaml.batchSize).toBe(3);
+    fs.writeFileSync(yamlFile, 'lr: [1, 2\n');
+    expect(() => finetuneConfigFrom({ config: yamlFile } as any)).toThrow(/run\.yaml: invalid YAML/);
   });
 });

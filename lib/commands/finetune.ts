@@ -1,11 +1,12 @@
 /**
  * `roundtrip finetune --config FILE.json [flags]`: joint BLIP + Stable Diffusion finetuning (paper,
- * Section 4). Flags override the file's keys. JSON only (YAML would need a parser dependency).
+ * Section 4). Flags override the file's keys. Config files are JSON or YAML.
  */
 import * as fs from 'fs';
 import type { CommandModule } from 'yargs';
 import { RoundtripError, expectString } from '../errors';
 import { FinetuneConfig, FinetuneResult, finetune, resolveConfig } from '../finetune';
+import { parse as parseYaml } from 'yaml';
 
 /** Flag name (camelCase, as yargs gives it) → config key; all config keys are accepted as flags. */
 export const FINETUNE_FLAGS = [
@@ -15,21 +16,24 @@ export const FINETUNE_FLAGS = [
   'blipMinScale', 'prefetch', 'checkpointEvery', 'keepLast', 'resume', 'progress', 'threads',
 ] as const;
 
-/** Reads a config file (JSON; YAML is refused with a clear message). */
+/** Reads a config file: `.yaml`/`.yml` as YAML, anything else as JSON. */
 export function readConfigFile(file: string): Record<string, unknown> {
   expectString('--config', file);
-  if (/\.ya?ml$/i.test(file)) throw new RoundtripError(`--config ${file}: YAML is not supported (no parser dependency); write the config as JSON`);
+  const isYaml = /\.ya?ml$/i.test(file);
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
     throw new RoundtripError(`--config ${file}: ${err instanceof Error ? err.message : String(err)}`);
   }
+  let parsed: unknown;
   try {
-    return JSON.parse(text);
+    parsed = isYaml ? parseYaml(text) : JSON.parse(text);
   } catch (err) {
-    throw new RoundtripError(`--config ${file}: invalid JSON (${err instanceof Error ? err.message : String(err)})`);
+    throw new RoundtripError(`--config ${file}: invalid ${isYaml ? 'YAML' : 'JSON'} (${err instanceof Error ? err.message : String(err)})`);
   }
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new RoundtripError(`--config ${file}: expected a mapping of settings at the top level`);
+  return parsed as Record<string, unknown>;
 }
 
 export interface FinetuneRequest {
