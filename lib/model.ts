@@ -2,7 +2,7 @@
  * NativeModel: a model that lives in C++ (a `rt::Model` registered under a kind such as "blip").
  * Inputs and outputs are named tensors; every call runs off the JS thread and returns a Promise.
  */
-import { RoundtripError, expectOneOf } from './errors';
+import { RoundtripError, expectBoolean, expectOneOf } from './errors';
 import { native, NativeModelHandle, ParameterInfo, WeightsReport } from './native';
 import { DType, Tensor } from './tensor';
 
@@ -32,6 +32,7 @@ export class NativeModel {
   /** @internal */
   readonly handle: NativeModelHandle;
   private autocastMode: Autocast = 'off';
+  private checkpointing = false;
 
   private constructor(handle: NativeModelHandle) {
     this.handle = handle;
@@ -69,11 +70,26 @@ export class NativeModel {
     return this.autocastMode;
   }
 
+  /**
+   * Gradient checkpointing for later calls: blocks keep only their inputs and are recomputed in backward
+   * (less memory, about one more forward of time). Models without checkpointed blocks ignore it.
+   */
+  setGradientCheckpointing(on: boolean): void {
+    this.checkpointing = expectBoolean('gradient checkpointing', on);
+  }
+
+  get gradientCheckpointing(): boolean {
+    return this.checkpointing;
+  }
+
   /** Runs a named method of the model. */
   async call(method: string, inputs: Record<string, Tensor | undefined>, options: object = {}): Promise<Record<string, Tensor>> {
     const handles: Record<string, any> = {};
     for (const [k, t] of Object.entries(inputs)) if (t) handles[k] = t.handle;
-    const opts = this.autocastMode === 'off' ? options : { autocast: this.autocastMode, ...options };
+    const defaults: Record<string, unknown> = {};
+    if (this.autocastMode !== 'off') defaults.autocast = this.autocastMode;
+    if (this.checkpointing) defaults.gradient_checkpointing = true;
+    const opts = { ...defaults, ...options };
     let out;
     try {
       out = await this.handle.call(method, handles, JSON.stringify(opts));

@@ -285,6 +285,13 @@ describe('trainer', () => {
     tunedSd.dispose();
   });
 
+  test('gradient checkpointing trains to the same losses', async () => {
+    const plain = await finetune(baseConfig(path.join(root, 'run-plain'), { maxSteps: 2, checkpointEvery: 0 }));
+    const ckpt = await finetune(baseConfig(path.join(root, 'run-ckpt'), { maxSteps: 2, checkpointEvery: 0, gradientCheckpointing: true }));
+    expect(ckpt.losses).toHaveLength(2);
+    ckpt.losses.forEach((l, i) => expect(l).toBeCloseTo(plain.losses[i], 5));
+  });
+
   test('resume continues exactly; checkpoints on disk are always complete', async () => {
     const straight = await finetune(baseConfig(path.join(root, 'run-a'), { epochs: 2 }));
     const dirB = path.join(root, 'run-b');
@@ -338,6 +345,8 @@ describe('trainer', () => {
     const fromYaml = finetuneConfigFrom({ config: yamlFile } as any) as any;
     expect(fromYaml.lr).toBe(0.0002);
     expect(fromYaml.batchSize).toBe(3);
+    expect([fromYaml.precision, fromYaml.gradientCheckpointing]).toEqual(['fp32', false]);
+    expect(() => finetuneConfigFrom({ config: cfgFile, precision: 'fp8' } as any)).toThrow(/precision/);
     fs.writeFileSync(yamlFile, 'lr: [1, 2\n');
     expect(() => finetuneConfigFrom({ config: yamlFile } as any)).toThrow(/run\.yaml: invalid YAML/);
   });

@@ -65,6 +65,10 @@ export interface FinetuneConfig {
   device: string;
   seed: number;
   trainable: { blip: TrainableSet; unet: TrainableSet };
+  /** CUDA mixed precision of every model call ('fp32' on CPU). */
+  precision: 'fp32' | 'bf16' | 'fp16';
+  /** Recompute UNet/BLIP blocks in backward instead of keeping their activations. */
+  gradientCheckpointing: boolean;
   objective: (typeof OBJECTIVE_PRESETS)[number];
   /** Per-term weights (override the objective preset). */
   weights?: Partial<LossWeights>;
@@ -133,6 +137,8 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   checkpointEvery: 1000,
   keepLast: 3,
   progress: true,
+  precision: 'fp32',
+  gradientCheckpointing: false,
 };
 
 /** Merges a partial config over the defaults and checks every key (errors name the key). */
@@ -176,6 +182,8 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectBoolean(k('sdRandomCrop'), c.sdRandomCrop);
   expectBoolean(k('sdFlip'), c.sdFlip);
   expectBoolean(k('progress'), c.progress);
+  expectOneOf(k('precision'), c.precision, ['fp32', 'bf16', 'fp16'] as const);
+  expectBoolean(k('gradientCheckpointing'), c.gradientCheckpointing);
   expectInteger(k('prefetch'), c.prefetch, { min: 1 });
   expectInteger(k('checkpointEvery'), c.checkpointEvery, { min: 0 });
   expectInteger(k('keepLast'), c.keepLast, { min: 1 });
@@ -274,6 +282,17 @@ export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promis
     saveBridge(path.join(c.output, 'bridge.json'), bridge);
   }
   if (bridge.clipToBlip.length !== sd.tokenizer.vocabSize) throw new RoundtripError(`bridge: ${bridge.clipToBlip.length} CLIP ids, the SD tokenizer has ${sd.tokenizer.vocabSize}`);
+  for (const m of [blip.model, sd.unet.model]) m.setGradientCheckpointing(c.gradientCheckpointing);
+  if (c.precision !== 'fp32') {
+    try {
+      blip.model.setAutocast(c.precision);
+      sd.setAutocast(c.precision);
+    } catch (err) {
+      blip.dispose();
+      sd.dispose();
+      throw err;
+    }
+  }
   const blipTrainable = blip.model.setTrainable(trainablePatterns('blip', c.trainable.blip));
   const unetTrainable = sd.unet.model.setTrainable(trainablePatterns('unet', c.trainable.unet));
   if (c.trainable.blip !== 'none' && blipTrainable.length === 0) throw new RoundtripError(`trainable.blip '${c.trainable.blip}': no BLIP parameter matches ${trainablePatterns('blip', c.trainable.blip).join(', ')}`);

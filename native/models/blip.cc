@@ -10,6 +10,7 @@
 //   token_probs  {... as logits}          options {temperature}     -> {probs}  (differentiable)
 //   generate     {pixel_values|image_embeds, input_ids?, attention_mask?}  options below
 //                -> {sequences, sequences_scores (beam), token_logprobs (greedy/sampling)}
+#include "nn/checkpoint.h"
 #include "models/blip.h"
 
 namespace rt {
@@ -132,7 +133,13 @@ VisionModelImpl::VisionModelImpl(const VisionConfig& c) {
 //                          pooler_output [B, H] = post-LN applied a second time to token 0)
 std::pair<at::Tensor, at::Tensor> VisionModelImpl::forward(const at::Tensor& pixels) {
   at::Tensor x = embeddings(pixels);
-  for (auto& layer : *encoder->layers) x = layer->as<VisionLayerImpl>()->forward(x);
+  for (auto& layer : *encoder->layers) {
+    auto* l = layer->as<VisionLayerImpl>();
+    if (checkpointing)
+      x = rt::nn::checkpoint([l](const std::vector<at::Tensor>& v) { return l->forward(v[0]); }, {x});
+    else
+      x = l->forward(x);
+  }
   at::Tensor last = post_layernorm(x);
   return {last, post_layernorm(last.select(1, 0))};
 }
@@ -243,7 +250,21 @@ at::Tensor TextDecoderImpl::hidden(const at::Tensor& ids, const at::Tensor& mask
     throw Error("attention_mask: has " + std::to_string(mask2d.size(1)) + " columns, expected " + std::to_string(cache.past + T));
   at::Tensor mask = self_mask(mask2d, T, x.scalar_type());
   size_t i = 0;
-  for (auto& m : *bert->encoder->layer) x = m->as<TextLayerImpl>()->forward(x, mask, cache.layers[i++], keep);
+  for (auto& m : *bert->encoder->layer) {
+    auto* layer = m->as<TextLayerImpl>();
+    LayerKV& kv = cache.layers[i++];
+    if (checkpointing && !keep) {
+      // Inputs: hidden states, mask and this layer's cross keys/values (trainable with xattn-kv).
+      x = rt::nn::checkpoint(
+          [layer](const std::vector<at::Tensor>& v) {
+            LayerKV tmp{at::Tensor(), at::Tensor(), v[2], v[3]};
+            return layer->forward(v[0], v[1], tmp, false);
+          },
+          {x, mask, kv.cross_k, kv.cross_v});
+    } else {
+      x = layer->forward(x, mask, kv, keep);
+    }
+  }
   if (keep) cache.past += T;
   return x;
 }
@@ -332,6 +353,7 @@ at::Tensor BlipModel::forward_logits(const TensorMap& in, const std::string& whe
 
 TensorMap BlipModel::call(const std::string& method, const TensorMap& in, const json& options) {
   const std::string where = "blip." + method;
+  vision_model->checkpointing = text_decoder->checkpointing = opt<bool>(options, "gradient_checkpointing", false);
   if (method == "vision") {
     auto [last, pooled] = vision_model->forward(need(in, "pixel_values", where).to(device()));
     return {{"last_hidden_state", last}, {"pooler_output", pooled}};

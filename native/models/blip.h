@@ -73,6 +73,7 @@ struct VisionModelImpl : torch::nn::Module {
   torch::nn::LayerNorm post_layernorm{nullptr};
   explicit VisionModelImpl(const VisionConfig& c);
   std::pair<at::Tensor, at::Tensor> forward(const at::Tensor& pixels);
+  bool checkpointing = false;  // recompute each layer in backward (set per call)
 };
 TORCH_MODULE(VisionModel);
 
@@ -150,6 +151,7 @@ struct TextDecoderImpl : torch::nn::Module {
   DecoderCache start_cache(const at::Tensor& image_embeds, int64_t repeat);
   at::Tensor hidden(const at::Tensor& ids, const at::Tensor& mask2d, DecoderCache& cache, bool keep);
   at::Tensor logits(const at::Tensor& h);
+  bool checkpointing = false;  // teacher forcing only: recompute each layer in backward (set per call)
 };
 TORCH_MODULE(TextDecoder);
 

@@ -12,6 +12,7 @@
 #include "core/model.h"
 #include "models/schedulers.h"
 #include "models/sd_blocks.h"
+#include "nn/checkpoint.h"
 #include "models/sd_sampling.h"
 
 namespace rt::sd {
@@ -80,6 +81,16 @@ UNetConfig read_unet_config(const json& c) {
 }
 
 // CrossAttnDownBlock2D / DownBlock2D.
+// Resnet and transformer calls; with checkpointing their activations are recomputed in backward.
+at::Tensor run_resnet(ResnetBlock2D r, const at::Tensor& h, const at::Tensor& temb, bool ckpt) {
+  if (!ckpt) return r->forward(h, temb);
+  return rt::nn::checkpoint([r](const std::vector<at::Tensor>& v) mutable { return r->forward(v[0], v[1]); }, {h, temb});
+}
+at::Tensor run_transformer(Transformer2D a, const at::Tensor& h, const at::Tensor& ehs, bool ckpt) {
+  if (!ckpt) return a->forward(h, ehs);
+  return rt::nn::checkpoint([a](const std::vector<at::Tensor>& v) mutable { return a->forward(v[0], v[1]); }, {h, ehs});
+}
+
 struct DownBlockImpl : torch::nn::Module {
   std::vector<ResnetBlock2D> resnets;
   std::vector<Transformer2D> attentions;
@@ -106,10 +117,10 @@ struct DownBlockImpl : torch::nn::Module {
     }
   }
   // h: [N, Cin, H, W] -> [N, Cout, H', W']; appends every resnet(+attention) output and the downsampled one.
-  at::Tensor forward(at::Tensor h, const at::Tensor& temb, const at::Tensor& ehs, std::vector<at::Tensor>& skips) {
+  at::Tensor forward(at::Tensor h, const at::Tensor& temb, const at::Tensor& ehs, std::vector<at::Tensor>& skips, bool ckpt) {
     for (size_t j = 0; j < resnets.size(); ++j) {
-      h = resnets[j]->forward(h, temb);
-      if (!attentions.empty()) h = attentions[j]->forward(h, ehs);
+      h = run_resnet(resnets[j], h, temb, ckpt);
+      if (!attentions.empty()) h = run_transformer(attentions[j], h, ehs, ckpt);
       skips.push_back(h);
     }
     if (down) {
@@ -150,12 +161,12 @@ struct UpBlockImpl : torch::nn::Module {
   }
   // h: [N, Cprev, H, W] -> [N, Cout, size or 2H×2W]; pops one skip per resnet (current first, skip second).
   at::Tensor forward(at::Tensor h, const at::Tensor& temb, const at::Tensor& ehs, std::vector<at::Tensor>& skips,
-                     c10::optional<std::vector<int64_t>> size) {
+                     c10::optional<std::vector<int64_t>> size, bool ckpt) {
     for (size_t j = 0; j < resnets.size(); ++j) {
       at::Tensor skip = skips.back();
       skips.pop_back();
-      h = resnets[j]->forward(at::cat({h, skip}, 1), temb);
-      if (!attentions.empty()) h = attentions[j]->forward(h, ehs);
+      h = run_resnet(resnets[j], at::cat({h, skip}, 1), temb, ckpt);
+      if (!attentions.empty()) h = run_transformer(attentions[j], h, ehs, ckpt);
     }
     if (up) h = up->forward(h, size);
     return h;
@@ -179,10 +190,10 @@ struct MidBlockImpl : torch::nn::Module {
     attentions.push_back(Transformer2D(c, k.heads[last], k.transformer_layers[last], k.cross_dim[last], k.norm_num_groups, k.use_linear_projection, false));
     al->push_back(attentions.back());
   }
-  at::Tensor forward(at::Tensor h, const at::Tensor& temb, const at::Tensor& ehs) {
-    h = resnets[0]->forward(h, temb);
-    h = attentions[0]->forward(h, ehs);
-    return resnets[1]->forward(h, temb);
+  at::Tensor forward(at::Tensor h, const at::Tensor& temb, const at::Tensor& ehs, bool ckpt) {
+    h = run_resnet(resnets[0], h, temb, ckpt);
+    h = run_transformer(attentions[0], h, ehs, ckpt);
+    return run_resnet(resnets[1], h, temb, ckpt);
   }
 };
 TORCH_MODULE(MidBlock);
@@ -270,10 +281,10 @@ struct UNet : Model {
     if (inter) (*inter)["intermediate.conv_in"] = h;
     std::vector<at::Tensor> skips{h};
     for (size_t i = 0; i < down.size(); ++i) {
-      h = down[i]->forward(h, emb, ehs, skips);
+      h = down[i]->forward(h, emb, ehs, skips, checkpointing);
       if (inter) (*inter)["intermediate.down_blocks." + std::to_string(i)] = h;
     }
-    h = mid->forward(h, emb, ehs);
+    h = mid->forward(h, emb, ehs, checkpointing);
     if (inter) (*inter)["intermediate.mid_block"] = h;
     for (size_t i = 0; i < up.size(); ++i) {
       c10::optional<std::vector<int64_t>> size;
@@ -282,7 +293,7 @@ struct UNet : Model {
         const at::Tensor& next_skip = skips[skips.size() - used - 1];
         size = std::vector<int64_t>{next_skip.size(2), next_skip.size(3)};
       }
-      h = up[i]->forward(h, emb, ehs, skips, size);
+      h = up[i]->forward(h, emb, ehs, skips, size, checkpointing);
       if (inter) (*inter)["intermediate.up_blocks." + std::to_string(i)] = h;
     }
     h = conv_norm_out(h);
@@ -290,9 +301,13 @@ struct UNet : Model {
     return conv_out(at::silu(h));
   }
 
+  // Set per call from options.gradient_checkpointing (calls on one model are serialised).
+  bool checkpointing = false;
+
   TensorMap call(const std::string& method, const TensorMap& in, const json& o) override {
     const auto dev = device();
     const auto dtype = conv_in->weight.scalar_type();
+    checkpointing = opt<bool>(o, "gradient_checkpointing", false);
     if (method == "forward") {
       TensorMap out;
       const bool want = opt<bool>(o, "intermediates", false);
