@@ -42,7 +42,7 @@ export function findWeightFile(dir: string): string {
     if (fs.existsSync(file)) return file;
   }
   const bin = ['diffusion_pytorch_model.bin', 'pytorch_model.bin'].find((n) => fs.existsSync(path.join(dir, n)));
-  if (bin) throw new RoundtripError(`${dir}: only ${bin} is present; convert it to safetensors first (roundtrip convert)`);
+  if (bin) throw new RoundtripError(`${dir}: only ${bin} is present; convert it to safetensors first (roundtrip weights convert IN OUT)`);
   throw new RoundtripError(`${dir}: no weight file (expected one of ${WEIGHT_FILE_NAMES.join(', ')})`);
 }
 
