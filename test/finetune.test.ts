@@ -292,6 +292,22 @@ describe('trainer', () => {
     ckpt.losses.forEach((l, i) => expect(l).toBeCloseTo(plain.losses[i], 5));
   });
 
+  test('cached VAE latents: each image is encoded once and training matches the uncached run', async () => {
+    const { LatentCache } = await import('../lib/finetune/losses');
+    const spy = jest.spyOn(LatentCache.prototype, 'latents');
+    const opts = { epochs: 2, checkpointEvery: 0, sdRandomCrop: false, sdFlip: false };
+    const plain = await finetune(baseConfig(path.join(root, 'run-uncached'), opts));
+    expect(spy).not.toHaveBeenCalled();
+    const cached = await finetune(baseConfig(path.join(root, 'run-cached'), { ...opts, cacheLatents: true }));
+    expect(spy).toHaveBeenCalledTimes(cached.losses.length);
+    const caches = spy.mock.contexts as InstanceType<typeof LatentCache>[];
+    // Every distinct training image was encoded exactly once over both epochs.
+    expect(caches[caches.length - 1].encoded).toBe(TRAIN_CAPTIONS.length);
+    cached.losses.forEach((l, i) => expect(l).toBeCloseTo(plain.losses[i], 4));
+    spy.mockRestore();
+    expect(() => resolveConfig({ ...baseConfig(path.join(root, 'x'), {}), cacheLatents: true, sdFlip: true })).toThrow(/cacheLatents needs the same SD images every epoch/);
+  });
+
   test('resume continues exactly; checkpoints on disk are always complete', async () => {
     const straight = await finetune(baseConfig(path.join(root, 'run-a'), { epochs: 2 }));
     const dirB = path.join(root, 'run-b');

@@ -297,6 +297,12 @@ function trainTimesteps(sd: StableDiffusionPipeline): number {
   return Number(sd.schedulerConfig.num_train_timesteps ?? 1000);
 }
 
+/** Per-item noise of the VAE posterior sample: item i of a batch draws from deriveSeed(seed, i, 1). */
+function posteriorNoise(sd: StableDiffusionPipeline, B: number, shape: [number, number, number], seed: number): Tensor {
+  const [channels, h, w] = shape;
+  return Tensor.cat(Array.from({ length: B }, (_, i) => Tensor.randn([1, channels, h, w], deriveSeed(seed, i, 1), { device: sd.unet.model.device })), 0);
+}
+
 /** The VAE posterior sample × scaling factor, with per-item seeded noise (no graph: the VAE is frozen). */
 export async function encodeLatents(sd: StableDiffusionPipeline, images512: Tensor, seed: number): Promise<Tensor> {
   const [B, , H, W] = images512.shape;
@@ -305,10 +311,53 @@ export async function encodeLatents(sd: StableDiffusionPipeline, images512: Tens
   const channels = Number(sd.vae.config.latent_channels ?? 4);
   return noGrad(() =>
     scope(async () => {
-      const noise = Tensor.cat(Array.from({ length: B }, (_, i) => Tensor.randn([1, channels, H / f, W / f], deriveSeed(seed, i, 1), { device: sd.unet.model.device })), 0);
+      const noise = posteriorNoise(sd, B, [channels, H / f, W / f], seed);
       return (await sd.vae.encode(images512, { noise })).sampleScaled;
     }),
   );
+}
+
+/**
+ * Caches the VAE posterior (mean, std) of training images, which no trainable weight affects, so each
+ * image is encoded once; samples still draw fresh noise per step. Valid only when the SD-side images are
+ * the same every epoch (no random crop or flip): the trainer checks that.
+ */
+export class LatentCache {
+  private readonly posteriors = new Map<string, { mean: Tensor; std: Tensor }>();
+  /** Images encoded so far (cache misses). */
+  encoded = 0;
+
+  get size(): number {
+    return this.posteriors.size;
+  }
+
+  /** Same distribution and noise as encodeLatents(sd, images, seed); `keys` name the batch's images. */
+  async latents(sd: StableDiffusionPipeline, images512: Tensor, keys: readonly string[], seed: number): Promise<Tensor> {
+    if (keys.length !== images512.shape[0]) throw invalid('keys', `${images512.shape[0]} image keys`, keys);
+    return noGrad(async () => {
+      const missing = keys.map((k, i) => [k, i] as const).filter(([k]) => !this.posteriors.has(k));
+      if (missing.length) {
+        const rows = missing.map(([, i]) => images512.narrow(0, i, 1));
+        const batch = Tensor.cat(rows, 0);
+        const post = await sd.vae.encode(batch);
+        missing.forEach(([k], j) => this.posteriors.set(k, { mean: post.mean.narrow(0, j, 1).clone(), std: post.std.narrow(0, j, 1).clone() }));
+        this.encoded += missing.length;
+        disposeAll([rows, batch, post.mean, post.logvar, post.std, post.sample, post.sampleScaled]);
+      }
+      return scope(async () => {
+        const mean = Tensor.cat(keys.map((k) => this.posteriors.get(k)!.mean), 0);
+        const std = Tensor.cat(keys.map((k) => this.posteriors.get(k)!.std), 0);
+        const [, c, h, w] = mean.shape;
+        const noise = posteriorNoise(sd, keys.length, [c, h, w], seed);
+        return mean.add(std.mul(noise)).mul(sd.vae.scalingFactor);
+      });
+    });
+  }
+
+  dispose(): void {
+    for (const p of this.posteriors.values()) disposeAll([p.mean, p.std]);
+    this.posteriors.clear();
+  }
 }
 
 /** Timesteps and noise for a batch of latents (per item, from the seed). */

@@ -58,6 +58,8 @@ export interface JointBatch {
   /** SD side images [B, 3, 512, 512] in [-1, 1]. */
   sdImages: Tensor;
   captions: CaptionBatch;
+  /** Scaled VAE latents of `sdImages` when already known (LatentCache); encoded here otherwise. */
+  latents?: Tensor;
 }
 
 /** Which terms a step evaluates (weights zero or the alternating parity switch the others off). */
@@ -92,7 +94,7 @@ export async function jointObjective(
     imageEmbeds = v.lastHiddenState;
   }
   const needLatents = terms.includes('recImg') || terms.includes('sd') || terms.includes('recTxt');
-  const latents = needLatents ? await encodeLatents(sd, batch.sdImages, seed) : undefined;
+  const latents = needLatents ? (batch.latents ?? (await encodeLatents(sd, batch.sdImages, seed))) : undefined;
   try {
     if (terms.includes('cap')) out.cap = await captionLoss(blip, { imageEmbeds }, batch.captions, { labelSmoothing: opts.labelSmoothing });
     if (terms.includes('recImg')) {

@@ -25,7 +25,7 @@ import { ciderD } from '../metrics/cider';
 import { blipPreprocess, preprocessImage } from '../image/preprocess';
 import { loadImage } from '../image/decode';
 import { deriveSeed } from '../image/random';
-import { SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, encodeCaptions, disposeCaptionBatch } from './losses';
+import { LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, encodeCaptions, disposeCaptionBatch } from './losses';
 import { LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, SCHEDULES, activeTerms, jointObjective, presetWeights } from './objective';
 import { TrainItem, epochBatches, readAnnotations } from './data';
 import { writeReport } from './report';
@@ -69,6 +69,8 @@ export interface FinetuneConfig {
   precision: 'fp32' | 'bf16' | 'fp16';
   /** Recompute UNet/BLIP blocks in backward instead of keeping their activations. */
   gradientCheckpointing: boolean;
+  /** Encode each training image with the (frozen) VAE once and reuse its posterior (needs no SD crop/flip). */
+  cacheLatents: boolean;
   objective: (typeof OBJECTIVE_PRESETS)[number];
   /** Per-term weights (override the objective preset). */
   weights?: Partial<LossWeights>;
@@ -139,6 +141,7 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   progress: true,
   precision: 'fp32',
   gradientCheckpointing: false,
+  cacheLatents: false,
 };
 
 /** Merges a partial config over the defaults and checks every key (errors name the key). */
@@ -184,6 +187,10 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectBoolean(k('progress'), c.progress);
   expectOneOf(k('precision'), c.precision, ['fp32', 'bf16', 'fp16'] as const);
   expectBoolean(k('gradientCheckpointing'), c.gradientCheckpointing);
+  expectBoolean(k('cacheLatents'), c.cacheLatents);
+  if (c.cacheLatents && (c.sdRandomCrop || c.sdFlip)) {
+    throw new RoundtripError(`${source}: cacheLatents needs the same SD images every epoch; turn off sdRandomCrop and sdFlip`);
+  }
   expectInteger(k('prefetch'), c.prefetch, { min: 1 });
   expectInteger(k('checkpointEvery'), c.checkpointEvery, { min: 0 });
   expectInteger(k('keepLast'), c.keepLast, { min: 1 });
@@ -396,6 +403,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   };
 
   const progress = c.progress ? createProgress({ label: 'finetune', total: totalSteps, unit: 'step', start: step }) : undefined;
+  const latentCache = c.cacheLatents ? new LatentCache() : undefined;
   let batches: AsyncGenerator<Awaited<ReturnType<typeof epochBatches> extends AsyncGenerator<infer B> ? B : never>> | undefined;
   const openEpoch = () =>
     epochBatches(items, { seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale });
@@ -421,12 +429,14 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         const mb = next.value;
         const captions = encodeCaptions({ blip: m.bert, clip: sd.tokenizer }, mb.items.map((i) => i.caption));
         try {
+          const stepSeed = deriveSeed(c.seed, 3, step, micro);
+          const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), stepSeed) : undefined;
           const { total, terms } = await jointObjective(
             { blip, sd, bridge: m.bridge, visionTrainable },
-            { blipImages: mb.blipImages, sdImages: mb.sdImages, captions },
+            { blipImages: mb.blipImages, sdImages: mb.sdImages, captions, latents },
             objective,
             step,
-            deriveSeed(c.seed, 3, step, micro),
+            stepSeed,
           );
           try {
             let value = total.item();
@@ -507,6 +517,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     process.removeListener('SIGINT', onSigint);
     progress?.done();
     await batches?.return(undefined);
+    latentCache?.dispose();
     blip.dispose();
     sd.dispose();
   }
