@@ -156,6 +156,19 @@ export class NativeModel {
     this.handle.train(on);
   }
 
+  /**
+   * Stores 4-D weights and inputs channels-last (NHWC): faster convolutions with cuDNN, especially under
+   * bf16/fp16 autocast. Values are unchanged; on CPU it rarely helps.
+   */
+  setChannelsLast(on: boolean): void {
+    expectBoolean('channels last', on);
+    try {
+      this.handle.setChannelsLast(on);
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
   dispose(): void {
     this.handle.dispose();
   }

@@ -31,6 +31,7 @@ export interface NativeModelHandle {
   tensors(names?: string[]): Record<string, NativeTensorHandle>;
   to(device: string, dtype?: DType): Promise<void>;
   train(on: boolean): void;
+  setChannelsLast(on: boolean): void;
   dispose(): void;
 }
 

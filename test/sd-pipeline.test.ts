@@ -1,3 +1,4 @@
+import sharp from 'sharp';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -114,6 +115,17 @@ test('generate command writes PNGs; bad arguments are named', async () => {
   );
   expect(paths).toHaveLength(1);
   expect(fs.readFileSync(paths[0]).subarray(1, 4).toString()).toBe('PNG');
+  // --channels-last changes memory layout only: the same picture.
+  const nhwc = await runGenerate(
+    { prompts: ['a house'], model: folder, out: path.join(root, 'out-nhwc'), scheduler: 'euler', steps: 2, guidance: 7.5, seed: 0, batch: 1, height: 64, width: 64, device: 'cpu', channelsLast: true },
+    sink,
+  );
+  const [a, b] = await Promise.all([sharp(paths[0]).raw().toBuffer(), sharp(nhwc[0]).raw().toBuffer()]);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  expect(worst).toBeLessThanOrEqual(1);
+  // Mixed precision is CUDA-only: a clear error on this CPU model.
+  await expect(runGenerate({ prompts: ['a house'], model: folder, out, steps: 1, guidance: 1, seed: 0, batch: 1, height: 64, width: 64, device: 'cpu', precision: 'bf16' }, sink)).rejects.toThrow(/needs a model on CUDA/);
   const base = { prompts: ['p'], model: folder, out, steps: 2, guidance: 7.5, seed: 0, batch: 1, device: 'cpu' };
   expect(() => checkGenerateArgs({ ...base, height: 60 })).toThrow(/--height.*multiple of 8.*60/);
   expect(() => checkGenerateArgs({ ...base, scheduler: 'heun' })).toThrow(/scheduler.*heun/);

@@ -71,6 +71,7 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
                                        InstanceMethod<&ModelHandle::Tensors>("tensors"),
                                        InstanceMethod<&ModelHandle::To>("to"),
                                        InstanceMethod<&ModelHandle::Train>("train"),
+                                       InstanceMethod<&ModelHandle::SetChannelsLast>("setChannelsLast"),
                                        InstanceMethod<&ModelHandle::Dispose>("dispose"),
                                    });
     ctor = Napi::Persistent(f);
@@ -104,7 +105,11 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
       return run_async(info.Env(), [m, method, in, options, autocast]() -> Finisher {
         std::lock_guard<std::mutex> lock(m->mutex);
         AutocastScope amp(autocast);
-        TensorMap out = m->call(method, in, options);
+        TensorMap inputs = in;
+        if (m->channels_last)
+          for (auto& [k, t] : inputs)
+            if (t.dim() == 4) t = t.contiguous(at::MemoryFormat::ChannelsLast);
+        TensorMap out = m->call(method, inputs, options);
         return [out](Napi::Env env) -> Napi::Value { return tensor_map_to_js(env, out); };
       });
     });
@@ -206,6 +211,23 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
         m->tie_weights();
         return nullptr;
       });
+    });
+  }
+
+  // setChannelsLast(on): 4-D parameters and buffers change memory format in place (values unchanged).
+  Napi::Value SetChannelsLast(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      auto m = get(info.Env());
+      const bool on = arg_bool(info, 0, "setChannelsLast(on)");
+      std::lock_guard<std::mutex> lock(m->mutex);
+      at::NoGradGuard no_grad;
+      const auto format = on ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+      for (auto& p : m->parameters(true))
+        if (p.dim() == 4) p.set_data(p.data().contiguous(format));
+      for (auto& b : m->buffers(true))
+        if (b.dim() == 4) b.set_data(b.data().contiguous(format));
+      m->channels_last = on;
+      return info.Env().Undefined();
     });
   }
 

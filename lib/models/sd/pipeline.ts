@@ -133,6 +133,11 @@ export class StableDiffusionPipeline {
     for (const m of [this.unet.model, this.vae.model, this.textEncoder]) m.setAutocast(mode);
   }
 
+  /** Channels-last (NHWC) UNet and VAE: faster cuDNN convolutions; see NativeModel.setChannelsLast. */
+  setChannelsLast(on: boolean): void {
+    for (const m of [this.unet.model, this.vae.model]) m.setChannelsLast(on);
+  }
+
   /** The VAE's spatial factor (2^(levels-1), 8 for SD). */
   get vaeFactor(): number {
     const levels = ((this.vae.config.block_out_channels as number[] | undefined) ?? [64]).length;
