@@ -1,9 +1,9 @@
 // ModelHandle: the JS face of a native Model. Every heavy method returns a Promise and runs off-thread.
-#include <ATen/autocast_mode.h>
 #include <napi.h>
 
 #include <regex>
 
+#include "core/autocast.h"
 #include "core/model.h"
 #include "core/napi_util.h"
 #include "core/tensor_handle.h"
@@ -11,40 +11,6 @@
 namespace rt {
 
 namespace {
-// Mixed precision for one call on CUDA (thread-local, so set inside the worker and restored after).
-class AutocastScope {
- public:
-  explicit AutocastScope(c10::optional<at::ScalarType> dtype) : on_(dtype.has_value()) {
-    if (!on_) return;
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    was_ = at::autocast::is_autocast_enabled(at::kCUDA);
-    old_ = at::autocast::get_autocast_dtype(at::kCUDA);
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-    at::autocast::set_autocast_dtype(at::kCUDA, *dtype);
-#else
-    was_ = at::autocast::is_enabled();
-    old_ = at::autocast::get_autocast_gpu_dtype();
-    at::autocast::set_enabled(true);
-    at::autocast::set_autocast_gpu_dtype(*dtype);
-#endif
-  }
-  ~AutocastScope() {
-    if (!on_) return;
-#if (TORCH_VERSION_MAJOR > 2) || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(at::kCUDA, was_);
-    at::autocast::set_autocast_dtype(at::kCUDA, old_);
-#else
-    at::autocast::set_enabled(was_);
-    at::autocast::set_autocast_gpu_dtype(old_);
-#endif
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool on_, was_ = false;
-  at::ScalarType old_ = at::kHalf;
-};
-
 // options.autocast: "bf16" | "fp16" | "off"/absent. CUDA only: CPU bf16 runs 10-14x slower than fp32 here.
 c10::optional<at::ScalarType> autocast_dtype(const json& options, const at::Device& device) {
   const std::string mode = opt<std::string>(options, "autocast", "off");

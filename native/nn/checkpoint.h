@@ -8,6 +8,8 @@
 
 #include <functional>
 
+#include "core/autocast.h"
+
 namespace rt::nn {
 
 using BlockFn = std::function<at::Tensor(const std::vector<at::Tensor>&)>;
@@ -16,8 +18,11 @@ struct CheckpointBackward : torch::autograd::Node {
   BlockFn fn;
   std::vector<at::Tensor> inputs;  // detached: the only activations kept
   std::vector<bool> needs_grad;
+  // The forward's autocast state: backward runs on autograd's thread, where it is not set.
+  c10::optional<at::ScalarType> autocast;
 
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    rt::AutocastScope amp(autocast);
     std::vector<at::Tensor> leaves;
     for (size_t i = 0; i < inputs.size(); ++i)
       leaves.push_back(inputs[i].defined() ? inputs[i].detach().requires_grad_(needs_grad[i]) : at::Tensor());
@@ -44,6 +49,7 @@ inline at::Tensor checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& i
   }
   auto node = std::shared_ptr<CheckpointBackward>(new CheckpointBackward(), torch::autograd::deleteNode);
   node->fn = fn;
+  node->autocast = rt::current_autocast();
   for (auto& x : inputs) {
     node->inputs.push_back(x.defined() ? x.detach() : at::Tensor());
     node->needs_grad.push_back(x.defined() && x.requires_grad());
