@@ -114,6 +114,11 @@ describe('loss terms', () => {
       expect(labels[b * T + batch.promptLength]).toBe(ids[b * T + batch.promptLength]);
     }
     expect(batch.captionLengths[0]).toBe(6); // a dog runs on the grass
+    // Without a prompt only [DEC] is skipped: models trained without one (the built-in world BLIP).
+    const bare = encodeCaptions({ blip: loadBertTokenizer(blipDir), clip: sd.tokenizer }, CAPTIONS, { prompt: '' });
+    expect(bare.promptLength).toBe(1);
+    expect(Array.from(bare.blipIds.toTypedArray() as BigInt64Array, Number).slice(1, 3)).toEqual(ids.slice(4, 6));
+    disposeCaptionBatch(bare);
   });
 
   test('each term reaches exactly its intended parameters', async () => {
@@ -361,7 +366,7 @@ describe('trainer', () => {
     const fromYaml = finetuneConfigFrom({ config: yamlFile } as any) as any;
     expect(fromYaml.lr).toBe(0.0002);
     expect(fromYaml.batchSize).toBe(3);
-    expect([fromYaml.precision, fromYaml.gradientCheckpointing]).toEqual(['fp32', false]);
+    expect([fromYaml.precision, fromYaml.gradientCheckpointing, fromYaml.prompt]).toEqual(['fp32', false, 'a picture of ']);
     expect(() => finetuneConfigFrom({ config: cfgFile, precision: 'fp8' } as any)).toThrow(/precision/);
     fs.writeFileSync(yamlFile, 'lr: [1, 2\n');
     expect(() => finetuneConfigFrom({ config: yamlFile } as any)).toThrow(/run\.yaml: invalid YAML/);

@@ -13,7 +13,7 @@ export const FINETUNE_FLAGS = [
   'blip', 'sd', 'bridge', 'annotations', 'images', 'limit', 'valAnnotations', 'valImages', 'valSize', 'validateEvery', 'output', 'device', 'seed',
   'objective', 'schedule', 'temperature', 'softMode', 'recTxtMode', 'labelSmoothing', 'lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'clip',
   'lrSchedule', 'warmupSteps', 'minLr', 'batchSize', 'gradAccum', 'epochs', 'maxSteps', 'sdSize', 'sdRandomCrop', 'sdFlip', 'blipSize',
-  'blipMinScale', 'prefetch', 'checkpointEvery', 'keepLast', 'resume', 'progress', 'threads', 'precision', 'gradientCheckpointing', 'cacheLatents',
+  'blipMinScale', 'prefetch', 'checkpointEvery', 'keepLast', 'resume', 'progress', 'threads', 'precision', 'gradientCheckpointing', 'cacheLatents', 'prompt',
 ] as const;
 
 /** Reads a config file: `.yaml`/`.yml` as YAML, anything else as JSON. */
@@ -124,6 +124,7 @@ export const command: CommandModule<{}, any> = {
       .option('threads', { type: 'number' })
       .option('precision', { type: 'string', describe: 'fp32, or CUDA autocast bf16/fp16' })
       .option('gradient-checkpointing', { type: 'boolean', describe: 'Recompute UNet/BLIP blocks in backward (less memory)' })
+      .option('prompt', { type: 'string', describe: "BLIP caption prefix ignored by the loss (default 'a picture of ')" })
       .option('cache-latents', { type: 'boolean', describe: 'Encode each training image with the frozen VAE once (needs no SD crop/flip)' }),
   handler: async (argv) => {
     const r = await runFinetuneCommand(argv as FinetuneRequest);

@@ -243,6 +243,8 @@ export async function runDemo(options: DemoOptions, command = 'runDemo()'): Prom
       keepLast: 1,
       validateEvery: 0,
       progress: !quiet,
+      // The world BLIP was trained and is evaluated without a prompt.
+      prompt: '',
     },
     'demo finetuning config',
   );

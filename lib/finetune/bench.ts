@@ -56,7 +56,7 @@ export async function benchFinetune(opts: BenchOptions): Promise<BenchResult> {
   await gen.return(undefined);
   if (first.done) throw new RoundtripError('bench: no batch');
   const mb = first.value;
-  const captions = encodeCaptions({ blip: m.bert, clip: m.sd.tokenizer }, mb.items.map((i) => i.caption));
+  const captions = encodeCaptions({ blip: m.bert, clip: m.sd.tokenizer }, mb.items.map((i) => i.caption), { prompt: opts.prompt });
   const params: Record<string, Tensor> = {};
   for (const [n, t] of Object.entries(m.blip.model.tensors(m.blipTrainable))) params[`blip:${n}`] = t;
   for (const [n, t] of Object.entries(m.sd.unet.model.tensors(m.unetTrainable))) params[`unet:${n}`] = t;

@@ -71,6 +71,8 @@ export interface FinetuneConfig {
   gradientCheckpointing: boolean;
   /** Encode each training image with the (frozen) VAE once and reuse its posterior (needs no SD crop/flip). */
   cacheLatents: boolean;
+  /** BLIP's caption prefix, ignored by the loss ('a picture of ' as BLIP trains; '' for models trained without). */
+  prompt: string;
   objective: (typeof OBJECTIVE_PRESETS)[number];
   /** Per-term weights (override the objective preset). */
   weights?: Partial<LossWeights>;
@@ -142,6 +144,7 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   precision: 'fp32',
   gradientCheckpointing: false,
   cacheLatents: false,
+  prompt: BLIP_PROMPT,
 };
 
 /** Merges a partial config over the defaults and checks every key (errors name the key). */
@@ -188,6 +191,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectOneOf(k('precision'), c.precision, ['fp32', 'bf16', 'fp16'] as const);
   expectBoolean(k('gradientCheckpointing'), c.gradientCheckpointing);
   expectBoolean(k('cacheLatents'), c.cacheLatents);
+  expectString(k('prompt'), c.prompt);
   if (c.cacheLatents && (c.sdRandomCrop || c.sdFlip)) {
     throw new RoundtripError(`${source}: cacheLatents needs the same SD images every epoch; turn off sdRandomCrop and sdFlip`);
   }
@@ -427,7 +431,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         const next = await batches.next();
         if (next.done) throw new RoundtripError('internal: the epoch ran out of batches');
         const mb = next.value;
-        const captions = encodeCaptions({ blip: m.bert, clip: sd.tokenizer }, mb.items.map((i) => i.caption));
+        const captions = encodeCaptions({ blip: m.bert, clip: sd.tokenizer }, mb.items.map((i) => i.caption), { prompt: c.prompt });
         try {
           const stepSeed = deriveSeed(c.seed, 3, step, micro);
           const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), stepSeed) : undefined;
@@ -528,7 +532,7 @@ async function validate(c: FinetuneConfig, m: Models): Promise<number> {
   const raw = JSON.parse(fs.readFileSync(c.valAnnotations!, 'utf8')) as { image: string; caption: string | string[] }[];
   const subset = raw.slice(0, c.valSize);
   const recipe = blipPreprocess(c.blipSize);
-  const prompt = m.bert.encode(BLIP_PROMPT);
+  const prompt = c.prompt ? m.bert.encode(c.prompt) : undefined;
   const candidates: string[] = [];
   for (let i = 0; i < subset.length; i += c.batchSize) {
     const chunk = subset.slice(i, i + c.batchSize);
