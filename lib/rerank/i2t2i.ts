@@ -14,7 +14,7 @@ import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { VitModel } from '../models/vit';
 import { createProgress } from '../progress';
 import { ImageEmbedder, SdImageCache, clipImageEmbedder, dinoImageEmbedder, distancesTo, sdModelHash } from './models';
-import { RerankOptions, RerankStats, RunFolder, baselinePicks, blipSeed, openRunFolder, ranksOf, relativeTo, sdSeed } from './run';
+import { RerankOptions, RerankStats, RunFolder, baselinePicks, blipSeed, beginRun, ranksOf, relativeTo, sdSeed } from './run';
 import { BlipSettings, CandidateRecord, ItemRecord } from './types';
 
 /** BLIP caption options from the run's settings. */
@@ -46,11 +46,8 @@ export function captionScores(captions: readonly string[], references: readonly 
 
 /** Runs (or resumes) image → text → image reranking into `opts.out`. */
 export async function rerankI2t2i(opts: RerankOptions): Promise<RerankStats> {
-  const run = openRunFolder('i2t2i', opts);
+  const { run, stats, todo } = beginRun('i2t2i', opts);
   const s = run.settings;
-  const stats: RerankStats = { out: run.dir, items: run.items.length, done: 0, skipped: 0, blipCalls: 0, sdCalls: 0, sdImages: 0, cacheHits: 0, warnings: run.warnings };
-  const todo = run.items.filter((it) => !run.finished.has(it.index));
-  stats.skipped = run.items.length - todo.length;
   if (todo.length === 0) return stats;
   const device = opts.device ?? 'cpu';
   const owned: { dispose(): void }[] = [];

@@ -182,6 +182,24 @@ export interface RunFolder {
   append(record: ItemRecord): void;
 }
 
+/** Opens the run folder and lists the items still to do (a resumed run skips finished ones). */
+export function beginRun(direction: Direction, opts: RerankOptions): { run: RunFolder; stats: RerankStats; todo: RunFolder['items'] } {
+  const run = openRunFolder(direction, opts);
+  const todo = run.items.filter((it) => !run.finished.has(it.index));
+  const stats: RerankStats = {
+    out: run.dir,
+    items: run.items.length,
+    done: 0,
+    skipped: run.items.length - todo.length,
+    blipCalls: 0,
+    sdCalls: 0,
+    sdImages: 0,
+    cacheHits: 0,
+    warnings: run.warnings,
+  };
+  return { run, stats, todo };
+}
+
 /** Creates or reopens `opts.out`; refuses to mix results of different settings or shards. */
 export function openRunFolder(direction: Direction, opts: RerankOptions): RunFolder {
   const dir = path.resolve(expectString('--out', opts.out));

@@ -17,7 +17,7 @@ import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { createProgress } from '../progress';
 import { blipCaptionOptions, checkPromptLength } from './i2t2i';
 import { CiderSimilarity, ImageEmbedder, SdImageCache, clipImageEmbedder, distancesTo, sdModelHash } from './models';
-import { RerankOptions, RerankStats, baselinePicks, openRunFolder, ranksOf, relativeTo, sdSeed } from './run';
+import { RerankOptions, RerankStats, baselinePicks, beginRun, ranksOf, relativeTo, sdSeed } from './run';
 import { loadDataset } from './data';
 import { CandidateRecord, ItemRecord } from './types';
 
@@ -32,11 +32,8 @@ interface TextScorers {
 
 /** Runs (or resumes) text → image → text reranking into `opts.out`. */
 export async function rerankT2i2t(opts: RerankOptions): Promise<RerankStats> {
-  const run = openRunFolder('t2i2t', opts);
+  const { run, stats, todo } = beginRun('t2i2t', opts);
   const s = run.settings;
-  const stats: RerankStats = { out: run.dir, items: run.items.length, done: 0, skipped: 0, blipCalls: 0, sdCalls: 0, sdImages: 0, cacheHits: 0, warnings: run.warnings };
-  const todo = run.items.filter((it) => !run.finished.has(it.index));
-  stats.skipped = run.items.length - todo.length;
   if (todo.length === 0) return stats;
   const device = opts.device ?? 'cpu';
   const owned: { dispose(): void }[] = [];
