@@ -1,6 +1,10 @@
 import yargs from 'yargs';
 import { commands } from './commands';
 import { RoundtripError } from './errors';
+import { resolveModelPath } from './hub/resolve';
+
+/** Options that name a model: each takes a folder or an alias pulled with `roundtrip weights pull`. */
+const MODEL_OPTIONS = ['model', 'blip', 'sd', 'clip', 'dino', 'sbert', 'inception'] as const;
 
 /** Entry point of the `roundtrip` command. */
 export async function main(argv: string[]): Promise<void> {
@@ -15,6 +19,13 @@ export async function main(argv: string[]): Promise<void> {
       throw err ?? new RoundtripError(msg);
     });
   for (const command of commands) parser = parser.command(command);
+  parser = parser.middleware((argv) => {
+    for (const key of MODEL_OPTIONS) {
+      const value = argv[key];
+      // formula:TAG names the test-only Inception weights, not a folder.
+      if (typeof value === 'string' && value !== '' && !value.startsWith('formula:')) argv[key] = resolveModelPath(value);
+    }
+  });
   await parser.parseAsync();
 }
 

@@ -98,6 +98,13 @@ export function native(): NativeAddon {
     try {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
       addon = require('node-gyp-build')(root) as NativeAddon;
+      // Intra-op threads: all cores by default; ROUNDTRIP_THREADS=N overrides (setNumThreads at run time too).
+      const threads = process.env.ROUNDTRIP_THREADS;
+      if (threads !== undefined && threads !== '') {
+        const n = Number(threads);
+        if (!Number.isInteger(n) || n < 1) throw new Error(`ROUNDTRIP_THREADS: expected an integer >= 1, got "${threads}"`);
+        addon.setNumThreads(n);
+      }
     } catch (err) {
       const why = err instanceof Error ? err.message : String(err);
       throw new Error(

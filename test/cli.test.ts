@@ -30,6 +30,14 @@ maybe('roundtrip CLI', () => {
     expect(info.modelKinds).toEqual(expect.arrayContaining(['blip', 'clip', 'unet', 'vae', 'vit', 'bert', 'inception']));
   });
 
+  test('ROUNDTRIP_THREADS sets the intra-op threads', () => {
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'roundtrip.js'), 'info', '--json'], { encoding: 'utf8', env: { ...process.env, ROUNDTRIP_THREADS: '1' } });
+    expect(JSON.parse(r.stdout).threads).toBe(1);
+    const bad = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'roundtrip.js'), 'info'], { encoding: 'utf8', env: { ...process.env, ROUNDTRIP_THREADS: 'many' } });
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/ROUNDTRIP_THREADS: expected an integer >= 1, got "many"/);
+  });
+
   test('conformance passes a reference folder and fails (exit 1) when an output is off', async () => {
     const ok = roundtrip('conformance', path.join(REFERENCE, 'vit-dino'));
     expect(ok.code).toBe(0);
@@ -81,6 +89,30 @@ maybe('roundtrip CLI', () => {
     const b = roundtrip('weights', 'inspect', broken);
     expect(b.code).not.toBe(0);
     expect(b.err).toContain(broken);
+  });
+
+  test('model options take pulled aliases and say which pull to run when one is missing', () => {
+    const home = path.join(tmp, 'home');
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'roundtrip.js'), 'caption', 'x.png', '--model', 'blip-base'], {
+      encoding: 'utf8',
+      env: { ...process.env, ROUNDTRIP_HOME: home, ROUNDTRIP_QUIET: '1' },
+    });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('roundtrip weights pull blip-base');
+    expect(r.stderr).toContain(path.join(home, 'models', 'blip-base'));
+    // The same name once pulled: a complete folder with its pull manifest (here, the shipped world BLIP).
+    const dir = path.join(home, 'models', 'blip-base');
+    fs.cpSync(path.join(ROOT, 'weights', 'world-blip'), dir, { recursive: true });
+    const files = fs.readdirSync(dir).map((f) => ({ path: f, size: fs.statSync(path.join(dir, f)).size }));
+    fs.writeFileSync(path.join(dir, '.roundtrip-pull.json'), JSON.stringify({ format: 1, name: 'blip-base', source: 'hub', repo: 'Salesforce/blip-image-captioning-base', complete: true, files }));
+    const image = path.join(tmp, 'red.png');
+    fs.writeFileSync(image, Buffer.from('89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c49444154789c63f8cfc0000003010100c9fe92ef0000000049454e44ae426082', 'hex'));
+    const ok = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'roundtrip.js'), 'caption', image, '--model', 'blip-base', '--json'], {
+      encoding: 'utf8',
+      env: { ...process.env, ROUNDTRIP_HOME: home, ROUNDTRIP_QUIET: '1' },
+    });
+    expect(ok.status).toBe(0);
+    expect(JSON.parse(ok.stdout)[0].captions[0]).toMatch(/\w/);
   });
 
   test('bad commands and flags are clear errors', () => {

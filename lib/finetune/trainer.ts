@@ -29,6 +29,7 @@ import { LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, encodeCaptions
 import { LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, SCHEDULES, activeTerms, jointObjective, presetWeights } from './objective';
 import { TrainItem, epochBatches, readAnnotations } from './data';
 import { writeReport } from './report';
+import { resolveModelPath } from '../hub/resolve';
 
 export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'none'] as const;
 export type TrainableSet = (typeof TRAINABLE_SETS)[number];
@@ -276,6 +277,8 @@ interface Models {
 
 /** Loads both models, sets the trainable sets and the bridge. */
 export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promise<Models> {
+  // Config files may name pulled aliases as well as folders.
+  c = { ...c, blip: resolveModelPath(c.blip), sd: resolveModelPath(c.sd) };
   const blip = await Blip.load(c.blip, { device: c.device });
   let sd: StableDiffusionPipeline;
   try {

@@ -17,7 +17,7 @@ export { MANIFEST_NAME, readManifest } from './manifest';
 export type { ManifestFile, PullManifest } from './manifest';
 export { convertDownloadedWeights, pullModel, resolvePullTarget } from './pull';
 export type { PullOptions, PullResult, PullTarget, SafetensorsConverter } from './pull';
-export { resolveModel } from './resolve';
+export { resolveModel, resolveModelPath } from './resolve';
 export type { ResolvedModel, ResolveOptions } from './resolve';
 export { isWeightFile, selectRepoFiles } from './select';
 export type { Selection, SelectOptions, TreeFile } from './select';

@@ -81,3 +81,14 @@ export function resolveModel(nameOrPath: string, options: ResolveOptions = {}): 
     'missing',
   );
 }
+
+/**
+ * The local path for a model argument of any loader: an existing path as given, else the folder of a
+ * pulled alias or repo id (the file, for single-file models such as the FID Inception weights). A missing
+ * model is an error that names the `roundtrip weights pull` to run.
+ */
+export function resolveModelPath(nameOrPath: string): string {
+  if (typeof nameOrPath === 'string' && fs.existsSync(nameOrPath)) return nameOrPath;
+  const r = resolveModel(nameOrPath);
+  return r.file ?? r.path;
+}
