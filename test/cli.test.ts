@@ -26,6 +26,7 @@ maybe('roundtrip CLI', () => {
     const info = JSON.parse(r.out);
     expect(info.libtorch).toMatch(/^\d+\.\d+/);
     expect(info.devices).toContain('cpu');
+    expect(Array.isArray(info.blasLoaded)).toBe(true);
     expect(info.threads).toBeGreaterThanOrEqual(1);
     expect(info.modelKinds).toEqual(expect.arrayContaining(['blip', 'clip', 'unet', 'vae', 'vit', 'bert', 'inception']));
   });

@@ -1,5 +1,21 @@
+import * as fs from 'fs';
 import type { CommandModule } from 'yargs';
 import { native } from '../native';
+
+/** BLAS libraries mapped into this process (Linux): what matrix products really run on. */
+function loadedBlas(): string[] {
+  try {
+    const maps = fs.readFileSync('/proc/self/maps', 'utf8');
+    const libs = new Set<string>();
+    for (const line of maps.split('\n')) {
+      const file = line.slice(line.indexOf('/'));
+      if (line.includes('/') && /lib(open)?blas|libmkl|libblis/.test(file)) libs.add(fs.realpathSync(file));
+    }
+    return [...libs];
+  } catch {
+    return [];
+  }
+}
 
 /** `roundtrip info`: libtorch version, build flags, devices, threads. */
 export function runtimeInfo(): Record<string, unknown> {
@@ -10,7 +26,9 @@ export function runtimeInfo(): Record<string, unknown> {
     cuda: i.cuda,
     cudaDevices: i.cudaDeviceCount,
     cudnn: i.cudnn,
-    blas,
+    /** BLAS libtorch was built against, and the libraries actually loaded (Debian swaps them via alternatives). */
+    blasBuild: blas,
+    blasLoaded: loadedBlas(),
     mkldnn: i.mkldnn,
     openmp: i.openmp,
     threads: i.threads,
