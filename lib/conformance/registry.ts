@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { loadSafetensors } from '../weights/safetensors';
-import { parsePythonJson } from '../models/sd/schedulers';
+import { readJsonFile } from '../json';
 import { TOKENIZER_CASES_FILE, runTokenizerCases } from './tokenizers';
 import { Tensor, disposeAll } from '../tensor';
 
@@ -85,14 +85,6 @@ export function expectedOutputs(caseJson: any): { name: string; compare: 'exact'
   return out;
 }
 
-/** Python-written JSON: diffusers configs may hold NaN/Infinity. */
-function readJson(file: string): any {
-  try {
-    return parsePythonJson(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`${file}: ${err instanceof Error ? err.message : String(err)}`);
-  }
-}
 
 /** Runs one fixture folder. */
 export async function runConformanceCase(dir: string, opts: { device?: string; vocab?: string } = {}): Promise<CaseResult> {
@@ -100,12 +92,12 @@ export async function runConformanceCase(dir: string, opts: { device?: string; v
   const casePath = path.join(dir, 'case.json');
   if (!fs.existsSync(casePath) && fs.existsSync(path.join(dir, TOKENIZER_CASES_FILE))) return runTokenizerCases(dir, opts.vocab);
   if (!fs.existsSync(casePath)) throw new RoundtripError(`${dir}: not a reference fixture folder (no case.json, no ${TOKENIZER_CASES_FILE})`);
-  const caseJson = readJson(casePath);
+  const caseJson = readJsonFile(casePath);
   const name: string = caseJson.name ?? path.basename(dir);
   const runner = runners.get(name);
   if (!runner) throw new RoundtripError(`${dir}: no conformance runner for case '${name}' (known: ${conformanceNames().join(', ') || 'none'})`);
   const configPath = path.join(dir, 'config.json');
-  const config = fs.existsSync(configPath) ? readJson(configPath) : undefined;
+  const config = fs.existsSync(configPath) ? readJsonFile(configPath) : undefined;
   // Inputs and expected tensors live on the run's device, so runners can combine them with outputs.
   const io = await loadSafetensors(path.join(dir, 'io.safetensors'), { device: opts.device });
   let produced: Record<string, Tensor> = {};

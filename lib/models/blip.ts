@@ -14,6 +14,7 @@ import { Tensor, disposeAll, noGrad } from '../tensor';
 import { readSafetensorsHeader } from '../weights/safetensors';
 import { blipPreprocess, loadImage, preprocessBatch, RgbImage } from '../image';
 import { loadTokenizer } from '../tokenizers';
+import { readJsonFile } from '../json';
 
 /** Decoding strategies of `Blip.generate`. */
 export const BLIP_STRATEGIES = ['greedy', 'beam', 'top-p', 'top-k', 'temperature'] as const;
@@ -123,13 +124,6 @@ export interface BlipCaptionOptions extends Omit<BlipGenerateOptions, 'prompt'> 
 /** Published architecture sizes (transformers configs of Salesforce/blip-image-captioning-base / -large). */
 export type BlipSize = 'base' | 'large';
 
-function readJson(file: string): any {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`${file}: cannot read JSON config (${err instanceof Error ? err.message : String(err)})`);
-  }
-}
 
 /**
  * Name of an original salesforce/BLIP key in transformers' layout (the renames of transformers'
@@ -304,7 +298,7 @@ export class Blip {
     } else {
       files = source;
     }
-    const config = typeof files.config === 'string' ? readJson(files.config) : files.config;
+    const config = typeof files.config === 'string' ? readJsonFile(files.config) : files.config;
     if (!Array.isArray(files.weights) || files.weights.length === 0) throw invalid('weights', 'a non-empty array of safetensors paths', files.weights);
     const blip = await Blip.fromConfig(config, opts);
     try {

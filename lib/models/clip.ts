@@ -10,16 +10,13 @@ import * as path from 'path';
 import { RoundtripError, expectOneOf, invalid } from '../errors';
 import { LoadWeightsOptions, NativeModel } from '../model';
 import { Tensor } from '../tensor';
+import { readJsonFile } from '../json';
 
 /** Reads `<dir>/config.json`, naming the file in errors. */
 export function readConfig(dir: string): any {
   const file = path.join(dir, 'config.json');
   if (!fs.existsSync(file)) throw new RoundtripError(`${dir}: no config.json (expected a Hugging Face model folder)`);
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`${file}: not valid JSON (${err instanceof Error ? err.message : String(err)})`);
-  }
+  return readJsonFile(file, { object: true });
 }
 
 /** The safetensors weight files of a Hugging Face folder: model.safetensors or the shards of its index. */

@@ -24,7 +24,6 @@ import { VAE } from '../models/sd/vae';
 import { native } from '../native';
 import { ProgressStream } from '../progress';
 import { disposeAll } from '../tensor';
-import { saveTensors } from '../weights/save';
 import { BertTokenizer, ClipTokenizer, loadBertTokenizer, loadClipTokenizer } from '../tokenizers';
 import { WorldCounts, writeWorld } from '../world';
 import * as configs from './configs';

@@ -13,6 +13,7 @@ import * as path from 'path';
 import { RoundtripError, expectInteger, invalid } from '../errors';
 import { listImages } from '../eval/image-sets';
 import { ImageId, karpathyImageId, loadCaptionAnnotations } from '../metrics/annotations';
+import { readJsonFile } from '../json';
 
 export interface DataItem {
   /** Index in the whole dataset (before sharding); seeds derive from it. */
@@ -69,11 +70,7 @@ export function selectItems(items: readonly DataItem[], opts: { limit?: number; 
 
 function readJson(file: string, flag: string): unknown {
   if (!fs.existsSync(file)) throw new RoundtripError(`${flag}: ${file} does not exist`);
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`${flag}: ${file} is not valid JSON (${(err as Error).message})`);
-  }
+  return readJsonFile(file, { what: flag });
 }
 
 function missingWarning(missing: string[], folder: string): string {

@@ -251,8 +251,6 @@ function decodeQuotedString(line: string, fail: (why: string) => never): Buffer 
   return Buffer.from(out);
 }
 
-const MARK = Symbol('mark');
-
 /**
  * Runs one pickle from `data[start]` to its STOP opcode.
  * @throws RoundtripError naming `options.source`, the opcode and its byte offset for anything outside the

@@ -11,7 +11,10 @@ import { Autocast, NativeModel } from '../../model';
 import { Tensor, disposeAll, noGrad } from '../../tensor';
 import { ClipTokenizer } from '../../tokenizers/clip';
 import { loadClipTokenizer } from '../../tokenizers/load';
-import { Scheduler, SchedulerName, parsePythonJson, schedulerName } from './schedulers';
+import { Scheduler, SchedulerName, schedulerName } from './schedulers';
+import { readJsonFile } from '../../json';
+
+const readJsonObject = (file: string): Record<string, any> => readJsonFile(file, { object: true });
 import { UNet } from './unet';
 import { VAE } from './vae';
 
@@ -23,17 +26,6 @@ export const WEIGHT_FILE_NAMES = [
   'model.fp16.safetensors',
 ] as const;
 
-function readJsonFile(file: string): Record<string, any> {
-  if (!fs.existsSync(file)) throw new RoundtripError(`${file}: not found`);
-  let parsed: unknown;
-  try {
-    parsed = parsePythonJson(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`${file}: ${err instanceof Error ? err.message : String(err)}`);
-  }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw invalid(file, 'a JSON object', parsed);
-  return parsed as Record<string, any>;
-}
 
 /** The safetensors weight file of a component folder (named in the error when absent). */
 export function findWeightFile(dir: string): string {
@@ -92,7 +84,7 @@ export class StableDiffusionPipeline {
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new RoundtripError(`${dir}: not a model folder`);
     const index = path.join(dir, 'model_index.json');
     if (fs.existsSync(index)) {
-      const cls = readJsonFile(index)._class_name;
+      const cls = readJsonObject(index)._class_name;
       if (cls !== undefined && cls !== 'StableDiffusionPipeline') throw invalid(`${index} _class_name`, '"StableDiffusionPipeline"', cls);
     }
     const component = (name: string) => {
@@ -100,23 +92,23 @@ export class StableDiffusionPipeline {
       if (!fs.existsSync(d)) throw new RoundtripError(`${dir}: missing the ${name}/ folder`);
       return d;
     };
-    const schedulerConfig = readJsonFile(path.join(component('scheduler'), 'scheduler_config.json'));
+    const schedulerConfig = readJsonObject(path.join(component('scheduler'), 'scheduler_config.json'));
     const tokenizer = loadClipTokenizer(component('tokenizer'));
     const owned: { dispose(): void }[] = [];
     try {
       const unetDir = component('unet');
       const device = { device: opts.device };
-      const unet = await UNet.create(readJsonFile(path.join(unetDir, 'config.json')), device);
+      const unet = await UNet.create(readJsonObject(path.join(unetDir, 'config.json')), device);
       owned.push(unet);
       await unet.model.loadWeights([findWeightFile(unetDir)]);
       if (opts.partial?.unet?.length) await unet.model.loadWeights(opts.partial.unet, { partial: true });
       const vaeDir = component('vae');
-      const vae = await VAE.create(readJsonFile(path.join(vaeDir, 'config.json')), device);
+      const vae = await VAE.create(readJsonObject(path.join(vaeDir, 'config.json')), device);
       owned.push(vae);
       await vae.model.loadWeights([findWeightFile(vaeDir)]);
       if (opts.partial?.vae?.length) await vae.model.loadWeights(opts.partial.vae, { partial: true });
       const textDir = component('text_encoder');
-      const text = await NativeModel.create('clip', readJsonFile(path.join(textDir, 'config.json')), device);
+      const text = await NativeModel.create('clip', readJsonObject(path.join(textDir, 'config.json')), device);
       owned.push(text);
       await text.loadWeights([findWeightFile(textDir)]);
       if (opts.partial?.textEncoder?.length) await text.loadWeights(opts.partial.textEncoder, { partial: true });

@@ -2,10 +2,10 @@
  * Noise schedulers (native, model kind "scheduler"): DDPM, DDIM, PNDM (PLMS), Euler, LMS and DPM-Solver++,
  * configured from a diffusers scheduler_config.json. Steps are addressed by their index in `timesteps`.
  */
-import * as fs from 'fs';
-import { RoundtripError, expectInteger, invalid } from '../../errors';
+import { expectInteger, invalid } from '../../errors';
 import { NativeModel } from '../../model';
 import { Tensor } from '../../tensor';
+import { readJsonFile } from '../../json';
 
 /** Scheduler names accepted by the CLI and the pipeline. */
 export const SCHEDULER_NAMES = ['ddpm', 'ddim', 'pndm', 'euler', 'lms', 'dpm++'] as const;
@@ -30,50 +30,11 @@ export function schedulerName(name: string): SchedulerName {
   throw invalid('scheduler', `one of ${SCHEDULER_NAMES.join(', ')}`, name);
 }
 
-/**
- * Parses JSON as Python's `json` writes it: bare `NaN`, `Infinity` and `-Infinity` are accepted (diffusers saves
- * `"lambda_min_clipped": -Infinity` in DPM-Solver configs).
- */
-export function parsePythonJson(text: string): unknown {
-  // Non-finite numbers become marked strings (a NUL prefix no real config uses), mapped back by the reviver.
-  const marks: Record<string, number> = { '\u0000NaN': NaN, '\u0000Infinity': Infinity, '\u0000-Infinity': -Infinity };
-  let out = '';
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i];
-    if (inString) {
-      out += c;
-      if (c === '\\') out += text[++i] ?? '';
-      else if (c === '"') inString = false;
-      continue;
-    }
-    if (c === '"') {
-      inString = true;
-      out += c;
-      continue;
-    }
-    const rest = text.slice(i, i + 9);
-    const token = rest.startsWith('-Infinity') ? '-Infinity' : rest.startsWith('Infinity') ? 'Infinity' : rest.startsWith('NaN') ? 'NaN' : '';
-    if (token) {
-      out += `"\\u0000${token}"`;
-      i += token.length - 1;
-    } else {
-      out += c;
-    }
-  }
-  return JSON.parse(out, (_key, value) => (typeof value === 'string' && value.startsWith('\u0000') ? marks[value] : value));
-}
+export { parsePythonJson } from '../../json';
 
 /** Reads a scheduler_config.json. */
 export function readSchedulerConfig(file: string): Record<string, unknown> {
-  let parsed: unknown;
-  try {
-    parsed = parsePythonJson(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`${file}: cannot read the scheduler config (${err instanceof Error ? err.message : String(err)})`);
-  }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw invalid(file, 'a JSON object', parsed);
-  return parsed as Record<string, unknown>;
+  return readJsonFile(file, { what: 'scheduler config', object: true });
 }
 
 export interface Schedule {
