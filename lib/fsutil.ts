@@ -78,3 +78,26 @@ export function writeFileAtomicSync(target: string, data: string | Uint8Array | 
   }
   fsyncDirSync(dir);
 }
+
+/**
+ * Builds a folder under a temporary name and renames it into place at the end, so `target` is either the
+ * old folder or the complete new one (an interrupted build leaves only a `.tmp-*` folder behind).
+ */
+export async function writeFolderAtomic(target: string, build: (dir: string) => Promise<void>): Promise<void> {
+  const parent = path.dirname(path.resolve(target));
+  fs.mkdirSync(parent, { recursive: true });
+  const tmp = path.join(parent, `.${path.basename(target)}.tmp-${process.pid}`);
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp);
+  try {
+    await build(tmp);
+  } catch (err) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  const old = path.join(parent, `.${path.basename(target)}.old-${process.pid}`);
+  if (fs.existsSync(target)) fs.renameSync(target, old);
+  fs.renameSync(tmp, target);
+  fs.rmSync(old, { recursive: true, force: true });
+  fsyncDirSync(parent);
+}

@@ -23,7 +23,7 @@ import { Blip } from '../models/blip';
 import { createProgress } from '../progress';
 import { Report, buildReport } from '../report';
 import { RerankOptions, rerankI2t2i, rerankT2i2t } from '../rerank';
-import { writeTextAtomic } from '../rerank/jsonl';
+import { writeFileAtomicSync } from '../fsutil';
 import { ItemRecord } from '../rerank/types';
 import { AttributeAccuracy, WORLD_FILES, WorldEntry, writeWorld } from '../world';
 import { indexHtml } from './html';
@@ -125,7 +125,7 @@ function prepareOutFolder(out: string): void {
     }
   }
   fs.mkdirSync(out, { recursive: true });
-  writeTextAtomic(path.join(out, DEMO_MARKER), 'This folder is written by `roundtrip demo`; a rerun replaces runs/, finetune/, models/ and the report files, and keeps cache/.\n');
+  writeFileAtomicSync(path.join(out, DEMO_MARKER), 'This folder is written by `roundtrip demo`; a rerun replaces runs/, finetune/, models/ and the report files, and keeps cache/.\n');
 }
 
 /** Runs the demo (see the module comment) and writes the report into `options.out`. */
@@ -171,7 +171,7 @@ export async function runDemo(options: DemoOptions, command = 'runDemo()'): Prom
   const byRelative = new Map<string, WorldEntry>(test.map((e) => [e.image, e]));
   const promptsFile = path.join(runs, 'prompts.json');
   // t2i2t inputs: each test image's first caption, paired with the image (CLIP distance to the real image)
-  writeTextAtomic(promptsFile, JSON.stringify(test.map((e) => ({ image: e.image, caption: e.captions[0] })), null, 1) + '\n');
+  writeFileAtomicSync(promptsFile, JSON.stringify(test.map((e) => ({ image: e.image, caption: e.captions[0] })), null, 1) + '\n');
 
   const sceneOf = (r: ItemRecord): WorldEntry => {
     const entry = r.direction === 'i2t2i' ? byPath.get(path.resolve(r.input.image ?? '')) : byRelative.get(r.id);
@@ -292,9 +292,9 @@ export async function runDemo(options: DemoOptions, command = 'runDemo()'): Prom
     warnings,
   };
   const files = { index: path.join(o.out, REPORT_FILES.index), markdown: path.join(o.out, REPORT_FILES.markdown), json: path.join(o.out, REPORT_FILES.json) };
-  writeTextAtomic(files.json, JSON.stringify(report, null, 2) + '\n');
-  writeTextAtomic(files.markdown, reportMarkdown(report));
-  writeTextAtomic(files.index, indexHtml(report, o.out));
+  writeFileAtomicSync(files.json, JSON.stringify(report, null, 2) + '\n');
+  writeFileAtomicSync(files.markdown, reportMarkdown(report));
+  writeFileAtomicSync(files.index, indexHtml(report, o.out));
   return { out: o.out, files, report, seconds, worldReused: world.reused };
 }
 

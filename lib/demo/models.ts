@@ -15,6 +15,7 @@ import { saveModelWeights } from '../pretrain/init';
 import { NativeModel } from '../model';
 import { disposeAll } from '../tensor';
 import { loadSafetensors } from '../weights/safetensors';
+import { writeFolderAtomic } from '../fsutil';
 
 /** Package root (lib/demo → root, also from dist/demo). */
 const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
@@ -110,20 +111,6 @@ function copyTree(from: string, to: string, skip: Set<string>, rel = ''): void {
   }
 }
 
-/** Builds `target` under a temporary name and renames it into place, so it is either absent or complete. */
-async function writeFolder(target: string, build: (dir: string) => Promise<void>): Promise<void> {
-  const tmp = `${target}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
-  try {
-    await build(tmp);
-  } catch (err) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw err;
-  }
-  fs.rmSync(target, { recursive: true, force: true });
-  fs.renameSync(tmp, target);
-}
 
 /** How far the finetuned tensors moved from the base model's. */
 export interface TensorChange {
@@ -175,7 +162,7 @@ export interface FinetunedFolders {
 export async function writeFinetunedFolders(base: { blip: string; sd: string }, exported: { blip?: string; unet?: string }, outDir: string, device: string): Promise<FinetunedFolders> {
   const result: FinetunedFolders = { blip: path.join(outDir, 'world-blip-finetuned'), sd: path.join(outDir, 'world-sd-finetuned'), change: {} };
   fs.mkdirSync(outDir, { recursive: true });
-  await writeFolder(result.blip, async (dir) => {
+  await writeFolderAtomic(result.blip, async (dir) => {
     const baseBlip = await Blip.load(base.blip, { device });
     try {
       if (exported.blip) result.change.blip = await changeOf(exported.blip, baseBlip.model);
@@ -190,7 +177,7 @@ export async function writeFinetunedFolders(base: { blip: string; sd: string }, 
       blip.dispose();
     }
   });
-  await writeFolder(result.sd, async (dir) => {
+  await writeFolderAtomic(result.sd, async (dir) => {
     const baseSd = await StableDiffusionPipeline.load(base.sd, { device });
     try {
       if (exported.unet) result.change.unet = await changeOf(exported.unet, baseSd.unet.model);

@@ -31,6 +31,7 @@ import { WorldData, loadWorldData } from './data';
 import { evaluateBlip, evaluateClip, evaluateSd } from './evaluate';
 import { initTransformer, saveModelWeights } from './init';
 import { LoopResult, VAE_KL_WEIGHT, encodeLatents, latentScalingFactor, trainBlip, trainClip, trainUnet, trainVae } from './train';
+import { writeFolderAtomic } from '../fsutil';
 
 export * from './configs';
 export { BatchSampler, loadWorldData } from './data';
@@ -138,27 +139,6 @@ function writeJson(file: string, value: unknown): void {
   fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
 }
 
-/**
- * Builds a folder under a temporary name and renames it into place at the end, so a folder is either the
- * old one or the complete new one (an interrupted run leaves only a `.tmp-*` folder behind).
- */
-async function writeFolder(target: string, build: (dir: string) => Promise<void>): Promise<void> {
-  const parent = path.dirname(target);
-  fs.mkdirSync(parent, { recursive: true });
-  const tmp = path.join(parent, `.${path.basename(target)}.tmp-${process.pid}`);
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp);
-  try {
-    await build(tmp);
-  } catch (err) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw err;
-  }
-  const old = path.join(parent, `.${path.basename(target)}.old-${process.pid}`);
-  if (fs.existsSync(target)) fs.renameSync(target, old);
-  fs.renameSync(tmp, target);
-  fs.rmSync(old, { recursive: true, force: true });
-}
 
 /** Loss curve summary for TRAINING.json: the first and last values and means over ~20 windows. */
 function lossSummary(r: LoopResult): object {
@@ -242,7 +222,7 @@ export async function pretrainWorld(options: PretrainOptions): Promise<PretrainR
     seconds.clip = clipRun.seconds;
     clip.setTrainable([]);
     if (!o.skipMetrics) metrics.clip = await evaluateClip(clip, clipTok, test, size, { limit: o.evalLimit });
-    await writeFolder(folders.clip, async (dir) => {
+    await writeFolderAtomic(folders.clip, async (dir) => {
       writeJson(path.join(dir, 'config.json'), clipConfig);
       await saveModelWeights(clip, path.join(dir, 'model.safetensors'), { dtype: o.dtype });
       fs.writeFileSync(path.join(dir, 'vocab.json'), vocab.clipVocab);
@@ -267,7 +247,7 @@ export async function pretrainWorld(options: PretrainOptions): Promise<PretrainR
     seconds.blip = blipRun.seconds;
     blip.model.setTrainable([]);
     if (!o.skipMetrics) metrics.blip = await evaluateBlip(blip, bertTok, test, size, { limit: o.evalLimit });
-    await writeFolder(folders.blip, async (dir) => {
+    await writeFolderAtomic(folders.blip, async (dir) => {
       writeJson(path.join(dir, 'config.json'), blipConfig);
       await saveModelWeights(blip.model, path.join(dir, 'model.safetensors'), { dtype: o.dtype });
       fs.writeFileSync(path.join(dir, 'vocab.txt'), vocab.bertVocab);
@@ -316,7 +296,7 @@ export async function pretrainWorld(options: PretrainOptions): Promise<PretrainR
         schedule: 'AdamW, 5% warmup, cosine to 5%, grad-norm clip 1, weight decay 0.01',
         metrics: m,
       });
-    await writeFolder(folders.sd, async (dir) => {
+    await writeFolderAtomic(folders.sd, async (dir) => {
       writeJson(path.join(dir, 'model_index.json'), configs.worldModelIndex());
       for (const sub of ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']) fs.mkdirSync(path.join(dir, sub));
       writeJson(path.join(dir, 'unet', 'config.json'), unetConfig);

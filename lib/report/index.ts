@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { writeTextAtomic } from '../rerank/jsonl';
+import { writeFileAtomicSync } from '../fsutil';
 import { ItemRecord, RunSettings } from '../rerank/types';
 import { galleryHtml } from './gallery';
 import { LoadedRuns, loadRuns } from './load';
@@ -106,21 +106,21 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
     gallery: path.join(out, 'gallery.html'),
     merged: path.join(out, 'results.merged.jsonl'),
   };
-  writeTextAtomic(files.json, JSON.stringify({ settings, header, items: records.length, sources, table }, null, 2) + '\n');
-  writeTextAtomic(files.ranksJson, JSON.stringify({ settings, header, ...ranks }, null, 2) + '\n');
+  writeFileAtomicSync(files.json, JSON.stringify({ settings, header, items: records.length, sources, table }, null, 2) + '\n');
+  writeFileAtomicSync(files.ranksJson, JSON.stringify({ settings, header, ...ranks }, null, 2) + '\n');
   for (const [metric, byMethod] of Object.entries(ranks.means)) {
     const file = path.join(out, `rank-${metric.replace(/[^A-Za-z0-9_-]+/g, '_')}.svg`);
     const svg = linePlotSvg(
       settings.similarity.map((m) => ({ name: m, values: byMethod[m] })),
       { title: `${metric} by reconstruction rank (${settings.direction}, K = ${settings.k})`, xLabel: 'rank of the candidate by reconstruction distance (1 = closest)', yLabel: `mean ${metric}${ranks.lowerIsBetter[metric] ? ' (lower is better)' : ''}` },
     );
-    writeTextAtomic(file, svg);
+    writeFileAtomicSync(file, svg);
     files.svgs.push(file);
   }
   const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), ranksMarkdown(ranks, settings.similarity)].join('\n');
-  writeTextAtomic(files.markdown, md);
-  writeTextAtomic(files.gallery, galleryHtml(settings, records, out, header, opts.galleryItems ?? 100));
+  writeFileAtomicSync(files.markdown, md);
+  writeFileAtomicSync(files.gallery, galleryHtml(settings, records, out, header, opts.galleryItems ?? 100));
   // the merged records, image paths relative to the report folder
-  writeTextAtomic(files.merged, records.map((r: ItemRecord) => JSON.stringify({ ...r, candidates: r.candidates.map((c) => ({ ...c, image: path.relative(out, c.image).split(path.sep).join('/') })) })).join('\n') + '\n');
+  writeFileAtomicSync(files.merged, records.map((r: ItemRecord) => JSON.stringify({ ...r, candidates: r.candidates.map((c) => ({ ...c, image: path.relative(out, c.image).split(path.sep).join('/') })) })).join('\n') + '\n');
   return { out, settings, items: records.length, sources, table, ranks, files };
 }

@@ -12,9 +12,8 @@ import { Blip, BlipCaptionOptions } from '../models/blip';
 import { ClipModel } from '../models/clip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { VitModel } from '../models/vit';
-import { createProgress } from '../progress';
 import { ImageEmbedder, SdImageCache, clipImageEmbedder, dinoImageEmbedder, distancesTo, sdModelHash } from './models';
-import { RerankOptions, RerankStats, RunFolder, baselinePicks, blipSeed, beginRun, ranksOf, relativeTo, sdSeed } from './run';
+import { RerankOptions, RerankStats, RunFolder, baselinePicks, blipSeed, beginRun, processItems, ranksOf, relativeTo, sdSeed } from './run';
 import { BlipSettings, CandidateRecord, ItemRecord } from './types';
 
 /** BLIP caption options from the run's settings. */
@@ -69,23 +68,7 @@ export async function rerankI2t2i(opts: RerankOptions): Promise<RerankStats> {
       }
     }
     const cache = new SdImageCache(sd, sdModelHash(s.models.sd), run.cacheDir, s.sd, opts.sdBatch ?? 4);
-    const progress = opts.progress ? createProgress({ label: 'rerank i2t2i', total: run.items.length, unit: 'item', start: stats.skipped }) : undefined;
-    try {
-      for (const item of todo) {
-        const started = Date.now();
-        const record = await rerankImage(run, item, blip, sd, cache, embedders, stats);
-        record.seconds = (Date.now() - started) / 1000;
-        run.append(record);
-        stats.done++;
-        progress?.tick();
-      }
-    } finally {
-      progress?.done();
-    }
-    stats.sdCalls = cache.calls;
-    stats.sdImages = cache.generated;
-    stats.cacheHits = cache.hits;
-    return stats;
+    return await processItems(run, stats, todo, opts, cache, (item) => rerankImage(run, item, blip, sd, cache, embedders, stats));
   } finally {
     owned.reverse().forEach((m) => m.dispose());
   }

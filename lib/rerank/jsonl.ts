@@ -40,16 +40,3 @@ export function readJsonLines<T>(file: string, opts: { repair?: boolean } = {}):
   }
   return out;
 }
-
-/** Writes a text file atomically (temp file, fsync, rename). */
-export function writeTextAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, text);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-}

@@ -14,7 +14,9 @@ import { Rng, deriveSeed } from '../image/random';
 import { BLIP_STRATEGIES } from '../models/blip';
 import { SCHEDULER_NAMES } from '../models/sd/schedulers';
 import { DataItem, Dataset, DatasetOptions, Shard, loadDataset, parseShard, selectItems } from './data';
-import { appendJsonLine, readJsonLines, writeTextAtomic } from './jsonl';
+import { writeFileAtomicSync } from '../fsutil';
+import { createProgress } from '../progress';
+import { appendJsonLine, readJsonLines } from './jsonl';
 import { BlipSettings, Direction, IMAGE_SIMILARITIES, ItemRecord, RunManifest, RunSettings, SdSettings, Similarity, TEXT_SIMILARITIES } from './types';
 
 export const RESULTS_FILE = 'results.jsonl';
@@ -182,6 +184,37 @@ export interface RunFolder {
   append(record: ItemRecord): void;
 }
 
+/**
+ * Processes the items still to do in order, appending each item's record (with its wall time) as soon as it
+ * is done, with a progress bar; the SD cache's counters go into the stats.
+ */
+export async function processItems(
+  run: RunFolder,
+  stats: RerankStats,
+  todo: RunFolder['items'],
+  opts: { progress?: boolean },
+  cache: { calls: number; generated: number; hits: number },
+  work: (item: RunFolder['items'][number]) => Promise<ItemRecord>,
+): Promise<RerankStats> {
+  const progress = opts.progress ? createProgress({ label: `rerank ${run.settings.direction}`, total: run.items.length, unit: 'item', start: stats.skipped }) : undefined;
+  try {
+    for (const item of todo) {
+      const started = Date.now();
+      const record = await work(item);
+      record.seconds = (Date.now() - started) / 1000;
+      run.append(record);
+      stats.done++;
+      progress?.tick();
+    }
+  } finally {
+    progress?.done();
+  }
+  stats.sdCalls = cache.calls;
+  stats.sdImages = cache.generated;
+  stats.cacheHits = cache.hits;
+  return stats;
+}
+
 /** Opens the run folder and lists the items still to do (a resumed run skips finished ones). */
 export function beginRun(direction: Direction, opts: RerankOptions): { run: RunFolder; stats: RerankStats; todo: RunFolder['items'] } {
   const run = openRunFolder(direction, opts);
@@ -222,7 +255,7 @@ export function openRunFolder(direction: Direction, opts: RerankOptions): RunFol
     }
   } else {
     const manifest: RunManifest = { version: 1, settings, shard, created: new Date().toISOString() };
-    writeTextAtomic(manifestFile, JSON.stringify(manifest, null, 2) + '\n');
+    writeFileAtomicSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n');
   }
   const resultsFile = path.join(dir, RESULTS_FILE);
   const finished = new Map<number, ItemRecord>();

@@ -14,10 +14,9 @@ import { WordVectors, captionWmd, loadNltkStopwords, loadWordVectors } from '../
 import { Blip } from '../models/blip';
 import { cosineDistance } from '../models/clip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
-import { createProgress } from '../progress';
 import { blipCaptionOptions, checkPromptLength } from './i2t2i';
 import { CiderSimilarity, ImageEmbedder, SdImageCache, clipImageEmbedder, distancesTo, sdModelHash } from './models';
-import { RerankOptions, RerankStats, baselinePicks, beginRun, ranksOf, relativeTo, sdSeed } from './run';
+import { RerankOptions, RerankStats, baselinePicks, beginRun, processItems, ranksOf, relativeTo, sdSeed } from './run';
 import { loadDataset } from './data';
 import { CandidateRecord, ItemRecord } from './types';
 
@@ -59,85 +58,73 @@ export async function rerankT2i2t(opts: RerankOptions): Promise<RerankStats> {
     if (s.similarity.includes('cider')) scorers.cider = new CiderSimilarity(loadDataset(opts).items.map((it) => it.text!));
     if (s.similarity.includes('wmd')) scorers.wmd = { vectors: loadWordVectors(s.models.glove!), stopwords: loadNltkStopwords() };
     const cache = new SdImageCache(sd, sdModelHash(s.models.sd), run.cacheDir, s.sd, opts.sdBatch ?? 4);
-    const progress = opts.progress ? createProgress({ label: 'rerank t2i2t', total: run.items.length, unit: 'item', start: stats.skipped }) : undefined;
-    try {
-      for (const item of todo) {
-        const started = Date.now();
-        const text = item.text!;
-        const warnings: string[] = [];
-        checkPromptLength(sd, text, `item ${item.id}`, (m) => {
-          warnings.push(m);
-          run.warn(m);
-        });
-        const seeds = Array.from({ length: s.k }, (_, j) => sdSeed(s.seed, item.index, j));
-        const { files, images } = await cache.images(seeds.map(() => text), seeds);
-        const captions = (await blip.caption(images, { ...blipCaptionOptions(s.blip, 1), batchSize: s.k })).map((c) => c[0]);
-        stats.blipCalls++;
-        if (captions.length !== s.k) throw new RoundtripError(`item ${item.id}: BLIP returned ${captions.length} captions, expected ${s.k}`);
+    return await processItems(run, stats, todo, opts, cache, async (item) => {
+      const text = item.text!;
+      const warnings: string[] = [];
+      checkPromptLength(sd, text, `item ${item.id}`, (m) => {
+        warnings.push(m);
+        run.warn(m);
+      });
+      const seeds = Array.from({ length: s.k }, (_, j) => sdSeed(s.seed, item.index, j));
+      const { files, images } = await cache.images(seeds.map(() => text), seeds);
+      const captions = (await blip.caption(images, { ...blipCaptionOptions(s.blip, 1), batchSize: s.k })).map((c) => c[0]);
+      stats.blipCalls++;
+      if (captions.length !== s.k) throw new RoundtripError(`item ${item.id}: BLIP returned ${captions.length} captions, expected ${s.k}`);
 
-        const distance: Record<string, number[]> = {};
-        for (const method of s.similarity) {
-          if (method === 'clip-text') {
-            const v = await clipTextEmbeddings(scorers.clip!, [text, ...captions], { variant: s.clipVariant, batchSize: s.k + 1 });
-            distance[method] = distancesTo(v[0], v.slice(1));
-          } else if (method === 'sbert') {
-            const v = await sbertEmbeddings(scorers.sbert!, [text, ...captions], { batchSize: s.k + 1 });
-            distance[method] = distancesTo(v[0], v.slice(1));
-          } else if (method === 'cider') {
-            distance[method] = scorers.cider!.scores(captions, text).map((x) => -x);
-          } else if (method === 'wmd') {
-            distance[method] = captions.map((c) => captionWmd(scorers.wmd!.vectors, c, [text], { stopwords: scorers.wmd!.stopwords }).mean);
-          }
+      const distance: Record<string, number[]> = {};
+      for (const method of s.similarity) {
+        if (method === 'clip-text') {
+          const v = await clipTextEmbeddings(scorers.clip!, [text, ...captions], { variant: s.clipVariant, batchSize: s.k + 1 });
+          distance[method] = distancesTo(v[0], v.slice(1));
+        } else if (method === 'sbert') {
+          const v = await sbertEmbeddings(scorers.sbert!, [text, ...captions], { batchSize: s.k + 1 });
+          distance[method] = distancesTo(v[0], v.slice(1));
+        } else if (method === 'cider') {
+          distance[method] = scorers.cider!.scores(captions, text).map((x) => -x);
+        } else if (method === 'wmd') {
+          distance[method] = captions.map((c) => captionWmd(scorers.wmd!.vectors, c, [text], { stopwords: scorers.wmd!.stopwords }).mean);
         }
-        const scores: Record<string, number>[] = captions.map(() => ({}));
-        if (scorers.clipImageProjected && scorers.clip) {
-          const [t] = await clipTextEmbeddings(scorers.clip, [text], { variant: 'projected', batchSize: 1 });
-          const v = await scorers.clipImageProjected.embed(images);
-          v.forEach((x, j) => (scores[j].clip_text_image = cosineDistance(t, x)));
-        }
-        if (scorers.clipImage && item.image) {
-          const v = await scorers.clipImage.embed([await loadImage(item.image), ...images]);
-          distancesTo(v[0], v.slice(1)).forEach((d, j) => (scores[j].clip_real = d));
-        }
-        const ranks: Record<string, number[]> = {};
-        const winner: Record<string, number> = {};
-        for (const [m, d] of Object.entries(distance)) {
-          ranks[m] = ranksOf(d);
-          winner[m] = ranks[m].indexOf(1);
-        }
-        const candidates: CandidateRecord[] = captions.map((caption, j) => ({
-          index: j,
-          text: caption,
-          image: relativeTo(run.dir, files[j]),
-          seed: seeds[j],
-          distance: Object.fromEntries(Object.entries(distance).map(([m, d]) => [m, d[j]])),
-          rank: Object.fromEntries(Object.entries(ranks).map(([m, r]) => [m, r[j]])),
-          scores: scores[j],
-        }));
-        const record: ItemRecord = {
-          direction: 't2i2t',
-          index: item.index,
-          id: item.id,
-          input: { text },
-          references: item.references,
-          ...(item.image ? { realImage: item.image } : {}),
-          candidates,
-          winner,
-          baseline: baselinePicks(s.seed, item.index, s.k, s.repeats),
-          ...(warnings.length ? { warnings } : {}),
-          seconds: (Date.now() - started) / 1000,
-        };
-        run.append(record);
-        stats.done++;
-        progress?.tick();
       }
-    } finally {
-      progress?.done();
-    }
-    stats.sdCalls = cache.calls;
-    stats.sdImages = cache.generated;
-    stats.cacheHits = cache.hits;
-    return stats;
+      const scores: Record<string, number>[] = captions.map(() => ({}));
+      if (scorers.clipImageProjected && scorers.clip) {
+        const [t] = await clipTextEmbeddings(scorers.clip, [text], { variant: 'projected', batchSize: 1 });
+        const v = await scorers.clipImageProjected.embed(images);
+        v.forEach((x, j) => (scores[j].clip_text_image = cosineDistance(t, x)));
+      }
+      if (scorers.clipImage && item.image) {
+        const v = await scorers.clipImage.embed([await loadImage(item.image), ...images]);
+        distancesTo(v[0], v.slice(1)).forEach((d, j) => (scores[j].clip_real = d));
+      }
+      const ranks: Record<string, number[]> = {};
+      const winner: Record<string, number> = {};
+      for (const [m, d] of Object.entries(distance)) {
+        ranks[m] = ranksOf(d);
+        winner[m] = ranks[m].indexOf(1);
+      }
+      const candidates: CandidateRecord[] = captions.map((caption, j) => ({
+        index: j,
+        text: caption,
+        image: relativeTo(run.dir, files[j]),
+        seed: seeds[j],
+        distance: Object.fromEntries(Object.entries(distance).map(([m, d]) => [m, d[j]])),
+        rank: Object.fromEntries(Object.entries(ranks).map(([m, r]) => [m, r[j]])),
+        scores: scores[j],
+      }));
+      const record: ItemRecord = {
+        direction: 't2i2t',
+        index: item.index,
+        id: item.id,
+        input: { text },
+        references: item.references,
+        ...(item.image ? { realImage: item.image } : {}),
+        candidates,
+        winner,
+        baseline: baselinePicks(s.seed, item.index, s.k, s.repeats),
+        ...(warnings.length ? { warnings } : {}),
+        seconds: 0,
+      };
+      return record;
+    });
   } finally {
     owned.reverse().forEach((m) => m.dispose());
   }
