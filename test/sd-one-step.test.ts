@@ -31,8 +31,8 @@ describe('training pieces', () => {
         const r = await unet.denoisingLoss(io['input.x0'], io['input.noise'], io['input.timesteps'], io['input.encoder_hidden_states'], cfg.scheduler_config);
         // x_t = add_noise(x0, noise, t) and the prediction match the fixture's eps.
         expect(r.noisy.compare(io['input.x_t'], 1e-6, 1e-5).bad).toBe(0);
-        const atol = caseJson.tensors['output.eps'].recommended_atol;
-        expect(r.prediction.compare(io['output.eps'], atol, 1e-4).bad).toBe(0);
+        const eps = caseJson.tensors['output.eps'];
+        expect(r.prediction.compare(io['output.eps'], eps.recommended_atol, eps.recommended_rtol).bad).toBe(0);
         expect(r.target.compare(io['input.noise'], 0, 0).bad).toBe(0);
         const mse = Tensor.op('mse', [r.prediction, io['input.noise']]);
         expect(Math.abs(mse.item() - r.loss.item())).toBeLessThan(1e-6);
