@@ -19,10 +19,25 @@ export interface LoadWeightsOptions {
   reshapeSingletons?: boolean;
   /** Only file keys starting with this prefix are considered; the prefix is stripped. */
   prefix?: string;
+  /**
+   * Default true: CPU parameters whose dtype is the file's become views of the file's private mapping (no copy;
+   * writes copy the touched pages and never reach the file). false copies every tensor.
+   */
+  map?: boolean;
 }
 
 function wrapError(err: unknown): Error {
   return err instanceof RoundtripError ? err : new RoundtripError(err instanceof Error ? err.message : String(err));
+}
+
+/** Extras of a long native call (a sampling loop): progress, cancellation, peer models. */
+export interface CallControl {
+  /** Called on the JS thread after each step, once per step and in order, all before the call resolves. */
+  onStep?: (done: number, total: number) => void;
+  /** Aborts the call at its next step (its memory is freed); the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** Other models the call runs, by role (the SD UNet's `sample` decodes with `{ vae }`). */
+  models?: Record<string, NativeModel>;
 }
 
 /** Mixed precision of model calls: CUDA autocast to bf16/fp16, or full fp32 ("off"). */
@@ -36,6 +51,33 @@ export class NativeModel {
 
   private constructor(handle: NativeModelHandle) {
     this.handle = handle;
+  }
+
+  /**
+   * Builds a model whose every parameter comes from safetensors `files` (in one native call): no random
+   * initialisation first, and on CPU the parameters are views of the mapped files when the file's dtype is the
+   * model's (a trained tensor copies the pages it writes; the files are never written). Missing keys are errors.
+   * `loadReport` tells what was mapped, what copied, and the time taken.
+   */
+  static async fromFiles(
+    kind: string,
+    config: object,
+    files: string[],
+    opts: { device?: string; load?: Omit<LoadWeightsOptions, 'partial'> } = {},
+  ): Promise<NativeModel> {
+    if (!Array.isArray(files) || files.length === 0 || files.some((f) => typeof f !== 'string')) {
+      throw new RoundtripError(`${kind}: expected at least one weight file path, got ${JSON.stringify(files)}`);
+    }
+    try {
+      return new NativeModel(await native().createModel(kind, JSON.stringify(config), JSON.stringify({ device: opts.device, weights: files, load: opts.load ?? {} })));
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  /** The load report of `fromFiles` (null for models built with `create`). */
+  get loadReport(): WeightsReport | null {
+    return this.handle.loadReport;
   }
 
   /** Builds a model of a registered kind from its config object (e.g. a parsed config.json). */
@@ -82,19 +124,35 @@ export class NativeModel {
     return this.checkpointing;
   }
 
-  /** Runs a named method of the model. */
-  async call(method: string, inputs: Record<string, Tensor | undefined>, options: object = {}): Promise<Record<string, Tensor>> {
+  /** Runs a named method of the model; `control` adds per-step progress, an AbortSignal and peer models. */
+  async call(method: string, inputs: Record<string, Tensor | undefined>, options: object = {}, control?: CallControl): Promise<Record<string, Tensor>> {
     const handles: Record<string, any> = {};
     for (const [k, t] of Object.entries(inputs)) if (t) handles[k] = t.handle;
     const defaults: Record<string, unknown> = {};
     if (this.autocastMode !== 'off') defaults.autocast = this.autocastMode;
     if (this.checkpointing) defaults.gradient_checkpointing = true;
     const opts = { ...defaults, ...options };
+    const signal = control?.signal;
+    if (signal?.aborted) throw signal.reason;
     let out;
+    let onAbort: (() => void) | undefined;
     try {
-      out = await this.handle.call(method, handles, JSON.stringify(opts));
+      if (!control) out = await this.handle.call(method, handles, JSON.stringify(opts));
+      else {
+        const cancel = new (native().CancelToken)();
+        if (signal) {
+          onAbort = () => cancel.cancel();
+          signal.addEventListener('abort', onAbort, { once: true });
+        }
+        const models: Record<string, NativeModelHandle> = {};
+        for (const [role, m] of Object.entries(control.models ?? {})) models[role] = m.handle;
+        out = await this.handle.call(method, handles, JSON.stringify(opts), { onStep: control.onStep, cancel, models });
+      }
     } catch (err) {
+      if (signal?.aborted) throw signal.reason;
       throw wrapError(err);
+    } finally {
+      if (onAbort) signal!.removeEventListener('abort', onAbort);
     }
     const result: Record<string, Tensor> = {};
     for (const [k, h] of Object.entries(out)) result[k] = new Tensor(h);

@@ -21,10 +21,39 @@ export interface NativeTensorHandle {
   item(): number;
 }
 
+/** A flag a running native call polls between steps (set from an AbortSignal). */
+export interface NativeCancelToken {
+  cancel(): void;
+  readonly cancelled: boolean;
+}
+
+/** Extras of a long native call (native/core/call_context.h). */
+export interface NativeCallControl {
+  onStep?: (done: number, total: number) => void;
+  cancel?: NativeCancelToken;
+  models?: Record<string, NativeModelHandle>;
+}
+
+/** The addon's large-block cache (native/core/memory.h). */
+export interface NativeMemoryStats {
+  liveBytes: number;
+  cachedBytes: number;
+  peakBytes: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+}
+
 export interface NativeModelHandle {
   readonly kind: string;
   readonly device: string;
-  call(method: string, inputs: Record<string, NativeTensorHandle>, options?: string): Promise<Record<string, NativeTensorHandle>>;
+  readonly loadReport: WeightsReport | null;
+  call(
+    method: string,
+    inputs: Record<string, NativeTensorHandle>,
+    options?: string,
+    control?: NativeCallControl,
+  ): Promise<Record<string, NativeTensorHandle>>;
   loadWeights(files: string[], options?: string): Promise<WeightsReport>;
   parameters(): ParameterInfo[];
   setTrainable(patterns: string[]): string[];
@@ -41,6 +70,13 @@ export interface WeightsReport {
   unexpected: string[];
   ignored: string[];
   files: string[];
+  /** Bytes of tensors that are views of the mapped files (no copy). */
+  mappedBytes: number;
+  /** Bytes copied (another dtype or device, unaligned, or `map: false`). */
+  copiedBytes: number;
+  /** fromFiles only: construction and load time, ms. */
+  constructMs?: number;
+  loadMs?: number;
 }
 
 export interface ParameterInfo {
@@ -87,6 +123,10 @@ export interface NativeAddon {
   setGradEnabled(on: boolean): void;
   manualSeed(seed: number): void;
   liveTensors(): number;
+  CancelToken: new () => NativeCancelToken;
+  memoryStats(): NativeMemoryStats;
+  releaseMemory(): void;
+  resetPeakMemory(): void;
 }
 
 let addon: NativeAddon | undefined;

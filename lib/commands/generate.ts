@@ -26,6 +26,12 @@ export interface GenerateArgs {
   width?: number;
   batch: number;
   device: string;
+  /** Decode one image at a time (less memory for batches; the same pixels). */
+  vaeSlicing?: boolean;
+  /** Tiled VAE decode above the VAE's sample size (bounded memory for large images; an approximation there). */
+  vaeTiling?: boolean;
+  /** Prints how long each component took to load (and how much was mapped) to the progress stream. */
+  verbose?: boolean;
 }
 
 /** Validates CLI arguments (flag names in the messages) before any model is loaded. */
@@ -52,6 +58,12 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
   checkGenerateArgs(a);
   const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights } });
   try {
+    if (a.verbose) {
+      for (const [name, t] of Object.entries(pipe.loadTimes)) {
+        stream.write(`load ${name}: ${t.ms.toFixed(0)} ms (${(t.mappedBytes / 2 ** 20).toFixed(0)} MB mapped, ${(t.copiedBytes / 2 ** 20).toFixed(0)} MB copied) ${t.file}\n`);
+      }
+      stream.write(`ready to sample after ${(process.uptime() * 1000).toFixed(0)} ms (process start)\n`);
+    }
     if (a.precision && a.precision !== 'fp32') pipe.setAutocast(a.precision);
     if (a.channelsLast) pipe.setChannelsLast(true);
     let progress: ReturnType<typeof createProgress> | undefined;
@@ -64,6 +76,8 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
       height: a.height,
       width: a.width,
       batch: a.batch,
+      vaeSlicing: a.vaeSlicing,
+      vaeTiling: a.vaeTiling,
       onStep: (done, total) => {
         progress ??= createProgress({ label: 'sampling', total, unit: 'step', stream });
         progress.update(done);
@@ -99,7 +113,10 @@ export const command: CommandModule<{}, any> = {
       .option('batch', { type: 'number', default: 1, describe: 'Images per prompt' })
       .option('device', { type: 'string', default: 'cpu' })
       .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
-      .option('channels-last', { type: 'boolean', default: false, describe: 'NHWC UNet/VAE (faster cuDNN convolutions on CUDA)' }),
+      .option('channels-last', { type: 'boolean', default: false, describe: 'NHWC UNet/VAE (faster cuDNN convolutions on CUDA)' })
+      .option('vae-slicing', { type: 'boolean', default: false, describe: 'Decode one image at a time: less memory for batches, the same pixels' })
+      .option('vae-tiling', { type: 'boolean', default: false, describe: "Tiled decode above the VAE's sample size (as diffusers' enable_vae_tiling)" })
+      .option('verbose', { type: 'boolean', default: false, describe: 'Print per-component load times' }),
   handler: async (argv) => {
     const paths = await runGenerate({ ...argv, prompts: (argv.prompts as unknown[]).map(String) } as unknown as GenerateArgs);
     for (const p of paths) process.stdout.write(p + '\n');

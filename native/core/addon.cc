@@ -1,7 +1,9 @@
 // Addon entry point: registers the tensor handle, the model handle and the module functions.
 #include <napi.h>
 
+#include "core/memory.h"
 #include "core/model.h"
+#include "core/napi_util.h"
 #include "core/tensor_handle.h"
 
 namespace rt {
@@ -9,9 +11,22 @@ void InitOps(Napi::Env env, Napi::Object exports);
 void InitModelHandle(Napi::Env env, Napi::Object exports);
 void InitOptim(Napi::Env env, Napi::Object exports);
 json model_kinds_json() { return model_kinds(); }
+
+// memoryStats() -> {liveBytes, cachedBytes, peakBytes, hits, misses, evictions} of the large-block cache.
+Napi::Value MemoryStatsJs(const Napi::CallbackInfo& info) {
+  const MemoryStats s = memory_stats();
+  return json_to_js(info.Env(), {{"liveBytes", s.live_bytes},
+                                 {"cachedBytes", s.cached_bytes},
+                                 {"peakBytes", s.peak_bytes},
+                                 {"hits", s.hits},
+                                 {"misses", s.misses},
+                                 {"evictions", s.evictions}});
+}
 }  // namespace rt
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // Before any tensor exists: glibc thresholds and the large-block cache (core/memory.h).
+  rt::install_memory_policy();
   // Default intra-op threads: all cores (libtorch 1.13 would use half).
   rt::set_default_threads(0);
   at::set_num_threads(rt::default_threads());
@@ -22,6 +37,15 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rt::InitOps(env, exports);
   rt::InitModelHandle(env, exports);
   rt::InitOptim(env, exports);
+  exports.Set("memoryStats", Napi::Function::New(env, rt::MemoryStatsJs));
+  exports.Set("releaseMemory", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                rt::release_cached_memory();
+                return info.Env().Undefined();
+              }));
+  exports.Set("resetPeakMemory", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                rt::reset_peak_memory();
+                return info.Env().Undefined();
+              }));
   return exports;
 }
 

@@ -39,11 +39,17 @@ using ModelFactory = std::function<std::shared_ptr<Model>(const json& config, co
 bool register_model(const std::string& kind, ModelFactory factory);
 std::shared_ptr<Model> create_model(const std::string& kind, const json& config, const json& options);
 std::vector<std::string> model_kinds();
+// Builds a model whose parameters come from `files` (load_weights with every parameter required): parameters are
+// not randomly initialised first, and on CPU they are views of the mapped files. `report` receives load_weights'
+// report plus constructMs and loadMs.
+std::shared_ptr<Model> create_model_from_files(const std::string& kind, const json& config, const json& options,
+                                              const std::vector<std::string>& files, const json& load_options, json* report);
 
 // Loads tensors from safetensors files into the model's parameters and buffers by name.
 // options: {renames: {fileKey: modelKey}, partial: bool (missing keys allowed), allowUnexpected: [regex],
-//           reshapeSingletons: bool (accept [C,C,1,1] for [C,C] and back), prefix: "strip this prefix"}
-// Returns a report {loaded, missing, unexpected, mismatched, ignored, files}. Throws a named error when
+//           reshapeSingletons: bool (accept [C,C,1,1] for [C,C] and back), prefix: "strip this prefix",
+//           map: bool (default true: CPU parameters of the file's dtype become views of the mapped file)}
+// Returns a report {loaded, missing, unexpected, mismatched, ignored, files, mappedBytes, copiedBytes}. Throws a named error when
 // keys are missing (unless partial), mis-shaped, or unexpected (unless allowed).
 json load_weights(Model& model, const std::vector<std::string>& files, const json& options);
 

@@ -4,6 +4,7 @@
 #include <regex>
 
 #include "core/autocast.h"
+#include "core/memory.h"
 #include "core/model.h"
 #include "core/napi_util.h"
 #include "core/tensor_handle.h"
@@ -22,6 +23,29 @@ c10::optional<at::ScalarType> autocast_dtype(const json& options, const at::Devi
 }
 }  // namespace
 
+// A cancellation flag JS sets (from an AbortSignal) and a running call polls between steps.
+class CancelToken : public Napi::ObjectWrap<CancelToken> {
+ public:
+  static Napi::FunctionReference ctor;
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "CancelToken",
+                                   {InstanceMethod<&CancelToken::Cancel>("cancel"), InstanceAccessor<&CancelToken::Cancelled>("cancelled")});
+    ctor = Napi::Persistent(f);
+    ctor.SuppressDestruct();
+    exports.Set("CancelToken", f);
+  }
+  explicit CancelToken(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CancelToken>(info) {}
+  std::shared_ptr<std::atomic<bool>> flag = std::make_shared<std::atomic<bool>>(false);
+
+ private:
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    flag->store(true);
+    return info.Env().Undefined();
+  }
+  Napi::Value Cancelled(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), flag->load()); }
+};
+Napi::FunctionReference CancelToken::ctor;
+
 class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
  public:
   static Napi::FunctionReference ctor;
@@ -30,6 +54,7 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
                                    {
                                        InstanceAccessor<&ModelHandle::Kind>("kind"),
                                        InstanceAccessor<&ModelHandle::DeviceName>("device"),
+                                       InstanceAccessor<&ModelHandle::LoadReport>("loadReport"),
                                        InstanceMethod<&ModelHandle::Call>("call"),
                                        InstanceMethod<&ModelHandle::LoadWeights>("loadWeights"),
                                        InstanceMethod<&ModelHandle::Parameters>("parameters"),
@@ -48,6 +73,7 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
 
   std::shared_ptr<Model> model;
   std::string kind;
+  json load_report;  // of createModel with options.weights
 
   std::shared_ptr<Model> get(Napi::Env env) {
     if (!model) throw Napi::Error::New(env, "model '" + kind + "' was disposed");
@@ -56,11 +82,16 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
 
  private:
   Napi::Value Kind(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), kind); }
+  Napi::Value LoadReport(const Napi::CallbackInfo& info) {
+    return load_report.is_null() ? info.Env().Null() : json_to_js(info.Env(), load_report);
+  }
   Napi::Value DeviceName(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), device_name(get(info.Env())->device()));
   }
 
-  // call(method, inputs, optionsJson) -> Promise<{name: Tensor}>
+  // call(method, inputs, optionsJson, control?) -> Promise<{name: Tensor}>
+  // control: {onStep?: (done, total) => void, cancel?: CancelToken, models?: {role: ModelHandle}} for long calls
+  // (core/call_context.h).
   Napi::Value Call(const Napi::CallbackInfo& info) {
     return guarded(info.Env(), [&]() -> Napi::Value {
       auto m = get(info.Env());
@@ -68,7 +99,7 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
       TensorMap in = tensor_map_from_js(info[1], kind + "." + method + " inputs");
       json options = arg_json(info, 2, "options");
       auto autocast = autocast_dtype(options, m->device());
-      return run_async(info.Env(), [m, method, in, options, autocast]() -> Finisher {
+      auto work = [m, method, in, options, autocast]() -> Finisher {
         std::lock_guard<std::mutex> lock(m->mutex);
         AutocastScope amp(autocast);
         TensorMap inputs = in;
@@ -77,7 +108,34 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
             if (t.dim() == 4) t = t.contiguous(at::MemoryFormat::ChannelsLast);
         TensorMap out = m->call(method, inputs, options);
         return [out](Napi::Env env) -> Napi::Value { return tensor_map_to_js(env, out); };
-      });
+      };
+      if (info.Length() < 4 || info[3].IsUndefined() || info[3].IsNull()) return run_async(info.Env(), work);
+      if (!info[3].IsObject()) throw Napi::TypeError::New(info.Env(), kind + "." + method + ": control must be an object");
+      Napi::Object control = info[3].As<Napi::Object>();
+      CallContext ctx;
+      Napi::Function on_step;
+      if (control.Has("onStep") && !control.Get("onStep").IsUndefined()) {
+        if (!control.Get("onStep").IsFunction()) throw Napi::TypeError::New(info.Env(), kind + "." + method + ": control.onStep must be a function");
+        on_step = control.Get("onStep").As<Napi::Function>();
+      }
+      if (control.Has("cancel") && !control.Get("cancel").IsUndefined()) {
+        Napi::Value c = control.Get("cancel");
+        if (!c.IsObject() || !c.As<Napi::Object>().InstanceOf(CancelToken::ctor.Value()))
+          throw Napi::TypeError::New(info.Env(), kind + "." + method + ": control.cancel must be a CancelToken");
+        ctx.cancel = Napi::ObjectWrap<CancelToken>::Unwrap(c.As<Napi::Object>())->flag;
+      }
+      if (control.Has("models") && control.Get("models").IsObject()) {
+        Napi::Object peers = control.Get("models").As<Napi::Object>();
+        Napi::Array roles = peers.GetPropertyNames();
+        for (uint32_t i = 0; i < roles.Length(); ++i) {
+          const std::string role = roles.Get(i).As<Napi::String>().Utf8Value();
+          Napi::Value v = peers.Get(role);
+          if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(ctor.Value()))
+            throw Napi::TypeError::New(info.Env(), kind + "." + method + ": control.models." + role + " must be a model handle");
+          ctx.models[role] = Napi::ObjectWrap<ModelHandle>::Unwrap(v.As<Napi::Object>())->get(info.Env());
+        }
+      }
+      return run_async_with(info.Env(), work, std::move(ctx), on_step);
     });
   }
 
@@ -204,6 +262,8 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     model.reset();
+    // Blocks the model's calls left in the cache (and weights it copied) go back to the system now.
+    release_cached_memory();
     return info.Env().Undefined();
   }
 };
@@ -216,16 +276,26 @@ Napi::Value CreateModel(const Napi::CallbackInfo& info) {
     std::string kind = arg_string(info, 0, "kind");
     json config = arg_json(info, 1, "config");
     json options = arg_json(info, 2, "options");
-    return run_async(info.Env(), [kind, config, options]() -> Finisher {
-      auto model = create_model(kind, config, options);
+    // options.weights: files every parameter comes from (create_model_from_files: no random init, mapped on
+    // CPU), loaded with options.load, before the model moves to options.device.
+    std::vector<std::string> files;
+    if (options.contains("weights")) {
+      if (!options["weights"].is_array()) throw Error("createModel: options.weights must be an array of file paths");
+      for (auto& f : options["weights"]) files.push_back(f.get<std::string>());
+    }
+    return run_async(info.Env(), [kind, config, options, files]() -> Finisher {
+      json report;
+      auto model = files.empty() ? create_model(kind, config, options)
+                                 : create_model_from_files(kind, config, options, files, options.value("load", json::object()), &report);
       std::string dev = opt<std::string>(options, "device", "cpu");
       if (dev != "cpu") model->to(parse_device(dev));
       model->eval();
-      return [model, kind](Napi::Env env) -> Napi::Value {
+      return [model, kind, report](Napi::Env env) -> Napi::Value {
         Napi::Object o = ModelHandle::ctor.New({});
         auto* h = Napi::ObjectWrap<ModelHandle>::Unwrap(o);
         h->model = model;
         h->kind = kind;
+        h->load_report = report;
         return o;
       };
     });
@@ -234,6 +304,7 @@ Napi::Value CreateModel(const Napi::CallbackInfo& info) {
 
 void InitModelHandle(Napi::Env env, Napi::Object exports) {
   ModelHandle::Init(env, exports);
+  CancelToken::Init(env, exports);
   exports.Set("createModel", Napi::Function::New(env, CreateModel));
   exports.Set("modelKinds", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 return json_to_js(info.Env(), model_kinds());

@@ -4,6 +4,7 @@
 
 #include <functional>
 
+#include "core/call_context.h"
 #include "core/common.h"
 
 namespace rt {
@@ -65,6 +66,87 @@ class Worker : public Napi::AsyncWorker {
 
 inline Napi::Promise run_async(Napi::Env env, std::function<Finisher()> work) {
   auto* w = new Worker(env, std::move(work));
+  auto p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// A Worker whose work may report steps and be cancelled (core/call_context.h). Steps reach `on_step` on the JS
+// thread in order, all of them before the promise settles: node-addon-api's progress queue (a
+// Napi::ThreadSafeFunction) completes the work only after draining. An exception thrown by `on_step` stops the
+// work at its next step and rejects the promise with it.
+class ProgressWorker : public Napi::AsyncProgressQueueWorker<std::pair<int64_t, int64_t>> {
+ public:
+  ProgressWorker(Napi::Env env, std::function<Finisher()> work, CallContext ctx, Napi::Function on_step)
+      : Napi::AsyncProgressQueueWorker<std::pair<int64_t, int64_t>>(env), deferred_(Napi::Promise::Deferred::New(env)),
+        work_(std::move(work)), ctx_(std::move(ctx)), grad_(js_grad_enabled()) {
+    if (!ctx_.cancel) ctx_.cancel = std::make_shared<std::atomic<bool>>(false);
+    if (!on_step.IsEmpty() && on_step.IsFunction()) on_step_ = Napi::Persistent(on_step);
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute(const ExecutionProgress& progress) override {
+    try {
+      apply_threads();
+      at::AutoGradMode grad(grad_);
+      CallContext ctx = ctx_;
+      if (!on_step_.IsEmpty()) {
+        ctx.progress = [&progress](int64_t done, int64_t total) {
+          const std::pair<int64_t, int64_t> step{done, total};
+          progress.Send(&step, 1);
+        };
+      }
+      CallContextScope scope(&ctx);
+      finish_ = work_();
+    } catch (const std::exception& e) {
+      SetError(message_of(e));
+    } catch (...) {
+      SetError("unknown native error");
+    }
+  }
+  void OnProgress(const std::pair<int64_t, int64_t>* steps, size_t count) override {
+    if (on_step_.IsEmpty() || !callback_error_.IsEmpty()) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    for (size_t i = 0; i < count && callback_error_.IsEmpty(); ++i) {
+      try {
+        on_step_.Call({Napi::Number::New(env, static_cast<double>(steps[i].first)), Napi::Number::New(env, static_cast<double>(steps[i].second))});
+      } catch (const Napi::Error& e) {
+        callback_error_ = Napi::Persistent(e.Value());
+        ctx_.cancel->store(true);
+      }
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!callback_error_.IsEmpty()) return deferred_.Reject(callback_error_.Value());
+    try {
+      deferred_.Resolve(finish_ ? finish_(env) : env.Undefined());
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    } catch (const std::exception& e) {
+      deferred_.Reject(Napi::Error::New(env, message_of(e)).Value());
+    }
+    finish_ = nullptr;
+  }
+  void OnError(const Napi::Error& e) override {
+    if (!callback_error_.IsEmpty()) return deferred_.Reject(callback_error_.Value());
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<Finisher()> work_;
+  Finisher finish_;
+  CallContext ctx_;
+  bool grad_;
+  Napi::FunctionReference on_step_;
+  Napi::ObjectReference callback_error_;  // what on_step threw
+};
+
+inline Napi::Promise run_async_with(Napi::Env env, std::function<Finisher()> work, CallContext ctx, Napi::Function on_step) {
+  auto* w = new ProgressWorker(env, std::move(work), std::move(ctx), on_step);
   auto p = w->promise();
   w->Queue();
   return p;

@@ -153,6 +153,14 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   return at::from_blob(ptr, e->shape, [keep](void*) {}, options);
 }
 
+bool SafetensorsFile::is_mapped(const at::Tensor& t) const {
+  const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+  const auto* base = static_cast<const uint8_t*>(map_);
+  return t.numel() > 0 && p >= base && p < base + size_;
+}
+
+void SafetensorsFile::prefetch() const { madvise(map_, size_, MADV_WILLNEED); }
+
 json SafetensorsFile::header_json() const {
   json tensors = json::array();
   for (auto& e : entries_)

@@ -27,6 +27,10 @@ class SafetensorsFile {
   const SafetensorsEntry* find(const std::string& name) const;
   // The tensor `name`; a view of the mapping when possible (copy-on-write, so in-place writes are safe).
   at::Tensor tensor(const std::string& name) const;
+  // Whether `t` views this file's mapping (rather than an aligned copy).
+  bool is_mapped(const at::Tensor& t) const;
+  // Starts reading the whole file into the page cache in the background (madvise WILLNEED).
+  void prefetch() const;
   // Header as JSON: {tensors: [{name, dtype, shape, dataOffsets}], metadata, dataStart}.
   json header_json() const;
 

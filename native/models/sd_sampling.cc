@@ -3,6 +3,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "core/call_context.h"
+#include "core/memory.h"
 #include "core/model.h"
 
 namespace rt::sd {
@@ -64,8 +66,9 @@ TensorMap guided_sample(const EpsModel& eps, const TensorMap& in, const json& op
   const bool record = opt<bool>(options, "record", false);
 
   // 1. Start from N(0,1)·init_noise_sigma.
+  check_cancelled();
   at::Tensor latents = latents0 * sched->init_noise_sigma;
-  std::vector<at::Tensor> lat_steps{latents}, eu_steps, ec_steps, e_steps, noise_steps;
+  std::vector<at::Tensor> lat_steps{latents}, x_steps, eu_steps, ec_steps, e_steps, noise_steps;
   for (int64_t i = 0; i < n; ++i) {
     // 2. Scale, guided ε at t (a 0-d tensor broadcast over the batch), scheduler step.
     at::Tensor t = sched->timesteps[i];
@@ -77,20 +80,41 @@ TensorMap guided_sample(const EpsModel& eps, const TensorMap& in, const json& op
     latents = r.prev_sample;
     if (record) {
       lat_steps.push_back(latents);
+      x_steps.push_back(x);
       eu_steps.push_back(eu);
       ec_steps.push_back(ec);
       e_steps.push_back(e);
       if (r.noise_drawn) noise_steps.push_back(r.noise);
     }
+    // 3. Progress to JS; an abort stops here, within one step.
+    report_step(i + 1, n);
   }
   TensorMap out{{"latents", latents}, {"timesteps", sched->timesteps.clone()}};
   if (record) {
     out["latents_steps"] = at::stack(lat_steps);
+    out["model_input"] = at::stack(x_steps);
     out["noise_pred_uncond"] = at::stack(eu_steps);
     out["noise_pred_text"] = at::stack(ec_steps);
     out["noise_pred"] = at::stack(e_steps);
     if (!noise_steps.empty()) out["variance_noise"] = at::stack(noise_steps);
   }
+  return out;
+}
+
+TensorMap sample_and_decode(const EpsModel& eps, const TensorMap& in, const json& options, const at::Device& device, at::ScalarType dtype) {
+  TensorMap out = guided_sample(eps, in, options, device, dtype);
+  std::shared_ptr<Model> vae = peer_model("vae");
+  if (!vae) return out;
+  // The UNet's workspace goes back to the system before the VAE's (larger) one is mapped.
+  release_cached_memory();
+  at::NoGradGuard no_grad;
+  json decode = options.contains("decode") && options["decode"].is_object() ? options["decode"] : json::object();
+  decode["scaled"] = true;
+  at::Tensor z = out["latents"];
+  if (vae->channels_last && z.dim() == 4) z = z.contiguous(at::MemoryFormat::ChannelsLast);
+  std::lock_guard<std::mutex> lock(vae->mutex);
+  TensorMap image = vae->call("decode", {{"z", z}}, decode);
+  out["image"] = image.at("image");
   return out;
 }
 
@@ -103,9 +127,29 @@ struct SchedulerModel : Model {
   std::unique_ptr<Scheduler> sched;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
 
-  SchedulerModel(const json& config, const json& options) { sched = make_scheduler(opt<std::string>(options, "scheduler", ""), config); }
+  std::string kind;
+  json config;
+
+  SchedulerModel(const json& config, const json& options) : kind(opt<std::string>(options, "scheduler", "")), config(config) {
+    sched = make_scheduler(kind, config);
+  }
 
   TensorMap call(const std::string& method, const TensorMap& in, const json& o) override {
+    if (method == "sample") {
+      // The sampling loop (guided_sample, as the UNet runs it) over the scheduler fixtures' stand-in model
+      // ε(x) = a·x + fixed_eps, x being scale_model_input's output: checks the loop against every scheduler.
+      const at::Tensor& fixed = need(in, "fixed_eps", "scheduler.sample");
+      const double a = opt<double>(o, "a", 0.0);
+      EpsModel eps = [&fixed, a](const at::Tensor& x, const at::Tensor&, const at::Tensor&) { return x * a + fixed; };
+      TensorMap inputs = in;
+      const at::Tensor& latents = need(in, "latents", "scheduler.sample");
+      inputs["cond_embeds"] = at::zeros({latents.size(0), 1, 1}, latents.options());
+      json opts = o;
+      opts["scheduler"] = kind;
+      opts["scheduler_config"] = config;
+      opts["guidance"] = 1.0;
+      return guided_sample(eps, inputs, opts, latents.device(), latents.scalar_type());
+    }
     if (method == "set_timesteps") {
       if (!o.contains("steps")) throw Error("scheduler.set_timesteps: option 'steps' is required");
       sched->set_timesteps(opt<int64_t>(o, "steps", 50));

@@ -15,9 +15,15 @@ using EpsModel = std::function<at::Tensor(const at::Tensor&, const at::Tensor&, 
 //   uncond_embeds [B, M, D] (needed when guidance > 1), variance_noise [steps, B, C, h, w] (optional replay).
 // Options: scheduler (kind; default from scheduler_config._class_name), scheduler_config (object), steps,
 //   guidance (7.5), seed (for noise the scheduler draws), record (per-step tensors).
-// Outputs: latents (final), timesteps; with record: latents_steps [steps+1, ...], noise_pred_uncond,
+// Outputs: latents (final), timesteps; with record: latents_steps [steps+1, ...], model_input (scaled, [steps,
+//   ...]), noise_pred_uncond,
 //   noise_pred_text, noise_pred [steps, ...], variance_noise (what DDPM used).
 TensorMap guided_sample(const EpsModel& eps, const TensorMap& in, const json& options, const at::Device& device, at::ScalarType dtype);
+
+// The UNet's "sample" method: guided_sample, then, when the call carries a peer model "vae"
+// (core/call_context.h), its decode of latents / scaling_factor in the same native call (options.decode go to
+// the VAE's decode), output "image". Steps are reported to JS and an abort stops the loop within one step.
+TensorMap sample_and_decode(const EpsModel& eps, const TensorMap& in, const json& options, const at::Device& device, at::ScalarType dtype);
 
 // One guided ε: cat([x, x]) through the model with cat([uncond, cond]), then ε_u + g(ε_c − ε_u).
 at::Tensor guided_eps(const EpsModel& eps, const at::Tensor& x, const at::Tensor& t, const at::Tensor& uncond, const at::Tensor& cond,

@@ -3,7 +3,7 @@
 //
 // Methods:
 //   forward        {sample, timesteps, encoder_hidden_states} -> {sample[, intermediate.*]}
-//   sample         guided sampling loop (sd_sampling.h) -> {latents, timesteps, ...}
+//   sample         guided sampling loop (sd_sampling.h) -> {latents, timesteps, ...[, image with a peer VAE]}
 //   guided_eps     {sample, timestep, cond_embeds[, uncond_embeds]}, {guidance} -> {eps, eps_uncond, eps_text}
 //   denoising_loss {latents, noise, timesteps, encoder_hidden_states}, {scheduler_config} -> {loss, prediction, target, noisy}
 //   x0_estimate    {sample, eps, timesteps}, {scheduler_config} -> {x0_hat}
@@ -317,7 +317,7 @@ struct UNet : Model {
     }
     if (method == "sample") {
       EpsModel eps = [this](const at::Tensor& x, const at::Tensor& t, const at::Tensor& ehs) { return forward(x, t, ehs); };
-      return guided_sample(eps, in, o, dev, dtype);
+      return sample_and_decode(eps, in, o, dev, dtype);
     }
     if (method == "guided_eps") {
       at::NoGradGuard no_grad;

@@ -17,6 +17,7 @@ struct VAEConfig {
   std::vector<int64_t> block_out_channels;
   double scaling_factor;
   bool use_quant_conv, use_post_quant_conv, mid_attention;
+  int64_t sample_size = 32;  // image side of one tile in tiled decoding (diffusers: config.sample_size)
 };
 
 VAEConfig read_vae_config(const json& c) {
@@ -30,6 +31,8 @@ VAEConfig read_vae_config(const json& c) {
   k.layers_per_block = opt<int64_t>(c, "layers_per_block", 1);
   k.block_out_channels = int_list(c, "block_out_channels", {64}, where);
   k.scaling_factor = opt<double>(c, "scaling_factor", 0.18215);
+  if (c.contains("sample_size") && c["sample_size"].is_array() && !c["sample_size"].empty()) k.sample_size = c["sample_size"][0].get<int64_t>();
+  else k.sample_size = opt<int64_t>(c, "sample_size", 32);
   k.use_quant_conv = opt<bool>(c, "use_quant_conv", true);
   k.use_post_quant_conv = opt<bool>(c, "use_post_quant_conv", true);
   k.mid_attention = opt<bool>(c, "mid_block_add_attention", true);
@@ -204,6 +207,52 @@ struct VAE : Model {
     return key;
   }
 
+  // z: [B, latent_channels, h, w] (unscaled) -> image [B, out_channels, 8h, 8w]
+  at::Tensor decode_one(at::Tensor z, TensorMap* inter) {
+    if (post_quant_conv) z = post_quant_conv(z);
+    if (inter) (*inter)["intermediate.post_quant_conv"] = z;
+    return decoder->forward(z, inter);
+  }
+
+  // diffusers AutoencoderKL.tiled_decode: latent tiles of sample_size / 2^(levels-1) with 25% overlap, each
+  // decoded alone; neighbours cross-faded linearly over the overlap (first rows, then columns), each tile cut to
+  // (1 - 0.25) · sample_size. Latents no larger than one tile decode whole, exactly as without tiling.
+  // z: [B, C, h, w] -> [B, out_channels, 8h, 8w]
+  at::Tensor decode_tiled(const at::Tensor& z) {
+    const int64_t tile_latent = k.sample_size / (int64_t(1) << (k.block_out_channels.size() - 1));
+    if (z.size(2) <= tile_latent && z.size(3) <= tile_latent) return decode_one(z, nullptr);
+    const int64_t overlap = static_cast<int64_t>(tile_latent * (1 - 0.25));
+    const int64_t blend_extent = static_cast<int64_t>(k.sample_size * 0.25);
+    const int64_t row_limit = k.sample_size - blend_extent;
+    std::vector<std::vector<at::Tensor>> rows;
+    for (int64_t i = 0; i < z.size(2); i += overlap) {
+      std::vector<at::Tensor> row;
+      for (int64_t j = 0; j < z.size(3); j += overlap)
+        row.push_back(decode_one(z.slice(2, i, std::min(i + tile_latent, z.size(2))).slice(3, j, std::min(j + tile_latent, z.size(3))).contiguous(), nullptr));
+      rows.push_back(std::move(row));
+    }
+    // b[..., y, :] = a[..., -e + y, :]·(1 − y/e) + b[..., y, :]·(y/e), in place as diffusers' blend_v / blend_h.
+    auto blend = [](const at::Tensor& a, at::Tensor& b, int64_t extent, int64_t dim) {
+      const int64_t e = std::min({a.size(dim), b.size(dim), extent});
+      for (int64_t y = 0; y < e; ++y) {
+        const double f = static_cast<double>(y) / e;
+        b.select(dim, y).copy_(a.select(dim, a.size(dim) - e + y) * (1 - f) + b.select(dim, y) * f);
+      }
+    };
+    std::vector<at::Tensor> out_rows;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::vector<at::Tensor> out_row;
+      for (size_t j = 0; j < rows[i].size(); ++j) {
+        at::Tensor& tile = rows[i][j];
+        if (i > 0) blend(rows[i - 1][j], tile, blend_extent, 2);
+        if (j > 0) blend(rows[i][j - 1], tile, blend_extent, 3);
+        out_row.push_back(tile.slice(2, 0, row_limit).slice(3, 0, row_limit));
+      }
+      out_rows.push_back(at::cat(out_row, 3));
+    }
+    return at::cat(out_rows, 2);
+  }
+
   TensorMap call(const std::string& method, const TensorMap& in, const json& o) override {
     const auto dev = device();
     const auto dtype = encoder->conv_in->weight.scalar_type();
@@ -243,9 +292,21 @@ struct VAE : Model {
       if (z.dim() != 4 || z.size(1) != k.latent_channels)
         throw Error("vae.decode: z must be [B, " + std::to_string(k.latent_channels) + ", h, w], got " + shape_str(z.sizes()));
       if (opt<bool>(o, "scaled", false)) z = z / k.scaling_factor;
-      if (post_quant_conv) z = post_quant_conv(z);
-      if (want) out["intermediate.post_quant_conv"] = z;
-      out["image"] = decoder->forward(z, want ? &out : nullptr);
+      const bool tiling = opt<bool>(o, "tiling", false);
+      if (((opt<bool>(o, "slicing", false) && z.size(0) > 1) || tiling) && !want) {
+        // diffusers' enable_vae_slicing: one image at a time, so the workspace is one image's; tiling as
+        // enable_vae_tiling (decode_tiled).
+        std::vector<at::Tensor> images;
+        const bool slice = opt<bool>(o, "slicing", false);
+        const int64_t step = slice ? 1 : z.size(0);
+        for (int64_t i = 0; i < z.size(0); i += step) {
+          at::Tensor zi = z.slice(0, i, i + step);
+          images.push_back(tiling ? decode_tiled(zi) : decode_one(zi, nullptr));
+        }
+        out["image"] = images.size() == 1 ? images[0] : at::cat(images);
+        return out;
+      }
+      out["image"] = decode_one(z, want ? &out : nullptr);
       return out;
     }
     throw Error("vae: unknown method '" + method + "' (encode, decode)");

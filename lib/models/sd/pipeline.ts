@@ -11,7 +11,7 @@ import { Autocast, NativeModel } from '../../model';
 import { Tensor, disposeAll, noGrad } from '../../tensor';
 import { ClipTokenizer } from '../../tokenizers/clip';
 import { loadClipTokenizer } from '../../tokenizers/load';
-import { Scheduler, SchedulerName, schedulerName } from './schedulers';
+import { SchedulerName, schedulerName } from './schedulers';
 import { readJsonFile } from '../../json';
 
 const readJsonObject = (file: string): Record<string, any> => readJsonFile(file, { object: true });
@@ -51,8 +51,24 @@ export interface GenerateOptions {
   width?: number;
   /** Images per prompt. Default 1. */
   batch?: number;
-  /** Called after every denoising step. */
+  /** Called after every denoising step (once per step, in order, before generate resolves). */
   onStep?: (done: number, total: number) => void;
+  /** Aborts within one denoising step; generate rejects with the signal's reason and frees its tensors. */
+  signal?: AbortSignal;
+  /** Decode one image at a time (diffusers' enable_vae_slicing): less memory for batches, same pixels. */
+  vaeSlicing?: boolean;
+  /** Tiled decode above the VAE's sample_size (diffusers' enable_vae_tiling; see DecodeOptions.tiling). */
+  vaeTiling?: boolean;
+}
+
+export type PipelineComponent = 'unet' | 'vae' | 'textEncoder';
+
+/** One component's load: wall ms (construction + weights, in parallel with the others), bytes mapped and copied. */
+export interface ComponentLoad {
+  ms: number;
+  mappedBytes: number;
+  copiedBytes: number;
+  file: string;
 }
 
 export interface GenerateResult {
@@ -70,6 +86,8 @@ export class StableDiffusionPipeline {
     readonly textEncoder: NativeModel,
     readonly tokenizer: ClipTokenizer,
     readonly schedulerConfig: Record<string, unknown>,
+    /** How each component loaded (wall time including construction; bytes mapped vs copied). */
+    readonly loadTimes: Record<PipelineComponent, ComponentLoad>,
   ) {}
 
   /**
@@ -94,28 +112,40 @@ export class StableDiffusionPipeline {
     };
     const schedulerConfig = readJsonObject(path.join(component('scheduler'), 'scheduler_config.json'));
     const tokenizer = loadClipTokenizer(component('tokenizer'));
-    const owned: { dispose(): void }[] = [];
+    const unetDir = component('unet');
+    const vaeDir = component('vae');
+    const textDir = component('text_encoder');
+    const unetConfig = readJsonObject(path.join(unetDir, 'config.json'));
+    const vaeConfig = readJsonObject(path.join(vaeDir, 'config.json'));
+    const textConfig = readJsonObject(path.join(textDir, 'config.json'));
+    const files = { unet: findWeightFile(unetDir), vae: findWeightFile(vaeDir), textEncoder: findWeightFile(textDir) };
+    const loadTimes: Partial<Record<PipelineComponent, ComponentLoad>> = {};
+    // The three components load in parallel, each in one native call (parameters mapped, never initialised).
+    const timed = async (name: PipelineComponent, kind: string, config: object): Promise<NativeModel> => {
+      const start = performance.now();
+      const m = await NativeModel.fromFiles(kind, config, [files[name]], { device: opts.device });
+      const r = m.loadReport!;
+      loadTimes[name] = { ms: performance.now() - start, mappedBytes: r.mappedBytes, copiedBytes: r.copiedBytes, file: files[name] };
+      return m;
+    };
+    const settled = await Promise.allSettled([timed('unet', 'unet', unetConfig), timed('vae', 'vae', vaeConfig), timed('textEncoder', 'clip', textConfig)]);
+    const models = settled.map((r) => (r.status === 'fulfilled' ? r.value : undefined));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      models.forEach((m) => m?.dispose());
+      throw failed.reason;
+    }
+    const [unetModel, vaeModel, text] = models as NativeModel[];
+    const unet = new UNet(unetModel, unetConfig);
+    const vae = new VAE(vaeModel, vaeConfig);
     try {
-      const unetDir = component('unet');
-      const device = { device: opts.device };
-      const unet = await UNet.create(readJsonObject(path.join(unetDir, 'config.json')), device);
-      owned.push(unet);
-      await unet.model.loadWeights([findWeightFile(unetDir)]);
       if (opts.partial?.unet?.length) await unet.model.loadWeights(opts.partial.unet, { partial: true });
-      const vaeDir = component('vae');
-      const vae = await VAE.create(readJsonObject(path.join(vaeDir, 'config.json')), device);
-      owned.push(vae);
-      await vae.model.loadWeights([findWeightFile(vaeDir)]);
       if (opts.partial?.vae?.length) await vae.model.loadWeights(opts.partial.vae, { partial: true });
-      const textDir = component('text_encoder');
-      const text = await NativeModel.create('clip', readJsonObject(path.join(textDir, 'config.json')), device);
-      owned.push(text);
-      await text.loadWeights([findWeightFile(textDir)]);
       if (opts.partial?.textEncoder?.length) await text.loadWeights(opts.partial.textEncoder, { partial: true });
       for (const m of [unet.model, vae.model, text]) m.setTrainable([]);
-      return new StableDiffusionPipeline(dir, unet, vae, text, tokenizer, schedulerConfig);
+      return new StableDiffusionPipeline(dir, unet, vae, text, tokenizer, schedulerConfig, loadTimes as Record<PipelineComponent, ComponentLoad>);
     } catch (err) {
-      owned.forEach((m) => m.dispose());
+      [unet, vae, text].forEach((m) => m.dispose());
       throw err;
     }
   }
@@ -175,39 +205,33 @@ export class StableDiffusionPipeline {
 
     const latentChannels = Number(this.unet.config.in_channels ?? 4);
     const [h, w] = [height / factor, width / factor];
-    const sched = await Scheduler.create(schedName, this.schedulerConfig);
-    try {
-      return await noGrad(async () => {
+    const decode = this.vae.decodeOptions({ slicing: opts.vaeSlicing ?? false, tiling: opts.vaeTiling ?? false });
+    if (opts.signal?.aborted) throw opts.signal.reason;
+    return noGrad(async () => {
+      const owned: (Tensor | undefined)[] = [];
+      try {
         const cond = await this.encodePrompts(all);
+        owned.push(cond);
         const uncond = guidance > 1 ? await this.encodePrompts(negAll) : undefined;
+        owned.push(uncond);
         // One seeded N(0,1) draw per image, so an image does not depend on its batch neighbours.
         const noises = seeds.map((s) => Tensor.randn([1, latentChannels, h, w], s, { device: this.unet.model.device }));
         const initial = Tensor.cat(noises, 0);
         disposeAll(noises);
-        const schedule = await sched.setTimesteps(steps, { seed: seeds[0] });
-        let latents = initial.mul(schedule.initNoiseSigma);
-        initial.dispose();
-        const n = schedule.timesteps.shape[0];
-        try {
-          for (let i = 0; i < n; i++) {
-            const t = schedule.timesteps.select(0, i);
-            const x = await sched.scaleModelInput(latents, i);
-            const eps = await this.unet.guidedEps(x, t, cond, uncond, guidance);
-            const r = await sched.step(eps, i, latents);
-            disposeAll([t, x, eps, r.predOriginalSample, r.noise]);
-            latents.dispose();
-            latents = r.prevSample;
-            opts.onStep?.(i + 1, n);
-          }
-          const images = (await this.vae.decode(latents, { scaled: true })).image;
-          return { images, prompts: all, seeds };
-        } finally {
-          disposeAll([latents, cond, uncond, schedule.timesteps, schedule.sigmas, schedule.alphasCumprod, schedule.betas]);
-        }
-      });
-    } finally {
-      sched.dispose();
-    }
+        owned.push(initial);
+        // The whole loop (CFG, scheduler steps; noise the scheduler draws seeded by the first seed) and the VAE
+        // decode: one native call.
+        const r = await this.unet.sample(
+          { latents: initial, condEmbeds: cond, uncondEmbeds: uncond },
+          { scheduler: schedName, schedulerConfig: this.schedulerConfig, steps, guidance, seed: seeds[0] },
+          { vae: this.vae, decode, onStep: opts.onStep, signal: opts.signal },
+        );
+        disposeAll([r.latents, r.timesteps]);
+        return { images: r.image!, prompts: all, seeds };
+      } finally {
+        disposeAll(owned);
+      }
+    });
   }
 
   /** Writes one PNG per image (atomically) as `<prefix>-<index>-<seed>.png`; returns the paths. */

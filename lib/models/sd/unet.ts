@@ -2,6 +2,7 @@
  * UNet2DConditionModel (SD v1.x) in the native core, model kind "unet". Config: diffusers unet/config.json.
  */
 import { NativeModel } from '../../model';
+import type { VAE, DecodeOptions } from './vae';
 import { Tensor } from '../../tensor';
 
 /** A scheduler_config.json object (diffusers). */
@@ -41,9 +42,25 @@ export interface GuidedSampleOptions {
   record?: boolean;
 }
 
+/** What else the one native sampling call does: progress, abort, and the VAE decode of the result. */
+export interface SampleControl {
+  /** After every denoising step, once per step and in order, before the call resolves. */
+  onStep?: (done: number, total: number) => void;
+  /** Stops the loop within one step; the call rejects with the signal's reason and frees its tensors. */
+  signal?: AbortSignal;
+  /** Decodes latents / scaling_factor with this VAE in the same native call (result `image`). */
+  vae?: VAE;
+  /** VAE decode options (slicing, tiling). */
+  decode?: DecodeOptions;
+}
+
 export interface GuidedSampleResult {
   latents: Tensor;
   timesteps: Tensor;
+  /** The VAE decode, when `control.vae` was given. */
+  image?: Tensor;
+  /** Scaled model inputs per step (with `record`). */
+  modelInput?: Tensor;
   latentsSteps?: Tensor;
   noisePredUncond?: Tensor;
   noisePredText?: Tensor;
@@ -72,15 +89,26 @@ export class UNet {
    * and a scheduler step. `variance_noise` ([steps, B, C, h, w]) replays DDPM noise; otherwise `seed` draws it.
    * With `record`, per-step tensors come back too.
    */
-  async sample(inputs: GuidedSampleInputs, opts: GuidedSampleOptions): Promise<GuidedSampleResult> {
+  async sample(inputs: GuidedSampleInputs, opts: GuidedSampleOptions, control: SampleControl = {}): Promise<GuidedSampleResult> {
     const out = await this.model.call(
       'sample',
       { latents: inputs.latents, cond_embeds: inputs.condEmbeds, uncond_embeds: inputs.uncondEmbeds, variance_noise: inputs.varianceNoise },
-      { scheduler: opts.scheduler === 'dpm++' ? 'dpmsolver' : opts.scheduler, scheduler_config: opts.schedulerConfig, steps: opts.steps, guidance: opts.guidance, seed: opts.seed ?? 0, record: !!opts.record },
+      {
+        scheduler: opts.scheduler === 'dpm++' ? 'dpmsolver' : opts.scheduler,
+        scheduler_config: opts.schedulerConfig,
+        steps: opts.steps,
+        guidance: opts.guidance,
+        seed: opts.seed ?? 0,
+        record: !!opts.record,
+        decode: control.vae ? control.vae.decodeOptions(control.decode) : undefined,
+      },
+      { onStep: control.onStep, signal: control.signal, models: control.vae ? { vae: control.vae.model } : undefined },
     );
     return {
       latents: out.latents,
       timesteps: out.timesteps,
+      image: out.image,
+      modelInput: out.model_input,
       latentsSteps: out.latents_steps,
       noisePredUncond: out.noise_pred_uncond,
       noisePredText: out.noise_pred_text,

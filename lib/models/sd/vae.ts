@@ -2,6 +2,7 @@
  * AutoencoderKL (SD v1.x) in the native core, model kind "vae". Config: diffusers vae/config.json.
  * Accepts both the current (`to_q`…) and the legacy (`query`…) mid-block attention names.
  */
+import { expectBoolean } from '../../errors';
 import { NativeModel } from '../../model';
 import { Tensor } from '../../tensor';
 
@@ -14,6 +15,18 @@ export interface LatentDistribution {
   /** sample · scaling_factor: what the UNet sees. */
   sampleScaled: Tensor;
   intermediates: Record<string, Tensor>;
+}
+
+/** Memory options of the decode (diffusers' enable_vae_slicing / enable_vae_tiling). */
+export interface DecodeOptions {
+  /** Decodes one image at a time: the workspace of one image, the same pixels as the batched decode. */
+  slicing?: boolean;
+  /**
+   * Above one tile (config sample_size pixels), decodes overlapping tiles and cross-fades them, as diffusers'
+   * tiled_decode: bounded memory for large images, an approximation of the whole decode at those sizes; latents
+   * that fit one tile decode exactly as without tiling.
+   */
+  tiling?: boolean;
 }
 
 export class VAE {
@@ -37,9 +50,17 @@ export class VAE {
     return { mean: out.mean, logvar: out.logvar, std: out.std, sample: out.sample, sampleScaled: out.sample_scaled, intermediates };
   }
 
+  /** The native decode options for `opts` (checked). */
+  decodeOptions(opts: DecodeOptions = {}): Record<string, unknown> {
+    return { slicing: expectBoolean('slicing', opts.slicing ?? false), tiling: expectBoolean('tiling', opts.tiling ?? false) };
+  }
+
   /** Decodes latents; `scaled` latents (UNet space) are divided by the scaling factor first. */
-  async decode(z: Tensor, opts: { scaled?: boolean; intermediates?: boolean } = {}): Promise<{ image: Tensor; intermediates: Record<string, Tensor> }> {
-    const out = await this.model.call('decode', { z }, { scaled: !!opts.scaled, intermediates: !!opts.intermediates });
+  async decode(
+    z: Tensor,
+    opts: { scaled?: boolean; intermediates?: boolean } & DecodeOptions = {},
+  ): Promise<{ image: Tensor; intermediates: Record<string, Tensor> }> {
+    const out = await this.model.call('decode', { z }, { scaled: !!opts.scaled, intermediates: !!opts.intermediates, ...this.decodeOptions(opts) });
     const intermediates: Record<string, Tensor> = {};
     for (const [k, v] of Object.entries(out)) if (k.startsWith('intermediate.')) intermediates[k] = v;
     return { image: out.image, intermediates };
