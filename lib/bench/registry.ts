@@ -132,7 +132,7 @@ export function formatBenchTable(results: readonly BenchRowResult[]): string {
     `${fmt(r.minMs)}..${fmt(r.maxMs)}`,
     Number.isFinite(r.minorFaults) ? String(Math.round(r.minorFaults)) : '-',
     fmt(r.peakRssMB, 0),
-    r.error ? `error: ${r.error}` : Object.entries(r.extras).map(([k, v]) => `${k}=${fmt(v, k.endsWith('MB') || k.endsWith('Ms') ? 0 : 2)}`).join(' '),
+    r.error ? `error: ${r.error}` : Object.entries(r.extras).map(([k, v]) => `${k}=${fmt(v, Math.abs(v) >= 100 ? 0 : 2)}`).join(' '),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
   const row = (cells: string[]) => cells.map((c, i) => (i === 0 || i === 2 || i === 6 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();

@@ -300,9 +300,12 @@ export class Blip {
     }
     const config = typeof files.config === 'string' ? readJsonFile(files.config) : files.config;
     if (!Array.isArray(files.weights) || files.weights.length === 0) throw invalid('weights', 'a non-empty array of safetensors paths', files.weights);
-    const blip = await Blip.fromConfig(config, opts);
+    if (config === null || typeof config !== 'object') throw invalid('config', 'a BlipConfig object', config);
+    for (const f of files.weights) if (!fs.existsSync(f)) throw new RoundtripError(`${f}: weight file not found`);
+    // One native call: parameters straight from the files (mapped on CPU, no random init first).
+    const model = await NativeModel.fromFiles('blip', config, files.weights, { device: opts.device ?? 'cpu', load: { renames: blipRenamesFor(files.weights) } });
+    const blip = new Blip(model, config);
     try {
-      await blip.loadWeights(files.weights);
       for (const p of files.partial ?? []) await blip.loadWeights([p], { partial: true });
     } catch (err) {
       blip.dispose();
