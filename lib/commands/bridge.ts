@@ -19,7 +19,7 @@ const build: CommandModule<{}, BuildArgs> = {
       .option('out', { type: 'string', demandOption: true, describe: 'bridge JSON to write' })
       .option('blip-tokenizer', { type: 'string', demandOption: true, describe: 'folder with BLIP\'s vocab.txt (a BLIP model folder)' })
       .option('clip-tokenizer', { type: 'string', demandOption: true, describe: 'folder with CLIP\'s vocab.json + merges.txt (an SD folder or its tokenizer/)' })
-      .option('compare', { type: 'string', describe: 'another bridge (e.g. the authors\' reindex_clip_to_blip.json) to report agreement with' }) as any,
+      .option('compare', { type: 'string', describe: 'another bridge (e.g. the authors\' reindex_clip_to_blip.json) to report agreement with (default: none)' }) as any,
   handler: (argv) => {
     const blip = loadBertTokenizer(argv.blipTokenizer);
     const clip = loadClipTokenizer(argv.clipTokenizer);

@@ -65,7 +65,7 @@ function sharedOptions(y: Argv<{}>): Argv<{}> {
     .option('dino', { type: 'string', describe: 'DINO ViT folder (similarity dino)' })
     .option('sbert', { type: 'string', describe: 'sentence-transformers folder (similarity sbert)' })
     .option('glove', { type: 'string', describe: 'GloVe/word2vec text vectors (similarity wmd)' })
-    .option('k', { type: 'number', default: 10, describe: 'Candidates per item' })
+    .option('k', { type: 'number', default: 10, alias: 'num-candidates', describe: 'Candidates per item (at most 1000)' })
     .option('scheduler', { type: 'string', default: 'ddpm', describe: 'SD scheduler: ddpm, ddim, pndm, euler, lms, dpm++' })
     .option('steps', { type: 'number', default: 50, describe: 'SD denoising steps' })
     .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
