@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { bridgeAgreement, buildBridge, loadBridge, readCaptions, saveBridge } from '../bridge';
 import { loadBertTokenizer, loadClipTokenizer } from '../tokenizers';
+import { RoundtripError } from '../errors';
 
 interface BuildArgs {
   captions: string[];
@@ -23,7 +24,11 @@ const build: CommandModule<{}, BuildArgs> = {
   handler: (argv) => {
     const blip = loadBertTokenizer(argv.blipTokenizer);
     const clip = loadClipTokenizer(argv.clipTokenizer);
-    const captions = argv.captions.flatMap(readCaptions);
+    const perFile = argv.captions.map((f) => [f, readCaptions(f)] as const);
+    const captions = perFile.flatMap(([, c]) => c).filter((c) => c.trim() !== '');
+    if (captions.length === 0) {
+      throw new RoundtripError(`bridge build: no captions in ${perFile.map(([f, c]) => `${f} (${c.length})`).join(', ')}; give caption files with at least one non-empty caption`);
+    }
     const bridge = buildBridge(captions, blip, clip);
     saveBridge(argv.out, bridge);
     const s = bridge.stats!;

@@ -8,6 +8,7 @@ import { SCHEDULER_NAMES, schedulerName } from '../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../progress';
 import { LIMITS, checkMemory, estimateSdSample, expectBounded } from '../limits';
 import { checkOutputDir } from '../fsutil';
+import { checkPromptLength } from '../rerank/i2t2i';
 import { readJsonFile } from '../json';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -72,6 +73,9 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
   checkOutputDir(a.out, { flag: '--out', bytes: pixels * 3 });
   const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights } });
   try {
+    // CLIP reads 77 tokens: a longer prompt is truncated as diffusers does, but never silently.
+    a.prompts.forEach((p, i) => checkPromptLength(pipe, p, `PROMPT ${i + 1}`, (m) => stream.write(`roundtrip: warning: ${m}\n`)));
+    if (a.negative) checkPromptLength(pipe, a.negative, '--negative', (m) => stream.write(`roundtrip: warning: ${m}\n`));
     if (a.precision && a.precision !== 'fp32') pipe.setAutocast(a.precision);
     if (a.channelsLast) pipe.setChannelsLast(true);
     let progress: ReturnType<typeof createProgress> | undefined;
