@@ -227,3 +227,13 @@ export function cleanTempLeftovers(dir: string, depth = 2): string[] {
   walk(dir, 0);
   return removed;
 }
+
+/** What a failed write means for a user: disk full, file size limit, quota, or the system's words. */
+export function describeWriteError(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  if (/ENOSPC|no space left/i.test(message)) return 'the disk is full';
+  if (/EFBIG|file too large/i.test(message)) return 'the file size limit was reached (ulimit -f)';
+  if (/EDQUOT|quota/i.test(message)) return 'the disk quota is exceeded';
+  if (/EROFS|read-only/i.test(message)) return 'the file system is read-only';
+  return message;
+}

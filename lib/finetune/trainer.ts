@@ -31,7 +31,7 @@ import { TrainItem, epochBatches, readAnnotations } from './data';
 import { writeReport } from './report';
 import { resolveModelPath } from '../hub/resolve';
 import { readJsonFile } from '../json';
-import { checkOutputDir, cleanTempLeftovers } from '../fsutil';
+import { checkOutputDir, cleanTempLeftovers, describeWriteError } from '../fsutil';
 import { LIMITS, checkMemory, estimateFinetuneStep, expectBounded } from '../limits';
 import { DEFAULT_WEIGHT_BOUND, NAN_POLICIES, NanPolicy, checkTensors, guardError, guardStep, lastVerifiedCheckpoint } from '../train/guard';
 import { RunLog } from '../train/runlog';
@@ -681,9 +681,13 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     }
     // Exported partial state dicts under published names (load with Blip.load({partial}) / unet loadWeights partial).
     const exportDir = path.join(c.output, 'export');
-    fs.mkdirSync(exportDir, { recursive: true });
-    if (Object.keys(blipParams).length) await saveTensors((result.exported.blip = path.join(exportDir, 'blip.safetensors')), blipParams, { format: 'pt', model: 'blip' });
-    if (Object.keys(unetParams).length) await saveTensors((result.exported.unet = path.join(exportDir, 'unet.safetensors')), unetParams, { format: 'pt', model: 'unet' });
+    try {
+      fs.mkdirSync(exportDir, { recursive: true });
+      if (Object.keys(blipParams).length) await saveTensors((result.exported.blip = path.join(exportDir, 'blip.safetensors')), blipParams, { format: 'pt', model: 'blip' });
+      if (Object.keys(unetParams).length) await saveTensors((result.exported.unet = path.join(exportDir, 'unet.safetensors')), unetParams, { format: 'pt', model: 'unet' });
+    } catch (err) {
+      throw new RoundtripError(`finetune: export to ${exportDir} failed: ${describeWriteError(err)}; the trained state is in ${result.lastCheckpoint} (rerun with --resume latest to export once there is room)`);
+    }
     writeReport(c.output, { config: c, logs: fullLog, validation: result.validation, exported: result.exported, interrupted: false });
     return result;
   } finally {

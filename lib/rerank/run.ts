@@ -14,7 +14,7 @@ import { Rng, deriveSeed } from '../image/random';
 import { BLIP_STRATEGIES } from '../models/blip';
 import { SCHEDULER_NAMES } from '../models/sd/schedulers';
 import { DataItem, Dataset, DatasetOptions, Shard, loadDataset, parseShard, selectItems } from './data';
-import { checkOutputDir, writeFileAtomicSync } from '../fsutil';
+import { checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../fsutil';
 import { readJsonFile } from '../json';
 import { LIMITS, checkMemory, estimateBlipGenerate, estimateSdSample, expectBounded } from '../limits';
 import { createProgress } from '../progress';
@@ -270,6 +270,7 @@ export function beginRun(direction: Direction, opts: RerankOptions): { run: RunF
 /** Creates or reopens `opts.out`; refuses to mix results of different settings or shards. */
 export function openRunFolder(direction: Direction, opts: RerankOptions): RunFolder {
   const dir = checkOutputDir(expectString('--out', opts.out), { flag: '--out' });
+  const leftovers = cleanTempLeftovers(dir, 2);
   if (opts.k !== undefined && (!Number.isInteger(opts.k) || opts.k < 1)) throw invalid('--k', 'an integer ≥ 1 (candidates per item)', opts.k);
   const dataset = loadDataset(opts);
   if (direction === 't2i2t' && dataset.kind !== 'prompts') throw new RoundtripError('rerank t2i2t: give the input texts with --prompts FILE');
@@ -302,6 +303,7 @@ export function openRunFolder(direction: Direction, opts: RerankOptions): RunFol
     sink(m);
   };
   dataset.warnings.forEach(warn);
+  if (leftovers.length) warn(`removed ${leftovers.length} temporary file(s) left by an interrupted write in ${dir}`);
   const cacheDir = path.resolve(opts.cache ?? path.join(dir, 'cache'));
   return { dir, settings, shard, items, finished, resultsFile, cacheDir, warnings, warn, append: (r) => appendJsonLine(resultsFile, r) };
 }
