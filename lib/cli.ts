@@ -27,6 +27,11 @@ export function splitOperands(argv: string[]): { args: string[]; restore: (parse
 
 /** Entry point of the `roundtrip` command. */
 export async function main(argv: string[]): Promise<void> {
+  await createParser(argv).parseAsync();
+}
+
+/** The `roundtrip` parser over `argv` (every command, `--` handling, model aliases); `main` runs it. */
+export function createParser(argv: string[]) {
   const operands = splitOperands(argv);
   let parser = yargs(operands.args)
     .scriptName('roundtrip')
@@ -47,7 +52,7 @@ export async function main(argv: string[]): Promise<void> {
       if (typeof value === 'string' && value !== '' && !value.startsWith('formula:')) argv[key] = resolveModelPath(value);
     }
   });
-  await parser.parseAsync();
+  return parser;
 }
 
 if (require.main === module) {

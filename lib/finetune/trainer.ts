@@ -413,7 +413,7 @@ export function prepareRunFolder(c: FinetuneConfig, print: (line: string) => voi
   const removed = cleanTempLeftovers(c.output, 3);
   if (removed.length) print(`finetune: removed ${removed.length} temporary file(s) left by an interrupted write: ${removed.map((p) => path.relative(c.output, p)).join(', ')}`);
   if (c.resume) return;
-  const present = fs.readdirSync(c.output);
+  const present = fs.readdirSync(c.output).sort();
   if (present.length === 0) return;
   if (!c.overwrite) {
     throw new RoundtripError(

@@ -56,8 +56,8 @@ function sniffFormat(head: Uint8Array): string | undefined {
 function decodeProblem(input: string | Buffer, message: string): string {
   const bytes = typeof input === 'string' ? undefined : input;
   const trimmed = message.trim().replace(/:$/, '').trim();
-  const vague = !trimmed || /unknown error|corrupt header|read error|premature end|truncat|unexpected end|not enough/i.test(trimmed);
-  if (!bytes || !vague) return trimmed || 'the decoder gave no reason';
+  // Size refusals (decompression bombs) already say what is wrong.
+  if (!bytes || /pixel limit|too large|dimension/i.test(trimmed)) return trimmed || 'the decoder gave no reason';
   const format = sniffFormat(bytes);
   if (!format) {
     const hex = Array.from(bytes.subarray(0, 8), (b) => b.toString(16).padStart(2, '0')).join(' ');

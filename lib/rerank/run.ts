@@ -165,7 +165,7 @@ function blipSettings(direction: Direction, opts: RerankOptions, k: number): Bli
   const minLength = expectInteger('--min-length', opts.minLength ?? 5, { min: 0 });
   if (direction === 't2i2t') {
     // the paper captions each generated image with beam search (3 beams)
-    const numBeams = expectInteger('--num-beams', opts.numBeams ?? 3, { min: 1 });
+    const numBeams = expectBounded('--num-beams', opts.numBeams ?? 3, LIMITS.beams);
     return { strategy: 'beam', numBeams, repetitionPenalty: expectNumber('--repetition-penalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }), maxLength, minLength };
   }
   const strategy = expectOneOf('--strategy', opts.strategy ?? 'top-p', BLIP_STRATEGIES);
@@ -177,7 +177,7 @@ function blipSettings(direction: Direction, opts: RerankOptions, k: number): Bli
   else if (opts.topK !== undefined) s.topK = expectInteger('--top-k', opts.topK, { min: 0 });
   if (strategy === 'temperature') s.temperature = expectNumber('--temperature', opts.temperature ?? 0.7, { min: 0, exclusiveMin: true });
   if (strategy === 'beam') {
-    s.numBeams = expectInteger('--num-beams', opts.numBeams ?? Math.max(3, k), { min: 1 });
+    s.numBeams = expectBounded('--num-beams', opts.numBeams ?? Math.max(3, k), LIMITS.beams);
     if (k > s.numBeams) throw invalid('--k', `at most --num-beams (${s.numBeams}) with beam search`, k);
   }
   if (strategy === 'greedy' && k !== 1) throw invalid('--k', '1 with --strategy greedy (greedy decoding gives one caption)', k);

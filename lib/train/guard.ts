@@ -71,8 +71,9 @@ export function sumsOfSquares(tensors: Record<string, Tensor>): Record<string, n
   const temps: Tensor[] = [];
   try {
     const sums = names.map((n) => {
+      // In float64: a float32 weight of 1e20 is finite, its square is not.
       const d = tensors[n].detach();
-      const f = d.dtype === 'float32' || d.dtype === 'float64' ? d : d.to(undefined, 'float32');
+      const f = d.dtype === 'float64' ? d : d.to(undefined, 'float64');
       const sq = Tensor.op('pow', [f], { exponent: 2 });
       const s = sq.sum();
       temps.push(d, sq, s);
@@ -81,7 +82,7 @@ export function sumsOfSquares(tensors: Record<string, Tensor>): Record<string, n
     });
     const stacked = Tensor.stack(sums);
     temps.push(stacked);
-    const host = stacked.to('cpu', 'float64');
+    const host = stacked.to('cpu');
     temps.push(host);
     const values = host.toTypedArray() as Float64Array;
     return Object.fromEntries(names.map((n, i) => [n, values[i]]));
