@@ -55,7 +55,7 @@ function sniffFormat(head: Uint8Array): string | undefined {
  */
 function decodeProblem(input: string | Buffer, message: string): string {
   const bytes = typeof input === 'string' ? undefined : input;
-  const trimmed = message.trim().replace(/:$/, '').trim();
+  const trimmed = message.trim().replace(/:$/, '').replace(/^unknown error$/i, '').trim();
   // Size refusals (decompression bombs) already say what is wrong.
   if (!bytes || /pixel limit|too large|dimension/i.test(trimmed)) return trimmed || 'the decoder gave no reason';
   const format = sniffFormat(bytes);
