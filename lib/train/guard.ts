@@ -4,9 +4,10 @@
  * loss still looks fine (or whose gradient norm collapses to 0) is caught at the step it happens, not
  * checkpointed as "good".
  *
- * The tensor check is one pass: each tensor's sum of squares on the device, stacked, one host read. A
- * tensor trips when that is not finite or its RMS exceeds `weightBound` (published weights have RMS well
- * under 1; 1e4 is far outside anything trained and well inside float32, whose squares overflow at ~1e19).
+ * The tensor check is one pass: each tensor's sum of squares on the device (in float64, so a finite 1e20
+ * weight is reported as 1e20, not as an overflow), stacked, one host read. A tensor trips when that is not
+ * finite or its RMS exceeds `weightBound` (published weights have RMS well under 1; 1e4 is far outside
+ * anything trained).
  * Checkpoints written after a passing check carry `verified: true` in state.json; rollbacks only go to those.
  *
  * Policies (`nanPolicy`): `stop` (default) ends the run with the report; `skip-batch` rolls back and
