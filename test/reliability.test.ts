@@ -88,7 +88,7 @@ describe('non-finite guard', () => {
       },
     });
     const err = await run.then(() => undefined, (e: Error) => e);
-    expect(err?.message).toMatch(new RegExp(`step 3: trained tensor 'blip:${victim.replace(/\./g, '\\.')}' has RMS 3\\.000e\\+29`));
+    expect(err?.message).toMatch(new RegExp(`step 3: trained tensor 'blip:${victim.replace(/\./g, '\\.')}' reached max \\|w\\| 3\\.000e\\+29`));
     expect(err?.message).toMatch(/--nan-policy stop; the state was not saved; the last verified checkpoint is .*step-00000002/);
     expect(listCheckpoints(out)).toEqual(['step-00000001', 'step-00000002']);
     expect(resolveCheckpoint('latest', out)).toMatch(/step-00000002$/);
@@ -97,13 +97,13 @@ describe('non-finite guard', () => {
     expect(stepRows(out).map((r) => r.step)).toEqual([1, 2]);
   });
 
-  test('checkTensors names the tensor; NaN and out-of-bound RMS both trip', () => {
+  test('checkTensors names the tensor; NaN and out-of-bound weights both trip', () => {
     const ok = Tensor.fromTypedArray(new Float32Array([0.1, -0.2]), [2]);
     const nan = Tensor.fromTypedArray(new Float32Array([0.1, NaN]), [2]);
     const big = Tensor.fromTypedArray(new Float32Array([2e4, 2e4]), [2]);
     expect(checkTensors(5, { a: ok })).toBeUndefined();
     expect(checkTensors(5, { a: ok, b: nan })?.message).toMatch(/step 5: trained tensor 'b' is not finite/);
-    expect(checkTensors(5, { a: ok, c: big })?.message).toMatch(/'c' has RMS 2\.000e\+4 \(bound 1\.000e\+4/);
+    expect(checkTensors(5, { a: ok, c: big })?.message).toMatch(/'c' reached max \|w\| 2\.000e\+4 \(bound 1\.000e\+4/);
     expect(checkTensors(5, { c: big }, 1e5)).toBeUndefined();
     [ok, nan, big].forEach((t) => t.dispose());
   });

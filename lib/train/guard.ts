@@ -4,10 +4,9 @@
  * loss still looks fine (or whose gradient norm collapses to 0) is caught at the step it happens, not
  * checkpointed as "good".
  *
- * The tensor check is one pass: each tensor's sum of squares on the device (in float64, so a finite 1e20
- * weight is reported as 1e20, not as an overflow), stacked, one host read. A tensor trips when that is not
- * finite or its RMS exceeds `weightBound` (published weights have RMS well under 1; 1e4 is far outside
- * anything trained).
+ * Every step checks its numbers and the step's largest |w| (measured inside the native step, no extra host
+ * read); before a checkpoint or export every trained tensor is checked by itself: finite, max |w| ≤
+ * `weightBound` (published weights stay well under 100; 1e4 is far outside anything trained).
  * Checkpoints written after a passing check carry `verified: true` in state.json; rollbacks only go to those.
  *
  * Policies (`nanPolicy`): `stop` (default) ends the run with the report; `skip-batch` rolls back and
@@ -63,47 +62,27 @@ export function checkStepNumbers(n: StepNumbers): GuardTrip | undefined {
 }
 
 /**
- * Sums of squares of tensors in one host read (`precomputed` values, e.g. norms² the native step already
- * returned, are used as they are).
+ * Checks trained tensors one by one: each finite with max |w| ≤ bound (one host read per tensor, so this runs
+ * when tensors are about to be saved or a trip needs a name, not every step).
  */
-export function sumsOfSquares(tensors: Record<string, Tensor>): Record<string, number> {
-  const names = Object.keys(tensors);
-  if (names.length === 0) return {};
-  const temps: Tensor[] = [];
-  try {
-    const sums = names.map((n) => {
-      // In float64: a float32 weight of 1e20 is finite, its square is not.
-      const d = tensors[n].detach();
-      const f = d.dtype === 'float64' ? d : d.to(undefined, 'float64');
-      const sq = Tensor.op('pow', [f], { exponent: 2 });
-      const s = sq.sum();
-      temps.push(d, sq, s);
-      if (f !== d) temps.push(f);
-      return s;
-    });
-    const stacked = Tensor.stack(sums);
-    temps.push(stacked);
-    const host = stacked.to('cpu');
-    temps.push(host);
-    const values = host.toTypedArray() as Float64Array;
-    return Object.fromEntries(names.map((n, i) => [n, values[i]]));
-  } finally {
-    disposeAll(temps);
-  }
-}
-
-/** Checks updated tensors: each finite with RMS ≤ bound. */
-export function checkTensors(step: number, tensors: Record<string, Tensor>, bound = DEFAULT_WEIGHT_BOUND, sums = sumsOfSquares(tensors)): GuardTrip | undefined {
-  for (const [name, ss] of Object.entries(sums)) {
-    const numel = tensors[name]?.numel ?? 1;
-    const rms = Math.sqrt(ss / Math.max(1, numel));
-    if (!Number.isFinite(rms) || rms > bound) {
+export function checkTensors(step: number, tensors: Record<string, Tensor>, bound = DEFAULT_WEIGHT_BOUND): GuardTrip | undefined {
+  for (const [name, t] of Object.entries(tensors)) {
+    const zeros = Tensor.zeros(t.shape, { dtype: t.dtype, device: t.device });
+    let stats: { maxAbs: number; bad: number };
+    try {
+      // |w − 0| ≤ bound elementwise; NaN counts as bad (compare flags NaN against a non-NaN reference).
+      stats = t.detach().compare(zeros, bound, 0);
+    } finally {
+      zeros.dispose();
+    }
+    if (stats.bad > 0) {
+      const finite = Number.isFinite(stats.maxAbs) && stats.maxAbs > bound;
       return {
         step,
         kind: 'tensor',
         name,
-        value: rms,
-        message: `step ${step}: trained tensor '${name}' ${Number.isFinite(rms) ? `has RMS ${fmt(rms)} (bound ${fmt(bound)}, --weight-bound)` : 'is not finite (NaN or Inf after the update)'}`,
+        value: stats.maxAbs,
+        message: `step ${step}: trained tensor '${name}' ${finite ? `reached max |w| ${fmt(stats.maxAbs)} (bound ${fmt(bound)}, --weight-bound)` : 'is not finite (NaN or Inf)'}`,
       };
     }
   }
@@ -112,29 +91,47 @@ export function checkTensors(step: number, tensors: Record<string, Tensor>, boun
 
 /** Per-tensor gradient norms, to name the tensor behind a bad gradient norm (only on a trip: one read per tensor). */
 export function worstGradient(tensors: Record<string, Tensor>): { name: string; norm: number } | undefined {
-  let worst: { name: string; norm: number } | undefined;
   for (const [name, t] of Object.entries(tensors)) {
     const norm = (native() as any).op('gradNorm', [t.handle], '{}') as number;
     if (!Number.isFinite(norm)) return { name, norm };
-    if (!worst || norm > worst.norm) worst = { name, norm };
   }
-  return worst;
+  return undefined;
+}
+
+export interface GuardOptions {
+  weightBound?: number;
+  /** The step's largest |w| before its update, when the (native) step measured it. */
+  paramMaxAbs?: number;
+  /** false when the step itself refused the update (the native step does on non-finite values). */
+  applied?: boolean;
+  /** Check every tensor (before a checkpoint or an export). */
+  verifyTensors?: boolean;
 }
 
 /**
- * The whole after-step check: numbers first (cheap), then the tensors. A gradient trip names the tensor
- * whose gradient is bad when `tensors` still hold their gradients.
+ * The whole after-step check: the numbers (loss, terms, gradient norms), the step's largest |w|, then — when
+ * the state is about to be saved — every tensor. A trip names the step and the term, gradient or tensor.
  */
-export function guardStep(n: StepNumbers, tensors: Record<string, Tensor>, opts: { weightBound?: number; sums?: Record<string, number> } = {}): GuardTrip | undefined {
+export function guardStep(n: StepNumbers, tensors: Record<string, Tensor>, opts: GuardOptions = {}): GuardTrip | undefined {
+  const bound = opts.weightBound ?? DEFAULT_WEIGHT_BOUND;
   const trip = checkStepNumbers(n);
   if (trip) {
     if (trip.kind === 'grad') {
       const worst = worstGradient(tensors);
-      if (worst && !Number.isFinite(worst.norm)) trip.message += `; first non-finite gradient: '${worst.name}'`;
+      if (worst) trip.message += `; first non-finite gradient: '${worst.name}'`;
     }
     return trip;
   }
-  return checkTensors(n.step, tensors, opts.weightBound ?? DEFAULT_WEIGHT_BOUND, opts.sums ?? sumsOfSquares(tensors));
+  const max = opts.paramMaxAbs;
+  if (max !== undefined && !(max <= bound)) {
+    const named = checkTensors(n.step, tensors, bound);
+    const msg = `step ${n.step}: the trained weights reached max |w| ${fmt(max)} before this step's update (bound ${fmt(bound)}, --weight-bound)`;
+    return named ? { ...named, message: `${msg}; ${named.message.replace(/^step \d+: /, 'now ')}` } : { step: n.step, kind: 'tensor', name: 'weights', value: max, message: msg };
+  }
+  if (opts.applied === false) {
+    return checkTensors(n.step, tensors, bound) ?? { step: n.step, kind: 'grad', name: 'update', value: NaN, message: `step ${n.step}: the step refused its update (non-finite values inside it)` };
+  }
+  return opts.verifyTensors ? checkTensors(n.step, tensors, bound) : undefined;
 }
 
 /** The error a `stop` (or an exhausted retry budget) ends the run with. */
