@@ -16,6 +16,7 @@ export const FINETUNE_FLAGS = [
   'lrSchedule', 'warmupSteps', 'minLr', 'batchSize', 'gradAccum', 'epochs', 'maxSteps', 'sdSize', 'sdRandomCrop', 'sdFlip', 'blipSize',
   'blipMinScale', 'prefetch', 'checkpointEvery', 'keepLast', 'resume', 'progress', 'threads', 'precision', 'gradientCheckpointing', 'cacheLatents', 'prompt',
   'overwrite', 'nanPolicy', 'nanRetries', 'nanLrFactor', 'weightBound',
+  'softFraming', 'clipPadding', 'recTxtNormalize', 'clipMode', 'blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip',
 ] as const;
 
 /** Reads a config file: `.yaml`/`.yml` as YAML, anything else as JSON. */
@@ -97,6 +98,14 @@ const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: str
   softMode: ['string', 'Soft caption: probs (the release) or logits'],
   recTxtMode: ['string', 'L_rec_txt estimate: x0 (the paper) or ddpm-step (the release)'],
   labelSmoothing: ['number', 'Label smoothing of L_cap'],
+  softFraming: ['string', "Soft caption framing: padded (77 rows like SD's ids) or release (BOS + rows + EOS)"],
+  clipPadding: ['string', "SD's CLIP ids padded to 77 (max) or to the batch's longest caption (longest, the release)"],
+  recTxtNormalize: ['boolean', "CLIP mean/std on L_rec_txt's decoded estimate (--no-rec-txt-normalize: the release's raw pixels)"],
+  clipMode: ['string', 'Gradient clipping: global (one norm over both models) or per-model (the release: --blip-clip / --unet-clip)'],
+  blipWeightDecay: ['number', 'AdamW weight decay of BLIP (default: --weight-decay)'],
+  unetWeightDecay: ['number', 'AdamW weight decay of the UNet (default: --weight-decay)'],
+  blipClip: ['number', 'Gradient norm clip of BLIP under --clip-mode per-model (default: --clip)'],
+  unetClip: ['number', 'Gradient norm clip of the UNet under --clip-mode per-model (default: --clip)'],
   lr: ['number', 'Peak learning rate (AdamW)'],
   beta1: ['number', 'AdamW beta1'],
   beta2: ['number', 'AdamW beta2'],
