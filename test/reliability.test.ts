@@ -18,6 +18,7 @@ import { checkOutputDir, cleanTempLeftovers } from '../lib/fsutil';
 import { LIMITS, checkMemory, expectBounded, memoryCeiling } from '../lib/limits';
 import { captionImages } from '../lib/commands/caption';
 import { runGenerate } from '../lib/commands/generate';
+import { rerankI2t2i } from '../lib/rerank';
 import { createParser, splitOperands } from '../lib/cli';
 import { saveTensors } from '../lib/weights/save';
 import { Tensor } from '../lib/tensor';
@@ -217,6 +218,7 @@ describe('bounded work and outputs', () => {
     await expect(runGenerate({ ...gen, out: path.join(root, 'gen'), height: 100000 })).rejects.toThrow(/--height: 100000 is over the limit of 8192/);
     await withLimit('1M', () => expect(runGenerate({ ...gen, out: path.join(root, 'gen'), batch: 64 })).rejects.toThrow(/generate: 1 prompt\(s\) × --batch 64 at .*: needs about .*give fewer prompts per call, or lower --batch/));
     expect(() => expectBounded('--steps', 5000, LIMITS.steps)).toThrow(/--steps: 5000 is over the limit of 1000/);
+    await expect(rerankI2t2i({ out: path.join(root, 'rr-big'), blip: blipDir, sd: sdDir, images: path.join(root, 'images'), k: 5000 })).rejects.toThrow(/--k: 5000 is over the limit of 1000/);
     expect(memoryCeiling({ ROUNDTRIP_MEMORY_LIMIT: '2G' }).bytes).toBe(2 ** 31);
     expect(() => memoryCeiling({ ROUNDTRIP_MEMORY_LIMIT: 'lots' })).toThrow(/ROUNDTRIP_MEMORY_LIMIT: expected bytes or a size like 16G/);
     expect(() => checkMemory('x', 2 ** 40, 'lower it', { ROUNDTRIP_MEMORY_LIMIT: '1G' })).toThrow(/x: needs about 1024\.0 GB of memory, over the ceiling of 1\.0 GB/);
@@ -269,6 +271,14 @@ describe('messages', () => {
     const target = path.join(root, 'no-tensors.safetensors');
     await expect(convertToSafetensors(ckpt, target)).rejects.toThrow(/no-tensors\.pt: holds no tensors \(only 1 other entry: epoch\); nothing to convert/);
     expect(fs.existsSync(target)).toBe(false);
+  });
+
+  test('a prompt over 77 CLIP tokens is truncated with a warning, not silently', async () => {
+    const long = Array.from({ length: 90 }, (_, i) => `word${i}`).join(' ');
+    const lines: string[] = [];
+    const files = await runGenerate({ prompts: [long], model: sdDir, out: path.join(root, 'long'), steps: 1, guidance: 1, seed: 0, batch: 1, device: 'cpu' }, { write: (s: string) => void lines.push(s) });
+    expect(files).toHaveLength(1);
+    expect(lines.join('')).toMatch(/roundtrip: warning: PROMPT 1: the prompt has \d+ CLIP tokens; Stable Diffusion truncates it to 77/);
   });
 
   test('POSIX -- ends options: operands may start with a dash', () => {
