@@ -160,17 +160,32 @@ maybe('finetune', () => {
     const r = rng(SEED);
     const ckDir = path.join(out, 'checkpoints');
     const modes = ['checkpoint', 'random', 'checkpoint', 'random', 'export'] as const;
+    const latestFile = path.join(ckDir, 'latest');
+    const latestStep = () => {
+      try {
+        return Number(/step-(\d+)/.exec(fs.readFileSync(latestFile, 'utf8'))![1]);
+      } catch {
+        return 0;
+      }
+    };
+    const rowsPast = (s: number) => (fs.existsSync(path.join(out, 'log.jsonl')) ? new RunLog(path.join(out, 'log.jsonl')).stepRows<{ step: number }>().filter((x) => x.step > s).length : 0);
     let kills = 0;
     for (let i = 0; i < 12; i++) {
       const mode = modes[kills % modes.length];
-      const resume = fs.existsSync(path.join(ckDir, 'latest')) ? ['--resume', 'latest'] : ['--overwrite'];
-      // Checkpoint kills land while a checkpoint folder is being written (its .tmp name exists).
-      const inCheckpoint = () => fs.existsSync(ckDir) && fs.readdirSync(ckDir).some((n) => /\.tmp-\d+$/.test(n));
+      const resume = fs.existsSync(latestFile) ? ['--resume', 'latest'] : ['--overwrite'];
+      const base = latestStep();
+      // checkpoint: while the (d+1)-th checkpoint of this run is being written (its .tmp folder exists), so the
+      // chain resumes from 0, 1 or more steps further each time; random: a seeded delay after this run's first step.
+      const d = r.int(0, 2);
+      const extra = r.int(0, 1500);
+      let armed = 0;
+      const inCheckpoint = () => latestStep() >= base + d && fs.existsSync(ckDir) && fs.readdirSync(ckDir).some((n) => /\.tmp-\d+$/.test(n));
+      const atRandom = () => {
+        if (!armed && rowsPast(base) >= 1) armed = Date.now();
+        return armed > 0 && Date.now() - armed >= extra;
+      };
       const inExport = () => fs.existsSync(path.join(out, 'export'));
-      const e = await cli([...flags(out), '--checkpoint-every', '1', ...resume], {
-        killIf: mode === 'checkpoint' ? inCheckpoint : mode === 'export' ? inExport : undefined,
-        killAtMs: mode === 'random' ? r.int(1500, 7000) : undefined,
-      });
+      const e = await cli([...flags(out), '--checkpoint-every', '1', ...resume], { killIf: mode === 'checkpoint' ? inCheckpoint : mode === 'export' ? inExport : atRandom });
       await assertIntact(out);
       if (process.env.FAULT_PRINT) process.stderr.write(`finetune trial ${i}: ${mode} ${resume.join(' ')} killed=${e.killed} latest=${fs.existsSync(path.join(ckDir, 'latest')) ? fs.readFileSync(path.join(ckDir, 'latest'), 'utf8').trim() : '-'} rows=${JSON.stringify(new RunLog(path.join(out, 'log.jsonl')).rows().map((x) => x.event ?? x.step))}\n`);
       if (!e.killed) {
