@@ -513,6 +513,8 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   const result: FinetuneResult = { steps: 0, losses: [], logs: [], exported: {}, interrupted: false, validation: [], rollbacks: [] };
   let best = -Infinity;
   let savedStep = -1;
+  /** The step whose tensors the guard last checked one by one (checkpoints only hold checked tensors). */
+  let verifiedStep = -1;
   /** Loads a checkpoint's tensors, optimizer state and loop position into the running models. */
   const restore = async (dir: string, what: string): Promise<Record<string, unknown>> => {
     const ck = await loadCheckpoint(dir);
@@ -528,6 +530,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
       epoch = Number(ck.state.epoch);
       position = Number(ck.state.position);
       savedStep = step;
+      verifiedStep = step;
       return ck.state;
     } finally {
       disposeCheckpoint(ck);
@@ -566,6 +569,11 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   process.on('SIGTERM', onSignal);
 
   const checkpoint = async (dirRun = c.output, keepLast = c.keepLast, extra: Record<string, unknown> = {}): Promise<string> => {
+    if (verifiedStep !== step) {
+      const trip = checkTensors(step, all, c.weightBound);
+      if (trip) throw guardError(trip, lastVerifiedCheckpoint(c.output), 'stop', 0);
+      verifiedStep = step;
+    }
     const data: CheckpointData = {
       tensors: { blip: blipParams, unet: unetParams },
       optimizers: Object.fromEntries(Object.entries(optimizers).map(([k, o]) => [k, o!.exportState()])),
@@ -584,6 +592,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   if (!c.resume && c.nanPolicy !== 'stop') {
     const trip = checkTensors(0, all, c.weightBound);
     if (trip) throw new RoundtripError(`finetune: the base weights already fail the guard: ${trip.message}`);
+    verifiedStep = 0;
     await checkpoint();
   }
 
@@ -655,6 +664,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         applied: stats.applied,
         verifyTensors: saving,
       });
+      if (!trip && saving) verifiedStep = step;
       if (trip) {
         trips++;
         const back = lastVerifiedCheckpoint(c.output);
