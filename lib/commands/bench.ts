@@ -44,7 +44,7 @@ export const command: CommandModule<{}, any> = {
       .option('cache', { type: 'string', describe: 'components: folder for the random-weight models (default $TMPDIR/roundtrip-bench)' })
       .option('steps', { type: 'number', default: 5, describe: 'finetune: timed steps per variant' })
       .option('warmup', { type: 'number', default: 1, describe: 'Untimed runs first' })
-      .option('json', { type: 'boolean', default: false });
+      .option('json', { type: 'boolean', default: false, describe: 'Print the table as JSON' });
   },
   handler: async (argv) => {
     if (argv.what === 'finetune') {

@@ -10,6 +10,7 @@ namespace rt {
 void InitOps(Napi::Env env, Napi::Object exports);
 void InitModelHandle(Napi::Env env, Napi::Object exports);
 void InitOptim(Napi::Env env, Napi::Object exports);
+void InitJoint(Napi::Env env, Napi::Object exports);
 json model_kinds_json() { return model_kinds(); }
 
 // memoryStats() -> {liveBytes, cachedBytes, peakBytes, hits, misses, evictions} of the large-block cache.
@@ -37,6 +38,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rt::InitOps(env, exports);
   rt::InitModelHandle(env, exports);
   rt::InitOptim(env, exports);
+  rt::InitJoint(env, exports);
   exports.Set("memoryStats", Napi::Function::New(env, rt::MemoryStatsJs));
   exports.Set("releaseMemory", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 rt::release_cached_memory();
