@@ -62,11 +62,13 @@ class CachingCpuAllocator final : public at::Allocator {
  public:
   explicit CachingCpuAllocator(at::Allocator* fallback) : fallback_(fallback) {}
 
-  at::DataPtr allocate(size_t n) const override {
+  // libtorch < 2.3 declares allocate() const, later versions non-const: whichever the base has is overridden.
+  at::DataPtr allocate(size_t n) const {
     if (n < kLargeBlock) return fallback_->allocate(n);
     void* p = self().take(n);
     return {p, p, &free_any, at::Device(at::kCPU)};
   }
+  at::DataPtr allocate(size_t n) { return static_cast<const CachingCpuAllocator*>(this)->allocate(n); }
   at::DeleterFnPtr raw_deleter() const override { return &free_any; }
   // libtorch >= 2.3 asks allocators to copy their own blocks.
   void copy_data(void* dest, const void* src, std::size_t count) const { std::memcpy(dest, src, count); }
