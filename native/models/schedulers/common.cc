@@ -31,7 +31,7 @@ void refuse(const Config& cfg, const std::string& key, const std::string& why) {
 }
 
 Config read_config(const json& c, const std::string& class_name, const std::set<std::string>& own, const std::string& default_spacing,
-                   const std::vector<std::string>& beta_schedules) {
+                   const std::vector<std::string>& beta_schedules, std::pair<double, double> beta_defaults) {
   if (!c.is_object()) throw Error("scheduler config: expected a JSON object (scheduler_config.json)");
   Config cfg;
   cfg.class_name = class_name;
@@ -44,8 +44,8 @@ Config read_config(const json& c, const std::string& class_name, const std::set<
       throw Error("scheduler config (" + class_name + "): unknown key '" + k + "' (not a diffusers 0.25.1 scheduler option)");
   }
   cfg.num_train_timesteps = key<int64_t>(cfg, "num_train_timesteps", 1000);
-  cfg.beta_start = key<double>(cfg, "beta_start", 0.0001);
-  cfg.beta_end = key<double>(cfg, "beta_end", 0.02);
+  cfg.beta_start = key<double>(cfg, "beta_start", beta_defaults.first);
+  cfg.beta_end = key<double>(cfg, "beta_end", beta_defaults.second);
   cfg.beta_schedule = key<std::string>(cfg, "beta_schedule", "linear");
   cfg.timestep_spacing = key<std::string>(cfg, "timestep_spacing", default_spacing);
   cfg.prediction_type = key<std::string>(cfg, "prediction_type", "epsilon");
@@ -214,8 +214,9 @@ Pred predict(const std::string& type, const at::Tensor& out, const at::Tensor& s
 
 // ---------------------------------------------------------------------------------------------------------
 AlphaScheduler::AlphaScheduler(const json& c, const std::string& class_name, const std::set<std::string>& own,
-                               const std::string& default_spacing, const std::vector<std::string>& beta_schedules)
-    : cfg_(read_config(c, class_name, own, default_spacing, beta_schedules)) {
+                               const std::string& default_spacing, const std::vector<std::string>& beta_schedules,
+                               std::pair<double, double> beta_defaults)
+    : cfg_(read_config(c, class_name, own, default_spacing, beta_schedules, beta_defaults)) {
   make_tables(cfg_, betas, alphas_cumprod);
   num_train_timesteps = cfg_.num_train_timesteps;
   prediction_type = cfg_.prediction_type;
@@ -244,8 +245,8 @@ std::vector<int64_t> AlphaScheduler::integer_timesteps(int64_t n) const {
 
 // ---------------------------------------------------------------------------------------------------------
 SigmaScheduler::SigmaScheduler(const json& c, const std::string& class_name, const std::set<std::string>& own,
-                               const std::vector<std::string>& beta_schedules)
-    : AlphaScheduler(c, class_name, own, "linspace", beta_schedules) {
+                               const std::vector<std::string>& beta_schedules, std::pair<double, double> beta_defaults)
+    : AlphaScheduler(c, class_name, own, "linspace", beta_schedules, beta_defaults) {
   // Zero terminal SNR makes σ_T infinite; diffusers (Euler, Euler ancestral) sets ᾱ_T = 2^-24 instead.
   if (cfg_.rescale_betas_zero_snr) alphas_cumprod.select(0, -1).fill_(std::ldexp(1.0, -24));
   at::Tensor s = ((1 - alphas_cumprod) / alphas_cumprod).pow(0.5).contiguous();
@@ -330,6 +331,9 @@ int64_t Scheduler::img2img_begin_index(double strength) const {
   const int64_t n = num_inference_steps;
   const int64_t init_timestep = std::min(static_cast<int64_t>(double(n) * strength), n);
   const int64_t t_start = std::max<int64_t>(n - init_timestep, 0);
+  if (t_start * order >= timesteps.size(0))
+    throw Error("strength " + std::to_string(strength) + " leaves none of the " + std::to_string(n) +
+                " steps to run (img2img needs strength >= 1/steps)");
   return t_start * order;
 }
 

@@ -28,8 +28,10 @@ struct Config {
 // Validates `c` against the class's own keys (`own`, beyond the shared ones): a key of another diffusers
 // scheduler class is ignored as from_config ignores it, anything else is refused by name. Then reads the shared
 // keys. `beta_schedules`: the schedules this class accepts ("exp" is Heun's only).
+// `beta_defaults`: the class's beta_start / beta_end defaults (Heun's differ: 0.00085, 0.012).
 Config read_config(const json& c, const std::string& class_name, const std::set<std::string>& own, const std::string& default_spacing,
-                   const std::vector<std::string>& beta_schedules = {"linear", "scaled_linear", "squaredcos_cap_v2"});
+                   const std::vector<std::string>& beta_schedules = {"linear", "scaled_linear", "squaredcos_cap_v2"},
+                   std::pair<double, double> beta_defaults = {0.0001, 0.02});
 // The value of a per-scheduler key with its diffusers default; a JSON null reads as the default (None).
 template <typename T>
 T key(const Config& cfg, const char* name, T def) {
@@ -83,7 +85,8 @@ Pred predict(const std::string& type, const at::Tensor& out, const at::Tensor& s
 class AlphaScheduler : public Scheduler {
  public:
   AlphaScheduler(const json& c, const std::string& class_name, const std::set<std::string>& own, const std::string& default_spacing,
-                 const std::vector<std::string>& beta_schedules = {"linear", "scaled_linear", "squaredcos_cap_v2"});
+                 const std::vector<std::string>& beta_schedules = {"linear", "scaled_linear", "squaredcos_cap_v2"},
+                 std::pair<double, double> beta_defaults = {0.0001, 0.02});
   int64_t timestep_at(int64_t i) const { return timesteps[i].item<int64_t>(); }
   // T // n: diffusers' previous-timestep stride for DDPM/DDIM/PNDM, whatever the spacing.
   int64_t stride() const { return num_train_timesteps / num_inference_steps; }
@@ -100,7 +103,8 @@ class AlphaScheduler : public Scheduler {
 class SigmaScheduler : public AlphaScheduler {
  public:
   SigmaScheduler(const json& c, const std::string& class_name, const std::set<std::string>& own,
-                 const std::vector<std::string>& beta_schedules = {"linear", "scaled_linear", "squaredcos_cap_v2"});
+                 const std::vector<std::string>& beta_schedules = {"linear", "scaled_linear", "squaredcos_cap_v2"},
+                 std::pair<double, double> beta_defaults = {0.0001, 0.02});
   float sigma(int64_t i) const { return sigmas.data_ptr<float>()[i]; }
   at::Tensor scale_model_input(const at::Tensor& sample, int64_t i) override;
   // x_t = x0 + σ·n, σ of the first schedule entry holding each timestep.

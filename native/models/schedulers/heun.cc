@@ -19,7 +19,7 @@ class Heun : public SigmaScheduler {
  public:
   explicit Heun(const json& c)
       : SigmaScheduler(c, "HeunDiscreteScheduler", {"use_karras_sigmas", "clip_sample", "clip_sample_range"},
-                       {"linear", "scaled_linear", "squaredcos_cap_v2", "exp"}) {
+                       {"linear", "scaled_linear", "squaredcos_cap_v2", "exp"}, {0.00085, 0.012}) {
     karras_ = key<bool>(cfg_, "use_karras_sigmas", false);
     clip_sample_ = key<bool>(cfg_, "clip_sample", false);
     clip_range_ = key<double>(cfg_, "clip_sample_range", 1.0);
