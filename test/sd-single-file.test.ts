@@ -9,6 +9,7 @@ import * as path from 'path';
 import { convertCommand } from '../lib/commands/weights-files';
 import { inferSingleFileConfigs, writeDiffusersFolder } from '../lib/models/sd/single-file';
 import { DEFAULT_CLIP_TOKENIZER, StableDiffusionPipeline } from '../lib/models/sd/pipeline';
+import { Scheduler } from '../lib/models/sd/schedulers';
 import { disposeAll, noGrad, Tensor } from '../lib/tensor';
 import { loadSafetensors, readSafetensorsHeader } from '../lib/weights/safetensors';
 import { CHECKPOINTS } from './support/paths';
@@ -118,6 +119,42 @@ test('img2img: strength sets the start step; runs from the init image; determini
     await expect(pipe.generate(['a red cube'], { ...GEN, steps: 4, initImage: png, strength: 0.1 })).rejects.toThrow(/strength/);
     disposeAll([txt.images, half, again, full]);
   } finally {
+    pipe.dispose();
+  }
+});
+
+test('the native guided loop starts mid-schedule from init latents (img2img) like the per-step scheduler API', async () => {
+  const pipe = await StableDiffusionPipeline.load(path.join(DIR, 'model.ckpt'), { configs: DIR });
+  const sched = await Scheduler.create('dpm++', pipe.schedulerConfig);
+  try {
+    await noGrad(async () => {
+      const cond = await pipe.encodePrompts(['a red cube']);
+      const init = Tensor.randn([1, 4, 8, 8], 1);
+      const noise = Tensor.randn([1, 4, 8, 8], 2);
+      const native = await pipe.unet.model.call(
+        'sample',
+        { latents: noise, cond_embeds: cond, init_latents: init },
+        { scheduler: 'dpmsolver', scheduler_config: pipe.schedulerConfig, steps: 6, strength: 0.5, guidance: 1 },
+      );
+      const s = await sched.setTimesteps(6, { strength: 0.5 });
+      expect(s.beginIndex).toBe(3);
+      const t0 = s.timesteps.select(0, s.beginIndex);
+      const tb = Tensor.stack([t0]);
+      let x = await sched.addNoise(init, noise, tb);
+      for (let i = s.beginIndex; i < s.timesteps.shape[0]; i++) {
+        const t = s.timesteps.select(0, i);
+        const input = await sched.scaleModelInput(x, i);
+        const eps = (await pipe.unet.forward(input, t, cond)).sample;
+        const r = await sched.step(eps, i, x);
+        disposeAll([t, input, eps, x, r.predOriginalSample]);
+        x = r.prevSample;
+      }
+      expect(Array.from(native.timesteps.toTypedArray() as BigInt64Array, Number)).toEqual(Array.from(s.timesteps.toTypedArray() as BigInt64Array, Number));
+      expect(native.latents.compare(x, 1e-5, 1e-5).bad).toBe(0);
+      disposeAll([native, s.timesteps, s.sigmas, s.alphasCumprod, s.betas, t0, tb, x, cond, init, noise]);
+    });
+  } finally {
+    sched.dispose();
     pipe.dispose();
   }
 });
