@@ -55,7 +55,7 @@ export const command: CommandModule<{}, any> = {
       .option('caption', { type: 'string', describe: 'Caption to score: SD redraws it, distance to --image' })
       .option('text', { type: 'string', describe: 'Mirror: BLIP captions --image, distance to this text' })
       .option('batch', { type: 'string', describe: 'JSON list of {image, caption} or {text, image}' })
-      .option('blip', { type: 'string', describe: 'BLIP folder (mirror form)' })
+      .option('blip', { type: 'string', describe: 'Captioner folder, BLIP or BLIP-2 OPT (mirror form)' })
       .option('sd', { type: 'string', describe: 'Stable Diffusion folder (caption form)' })
       .option('clip', { type: 'string', describe: 'CLIP folder' })
       .option('dino', { type: 'string', describe: 'DINO folder' })
