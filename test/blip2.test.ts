@@ -13,10 +13,11 @@ import { VitModel } from '../lib/models/vit';
 import { captionImages } from '../lib/commands/caption';
 import { saveRgbPng } from '../lib/image';
 import { Tensor, disposeAll, noGrad } from '../lib/tensor';
-import { hfWeightFiles } from '../lib/weights/files';
+import { convertShardedCheckpoint, hfWeightFiles } from '../lib/weights/files';
+import { inspectWeightsFile } from '../lib/commands/weights-files';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
-import { REFERENCE, VOCAB } from './support/paths';
+import { CHECKPOINTS, REFERENCE, VOCAB } from './support/paths';
 
 const CASE = path.join(REFERENCE, 'blip2-opt');
 const config = JSON.parse(fs.readFileSync(path.join(CASE, 'config.json'), 'utf8'));
@@ -119,6 +120,27 @@ describe('sharded loading', () => {
     } finally {
       disposeAll(weights);
     }
+  }, 60000);
+
+  it('a sharded PyTorch checkpoint converts shard by shard into a safetensors index', async () => {
+    const zoo = path.join(CHECKPOINTS, 'pickle-zoo');
+    const dir = path.join(tmp, 'bin-sharded');
+    fs.mkdirSync(dir, { recursive: true });
+    const shards = ['dtypes.pt', 'tied_weights.pt'];
+    const weightMap: Record<string, string> = {};
+    for (let i = 0; i < shards.length; i++) {
+      const name = `pytorch_model-0000${i + 1}-of-00002.bin`;
+      fs.copyFileSync(path.join(zoo, shards[i]), path.join(dir, name));
+      for (const t of (await inspectWeightsFile(path.join(dir, name))).tensors) weightMap[t.name] = name;
+    }
+    fs.writeFileSync(path.join(dir, 'pytorch_model.bin.index.json'), JSON.stringify({ weight_map: weightMap }));
+    const out = path.join(tmp, 'bin-converted');
+    const report = await convertShardedCheckpoint(path.join(dir, 'pytorch_model.bin.index.json'), out);
+    expect(report.shards.map((s) => path.basename(s.output))).toEqual(['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']);
+    const index = JSON.parse(fs.readFileSync(path.join(out, 'model.safetensors.index.json'), 'utf8'));
+    expect(Object.keys(index.weight_map).sort()).toEqual(Object.keys(weightMap).sort());
+    for (const [name, shard] of Object.entries<string>(weightMap)) expect(index.weight_map[name]).toBe(shard.replace('pytorch_model', 'model').replace('.bin', '.safetensors'));
+    expect(hfWeightFiles(out)).toEqual(report.shards.map((s) => s.output));
   }, 60000);
 
   it('PyTorch-only folders name the conversion to run', () => {

@@ -211,7 +211,9 @@ at::Tensor OptLayerImpl::forward(const at::Tensor& x, const at::Tensor& mask, Op
 }
 
 OptDecoderImpl::OptDecoderImpl(const OptConfig& c) {
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab, c.hidden));
+  // padding_idx = pad_token_id, as OPT builds it: the lookup gives that row no gradient (the tied LM head
+  // still does).
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(torch::nn::EmbeddingOptions(c.vocab, c.hidden).padding_idx(c.pad)));
   // OPTLearnedPositionalEmbedding: max_position_embeddings + 2 rows, looked up at position + 2.
   embed_positions = register_module("embed_positions", torch::nn::Embedding(c.max_positions + 2, c.hidden));
   if (c.final_layer_norm) final_layer_norm = register_module("final_layer_norm", opt_layer_norm(c));
