@@ -57,22 +57,6 @@ export const MODEL_ALIASES: Readonly<Record<string, ModelAlias>> = Object.freeze
     usedBy: ['caption', 'rerank', 'finetune'],
     weightDirs: [''],
   },
-  'blip2-opt-2.7b': {
-    kind: 'hub',
-    name: 'blip2-opt-2.7b',
-    repo: 'Salesforce/blip2-opt-2.7b',
-    description: 'BLIP-2 captioner, ViT-g + OPT-2.7b (3.74 B parameters, ~15 GB in fp32; sharded safetensors)',
-    usedBy: ['caption'],
-    weightDirs: [''],
-  },
-  'blip2-opt-6.7b': {
-    kind: 'hub',
-    name: 'blip2-opt-6.7b',
-    repo: 'Salesforce/blip2-opt-6.7b',
-    description: 'BLIP-2 captioner, ViT-g + OPT-6.7b (7.75 B parameters, ~31 GB in fp32; sharded safetensors)',
-    usedBy: ['caption'],
-    weightDirs: [''],
-  },
   'sd-v1-4': {
     kind: 'hub',
     name: 'sd-v1-4',
@@ -123,6 +107,22 @@ export const MODEL_ALIASES: Readonly<Record<string, ModelAlias>> = Object.freeze
     convertedName: 'weights-inception-2015-12-05.safetensors',
     description: 'FID Inception-v3 (2015-12-05 TensorFlow weights, torch-fidelity port)',
     usedBy: ['eval images'],
+  },
+  'blip2-opt-2.7b': {
+    kind: 'hub',
+    name: 'blip2-opt-2.7b',
+    repo: 'Salesforce/blip2-opt-2.7b',
+    description: 'BLIP-2 captioner, ViT-g + OPT-2.7b (3.74 B parameters, ~15 GB in fp32; sharded safetensors)',
+    usedBy: ['caption', 'rerank'],
+    weightDirs: [''],
+  },
+  'blip2-opt-6.7b': {
+    kind: 'hub',
+    name: 'blip2-opt-6.7b',
+    repo: 'Salesforce/blip2-opt-6.7b',
+    description: 'BLIP-2 captioner, ViT-g + OPT-6.7b (7.75 B parameters, ~31 GB in fp32; sharded safetensors)',
+    usedBy: ['caption', 'rerank'],
+    weightDirs: [''],
   },
 });
 
