@@ -66,7 +66,7 @@ export function hfWeightFiles(dir: string, stems: readonly string[] = ['model', 
     }
   }
   const wanted = stems.flatMap((s) => [`${s}.safetensors`, `${s}.safetensors.index.json`]).join(', ');
-  throw new RoundtripError(`${dir}: no weights found (expected one of ${wanted})`);
+  throw new RoundtripError(`${dir}: no weight file (expected one of ${wanted})`);
 }
 
 export interface ShardConversionReport {
