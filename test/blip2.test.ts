@@ -224,6 +224,33 @@ describe('config', () => {
   }, 60000);
 });
 
+describe('trainable sets (finetuning with BLIP-2 as captioner)', () => {
+  it.each([
+    ['xattn-q', /^qformer\.encoder\.layer\.\d+\.crossattention\.attention\.query\./],
+    ['projection', /^language_projection\./],
+  ] as const)('%s: a loss step gives gradients to exactly those tensors, the LM stays frozen', async (set, pattern) => {
+    const m = await Blip2.load(CASE);
+    try {
+      const names = m.setTrainable(set);
+      expect(names.length).toBeGreaterThan(0);
+      for (const n of names) expect(n).toMatch(pattern);
+      const loss = await m.loss({ pixelValues: io['input.pixel_values'], inputIds: io['input.input_ids'], attentionMask: io['input.attention_mask'], labels: io['input.labels'] });
+      await loss.backward();
+      const all = m.model.tensors();
+      for (const [name, t] of Object.entries(all)) {
+        const g = t.grad();
+        expect([name, g !== undefined && g !== null]).toEqual([name, names.includes(name)]);
+        g?.dispose();
+      }
+      disposeAll(Object.values(all));
+      loss.dispose();
+      expect(m.setTrainable('none')).toEqual([]);
+    } finally {
+      m.dispose();
+    }
+  });
+});
+
 describe('generation', () => {
   const pixels = () => io['input.pixel_values'];
 

@@ -99,6 +99,22 @@ export interface Blip2CaptionOptions extends Omit<Blip2GenerateOptions, 'prompt'
   onProgress?: (done: number, total: number) => void;
 }
 
+/**
+ * What finetuning may train in BLIP-2 (the OPT language model stays frozen): the Q-Former cross-attention
+ * query projections (default, the analogue of BLIP's cross-attention queries), the language projection, or
+ * nothing.
+ */
+export const BLIP2_TRAINABLE_SETS = ['xattn-q', 'projection', 'none'] as const;
+export type Blip2TrainableSet = (typeof BLIP2_TRAINABLE_SETS)[number];
+
+/** Parameter-name patterns of a trainable set. */
+export function blip2TrainablePatterns(set: Blip2TrainableSet = 'xattn-q'): string[] {
+  const s = expectOneOf('trainable set', set, BLIP2_TRAINABLE_SETS);
+  if (s === 'xattn-q') return ['^qformer\\.encoder\\.layer\\.\\d+\\.crossattention\\.attention\\.query\\.(weight|bias)$'];
+  if (s === 'projection') return ['^language_projection\\.(weight|bias)$'];
+  return [];
+}
+
 /** Is this parsed config.json a BLIP-2 one (and with which language model)? */
 export function isBlip2Config(config: any): boolean {
   return config?.model_type === 'blip-2' || (Array.isArray(config?.architectures) && config.architectures.some((a: string) => /^Blip2/.test(a)));
@@ -209,6 +225,12 @@ export class Blip2 {
   /** Parameter count (tied LM head counted once): 3,744,679,936 for blip2-opt-2.7b. */
   parameterCount(): number {
     return this.model.parameterCount();
+  }
+
+  /** Makes exactly a trainable set's tensors trainable (others frozen, no gradient buffers); returns their names. */
+  setTrainable(set: Blip2TrainableSet = 'xattn-q'): string[] {
+    this.model.setTrainable([]);
+    return this.model.setTrainable(blip2TrainablePatterns(set));
   }
 
   /** Vision tower: last_hidden_state [B, 1+N, Hv] (the Q-Former memory), pooler_output [B, Hv]. */
