@@ -295,7 +295,7 @@ describe('generation', () => {
     expect(() => blip2NativeGenerateOptions({ strategy: 'greedy', numReturnSequences: 2 })).toThrow(/numReturnSequences/);
     expect(() => blip2NativeGenerateOptions({ strategy: 'beam', numBeams: 2, numReturnSequences: 3 })).toThrow(/numBeams/);
     await expect(model.model.call('generate', { pixel_values: pixels() }, { no_repeat_ngram_size: 2 })).rejects.toThrow(/no_repeat_ngram_size/);
-    await expect(model.model.call('generate', { pixel_values: pixels() }, { max_new_tokens: 100 })).rejects.toThrow(/max_position_embeddings/);
+    await expect(model.model.call('generate', { pixel_values: pixels() }, { max_new_tokens: 100, min_new_tokens: 100 })).rejects.toThrow(/max_position_embeddings/);
   });
 });
 

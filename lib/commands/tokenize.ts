@@ -58,7 +58,7 @@ export function formatTokenizeReport(report: TokenizeReport): string {
 
 export const command: CommandModule<{}, any> = {
   command: 'tokenize <texts..>',
-  describe: 'Show the token ids and pieces of texts (BERT/BLIP or CLIP tokenizer)',
+  describe: 'Show the token ids and pieces of texts (BERT/BLIP, CLIP or OPT/BLIP-2 tokenizer)',
   builder: (y) =>
     y
       .positional('texts', { type: 'string', array: true, describe: 'Texts to tokenize' })

@@ -179,9 +179,16 @@ at::Tensor OptAttentionImpl::forward(const at::Tensor& x, const at::Tensor& mask
   at::Tensor ctx;
   if (q.device().is_cpu()) {
     // The reference path: scores + mask, clamped below at finfo.min (a fully masked row stays finite).
-    at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) + mask;
-    scores = at::clamp_min(scores, nn::mask_min(scores.scalar_type()));
-    ctx = at::matmul(scores.softmax(-1, at::kFloat).to(v.scalar_type()), v);
+    at::Tensor scores = at::matmul(q, k.transpose(-1, -2));
+    const double lo = nn::mask_min(scores.scalar_type());
+    if (!at::GradMode::is_enabled() && scores.scalar_type() == at::kFloat) {
+      // Inference: mask, clamp and softmax in place (no second scores-sized buffer per step).
+      scores.add_(mask).clamp_min_(lo);
+      at::_softmax_out(scores, scores, -1, false);
+      ctx = at::matmul(scores.to(v.scalar_type()), v);
+    } else {
+      ctx = at::matmul(at::clamp_min(scores + mask, lo).softmax(-1, at::kFloat).to(v.scalar_type()), v);
+    }
   } else {
     ctx = nn::attention(q, k, v, mask, 1.0);
   }
@@ -247,7 +254,8 @@ at::Tensor OptDecoderImpl::forward(const at::Tensor& embeds, const at::Tensor& m
   at::Tensor pos = (m.cumsum(1) * m - 1).narrow(1, past, T);
   const int64_t max_rows = embed_positions->weight.size(0);
   if (pos.max().item<int64_t>() + 2 >= max_rows)
-    throw Error("input: " + std::to_string(pos.max().item<int64_t>() + 1) + " positions exceed max_position_embeddings " + std::to_string(max_rows - 2));
+    throw Error("language_model: " + std::to_string(pos.max().item<int64_t>() + 1) + " positions (query tokens + text) exceed text_config.max_position_embeddings " +
+                std::to_string(max_rows - 2));
   at::Tensor h = embeds + embed_positions(pos + 2);
   // Causal × padding mask, finfo.min on blocked keys: [R, 1, T, S].
   auto lopts = m.options();

@@ -379,11 +379,8 @@ TensorMap generate(Blip2Model& model, const TensorMap& in, const json& options) 
     if (id < 0 || id >= model.tcfg.vocab) throw Error("blip2.generate: special token id " + std::to_string(id) + " is outside the vocabulary");
   at::Tensor lang = model.query_outputs(model.image_embeds(in, "blip2.generate")).second;
   Start s = start_inputs(model, in, lang, g);
-  // Positions fed: queries + prompt + every generated token but the last.
-  const int64_t fed = s.embeds.size(1) + g.max_length - 2;
-  if (fed > model.tcfg.max_positions)
-    throw Error("blip2.generate: " + std::to_string(s.embeds.size(1)) + " query/prompt positions + max_length " + std::to_string(g.max_length) +
-                " exceed max_position_embeddings " + std::to_string(model.tcfg.max_positions));
+  // Positions past max_position_embeddings are an error when a step reaches them (OptDecoder::forward), as in
+  // transformers: a run that meets EOS earlier is fine.
   return g.num_beams > 1 ? beam_loop(model, s, g) : sample_loop(model, s, g);
 }
 
