@@ -3,6 +3,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { loadOptTokenizer, loadTokenizer, detectKind } from '../lib/tokenizers';
+import { runTokenizerCases } from '../lib/conformance/tokenizers';
 import { METRICS, VOCAB } from './support/paths';
 
 const cases = JSON.parse(fs.readFileSync(path.join(METRICS, 'opt_tokenizer_cases.json'), 'utf8'));
@@ -43,5 +44,12 @@ describe('OPT tokenizer', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test('`roundtrip conformance` on the metrics folder runs the OPT cases too', () => {
+    const r = runTokenizerCases(METRICS, VOCAB);
+    const opt = r.results.filter((x) => x.name.startsWith('opt.'));
+    expect(opt.map((x) => x.name)).toEqual(['opt.bpe_tokens', 'opt.ids', 'opt.input_ids', 'opt.decoded', 'opt.decoded_with_specials']);
+    for (const x of opt) expect([x.name, x.status, x.numel]).toEqual([x.name, 'ok', cases.cases.length]);
   });
 });
