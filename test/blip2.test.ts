@@ -8,7 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import '../lib/conformance/blip2-opt';
 import { runConformanceCase } from '../lib/conformance/registry';
-import { Blip2, blip2NativeGenerateOptions } from '../lib/models/blip2';
+import { Blip2, blip2NativeGenerateOptions, blip2ParameterCount } from '../lib/models/blip2';
 import { VitModel } from '../lib/models/vit';
 import { captionImages } from '../lib/commands/caption';
 import { saveRgbPng } from '../lib/image';
@@ -221,6 +221,10 @@ describe('config', () => {
     const tLayer = sum('language_model.model.decoder.layers.0.');
     const rest = params.reduce((n, p) => n + p.numel, 0) - vLayer - qPair - tLayer;
     expect(rest + 39 * vLayer + 6 * qPair + 32 * tLayer).toBe(total);
+    // The closed form the commands use for memory checks agrees, at full size and on the fixture's own config.
+    const full = { text_config: { model_type: 'opt', hidden_size: 2560, num_hidden_layers: 32, num_attention_heads: 32, ffn_dim: 10240 } };
+    expect(blip2ParameterCount(full)).toBe(total);
+    expect(blip2ParameterCount(config)).toBe(model.parameterCount());
   }, 60000);
 });
 

@@ -115,6 +115,41 @@ export function blip2TrainablePatterns(set: Blip2TrainableSet = 'xattn-q'): stri
   return [];
 }
 
+/**
+ * Parameter count of a Blip2Config (OPT), closed form with the 4.37.2 defaults for missing keys: tied LM head
+ * counted once (3,744,679,936 for blip2-opt-2.7b). Lets commands check memory before allocating anything.
+ */
+export function blip2ParameterCount(config: any): number {
+  const v = config?.vision_config ?? {};
+  const q = config?.qformer_config ?? {};
+  const t = config?.text_config ?? {};
+  const Hv = v.hidden_size ?? 1408, Iv = v.intermediate_size ?? 6144, Lv = v.num_hidden_layers ?? 39, S = v.image_size ?? 224, p = v.patch_size ?? 14;
+  const Hq = q.hidden_size ?? 768, Iq = q.intermediate_size ?? 3072, Lq = q.num_hidden_layers ?? 12, f = q.cross_attention_frequency ?? 2;
+  const Ht = t.hidden_size ?? 768, F = t.ffn_dim ?? 3072, Lt = t.num_hidden_layers ?? 12, V = t.vocab_size ?? 50272, P = t.max_position_embeddings ?? 2048;
+  const Q = config?.num_query_tokens ?? 32;
+  const N = Math.floor(S / p) ** 2;
+  const lin = (i: number, o: number, bias = true) => i * o + (bias ? o : 0);
+  const vision = Hv + lin(3 * p * p, Hv) + (N + 1) * Hv + 2 * Hv + Lv * (4 * Hv + lin(Hv, 3 * Hv, v.qkv_bias ?? true) + lin(Hv, Hv) + lin(Hv, Iv) + lin(Iv, Hv));
+  let qformer = 2 * Hq;
+  for (let i = 0; i < Lq; i++) {
+    qformer += 4 * lin(Hq, Hq) + 2 * Hq + lin(Hq, Iq) + lin(Iq, Hq) + 2 * Hq;
+    if (i % f === 0) qformer += 2 * lin(Hq, Hq) + 2 * lin(Hv, Hq) + 2 * Hq;
+  }
+  const bias = t.enable_bias ?? true;
+  const ln = (t.layer_norm_elementwise_affine ?? true) ? 2 * Ht : 0;
+  const finalLn = (t.do_layer_norm_before ?? true) && !t._remove_final_layer_norm ? ln : 0;
+  const opt = V * Ht + (P + 2) * Ht + finalLn + Lt * (4 * lin(Ht, Ht, bias) + 2 * ln + lin(Ht, F, bias) + lin(F, Ht, bias)) + (t.tie_word_embeddings === false ? V * Ht : 0);
+  return vision + Q * Hq + qformer + lin(Hq, Ht) + opt;
+}
+
+/** Bytes a BLIP-2 caption batch needs in fp32: the weights, the OPT KV cache of every row, and a step's logits. */
+export function estimateBlip2Generate(config: any, o: { batch: number; rows: number; tokens: number }): number {
+  const t = config?.text_config ?? {};
+  const Ht = t.hidden_size ?? 768, Lt = t.num_hidden_layers ?? 12, V = t.vocab_size ?? 50272;
+  const R = o.batch * o.rows, S = (config?.num_query_tokens ?? 32) + o.tokens + 1;
+  return 4 * (blip2ParameterCount(config) + 2 * Lt * R * S * Ht + 4 * R * V);
+}
+
 /** Is this parsed config.json a BLIP-2 one (and with which language model)? */
 export function isBlip2Config(config: any): boolean {
   return config?.model_type === 'blip-2' || (Array.isArray(config?.architectures) && config.architectures.some((a: string) => /^Blip2/.test(a)));
