@@ -151,6 +151,57 @@ describe('sharded loading', () => {
   });
 });
 
+describe('reduced-precision files and text-part outputs', () => {
+  it('fp16 and bf16 weight files are up-cast on load (logits within half-precision rounding)', async () => {
+    const weights = await loadSafetensors(path.join(CASE, 'model.safetensors'));
+    const input = { pixelValues: io['input.pixel_values'], inputIds: io['input.input_ids'], attentionMask: io['input.attention_mask'] };
+    const ref = await noGrad(() => model.logits(input));
+    try {
+      for (const [dtype, tol] of [['float16', 2e-2], ['bfloat16', 2e-1]] as const) {
+        const half: Record<string, Tensor> = {};
+        for (const [n, t] of Object.entries(weights)) half[n] = t.to(undefined, dtype);
+        const file = path.join(tmp, `model-${dtype}.safetensors`);
+        await saveTensors(file, half);
+        disposeAll(Object.values(half));
+        const m = await Blip2.load({ config, weights: [file] });
+        const params = m.model.parameters();
+        expect(params.every((p) => p.dtype === 'float32')).toBe(true);
+        const got = await noGrad(() => m.logits(input));
+        const c = got.compare(ref, tol, 0);
+        expect([dtype, c.bad]).toEqual([dtype, 0]);
+        expect(c.maxAbs).toBeGreaterThan(0);
+        disposeAll([got]);
+        m.dispose();
+      }
+    } finally {
+      disposeAll([ref, ...Object.values(weights)]);
+    }
+  });
+
+  it('text-only logits are the last T positions; token_probs are their softmax', async () => {
+    const input = { pixelValues: io['input.pixel_values'], inputIds: io['input.input_ids'], attentionMask: io['input.attention_mask'] };
+    const [full, text, probs] = await noGrad(async () => [await model.logits(input), await model.logits(input, { textOnly: true }), await model.tokenProbs(input, { temperature: 2 })]);
+    const [B, QT, V] = full.shape;
+    const T = io['input.input_ids'].shape[1];
+    expect(text.shape).toEqual([B, T, V]);
+    expect(QT).toBe(config.num_query_tokens + T);
+    const f = full.toFloat32Array(), t = text.toFloat32Array(), p = probs.toFloat32Array();
+    for (let b = 0; b < B; b++) {
+      for (let i = 0; i < T; i++) {
+        const fo = (b * QT + QT - T + i) * V, to = (b * T + i) * V;
+        expect(t[to + 7]).toBe(f[fo + 7]);
+        let max = -Infinity, z = 0, sum = 0;
+        for (let v = 0; v < V; v++) max = Math.max(max, t[to + v] / 2);
+        for (let v = 0; v < V; v++) z += Math.exp(t[to + v] / 2 - max);
+        for (let v = 0; v < V; v++) sum += p[to + v];
+        expect(p[to + 3]).toBeCloseTo(Math.exp(t[to + 3] / 2 - max) / z, 6);
+        expect(sum).toBeCloseTo(1, 5);
+      }
+    }
+    disposeAll([full, text, probs]);
+  });
+});
+
 describe('tied LM head', () => {
   it('an equal stored copy loads; a differing copy is an error naming both keys', async () => {
     const weights = await loadSafetensors(path.join(CASE, 'model.safetensors'));
