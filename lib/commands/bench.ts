@@ -23,7 +23,7 @@ export const command: CommandModule<{}, any> = {
       .positional('what', { type: 'string', choices: ['finetune'], describe: 'What to benchmark' })
       .option('steps', { type: 'number', default: 5, describe: 'Timed steps per variant' })
       .option('warmup', { type: 'number', default: 1, describe: 'Untimed steps first' })
-      .option('json', { type: 'boolean', default: false });
+      .option('json', { type: 'boolean', default: false, describe: 'Print the table as JSON' });
   },
   handler: async (argv) => {
     const r = await runBenchFinetune(argv as any);

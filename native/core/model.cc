@@ -51,21 +51,6 @@ at::Tensor* find_tensor(torch::nn::Module& m, const std::string& name) {
   return nullptr;
 }
 
-// Two names of one file set mapping to one parameter are tied copies (e.g. BLIP's LM head decoder weight and the
-// word embeddings): equal copies load once; differing ones are an error naming both, never "whichever came last".
-static bool tied_copy_seen(std::map<std::string, std::string>& sources, const std::string& key, const std::string& name,
-                           const std::string& path, const at::Tensor& src, const at::Tensor& dst) {
-  auto prev = sources.find(key);
-  if (prev == sources.end() || prev->second == name) {
-    sources[key] = name;
-    return false;
-  }
-  if (!at::equal(src.to(dst.device(), dst.scalar_type()), dst))
-    throw Error("weights in '" + path + "': '" + prev->second + "' and '" + name + "' are tied copies of " + key +
-                " but hold different values (which one the model should use is ambiguous)");
-  return true;
-}
-
 json load_weights(Model& model, const std::vector<std::string>& files, const json& options) {
   const bool partial = opt<bool>(options, "partial", false);
   const bool reshape_singletons = opt<bool>(options, "reshapeSingletons", false);
@@ -84,7 +69,7 @@ json load_weights(Model& model, const std::vector<std::string>& files, const jso
   for (auto& k : model.tied_keys()) tied.insert(k);
 
   std::set<std::string> loaded;
-  std::map<std::string, std::string> tied_sources;  // parameter -> the file name it was loaded from
+  std::map<std::string, std::string> loaded_from;  // model key -> the file key that filled it
   std::vector<std::string> unexpected, ignored;
   json mismatched = json::array();
   at::NoGradGuard no_grad;
@@ -132,9 +117,17 @@ json load_weights(Model& model, const std::vector<std::string>& files, const jso
           continue;
         }
       }
-      if (tied_copy_seen(tied_sources, key, e.name, path, src, dst)) continue;
+      auto first = loaded_from.find(key);
+      if (first != loaded_from.end()) {
+        // A second published copy of one parameter (a tied LM head stored beside its embedding): equal
+        // copies are fine, differing ones would make the model depend on file order.
+        if (!at::equal(dst, src.to(dst.device(), dst.scalar_type())))
+          throw Error("weights: '" + e.name + "' and '" + first->second + "' are tied (one parameter '" + key + "') but hold different values");
+        continue;
+      }
       dst.copy_(src);
       loaded.insert(key);
+      loaded_from[key] = e.name;
     }
   }
   std::vector<std::string> missing;
