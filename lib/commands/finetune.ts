@@ -14,6 +14,7 @@ export const FINETUNE_FLAGS = [
   'objective', 'schedule', 'temperature', 'softMode', 'recTxtMode', 'labelSmoothing', 'lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'clip',
   'lrSchedule', 'warmupSteps', 'minLr', 'batchSize', 'gradAccum', 'epochs', 'maxSteps', 'sdSize', 'sdRandomCrop', 'sdFlip', 'blipSize',
   'blipMinScale', 'prefetch', 'checkpointEvery', 'keepLast', 'resume', 'progress', 'threads', 'precision', 'gradientCheckpointing', 'cacheLatents', 'prompt',
+  'recipe', 'blipFlip', 'blipRandAugment', 'flipSides',
 ] as const;
 
 /** Reads a config file: `.yaml`/`.yml` as YAML, anything else as JSON. */
@@ -60,6 +61,10 @@ export function finetuneConfigFrom(req: FinetuneRequest): FinetuneConfig {
   const weights = { ...((file.weights as object) ?? {}) } as Record<string, unknown>;
   for (const [flag, key] of [['lambdaCap', 'cap'], ['lambdaRecImg', 'recImg'], ['lambdaSd', 'sd'], ['lambdaRecTxt', 'recTxt']] as const) if (req[flag] !== undefined) weights[key] = req[flag];
   if (Object.keys(weights).length) merged.weights = weights;
+  const routes = { ...((file.routes as object) ?? {}) } as Record<string, unknown>;
+  if (req.recImgRoute !== undefined) routes.recImg = req.recImgRoute;
+  if (req.recTxtRoute !== undefined) routes.recTxt = req.recTxtRoute;
+  if (Object.keys(routes).length) merged.routes = routes;
   return resolveConfig(merged, req.config ? `--config ${req.config}` : 'finetune flags');
 }
 
@@ -73,6 +78,7 @@ export const command: CommandModule<{}, any> = {
   builder: (y) =>
     y
       .option('config', { type: 'string', describe: 'JSON config (see examples/finetune-coco.json); flags override its keys' })
+      .option('recipe', { type: 'string', describe: "Preset of training details: 'default' (this package's) or 'release' (the authors' code); keys given override it" })
       .option('blip', { type: 'string', describe: 'BLIP folder (config.json, model.safetensors, vocab.txt)' })
       .option('sd', { type: 'string', describe: 'diffusers Stable Diffusion folder' })
       .option('bridge', { type: 'string', describe: 'Vocabulary bridge JSON (default: learned from the training captions)' })
@@ -116,6 +122,11 @@ export const command: CommandModule<{}, any> = {
       .option('sd-flip', { type: 'boolean' })
       .option('blip-size', { type: 'number' })
       .option('blip-min-scale', { type: 'number' })
+      .option('blip-flip', { type: 'boolean', describe: 'BLIP view: random horizontal flip (default on)' })
+      .option('blip-rand-augment', { type: 'boolean', describe: "BLIP view: RandAugment(2, 5) as BLIP's own training" })
+      .option('flip-sides', { type: 'string', describe: "Captions of flipped images: swap (left/right exchanged; default), skip (side-naming items never flip), keep (unchanged; corrupts them)" })
+      .option('rec-img-route', { type: 'string', describe: 'Which model L_rec_img updates: both (default), blip, unet' })
+      .option('rec-txt-route', { type: 'string', describe: 'Which model L_rec_txt updates: both (default), blip, unet' })
       .option('prefetch', { type: 'number', describe: 'Images decoded ahead' })
       .option('checkpoint-every', { type: 'number' })
       .option('keep-last', { type: 'number' })

@@ -5,6 +5,7 @@ import { command as caption } from './caption';
 import { command as conformance } from './conformance';
 import { command as demo } from './demo';
 import { command as evaluate } from './eval';
+import { command as experiment } from './experiment';
 import { command as finetune } from './finetune';
 import { command as generate } from './generate';
 import { command as info } from './info';
@@ -16,4 +17,4 @@ import { command as tokenize } from './tokenize';
 import { command as weights } from './weights';
 
 /** Every `roundtrip` subcommand, one module per command. */
-export const commands: CommandModule<{}, any>[] = [demo, info, tokenize, caption, generate, rerank, score, report, evaluate, finetune, bench, pretrainWorld, conformance, bridge, weights];
+export const commands: CommandModule<{}, any>[] = [demo, info, tokenize, caption, generate, rerank, score, report, evaluate, finetune, experiment, bench, pretrainWorld, conformance, bridge, weights];

@@ -8,5 +8,6 @@ export * from './objective';
 export * from './data';
 export * from './trainer';
 export * from './report';
+export * from './recipes';
 export { benchFinetune } from './bench';
 export type { BenchOptions, BenchResult, BenchRow } from './bench';

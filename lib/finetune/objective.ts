@@ -4,7 +4,7 @@
  * graph, and L_sd and L_rec_txt share one UNet forward. The release's alternating schedule evaluates
  * {L_sd, L_rec_txt} on even steps and {L_cap, L_rec_img} on odd steps.
  */
-import { expectNumber, expectOneOf } from '../errors';
+import { RoundtripError, expectNumber, expectOneOf } from '../errors';
 import type { VocabularyBridge } from '../bridge';
 import type { Blip } from '../models/blip';
 import type { StableDiffusionPipeline } from '../models/sd/pipeline';
@@ -39,8 +39,22 @@ export function presetWeights(preset: ObjectivePreset): LossWeights {
   return { cap: 1, recImg: 1, sd: 1, recTxt: 1 };
 }
 
+/**
+ * Which trainable model a reconstruction term updates (the paper's Appendix I ablation): 'both' (Eq. 5),
+ * or only 'blip' / only 'unet'. L_rec_img judges BLIP's caption through SD (its own model: BLIP);
+ * L_rec_txt judges SD's image through BLIP (its own model: the UNet).
+ */
+export const GRADIENT_ROUTES = ['both', 'blip', 'unet'] as const;
+export type GradientRoute = (typeof GRADIENT_ROUTES)[number];
+export interface ReconstructionRoutes {
+  recImg: GradientRoute;
+  recTxt: GradientRoute;
+}
+
 export interface ObjectiveOptions {
   weights: LossWeights;
+  /** Default both terms 'both'. */
+  routes?: ReconstructionRoutes;
   schedule: ObjectiveSchedule;
   temperature: number;
   softMode: SoftCaptionMode;
@@ -70,12 +84,24 @@ export function activeTerms(opts: ObjectiveOptions, step: number): LossTerm[] {
   return terms;
 }
 
+/** Runs `fn` with `params` frozen (no graph edges into them), restoring their flags after. */
+async function withFrozen<T>(params: readonly Tensor[] | undefined, fn: () => Promise<T>): Promise<T> {
+  const live = (params ?? []).filter((p) => p.requiresGrad);
+  live.forEach((p) => (p.requiresGrad = false));
+  try {
+    return await fn();
+  } finally {
+    live.forEach((p) => (p.requiresGrad = true));
+  }
+}
+
 /**
  * Evaluates the weighted objective on a batch: the total (with graph) and each term's tensor. `seed`
- * drives every random draw of the step (timesteps, noise, VAE posterior samples).
+ * drives every random draw of the step (timesteps, noise, VAE posterior samples). Routing a
+ * reconstruction term to one model (`opts.routes`) needs that model's trainable tensors in `models.params`.
  */
 export async function jointObjective(
-  models: { blip: Blip; sd: StableDiffusionPipeline; bridge: VocabularyBridge; visionTrainable: boolean },
+  models: { blip: Blip; sd: StableDiffusionPipeline; bridge: VocabularyBridge; visionTrainable: boolean; params?: { blip: Tensor[]; unet: Tensor[] } },
   batch: JointBatch,
   opts: ObjectiveOptions,
   step: number,
@@ -83,6 +109,12 @@ export async function jointObjective(
 ): Promise<{ total: Tensor; terms: Partial<Record<LossTerm, Tensor>> }> {
   const { blip, sd, bridge } = models;
   const terms = activeTerms(opts, step);
+  const routes: ReconstructionRoutes = opts.routes ?? { recImg: 'both', recTxt: 'both' };
+  expectOneOf('routes.recImg', routes.recImg, GRADIENT_ROUTES);
+  expectOneOf('routes.recTxt', routes.recTxt, GRADIENT_ROUTES);
+  if ((routes.recImg === 'blip' || routes.recTxt === 'unet') && !models.params) {
+    throw new RoundtripError(`jointObjective: routes ${JSON.stringify(routes)} need the trainable tensors (models.params) to hold one model out of a term`);
+  }
   const out: Partial<Record<LossTerm, Tensor>> = {};
   const needBlipImage = terms.includes('cap') || terms.includes('recImg');
   // A frozen vision tower needs no graph: its embeddings are computed once and shared.
@@ -105,7 +137,10 @@ export async function jointObjective(
         endId: opts.clipEndId,
         padId: opts.clipPadId,
       });
-      out.recImg = await reconstructImageLoss(sd, batch.sdImages, P, { seed: seed + 1, latents });
+      // only the UNet: the soft caption enters as a constant; only BLIP: the UNet's weights take no gradient
+      const input = routes.recImg === 'unet' ? P.detach() : P;
+      out.recImg = await withFrozen(routes.recImg === 'blip' ? models.params?.unet : undefined, () => reconstructImageLoss(sd, batch.sdImages, input, { seed: seed + 1, latents }));
+      if (input !== P) input.dispose();
       P.dispose();
     }
     if (terms.includes('sd') || terms.includes('recTxt')) {
@@ -113,7 +148,12 @@ export async function jointObjective(
       if (terms.includes('sd')) out.sd = d.loss;
       else d.loss.dispose();
       if (terms.includes('recTxt')) {
-        out.recTxt = await reconstructTextLoss(sd, blip, batch.sdImages, batch.captions, { mode: opts.recTxtMode, denoised: d, labelSmoothing: opts.labelSmoothing, seed: seed + 3 });
+        // only BLIP: SD's estimate enters as a constant; only the UNet: BLIP's weights take no gradient
+        const prediction = routes.recTxt === 'blip' ? d.prediction.detach() : d.prediction;
+        out.recTxt = await withFrozen(routes.recTxt === 'unet' ? models.params?.blip : undefined, () =>
+          reconstructTextLoss(sd, blip, batch.sdImages, batch.captions, { mode: opts.recTxtMode, denoised: { ...d, prediction }, labelSmoothing: opts.labelSmoothing, seed: seed + 3 }),
+        );
+        if (prediction !== d.prediction) prediction.dispose();
       }
       d.prediction.dispose();
       d.noisy.dispose();
