@@ -129,3 +129,35 @@ export async function heldOutLosses(
   });
   return out;
 }
+
+/** One measured model pair: the base models, or the base models with a checkpoint's trained tensors. */
+export interface ReconCheckpoint {
+  /** 'base' or the checkpoint folder. */
+  name: string;
+  step: number;
+  files: { blip?: string; unet?: string };
+}
+
+/**
+ * Resolves `--checkpoints` entries: a checkpoint folder (blip.safetensors / unet.safetensors, step from
+ * state.json or a `step-N` name), a run's export/ folder, or a run folder (its latest checkpoint).
+ */
+export function resolveReconCheckpoint(spec: string, index: number): ReconCheckpoint {
+  let dir = path.resolve(spec);
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new RoundtripError(`--checkpoints ${spec}: not a folder`);
+  const latest = path.join(dir, 'checkpoints', 'latest');
+  if (fs.existsSync(latest)) dir = path.join(dir, 'checkpoints', fs.readFileSync(latest, 'utf8').trim());
+  const files: ReconCheckpoint['files'] = {};
+  for (const model of ['blip', 'unet'] as const) if (fs.existsSync(path.join(dir, `${model}.safetensors`))) files[model] = path.join(dir, `${model}.safetensors`);
+  if (!files.blip && !files.unet) throw new RoundtripError(`--checkpoints ${spec}: no blip.safetensors or unet.safetensors in ${dir} (give a checkpoint, export/ or run folder)`);
+  let step = index;
+  const stateFile = path.join(dir, 'state.json');
+  if (fs.existsSync(stateFile)) {
+    const state = readJsonFile(stateFile);
+    if (Number.isInteger(state?.step)) step = state.step;
+  } else {
+    const m = /step-0*(\d+)$/.exec(path.basename(dir));
+    if (m) step = Number(m[1]);
+  }
+  return { name: dir, step, files };
+}
