@@ -175,3 +175,16 @@ describe('recipes', () => {
     expect(r).toMatchObject({ sdFlip: false, blipFlip: true, blipRandAugment: true, sdRandomCrop: true, labelSmoothing: 0.1, blipWeightDecay: 0, blipClip: 0, unetWeightDecay: 0.01, unetClip: 1, schedule: 'alternating-micro', batchSize: 1, gradAccum: 8 });
   });
 });
+
+describe('finetuning report', () => {
+  test('loss panels: one per term, raw and smoothed, log scale for wide ranges', () => {
+    const { lossPanelsSvg, smoothSeries } = require('../lib/finetune/report');
+    expect(smoothSeries([[1, 1], [2, 3], [3, NaN], [4, 3]], 0.5)).toEqual([[1, 1], [2, 2], [3, 2], [4, 2.5]]);
+    const wide: [number, number][] = Array.from({ length: 50 }, (_, i) => [i + 1, 100 / (i + 1)]);
+    const flat: [number, number][] = Array.from({ length: 50 }, (_, i) => [i + 1, 1 + (i % 3) * 0.1]);
+    const svg: string = lossPanelsSvg({ total: wide, cap: flat });
+    expect(svg.match(/stroke-opacity="0.3"/g)).toHaveLength(2);
+    expect(svg).toContain('total (log scale)');
+    expect(svg).not.toContain('cap (log scale)');
+  });
+});
