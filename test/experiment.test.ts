@@ -199,3 +199,25 @@ describe('roundtrip experiment --quick', () => {
     expect(experimentOptionsFromArgs({ out: 'x', quick: true }).arms).toEqual(QUICK_EXPERIMENT.arms);
   });
 });
+
+describe('reranking ties', () => {
+  test('ties are counted, broken by the next method, then averaged; the gain gets a paired interval', () => {
+    const { tieGainTable, tieGainMarkdown } = require('../lib/report/ties');
+    const cand = (d1: number[], d2: number[], s: number[]) => d1.map((_, j) => ({ index: j, text: 'a', image: 'x.png', seed: j, distance: { 'clip-text': d1[j], sbert: d2[j] }, rank: {}, scores: { clip_text_image: s[j] } }));
+    const records = [
+      { direction: 't2i2t', index: 0, id: '0', input: {}, references: [], candidates: cand([0.2, 0.2, 0.5], [0.3, 0.1, 0.2], [0.9, 0.1, 0.5]), winner: { 'clip-text': 0, sbert: 1 }, baseline: [2, 0], seconds: 0 },
+      { direction: 't2i2t', index: 1, id: '1', input: {}, references: [], candidates: cand([0.4, 0.4, 0.4], [0.5, 0.5, 0.5], [0.3, 0.6, 0.9]), winner: { 'clip-text': 0, sbert: 0 }, baseline: [1], seconds: 0 },
+      { direction: 't2i2t', index: 2, id: '2', input: {}, references: [], candidates: cand([0.1, 0.3, 0.2], [0.1, 0.3, 0.2], [0.2, 0.4, 0.6]), winner: { 'clip-text': 0, sbert: 0 }, baseline: [1, 2], seconds: 0 },
+    ];
+    const rows = tieGainTable({ direction: 't2i2t', similarity: ['clip-text', 'sbert'], k: 3 } as any, records as any, { replicates: 200 });
+    const r = rows.find((x: any) => x.method === 'clip-text' && x.metric === 'clip_text_image');
+    expect([r.ties, r.resolvedBySecondary]).toEqual([2, 1]);
+    expect(r.tieShare).toBeCloseTo(2 / 3, 12);
+    expect(r.firstIndex).toBeCloseTo((0.9 + 0.3 + 0.2) / 3, 12);
+    expect(r.tieBroken).toBeCloseTo((0.1 + 0.6 + 0.2) / 3, 12);
+    expect(r.random).toBeCloseTo((0.7 + 0.6 + 0.5) / 3, 12);
+    expect(r.gain.value).toBeCloseTo(-0.3, 12);
+    expect(r.gain.lo).toBeLessThanOrEqual(r.gain.value);
+    expect(tieGainMarkdown(rows)).toContain('2 of 3 (67 %; 1 resolved by the next method)');
+  });
+});

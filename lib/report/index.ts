@@ -11,11 +11,13 @@ import { galleryHtml } from './gallery';
 import { LoadedRuns, loadRuns } from './load';
 import { RankAnalysis, SummaryOptions, SummaryTable, captionTable, imageTable, rankAnalysis } from './summary';
 import { linePlotSvg } from './svg';
+import { TieGainRow, tieGainMarkdown, tieGainTable } from './ties';
 
 export * from './load';
 export * from './summary';
 export * from './svg';
 export * from './gallery';
+export * from './ties';
 
 export interface ReportOptions extends SummaryOptions {
   /** Output folder; default `<first dir>/report`. */
@@ -31,6 +33,8 @@ export interface Report {
   sources: LoadedRuns['sources'];
   table: SummaryTable;
   ranks: RankAnalysis;
+  /** Ties counted and broken by the declared rule; the reranked-vs-random gain with a paired interval. */
+  ties: TieGainRow[];
   files: { json: string; markdown: string; ranksJson: string; svgs: string[]; gallery: string; merged: string };
 }
 
@@ -98,6 +102,7 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
   const header = describeSettings(settings, records.length, sources);
   const table = settings.direction === 'i2t2i' ? await captionTable(settings, records, opts) : await imageTable(settings, records, opts);
   const ranks = rankAnalysis(settings, records);
+  const ties = tieGainTable(settings, records, { seed: settings.seed });
   const files: Report['files'] = {
     json: path.join(out, 'summary.json'),
     markdown: path.join(out, 'summary.md'),
@@ -106,7 +111,7 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
     gallery: path.join(out, 'gallery.html'),
     merged: path.join(out, 'results.merged.jsonl'),
   };
-  writeFileAtomicSync(files.json, JSON.stringify({ settings, header, items: records.length, sources, table }, null, 2) + '\n');
+  writeFileAtomicSync(files.json, JSON.stringify({ settings, header, items: records.length, sources, table, ties }, null, 2) + '\n');
   writeFileAtomicSync(files.ranksJson, JSON.stringify({ settings, header, ...ranks }, null, 2) + '\n');
   for (const [metric, byMethod] of Object.entries(ranks.means)) {
     const file = path.join(out, `rank-${metric.replace(/[^A-Za-z0-9_-]+/g, '_')}.svg`);
@@ -117,10 +122,10 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
     writeFileAtomicSync(file, svg);
     files.svgs.push(file);
   }
-  const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), ranksMarkdown(ranks, settings.similarity)].join('\n');
+  const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), tieGainMarkdown(ties), ranksMarkdown(ranks, settings.similarity)].join('\n');
   writeFileAtomicSync(files.markdown, md);
   writeFileAtomicSync(files.gallery, galleryHtml(settings, records, out, header, opts.galleryItems ?? 100));
   // the merged records, image paths relative to the report folder
   writeFileAtomicSync(files.merged, records.map((r: ItemRecord) => JSON.stringify({ ...r, candidates: r.candidates.map((c) => ({ ...c, image: path.relative(out, c.image).split(path.sep).join('/') })) })).join('\n') + '\n');
-  return { out, settings, items: records.length, sources, table, ranks, files };
+  return { out, settings, items: records.length, sources, table, ranks, ties, files };
 }
