@@ -173,6 +173,12 @@ describe('recipes', () => {
   test("'release' sets the release's augmentation and optimizer details", () => {
     const r = recipeSettings('release');
     expect(r).toMatchObject({ sdFlip: false, blipFlip: true, blipRandAugment: true, sdRandomCrop: true, labelSmoothing: 0.1, blipWeightDecay: 0, blipClip: 0, unetWeightDecay: 0.01, unetClip: 1, schedule: 'alternating-micro', batchSize: 1, gradAccum: 8 });
+    // every key resolves in this build's finetuning config, and the resolved config carries it
+    const c = resolveConfig({ ...base, recipe: 'release' }) as any;
+    for (const [key, value] of Object.entries(r)) expect(c[key]).toEqual(value);
+    expect(c).toMatchObject({ clipMode: 'per-model', softFraming: 'release', clipPadding: 'longest', recTxtNormalize: false, recTxtMode: 'ddpm-step' });
+    // a key given beside the recipe wins
+    expect(resolveConfig({ ...base, recipe: 'release', gradAccum: 2 }).gradAccum).toBe(2);
   });
 });
 

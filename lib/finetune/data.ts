@@ -12,7 +12,7 @@ import { PreprocessConfig, blipTrainPreprocess, preprocessImage, sdVaePreprocess
 import { prefetchMap } from '../image/pool';
 import { Rng, deriveSeed } from '../image/random';
 import { Tensor, disposeAll } from '../tensor';
-import { CaptionBatch, CaptionTokenizers, encodeCaptions } from './losses';
+import { CaptionBatch, CaptionTokenizers, ClipPadding, encodeCaptions } from './losses';
 
 export interface TrainItem {
   /** Absolute image path. */
@@ -199,7 +199,7 @@ export async function* epochBatches(
  * The micro-batch's captions for both models: BLIP's ids from the BLIP views' captions, SD's CLIP ids
  * from the SD views' (they differ only where one view is mirrored and the caption names a side).
  */
-export function encodeViewCaptions(tokenizers: CaptionTokenizers, mb: Pick<MicroBatch, 'blipCaptions' | 'sdCaptions'>, opts: { prompt?: string } = {}): CaptionBatch {
+export function encodeViewCaptions(tokenizers: CaptionTokenizers, mb: Pick<MicroBatch, 'blipCaptions' | 'sdCaptions'>, opts: { prompt?: string; clipPadding?: ClipPadding } = {}): CaptionBatch {
   const batch = encodeCaptions(tokenizers, mb.blipCaptions, opts);
   if (mb.sdCaptions.every((c, i) => c === mb.blipCaptions[i])) return batch;
   const sdBatch = encodeCaptions(tokenizers, mb.sdCaptions, opts);

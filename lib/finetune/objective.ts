@@ -1,31 +1,24 @@
 /**
- * The joint objective (Eq. 5) over one batch, sharing work between terms: BLIP's vision tower runs once
- * (without a graph when it is frozen), the VAE encode and the caption ids' CLIP embeddings run without a
- * graph, and L_sd and L_rec_txt share one UNet forward. The release's alternating schedule evaluates
- * {L_sd, L_rec_txt} on even steps and {L_cap, L_rec_img} on odd steps.
+ * The joint objective (Eq. 5) over one micro-batch, native end to end (native/train/joint.cc): BLIP's vision
+ * tower runs once (without a graph when it is frozen), one decoder forward gives both L_cap and the soft
+ * caption, the VAE encode and the caption ids' CLIP embeddings run without a graph, and L_sd and L_rec_txt
+ * share one UNet forward. Schedules: 'summed' (every term), 'alternating' ({L_sd, L_rec_txt} on even optimizer
+ * steps, {L_cap, L_rec_img} on odd ones) and 'alternating-micro' (the authors' release: the same split by
+ * micro-batch index). The same native code runs inside the one-call training step (joint-step.ts).
  */
-import { RoundtripError, expectNumber, expectOneOf } from '../errors';
+import { expectNumber, expectOneOf } from '../errors';
 import type { VocabularyBridge } from '../bridge';
 import type { Blip } from '../models/blip';
 import type { StableDiffusionPipeline } from '../models/sd/pipeline';
-import { Tensor, noGrad } from '../tensor';
-import {
-  CaptionBatch,
-  ReconstructTextMode,
-  SoftCaptionMode,
-  captionLoss,
-  encodeLatents,
-  reconstructImageLoss,
-  reconstructTextLoss,
-  sdDenoise,
-  softCaption,
-} from './losses';
+import type { Tensor } from '../tensor';
+import type { CaptionBatch, ReconstructTextMode, SoftCaptionMode } from './losses';
+import { JointStep } from './joint-step';
 
 export const LOSS_TERMS = ['cap', 'recImg', 'sd', 'recTxt'] as const;
 export type LossTerm = (typeof LOSS_TERMS)[number];
 export type LossWeights = Record<LossTerm, number>;
 
-export const SCHEDULES = ['summed', 'alternating'] as const;
+export const SCHEDULES = ['summed', 'alternating', 'alternating-micro'] as const;
 export type ObjectiveSchedule = (typeof SCHEDULES)[number];
 
 /** Ablation presets: the full objective, reconstruction terms only, or the ordinary caption losses only. */
@@ -42,7 +35,8 @@ export function presetWeights(preset: ObjectivePreset): LossWeights {
 /**
  * Which trainable model a reconstruction term updates (the paper's Appendix I ablation): 'both' (Eq. 5),
  * or only 'blip' / only 'unet'. L_rec_img judges BLIP's caption through SD (its own model: BLIP);
- * L_rec_txt judges SD's image through BLIP (its own model: the UNet).
+ * L_rec_txt judges SD's image through BLIP (its own model: the UNet). Native: the term's input from the
+ * held-out model is detached, or the held-out model's weights leave the graph while the term runs.
  */
 export const GRADIENT_ROUTES = ['both', 'blip', 'unet'] as const;
 export type GradientRoute = (typeof GRADIENT_ROUTES)[number];
@@ -51,15 +45,22 @@ export interface ReconstructionRoutes {
   recTxt: GradientRoute;
 }
 
+export const SOFT_FRAMINGS = ['padded', 'release'] as const;
+export type SoftFraming = (typeof SOFT_FRAMINGS)[number];
+
 export interface ObjectiveOptions {
   weights: LossWeights;
-  /** Default both terms 'both'. */
+  /** Which model each reconstruction term updates; default both for both terms. */
   routes?: ReconstructionRoutes;
   schedule: ObjectiveSchedule;
   temperature: number;
   softMode: SoftCaptionMode;
   recTxtMode: ReconstructTextMode;
   labelSmoothing: number;
+  /** 'padded' (default): the caption rows framed to 77 like SD's ids; 'release': BOS, every row from the first caption prediction on, EOS. */
+  softFraming?: SoftFraming;
+  /** CLIP mean/std on L_rec_txt's decoded estimate (default true; the release feeds the [-1, 1] pixels). */
+  recTxtNormalize?: boolean;
   /** SD's CLIP special ids for the soft caption framing. */
   clipStartId: number;
   clipEndId: number;
@@ -76,103 +77,30 @@ export interface JointBatch {
   latents?: Tensor;
 }
 
-/** Which terms a step evaluates (weights zero or the alternating parity switch the others off). */
-export function activeTerms(opts: ObjectiveOptions, step: number): LossTerm[] {
+/** Which terms a micro-batch evaluates (weights zero or the alternating parity switch the others off). */
+export function activeTerms(opts: ObjectiveOptions, step: number, micro = 0): LossTerm[] {
   LOSS_TERMS.forEach((t) => expectNumber(`weight ${t}`, opts.weights[t], { min: 0 }));
+  expectOneOf('schedule', opts.schedule, SCHEDULES);
   let terms = LOSS_TERMS.filter((t) => opts.weights[t] > 0);
-  if (opts.schedule === 'alternating') terms = terms.filter((t) => (step % 2 === 0 ? t === 'sd' || t === 'recTxt' : t === 'cap' || t === 'recImg'));
+  if (opts.schedule !== 'summed') {
+    const parity = (opts.schedule === 'alternating' ? step : micro) % 2;
+    terms = terms.filter((t) => (parity === 0 ? t === 'sd' || t === 'recTxt' : t === 'cap' || t === 'recImg'));
+  }
   return terms;
 }
 
-/** Runs `fn` with `params` frozen (no graph edges into them), restoring their flags after. */
-async function withFrozen<T>(params: readonly Tensor[] | undefined, fn: () => Promise<T>): Promise<T> {
-  const live = (params ?? []).filter((p) => p.requiresGrad);
-  live.forEach((p) => (p.requiresGrad = false));
-  try {
-    return await fn();
-  } finally {
-    live.forEach((p) => (p.requiresGrad = true));
-  }
-}
-
 /**
- * Evaluates the weighted objective on a batch: the total (with graph) and each term's tensor. `seed`
- * drives every random draw of the step (timesteps, noise, VAE posterior samples). Routing a
- * reconstruction term to one model (`opts.routes`) needs that model's trainable tensors in `models.params`.
+ * Evaluates the weighted objective on a micro-batch: the total (with graph) and each term's tensor. `seed`
+ * drives every random draw (timesteps, noise, VAE posterior samples); `micro` is the micro-batch's index in its
+ * optimizer step (the 'alternating-micro' schedule).
  */
 export async function jointObjective(
-  models: { blip: Blip; sd: StableDiffusionPipeline; bridge: VocabularyBridge; visionTrainable: boolean; params?: { blip: Tensor[]; unet: Tensor[] } },
+  models: { blip: Blip; sd: StableDiffusionPipeline; bridge: VocabularyBridge; visionTrainable: boolean },
   batch: JointBatch,
   opts: ObjectiveOptions,
   step: number,
   seed: number,
+  micro = 0,
 ): Promise<{ total: Tensor; terms: Partial<Record<LossTerm, Tensor>> }> {
-  const { blip, sd, bridge } = models;
-  const terms = activeTerms(opts, step);
-  const routes: ReconstructionRoutes = opts.routes ?? { recImg: 'both', recTxt: 'both' };
-  expectOneOf('routes.recImg', routes.recImg, GRADIENT_ROUTES);
-  expectOneOf('routes.recTxt', routes.recTxt, GRADIENT_ROUTES);
-  if ((routes.recImg === 'blip' || routes.recTxt === 'unet') && !models.params) {
-    throw new RoundtripError(`jointObjective: routes ${JSON.stringify(routes)} need the trainable tensors (models.params) to hold one model out of a term`);
-  }
-  const out: Partial<Record<LossTerm, Tensor>> = {};
-  const needBlipImage = terms.includes('cap') || terms.includes('recImg');
-  // A frozen vision tower needs no graph: its embeddings are computed once and shared.
-  let imageEmbeds: Tensor | undefined;
-  if (needBlipImage) {
-    const vision = () => blip.vision(batch.blipImages);
-    const v = models.visionTrainable ? await vision() : await noGrad(vision);
-    v.poolerOutput.dispose();
-    imageEmbeds = v.lastHiddenState;
-  }
-  const needLatents = terms.includes('recImg') || terms.includes('sd') || terms.includes('recTxt');
-  const latents = needLatents ? (batch.latents ?? (await encodeLatents(sd, batch.sdImages, seed))) : undefined;
-  try {
-    if (terms.includes('cap')) out.cap = await captionLoss(blip, { imageEmbeds }, batch.captions, { labelSmoothing: opts.labelSmoothing });
-    if (terms.includes('recImg')) {
-      const P = await softCaption(blip, { imageEmbeds }, batch.captions, bridge, {
-        temperature: opts.temperature,
-        mode: opts.softMode,
-        startId: opts.clipStartId,
-        endId: opts.clipEndId,
-        padId: opts.clipPadId,
-      });
-      // only the UNet: the soft caption enters as a constant; only BLIP: the UNet's weights take no gradient
-      const input = routes.recImg === 'unet' ? P.detach() : P;
-      out.recImg = await withFrozen(routes.recImg === 'blip' ? models.params?.unet : undefined, () => reconstructImageLoss(sd, batch.sdImages, input, { seed: seed + 1, latents }));
-      if (input !== P) input.dispose();
-      P.dispose();
-    }
-    if (terms.includes('sd') || terms.includes('recTxt')) {
-      const d = await sdDenoise(sd, batch.sdImages, batch.captions, { seed: seed + 2, latents });
-      if (terms.includes('sd')) out.sd = d.loss;
-      else d.loss.dispose();
-      if (terms.includes('recTxt')) {
-        // only BLIP: SD's estimate enters as a constant; only the UNet: BLIP's weights take no gradient
-        const prediction = routes.recTxt === 'blip' ? d.prediction.detach() : d.prediction;
-        out.recTxt = await withFrozen(routes.recTxt === 'unet' ? models.params?.blip : undefined, () =>
-          reconstructTextLoss(sd, blip, batch.sdImages, batch.captions, { mode: opts.recTxtMode, denoised: { ...d, prediction }, labelSmoothing: opts.labelSmoothing, seed: seed + 3 }),
-        );
-        if (prediction !== d.prediction) prediction.dispose();
-      }
-      d.prediction.dispose();
-      d.noisy.dispose();
-      d.timesteps.dispose();
-    }
-  } finally {
-    imageEmbeds?.dispose();
-    latents?.dispose();
-  }
-  let total: Tensor | undefined;
-  for (const t of terms) {
-    const weighted = out[t]!.mul(opts.weights[t]);
-    if (total) {
-      const next = total.add(weighted);
-      total.dispose();
-      weighted.dispose();
-      total = next;
-    } else total = weighted;
-  }
-  if (!total) throw new Error('jointObjective: no active loss term (all weights are zero)');
-  return { total, terms: out };
+  return JointStep.cached(models, opts).objective(batch, { step, seed, micro });
 }
