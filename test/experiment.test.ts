@@ -224,3 +224,41 @@ describe('reranking ties', () => {
     expect(tieGainMarkdown(rows)).toContain('2 of 3 (67 %; 1 resolved by the next method)');
   });
 });
+
+describe('NoCaps domain split', () => {
+  test('domains are read from images[].domain and Table 1 is computed per domain', async () => {
+    const { readNocapsDomains, splitByDomain, captionTable } = require('../lib/report');
+    const file = path.join(root, 'nocaps_val_4500_captions.json');
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        licenses: [],
+        info: {},
+        images: [
+          { id: 0, file_name: '0013ea2087020901.jpg', domain: 'in-domain' },
+          { id: 1, file_name: '0032257bf3cd56d0.jpg', domain: 'near-domain' },
+          { id: 2, file_name: '003232584a062b07.jpg', domain: 'out-domain' },
+          { id: 3, file_name: '00385794700c832e.jpg', domain: 'in-domain' },
+        ],
+        annotations: [],
+      }),
+    );
+    const domains = readNocapsDomains(file);
+    const rec = (id: string, image: string, texts: string[], refs: string[]) => ({ direction: 'i2t2i', index: Number(id), id, input: { image }, references: refs, candidates: texts.map((text, j) => ({ index: j, text, image: 'x', seed: j, distance: { clip: j }, rank: { clip: j + 1 }, scores: {} })), winner: { clip: 0 }, baseline: [1], seconds: 0 });
+    const records = [
+      rec('0', '/x/val/0013ea2087020901.jpg', ['a dog on grass', 'a cat'], ['a dog on the grass', 'a brown dog on grass']),
+      rec('1', '/x/val/0032257bf3cd56d0.jpg', ['a red bus', 'a car'], ['a red bus on a road', 'a bus']),
+      rec('9', '/x/val/00385794700c832e.jpg', ['a bird', 'a plane'], ['a bird on a wire', 'a small bird']),
+      rec('7', '/x/val/unknown.jpg', ['a cup', 'a mug'], ['a cup of tea']),
+    ];
+    const split = splitByDomain(records as any, domains);
+    // id 9 is not an id of the file, but its file name is (in-domain); the last is unknown
+    expect(split.groups.get('in-domain').map((r: any) => r.id)).toEqual(['0', '9']);
+    expect(split.groups.get('near-domain').map((r: any) => r.id)).toEqual(['1']);
+    expect(split.unknown).toBe(1);
+    const settings = { direction: 'i2t2i', similarity: ['clip'], repeats: 1, k: 2 } as any;
+    const t = await captionTable(settings, split.groups.get('in-domain'));
+    expect(t.rows.find((r: any) => r.metric === 'CIDEr').items).toBe(2);
+    expect(() => readNocapsDomains(path.join(DATA, 'nocaps', 'nocaps_val.json'))).toThrow(/images: \[\{id, file_name, domain\}\]/);
+  });
+});

@@ -5,6 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { RoundtripError } from '../errors';
 import { writeFileAtomicSync } from '../fsutil';
 import { ItemRecord, RunSettings } from '../rerank/types';
 import { galleryHtml } from './gallery';
@@ -12,18 +13,22 @@ import { LoadedRuns, loadRuns } from './load';
 import { RankAnalysis, SummaryOptions, SummaryTable, captionTable, imageTable, rankAnalysis } from './summary';
 import { linePlotSvg } from './svg';
 import { TieGainRow, tieGainMarkdown, tieGainTable } from './ties';
+import { NOCAPS_DOMAINS, readNocapsDomains, splitByDomain } from './domains';
 
 export * from './load';
 export * from './summary';
 export * from './svg';
 export * from './gallery';
 export * from './ties';
+export * from './domains';
 
 export interface ReportOptions extends SummaryOptions {
   /** Output folder; default `<first dir>/report`. */
   out?: string;
   /** Items in the gallery (default 100). */
   galleryItems?: number;
+  /** NoCaps annotation file (images[].domain): Table 1 split in-domain / near-domain / out-domain. */
+  nocapsDomains?: string;
 }
 
 export interface Report {
@@ -35,6 +40,8 @@ export interface Report {
   ranks: RankAnalysis;
   /** Ties counted and broken by the declared rule; the reranked-vs-random gain with a paired interval. */
   ties: TieGainRow[];
+  /** Table 1 per NoCaps domain (with --nocaps-domains). */
+  domains?: { domain: string; items: number; table: SummaryTable }[];
   files: { json: string; markdown: string; ranksJson: string; svgs: string[]; gallery: string; merged: string };
 }
 
@@ -103,6 +110,18 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
   const table = settings.direction === 'i2t2i' ? await captionTable(settings, records, opts) : await imageTable(settings, records, opts);
   const ranks = rankAnalysis(settings, records);
   const ties = tieGainTable(settings, records, { seed: settings.seed });
+  let domains: Report['domains'];
+  const domainNotes: string[] = [];
+  if (opts.nocapsDomains) {
+    if (settings.direction !== 'i2t2i') throw new RoundtripError('--nocaps-domains: the domain split is of Table 1 (i2t2i caption metrics); this run is t2i2t');
+    const split = splitByDomain(records, readNocapsDomains(opts.nocapsDomains));
+    domains = [];
+    for (const d of [...NOCAPS_DOMAINS, ...[...split.groups.keys()].filter((k) => !(NOCAPS_DOMAINS as readonly string[]).includes(k))]) {
+      const group = split.groups.get(d);
+      if (group?.length) domains.push({ domain: d, items: group.length, table: await captionTable(settings, group, { ...opts, spice: false }) });
+    }
+    if (split.unknown) domainNotes.push(`${split.unknown} item(s) have no domain in ${opts.nocapsDomains}`);
+  }
   const files: Report['files'] = {
     json: path.join(out, 'summary.json'),
     markdown: path.join(out, 'summary.md'),
@@ -111,7 +130,7 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
     gallery: path.join(out, 'gallery.html'),
     merged: path.join(out, 'results.merged.jsonl'),
   };
-  writeFileAtomicSync(files.json, JSON.stringify({ settings, header, items: records.length, sources, table, ties }, null, 2) + '\n');
+  writeFileAtomicSync(files.json, JSON.stringify({ settings, header, items: records.length, sources, table, ties, domains }, null, 2) + '\n');
   writeFileAtomicSync(files.ranksJson, JSON.stringify({ settings, header, ...ranks }, null, 2) + '\n');
   for (const [metric, byMethod] of Object.entries(ranks.means)) {
     const file = path.join(out, `rank-${metric.replace(/[^A-Za-z0-9_-]+/g, '_')}.svg`);
@@ -122,10 +141,10 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
     writeFileAtomicSync(file, svg);
     files.svgs.push(file);
   }
-  const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), tieGainMarkdown(ties), ranksMarkdown(ranks, settings.similarity)].join('\n');
+  const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), tieGainMarkdown(ties), ...(domains ?? []).map((d) => tableMarkdown({ ...d.table, title: `${d.table.title} — NoCaps ${d.domain} (${d.items} items)` }, settings.similarity)), ...domainNotes.map((n) => `- ${n}\n`), ranksMarkdown(ranks, settings.similarity)].join('\n');
   writeFileAtomicSync(files.markdown, md);
   writeFileAtomicSync(files.gallery, galleryHtml(settings, records, out, header, opts.galleryItems ?? 100));
   // the merged records, image paths relative to the report folder
   writeFileAtomicSync(files.merged, records.map((r: ItemRecord) => JSON.stringify({ ...r, candidates: r.candidates.map((c) => ({ ...c, image: path.relative(out, c.image).split(path.sep).join('/') })) })).join('\n') + '\n');
-  return { out, settings, items: records.length, sources, table, ranks, ties, files };
+  return { out, settings, items: records.length, sources, table, ranks, ties, domains, files };
 }
