@@ -262,3 +262,33 @@ describe('NoCaps domain split', () => {
     expect(() => readNocapsDomains(path.join(DATA, 'nocaps', 'nocaps_val.json'))).toThrow(/images: \[\{id, file_name, domain\}\]/);
   });
 });
+
+describe('FID / IS by reconstruction rank', () => {
+  test('each rank’s set of candidates gets its own FID against the real images and IS', async () => {
+    const { fidIsByRank } = require('../lib/report/summary');
+    const { fidStatistics, frechetDistance } = require('../lib/metrics/fid');
+    const { inceptionScore } = require('../lib/metrics/inception-score');
+    const vec = (name: string, d: number, salt: number) => Float32Array.from({ length: d }, (_, i) => Math.sin((name.length + 1) * (i + 1) * 1.3 + salt * name.charCodeAt(name.length - 5)));
+    const features = async (files: string[]) => ({ pool3: files.map((f) => vec(f, 4, 1)), logits: files.map((f) => vec(f, 5, 2)) });
+    const records = [0, 1, 2, 3].map((i) => ({
+      direction: 't2i2t', index: i, id: String(i), input: { text: 't' }, references: [], realImage: `real${i}.png`,
+      candidates: [0, 1].map((j) => ({ index: j, text: 'c', image: `c${i}${j}.png`, seed: j, distance: { 'clip-text': j }, rank: { 'clip-text': (i + j) % 2 + 1 }, scores: {} })),
+      winner: { 'clip-text': 0 }, baseline: [0], seconds: 0,
+    }));
+    const r = await fidIsByRank({ direction: 't2i2t', similarity: ['clip-text'], k: 2 } as any, records as any, features);
+    const stats = (rows: Float32Array[]) => {
+      const data = new Float32Array(rows.length * rows[0].length);
+      rows.forEach((x, i) => data.set(x, i * x.length));
+      return { data, n: rows.length, d: rows[0].length };
+    };
+    const real = stats(records.map((x) => vec(x.realImage, 4, 1)));
+    const rank1 = records.map((x) => x.candidates.find((c) => c.rank['clip-text'] === 1)!.image);
+    const g = stats(rank1.map((f) => vec(f, 4, 1)));
+    const fid = frechetDistance(fidStatistics(g.data, g.n, g.d), fidStatistics(real.data, real.n, real.d)).fid;
+    expect(r.means.FID['clip-text'][0]).toBeCloseTo(fid, 9);
+    const l = stats(rank1.map((f) => vec(f, 5, 2)));
+    expect(r.means.IS['clip-text'][0]).toBeCloseTo(inceptionScore(l.data, l.n, l.d, { splits: 4 }).mean, 9);
+    expect(r.means.FID['clip-text']).toHaveLength(2);
+    expect(r.lowerIsBetter).toEqual({ IS: false, FID: true });
+  });
+});

@@ -10,7 +10,7 @@ import { writeFileAtomicSync } from '../fsutil';
 import { ItemRecord, RunSettings } from '../rerank/types';
 import { galleryHtml } from './gallery';
 import { LoadedRuns, loadRuns } from './load';
-import { RankAnalysis, SummaryOptions, SummaryTable, captionTable, imageTable, rankAnalysis } from './summary';
+import { ImageFeatureFn, RankAnalysis, SummaryOptions, SummaryTable, captionTable, fidIsByRank, imageTable, rankAnalysis } from './summary';
 import { linePlotSvg } from './svg';
 import { TieGainRow, tieGainMarkdown, tieGainTable } from './ties';
 import { NOCAPS_DOMAINS, readNocapsDomains, splitByDomain } from './domains';
@@ -107,8 +107,25 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
   const out = path.resolve(opts.out ?? path.join(dirs[0], 'report'));
   fs.mkdirSync(out, { recursive: true });
   const header = describeSettings(settings, records.length, sources);
+  // Inception features are computed once per file list (Table 2 and the by-rank panels ask for the same sets)
+  if (opts.imageFeatures) {
+    const compute = opts.imageFeatures;
+    const memo = new Map<string, ReturnType<ImageFeatureFn>>();
+    const cached: ImageFeatureFn = (files) => {
+      const key = files.join('\n');
+      if (!memo.has(key)) memo.set(key, compute(files));
+      return memo.get(key)!;
+    };
+    opts = { ...opts, imageFeatures: cached };
+  }
   const table = settings.direction === 'i2t2i' ? await captionTable(settings, records, opts) : await imageTable(settings, records, opts);
   const ranks = rankAnalysis(settings, records);
+  if (opts.imageFeatures && settings.direction === 't2i2t' && records.length >= 2) {
+    const byRank = await fidIsByRank(settings, records, opts.imageFeatures);
+    Object.assign(ranks.means, byRank.means);
+    Object.assign(ranks.counts, byRank.counts);
+    Object.assign(ranks.lowerIsBetter, byRank.lowerIsBetter);
+  }
   const ties = tieGainTable(settings, records, { seed: settings.seed });
   let domains: Report['domains'];
   const domainNotes: string[] = [];
