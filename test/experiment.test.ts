@@ -292,3 +292,23 @@ describe('FID / IS by reconstruction rank', () => {
     expect(r.lowerIsBetter).toEqual({ IS: false, FID: true });
   });
 });
+
+describe('roundtrip sweep', () => {
+  test('K sweep on the world: one point per value with a gain interval, table and plot', async () => {
+    const { runSweep } = require('../lib/experiment/sweep');
+    const { parseValues } = require('../lib/commands/sweep');
+    expect(parseValues('2,3')).toEqual([2, 3]);
+    expect(() => parseValues('2,x')).toThrow(/'x' is not a number/);
+    const out = path.join(root, 'sweep');
+    const r = await runSweep({ out, weights: path.join(ROOT, 'weights'), what: 'k', values: [2, 3], k: 2, items: 3, sdSteps: 2, guidance: 4, repeats: 2, seed: 0, device: 'cpu', quiet: true });
+    expect(r.points.map((p: any) => p.value)).toEqual([2, 3]);
+    for (const p of r.points) {
+      expect(p.items).toBe(3);
+      expect(p.gain.lo).toBeLessThanOrEqual(p.gain.value + 1e-12);
+      expect(p.reranked - p.random).toBeCloseTo(p.gain.value, 9);
+    }
+    expect(fs.readFileSync(r.files.svg, 'utf8')).toContain('<polyline');
+    expect(fs.readFileSync(r.files.markdown, 'utf8')).toContain('| K (candidates) |');
+    await expect(runSweep({ out, what: 'beam', k: 2, items: 3, sdSteps: 2, guidance: 4, repeats: 2, seed: 0, device: 'cpu', quiet: true })).rejects.toThrow(/--what/);
+  });
+});

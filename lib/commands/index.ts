@@ -13,8 +13,9 @@ import { command as pretrainWorld } from './pretrain-world';
 import { command as report } from './report';
 import { command as rerank } from './rerank';
 import { command as score } from './score';
+import { command as sweep } from './sweep';
 import { command as tokenize } from './tokenize';
 import { command as weights } from './weights';
 
 /** Every `roundtrip` subcommand, one module per command. */
-export const commands: CommandModule<{}, any>[] = [demo, info, tokenize, caption, generate, rerank, score, report, evaluate, finetune, experiment, bench, pretrainWorld, conformance, bridge, weights];
+export const commands: CommandModule<{}, any>[] = [demo, info, tokenize, caption, generate, rerank, score, sweep, report, evaluate, finetune, experiment, bench, pretrainWorld, conformance, bridge, weights];
