@@ -312,3 +312,18 @@ describe('roundtrip sweep', () => {
     await expect(runSweep({ out, what: 'beam', k: 2, items: 3, sdSteps: 2, guidance: 4, repeats: 2, seed: 0, device: 'cpu', quiet: true })).rejects.toThrow(/--what/);
   });
 });
+
+describe('roundtrip validate-score', () => {
+  test('three captions per image, Kendall τ against CIDEr-D and the attribute accuracy, with intervals', async () => {
+    const { validateScore } = require('../lib/experiment/validate-score');
+    const r = await validateScore({ out: path.join(root, 'vs'), weights: path.join(ROOT, 'weights'), items: 3, drawings: 1, sdSteps: 2, guidance: 4, seed: 0, device: 'cpu', quiet: true });
+    expect(r.pairs).toHaveLength(9);
+    expect(r.pairs.filter((p: any) => p.kind === 'own').every((p: any) => p.attributes === 1)).toBe(true);
+    for (const t of [r.tauCider, r.tauAttributes]) {
+      expect(t.value).toBeGreaterThanOrEqual(-1);
+      expect(t.value).toBeLessThanOrEqual(1);
+      expect(t.lo).toBeLessThanOrEqual(t.hi);
+    }
+    expect(fs.readFileSync(r.files.markdown, 'utf8')).toContain('Kendall τ-b');
+  });
+});

@@ -14,8 +14,9 @@ import { command as report } from './report';
 import { command as rerank } from './rerank';
 import { command as score } from './score';
 import { command as sweep } from './sweep';
+import { command as validateScore } from './validate-score';
 import { command as tokenize } from './tokenize';
 import { command as weights } from './weights';
 
 /** Every `roundtrip` subcommand, one module per command. */
-export const commands: CommandModule<{}, any>[] = [demo, info, tokenize, caption, generate, rerank, score, sweep, report, evaluate, finetune, experiment, bench, pretrainWorld, conformance, bridge, weights];
+export const commands: CommandModule<{}, any>[] = [demo, info, tokenize, caption, generate, rerank, score, validateScore, sweep, report, evaluate, finetune, experiment, bench, pretrainWorld, conformance, bridge, weights];
