@@ -280,7 +280,6 @@ export async function runExperiment(options: ExperimentOptions, command = 'runEx
   }
 
   function armConfig(def: ArmDef, seed: number, dir: string): FinetuneConfig {
-    const stepsPerEpoch = Math.max(1, Math.floor((o.trainImages * 5) / (o.batchSize ?? 8)));
     return resolveConfig(
       {
         recipe: o.recipe,
@@ -298,7 +297,8 @@ export async function runExperiment(options: ExperimentOptions, command = 'runEx
         lr: o.lr,
         ...(o.batchSize !== undefined ? { batchSize: o.batchSize } : {}),
         maxSteps: o.steps,
-        epochs: Math.ceil(o.steps / stepsPerEpoch) + 1,
+        // every epoch has at least one step, so this many never stops a run before maxSteps
+        epochs: o.steps,
         sdSize: size,
         blipSize: size,
         prefetch: 8,
