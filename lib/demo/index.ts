@@ -594,7 +594,7 @@ function buildStatements(p: Phases, tables: DemoTable[], o: DemoOptions, models:
       : `At this scale the method does not help: adding the reconstruction terms to the task losses ((e) vs (d), ${arms.options.seeds} seeds × ${arms.options.steps} steps, ${arms.options.items} test images) improves none of the caption or image measures beyond its 95 % interval${hurts.length ? `, and makes ${hurts.join(', ')} worse` : ''}.`,
   );
   out.push(
-    `Scale: ${o.items} held-out test images, K = ${o.k}, ${o.sdSteps} DDIM steps at ${models.world.size}×${models.world.size}, ${o.finetuneSteps} finetuning steps of batch ${o.batchSize}. Verdicts (better/worse) are given only where a 95 % interval excludes no change; the attribute rows of Tables 1–2 have no interval and no verdict.`,
+    `Scale: ${o.items} held-out test images, K = ${o.k}, ${o.sdSteps} DDIM steps at ${models.world.size}×${models.world.size}, ${o.finetuneSteps} finetuning steps of batch ${o.batchSize}. A verdict is given only where a 95 % interval excludes no change; the attribute rows of Tables 1–2 have no interval and get none.`,
   );
   if (models.source !== 'weights') out.push('The world models come from a few-step fallback pretraining (not the shipped weights/): they have barely learned, so none of these numbers says anything about the method.');
   if (p.before.captions.examples.length) out.push(`Example (before → after finetuning): “${p.before.captions.examples[0].caption}” → “${p.after.captions.examples[0].caption}” (reference “${p.before.captions.examples[0].reference}”).`);
