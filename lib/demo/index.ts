@@ -63,7 +63,7 @@ export function readFinetuneRun(dir: string): FinetuneResult {
     const file = path.join(dir, 'export', `${model}.safetensors`);
     if (fs.existsSync(file)) exported[model] = file;
   }
-  return { steps: lines.length ? lines[lines.length - 1].step : 0, losses: lines.map((l) => l.loss), logs: lines, exported, interrupted: false, validation: [] };
+  return { steps: lines.length ? lines[lines.length - 1].step : 0, losses: lines.map((l) => l.loss), logs: lines, exported, interrupted: false, validation: [], rollbacks: [] };
 }
 
 /** Similarity used by each direction (the paper's CLIP choices). */

@@ -50,6 +50,8 @@ export interface JointStepStats {
   paramMaxAbs: number;
   /** false: a loss, gradient norm or weight was not finite, and the update was skipped (weights unchanged). */
   applied: boolean;
+  /** Native wall milliseconds: the micro-batches' forwards, their backwards, clipping + the optimizer update. */
+  timings: { forwardMs: number; backwardMs: number; updateMs: number };
 }
 
 interface NativeJointStep {
@@ -173,7 +175,7 @@ export class JointStep {
     LOSS_TERMS.forEach((t, i) => {
       if (!Number.isNaN(v[1 + i])) terms[t] = v[1 + i];
     });
-    return { loss: v[0], terms, gradNorm: { total: v[5], blip: v[6], unet: v[7] }, paramMaxAbs: v[8], applied: v[9] === 1 };
+    return { loss: v[0], terms, gradNorm: { total: v[5], blip: v[6], unet: v[7] }, paramMaxAbs: v[8], applied: v[9] === 1, timings: { forwardMs: v[10], backwardMs: v[11], updateMs: v[12] } };
   }
 
   /** Releases the native step (the models stay with their owners). */

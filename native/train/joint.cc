@@ -4,6 +4,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <chrono>
 #include <cmath>
 
 #include "core/autocast.h"
@@ -460,8 +461,13 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
   at::Tensor loss_sum = at::zeros({}, f32);
   std::vector<at::Tensor> term_sums(4);
+  using clock = std::chrono::steady_clock;
+  auto ms_since = [](clock::time_point t) { return std::chrono::duration<float, std::milli>(clock::now() - t).count(); };
+  float forward_ms = 0, backward_ms = 0;
   for (const MicroBatch& mb : batches) {
+    auto t0 = clock::now();
     TensorMap r = forward(mb, step);
+    forward_ms += ms_since(t0);
     at::Tensor total = r.at("total");
     {
       at::NoGradGuard no_grad;
@@ -473,8 +479,11 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
         term_sums[t] = term_sums[t].defined() ? term_sums[t] + v : v;
       }
     }
+    t0 = clock::now();
     (accum > 1 ? total / accum : total).backward();
+    backward_ms += ms_since(t0);
   }
+  const auto t_update = clock::now();
   at::NoGradGuard no_grad;
   at::Tensor blip_norm = grad_norm(blip_params, device_), unet_norm = grad_norm(unet_params, device_);
   std::vector<at::Tensor> all = blip_params;
@@ -510,7 +519,8 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
       o->update();
     }
   }
-  return at::cat({host, torch::tensor({finite ? 1.f : 0.f})});
+  // Host-side wall times (on CUDA the kernels may still run when a phase returns; the sync above closes them).
+  return at::cat({host, torch::tensor({finite ? 1.f : 0.f, forward_ms, backward_ms, ms_since(t_update)})});
 }
 
 }  // namespace rt::train

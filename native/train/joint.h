@@ -79,8 +79,9 @@ class JointObjective {
   TensorMap forward(const MicroBatch& mb, int64_t step);
 
   // One optimizer step over the micro-batches. Caller holds the model locks.
-  // Returns float32 [4 + 4 + 3 + 1] on the CPU: loss, the 4 terms (mean over micro-batches; NaN where inactive),
-  // grad norms total/blip/unet (before clipping), 1 if the update was applied (every number finite), else 0.
+  // Returns float32 [13] on the CPU: loss, the 4 terms (mean over micro-batches; NaN where inactive), grad norms
+  // total/blip/unet (before clipping), largest |w| before the update, 1 if the update was applied (every number
+  // finite) else 0, then milliseconds of the forwards, the backwards, and clipping + update.
   at::Tensor step(const std::vector<MicroBatch>& batches, int64_t step, double lr);
 
   std::shared_ptr<AdamWState> blip_opt, unet_opt;
