@@ -30,7 +30,7 @@ export async function runBenchRecon(argv: Record<string, any>): Promise<BenchRec
     n: argv.n ?? 64,
     seed: argv.seed ?? 0,
     bridge: argv.bridge,
-    clip: argv.clip,
+    clip: argv.clipModel,
     prompt: argv.prompt ?? '',
     recTxtMode: argv.recTxtMode ?? 'x0',
     sdSteps: argv.sdSteps ?? 10,
@@ -49,14 +49,14 @@ export const command: CommandModule<{}, any> = {
     const withFlags = (finetuneCommand.builder as (y: any) => any)(y);
     return withFlags
       .positional('what', { type: 'string', choices: ['finetune', 'recon'], describe: 'What to benchmark' })
-      .option('checkpoints', { type: 'string', array: true, describe: 'recon: checkpoint, export/ or run folders (after the base models)' })
-      .option('data', { type: 'string', describe: 'recon: held-out Karpathy-layout list [{image, caption}] (images relative to --images or its folder)' })
+      .option('checkpoints', { type: 'string', array: true, describe: 'recon: checkpoint, export/ or run folders, measured after the base models (default: none)' })
+      .option('data', { type: 'string', describe: 'recon: held-out Karpathy-layout list [{image, caption}], images relative to --images or its folder (required for recon)' })
       .option('n', { type: 'number', describe: 'recon: held-out images (default 64)' })
-      .option('clip', { type: 'string', describe: 'recon: CLIP folder; adds SD images’ CLIP distance to their captions' })
+      .option('clip-model', { type: 'string', describe: 'recon: CLIP folder; adds SD images’ CLIP distance to their captions (default: none)' })
       .option('sd-steps', { type: 'number', describe: 'recon: DDIM steps of the SD images (default 10)' })
       .option('guidance', { type: 'number', describe: 'recon: guidance of the SD images (default 4)' })
       .option('replicates', { type: 'number', describe: 'recon: bootstrap replicates (default 2000)' })
-      .option('out', { type: 'string', describe: 'recon: folder for recon.json, recon.md, recon.svg' })
+      .option('out', { type: 'string', describe: 'recon: folder for recon.json, recon.md, recon.svg (default: none, table on stdout)' })
       .option('steps', { type: 'number', default: 5, describe: 'Timed steps per variant' })
       .option('warmup', { type: 'number', default: 1, describe: 'Untimed steps first' })
       .option('json', { type: 'boolean', default: false, describe: 'Print the table as JSON' });

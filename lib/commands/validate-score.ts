@@ -13,9 +13,9 @@ export const command: CommandModule<{}, any> = {
   builder: (y) =>
     y
       .option('out', { type: 'string', default: 'roundtrip-validate-score' })
-      .option('cache', { type: 'string' })
-      .option('weights', { type: 'string' })
-      .option('vocab', { type: 'string' })
+      .option('cache', { type: 'string', describe: 'World cache (default <out>/cache)' })
+      .option('weights', { type: 'string', describe: 'Folder with world-blip/, world-sd/, world-clip/ (default the package weights/)' })
+      .option('vocab', { type: 'string', describe: 'BERT/CLIP vocabularies for a fallback pretraining (default: looked up in --weights)' })
       .option('items', { type: 'number', default: 32, describe: 'World test images (3 captions each)' })
       .option('drawings', { type: 'number', default: 2, describe: 'SD drawings per caption' })
       .option('sd-steps', { type: 'number', default: 10 })
