@@ -113,7 +113,7 @@ export const command: CommandModule<{}, any> = {
       .option('seed', { type: 'number', describe: 'Evaluation seed and first training seed (default 0)' })
       .option('replicates', { type: 'number', describe: 'Bootstrap replicates (default 2000)' })
       .option('device', { type: 'string', describe: 'cpu, cuda or cuda:N (default cpu)' })
-      .option('quiet', { type: 'boolean', default: false })
+      .option('quiet', { type: 'boolean', default: false, describe: 'No progress output' })
       .option('json', { type: 'boolean', default: false, describe: 'Print summary.json instead of the text summary' }),
   handler: async (argv) => {
     const r = await runExperiment(experimentOptionsFromArgs(argv as unknown as ExperimentArgs), `roundtrip ${process.argv.slice(2).join(' ')}`);

@@ -86,7 +86,7 @@ export function reportBuilder(y: Argv<{}>): Argv<{}> {
     .option('inception', { type: 'string', describe: 'Inception FID weights (safetensors) for FID and IS in Table 2 (default: none, FID/IS left out)' })
     .option('gallery-items', { type: 'number', default: 100, describe: 'Items shown in the gallery' })
     .option('device', { type: 'string', default: 'cpu', describe: 'Device for Inception' })
-    .option('nocaps-domains', { type: 'string', describe: 'NoCaps annotation file (images[].domain, e.g. nocaps_val_4500_captions.json): Table 1 per in/near/out-domain' }) as Argv<{}>;
+    .option('nocaps-domains', { type: 'string', describe: 'NoCaps annotation file (images[].domain, e.g. nocaps_val_4500_captions.json): Table 1 per in/near/out-domain (default: none)' }) as Argv<{}>;
 }
 
 export const command: CommandModule<{}, any> = {

@@ -24,18 +24,18 @@ export const command: CommandModule<{}, any> = {
     y
       .option('what', { type: 'string', demandOption: true, choices: [...SWEEPS], describe: 'The setting to sweep' })
       .option('values', { type: 'string', describe: 'Comma-separated values (default: the paper’s range)' })
-      .option('out', { type: 'string', default: 'roundtrip-sweep' })
+      .option('out', { type: 'string', default: 'roundtrip-sweep', describe: 'Report folder' })
       .option('cache', { type: 'string', describe: 'World cache (default <out>/cache)' })
       .option('weights', { type: 'string', describe: 'Folder with world-blip/, world-sd/, world-clip/ (default the package weights/)' })
       .option('vocab', { type: 'string', describe: 'BERT/CLIP vocabularies for a fallback pretraining (default: looked up in --weights)' })
       .option('k', { type: 'number', default: 5, describe: 'K when K is not swept' })
-      .option('items', { type: 'number', default: 32 })
-      .option('sd-steps', { type: 'number', default: 10 })
-      .option('guidance', { type: 'number', default: 4 })
-      .option('repeats', { type: 'number', default: 5 })
-      .option('seed', { type: 'number', default: 0 })
-      .option('device', { type: 'string', default: 'cpu' })
-      .option('quiet', { type: 'boolean', default: false }),
+      .option('items', { type: 'number', default: 32, describe: 'World test images' })
+      .option('sd-steps', { type: 'number', default: 10, describe: 'DDIM steps of the reconstructions' })
+      .option('guidance', { type: 'number', default: 4, describe: 'Guidance of the reconstructions' })
+      .option('repeats', { type: 'number', default: 5, describe: 'Random-baseline picks per item' })
+      .option('seed', { type: 'number', default: 0, describe: 'Seed of sampling and the bootstrap' })
+      .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
+      .option('quiet', { type: 'boolean', default: false, describe: 'No progress output' }),
   handler: async (argv) => {
     const r = await runSweep({
       out: argv.out,
