@@ -33,7 +33,8 @@ registerBenchRow({
       const p = await StableDiffusionPipeline.load(m.sdDir);
       const t = p.loadTimes;
       p.dispose();
-      return { unetMs: t.unet.ms, vaeMs: t.vae.ms, textEncoderMs: t.textEncoder.ms, mappedMB: (t.unet.mappedBytes + t.vae.mappedBytes + t.textEncoder.mappedBytes) / 2 ** 20 };
+      const parts = [t.unet, t.vae, t.textEncoder];
+      return { unetMs: t.unet?.ms, vaeMs: t.vae?.ms, textEncoderMs: t.textEncoder?.ms, mappedMB: parts.reduce((n, c) => n + (c?.mappedBytes ?? 0), 0) / 2 ** 20 };
     },
   }),
 });

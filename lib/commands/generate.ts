@@ -38,6 +38,13 @@ export interface GenerateArgs {
   vaeTiling?: boolean;
   /** Prints how long each component took to load (and how much was mapped) to the progress stream. */
   verbose?: boolean;
+  /** img2img: the init image file and how much of the schedule to run (0–1, default 0.8). */
+  initImage?: string;
+  strength?: number;
+  /** Single-file checkpoints: folder with unet_config.json / vae_config.json / text_encoder_config.json overrides. */
+  configs?: string;
+  /** Single-file checkpoints: CLIP tokenizer folder (default: the package's CLIP vocabulary). */
+  tokenizer?: string;
 }
 
 /** Validates CLI arguments (flag names in the messages) before any model is loaded. */
@@ -52,6 +59,11 @@ export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
   expectInteger('--seed', a.seed, { min: 0 });
   expectBounded('--batch', a.batch, LIMITS.batch);
   if (a.prompts.length > LIMITS.prompts) throw new RoundtripError(`PROMPT: ${a.prompts.length} prompts is over the limit of ${LIMITS.prompts} per call; split the list`);
+  if (a.strength !== undefined) {
+    expectNumber('--strength', a.strength, { min: 0, max: 1 });
+    if (a.initImage === undefined) throw new RoundtripError('--strength: only with --init-image (img2img)');
+  }
+  if (a.initImage !== undefined) expectString('--init-image', a.initImage);
   for (const [flag, v] of [['--height', a.height], ['--width', a.width]] as const) {
     if (v === undefined) continue;
     expectBounded(flag, v, LIMITS.side, 8);
@@ -77,10 +89,11 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
     checkMemory(`generate: ${a.prompts.length} prompt(s) × --batch ${a.batch} at ${width}×${height}`, estimateSdSample(unet, vae, { batch: images, height, width, guidance: a.guidance > 1 }), 'give fewer prompts per call, or lower --batch, --height or --width');
   }
   checkOutputDir(a.out, { flag: '--out', bytes: pixels * 3 });
-  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights } });
+  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights }, configs: a.configs, tokenizer: a.tokenizer });
   try {
     if (a.verbose) {
       for (const [name, t] of Object.entries(pipe.loadTimes)) {
+        if (!t) continue;
         stream.write(`load ${name}: ${t.ms.toFixed(0)} ms (${(t.mappedBytes / 2 ** 20).toFixed(0)} MB mapped, ${(t.copiedBytes / 2 ** 20).toFixed(0)} MB copied) ${t.file}\n`);
       }
       stream.write(`ready to sample after ${(process.uptime() * 1000).toFixed(0)} ms (process start)\n`);
@@ -102,6 +115,8 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
       batch: a.batch,
       vaeSlicing: a.vaeSlicing,
       vaeTiling: a.vaeTiling,
+      initImage: a.initImage,
+      strength: a.strength,
       onStep: (done, total) => {
         progress ??= createProgress({ label: 'sampling', total, unit: 'step', stream });
         progress.update(done);
@@ -120,12 +135,16 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
 
 export const command: CommandModule<{}, any> = {
   command: 'generate <prompts..>',
-  describe: 'Generate images with a Stable Diffusion v1.x diffusers folder',
+  describe: 'Generate images (text-to-image, or img2img with --init-image) with a Stable Diffusion v1.x folder or single file',
   builder: (y) =>
     y
       .positional('prompts', { type: 'string', array: true, describe: 'Text prompt(s)' })
-      .option('model', { type: 'string', demandOption: true, describe: 'diffusers SD folder (model_index.json, unet/, vae/, ...)' })
-      .option('weights', { type: 'string', array: true, describe: 'Trained UNet tensors (e.g. a finetune export/unet.safetensors) merged over the model (default: none)' })
+      .option('model', { type: 'string', demandOption: true, describe: 'diffusers SD folder (model_index.json, unet/, vae/, ...) or a CompVis single file (sd-v1-4.ckpt, a single-file .safetensors)' })
+      .option('weights', { type: 'string', array: true, describe: 'Trained UNet tensors (.safetensors, or .pth/.ckpt such as the paper release\'s unet.pth) merged over the model (default: none)' })
+      .option('init-image', { type: 'string', describe: 'img2img: start from this image (PNG/JPEG)' })
+      .option('strength', { type: 'number', describe: 'img2img: share of the schedule to run, 0–1 (default 0.8)' })
+      .option('configs', { type: 'string', describe: 'Single-file --model: folder with unet_config.json / vae_config.json / text_encoder_config.json overriding the inferred configs' })
+      .option('tokenizer', { type: 'string', describe: 'Single-file --model: CLIP tokenizer folder (default: the package\'s CLIP vocabulary)' })
       .option('out', { type: 'string', demandOption: true, describe: 'Output folder for the PNGs' })
       .option('scheduler', { type: 'string', describe: `One of ${SCHEDULER_NAMES.join(', ')} (default: the folder's)` })
       .option('steps', { type: 'number', default: 50, describe: 'Denoising steps (at most 1000)' })

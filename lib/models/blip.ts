@@ -12,6 +12,7 @@ import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString,
 import { NativeModel, WeightsReport } from '../model';
 import { Tensor, disposeAll, noGrad } from '../tensor';
 import { readSafetensorsHeader } from '../weights/safetensors';
+import { hfWeightFiles } from '../weights/files';
 import { blipPreprocess, loadImage, preprocessBatch, RgbImage } from '../image';
 import { loadTokenizer } from '../tokenizers';
 import { readJsonFile } from '../json';
@@ -128,8 +129,12 @@ export type BlipSize = 'base' | 'large';
 /**
  * Name of an original salesforce/BLIP key in transformers' layout (the renames of transformers'
  * `convert_blip_original_pytorch_to_hf.py`); keys already in transformers' layout come back unchanged.
+ * Files saved from a multi-GPU run carry DDP's `module.` prefix (dropped), and a text decoder's own state dict
+ * (`model.text_decoder.state_dict()`, as the paper release saves it) has no `text_decoder.` prefix (added).
  */
 export function originalBlipKeyToHf(key: string): string {
+  if (key.startsWith('module.')) key = key.slice('module.'.length);
+  if (key.startsWith('bert.') || key.startsWith('cls.')) return 'text_decoder.' + key;
   if (!key.startsWith('visual_encoder.')) return key;
   let k = key.slice('visual_encoder.'.length);
   if (k === 'cls_token') return 'vision_model.embeddings.class_embedding';
@@ -291,10 +296,8 @@ export class Blip {
     if (typeof source === 'string') {
       const dir = expectString('model folder', source);
       const configPath = path.join(dir, 'config.json');
-      const weightsPath = path.join(dir, 'model.safetensors');
       if (!fs.existsSync(configPath)) throw new RoundtripError(`${dir}: no config.json (expected a transformers BLIP folder)`);
-      if (!fs.existsSync(weightsPath)) throw new RoundtripError(`${dir}: no model.safetensors (convert .pth/.bin weights first: roundtrip weights convert)`);
-      files = { config: configPath, weights: [weightsPath], partial: opts.partial };
+      files = { config: configPath, weights: hfWeightFiles(dir, ['model']), partial: opts.partial };
     } else {
       files = source;
     }

@@ -141,6 +141,7 @@ json load_weights(Model& model, const std::vector<std::string>& files, const jso
   for (auto& k : model.tied_keys()) tied.insert(k);
 
   std::set<std::string> loaded;
+  std::map<std::string, std::string> loaded_from;  // model key -> the file key that filled it
   std::vector<std::string> unexpected, ignored;
   json mismatched = json::array();
   int64_t mapped_bytes = 0, copied_bytes = 0;
@@ -190,6 +191,14 @@ json load_weights(Model& model, const std::vector<std::string>& files, const jso
           continue;
         }
       }
+      auto first = loaded_from.find(key);
+      if (first != loaded_from.end()) {
+        // A second published copy of one parameter (a tied LM head stored beside its embedding): equal
+        // copies are fine, differing ones would make the model depend on file order.
+        if (!at::equal(dst, src.to(dst.device(), dst.scalar_type())))
+          throw Error("weights: '" + e.name + "' and '" + first->second + "' are tied (one parameter '" + key + "') but hold different values");
+        continue;
+      }
       // The parameter *is* the file's bytes when it can be (CPU, same dtype, a view of the private mapping):
       // no copy, and a write (a trained tensor) copies only the pages it touches, never into the file.
       if (map && dst.device().is_cpu() && dst.scalar_type() == src.scalar_type() && dst.is_contiguous() && file->is_mapped(src)) {
@@ -200,6 +209,7 @@ json load_weights(Model& model, const std::vector<std::string>& files, const jso
         copied_bytes += src.nbytes();
       }
       loaded.insert(key);
+      loaded_from[key] = e.name;
     }
   }
   std::vector<std::string> missing;

@@ -30,6 +30,8 @@ export interface GuidedSampleInputs {
   uncondEmbeds?: Tensor;
   /** Recorded DDPM noise [steps, B, C, h, w], replayed instead of drawing. */
   varianceNoise?: Tensor;
+  /** img2img: the encoded init image (sample·scale), noised with `latents` to the run's first timestep. */
+  initLatents?: Tensor;
 }
 
 export interface GuidedSampleOptions {
@@ -40,6 +42,8 @@ export interface GuidedSampleOptions {
   guidance: number;
   seed?: number;
   record?: boolean;
+  /** img2img (with `initLatents`): the share of the schedule to run, as StableDiffusionImg2ImgPipeline. */
+  strength?: number;
 }
 
 /** What else the one native sampling call does: progress, abort, and the VAE decode of the result. */
@@ -92,7 +96,7 @@ export class UNet {
   async sample(inputs: GuidedSampleInputs, opts: GuidedSampleOptions, control: SampleControl = {}): Promise<GuidedSampleResult> {
     const out = await this.model.call(
       'sample',
-      { latents: inputs.latents, cond_embeds: inputs.condEmbeds, uncond_embeds: inputs.uncondEmbeds, variance_noise: inputs.varianceNoise },
+      { latents: inputs.latents, cond_embeds: inputs.condEmbeds, uncond_embeds: inputs.uncondEmbeds, variance_noise: inputs.varianceNoise, init_latents: inputs.initLatents },
       {
         scheduler: opts.scheduler === 'dpm++' ? 'dpmsolver' : opts.scheduler,
         scheduler_config: opts.schedulerConfig,
@@ -100,6 +104,7 @@ export class UNet {
         guidance: opts.guidance,
         seed: opts.seed ?? 0,
         record: !!opts.record,
+        strength: opts.strength,
         decode: control.vae ? control.vae.decodeOptions(control.decode) : undefined,
       },
       { onStep: control.onStep, signal: control.signal, models: control.vae ? { vae: control.vae.model } : undefined },
