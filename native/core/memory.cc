@@ -33,8 +33,10 @@ size_t size_class(size_t n) {
   return (n + g - 1) / g * g;
 }
 
+bool g_huge_pages = true;  // ROUNDTRIP_HUGE_PAGES=off: plain 4 KiB pages (THP compaction stalls on a busy host)
+
 void* map_block(size_t size) {
-  if (size < kHugeFrom) {
+  if (size < kHugeFrom || !g_huge_pages) {
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? nullptr : p;
   }
@@ -190,6 +192,8 @@ void install_memory_policy() {
     // ROUNDTRIP_MEMORY_POLICY=off leaves glibc's defaults and libtorch's allocator (for A/B measurements).
     const char* env = std::getenv("ROUNDTRIP_MEMORY_POLICY");
     if (env && std::string(env) == "off") return;
+    const char* huge = std::getenv("ROUNDTRIP_HUGE_PAGES");
+    g_huge_pages = !(huge && std::string(huge) == "off");
     // Small blocks (and oneDNN's own buffers) stay in glibc: keep blocks up to 32 MiB out of mmap, and keep up to
     // 64 MiB of freed heap top instead of trimming it after every call.
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
