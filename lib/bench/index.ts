@@ -6,6 +6,7 @@ import { RoundtripError, expectInteger } from '../errors';
 import { native } from '../native';
 import { BenchSize, benchModels } from './models';
 import { BenchRowResult, benchRows, formatBenchTable, runBenchRow } from './registry';
+import './training-rows';
 import './rows';
 
 export { registerBenchRow, benchRows, formatBenchTable } from './registry';
