@@ -11,6 +11,7 @@ import type { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { Tensor, noGrad } from '../tensor';
 import {
   CaptionBatch,
+  ItemSlots,
   ReconstructTextMode,
   SoftCaptionMode,
   captionLoss,
@@ -60,6 +61,8 @@ export interface JointBatch {
   captions: CaptionBatch;
   /** Scaled VAE latents of `sdImages` when already known (LatentCache); encoded here otherwise. */
   latents?: Tensor;
+  /** The items' places in a data-parallel global batch (random draws follow the global item). */
+  slots?: ItemSlots;
 }
 
 /** Which terms a step evaluates (weights zero or the alternating parity switch the others off). */
@@ -94,7 +97,7 @@ export async function jointObjective(
     imageEmbeds = v.lastHiddenState;
   }
   const needLatents = terms.includes('recImg') || terms.includes('sd') || terms.includes('recTxt');
-  const latents = needLatents ? (batch.latents ?? (await encodeLatents(sd, batch.sdImages, seed))) : undefined;
+  const latents = needLatents ? (batch.latents ?? (await encodeLatents(sd, batch.sdImages, seed, batch.slots))) : undefined;
   try {
     if (terms.includes('cap')) out.cap = await captionLoss(blip, { imageEmbeds }, batch.captions, { labelSmoothing: opts.labelSmoothing });
     if (terms.includes('recImg')) {
@@ -105,15 +108,15 @@ export async function jointObjective(
         endId: opts.clipEndId,
         padId: opts.clipPadId,
       });
-      out.recImg = await reconstructImageLoss(sd, batch.sdImages, P, { seed: seed + 1, latents });
+      out.recImg = await reconstructImageLoss(sd, batch.sdImages, P, { seed: seed + 1, latents, slots: batch.slots });
       P.dispose();
     }
     if (terms.includes('sd') || terms.includes('recTxt')) {
-      const d = await sdDenoise(sd, batch.sdImages, batch.captions, { seed: seed + 2, latents });
+      const d = await sdDenoise(sd, batch.sdImages, batch.captions, { seed: seed + 2, latents, slots: batch.slots });
       if (terms.includes('sd')) out.sd = d.loss;
       else d.loss.dispose();
       if (terms.includes('recTxt')) {
-        out.recTxt = await reconstructTextLoss(sd, blip, batch.sdImages, batch.captions, { mode: opts.recTxtMode, denoised: d, labelSmoothing: opts.labelSmoothing, seed: seed + 3 });
+        out.recTxt = await reconstructTextLoss(sd, blip, batch.sdImages, batch.captions, { mode: opts.recTxtMode, denoised: d, labelSmoothing: opts.labelSmoothing, seed: seed + 3, slots: batch.slots });
       }
       d.prediction.dispose();
       d.noisy.dispose();

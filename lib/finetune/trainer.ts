@@ -27,7 +27,9 @@ import { loadImage } from '../image/decode';
 import { deriveSeed } from '../image/random';
 import { LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, encodeCaptions, disposeCaptionBatch } from './losses';
 import { LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, SCHEDULES, activeTerms, jointObjective, presetWeights } from './objective';
-import { TrainItem, epochBatches, readAnnotations } from './data';
+import { TrainItem, epochBatches, microBatchesPerEpoch, readAnnotations } from './data';
+import { DataParallel, weightedTotal } from './distributed';
+import { isMainProcess } from '../distributed';
 import { writeReport } from './report';
 import { resolveModelPath } from '../hub/resolve';
 
@@ -293,7 +295,7 @@ export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promis
   else {
     if (!items) throw new RoundtripError('no bridge file and no captions to learn one from');
     bridge = buildBridge(items.map((i) => i.caption), bert, sd.tokenizer);
-    saveBridge(path.join(c.output, 'bridge.json'), bridge);
+    if (isMainProcess()) saveBridge(path.join(c.output, 'bridge.json'), bridge);
   }
   if (bridge.clipToBlip.length !== sd.tokenizer.vocabSize) throw new RoundtripError(`bridge: ${bridge.clipToBlip.length} CLIP ids, the SD tokenizer has ${sd.tokenizer.vocabSize}`);
   for (const m of [blip.model, sd.unet.model]) m.setGradientCheckpointing(c.gradientCheckpointing);
@@ -340,9 +342,11 @@ function appendLine(file: string, line: string): void {
 export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Promise<FinetuneResult> {
   fs.mkdirSync(c.output, { recursive: true });
   if (c.threads) (native() as any).setNumThreads(c.threads);
-  const print = hooks.print ?? ((line: string) => c.progress && process.stderr.write(line + '\n'));
+  // Data-parallel (roundtrip launch / torchrun): rank 0 prints and writes; see ./distributed.ts.
+  const dp = await DataParallel.fromEnvironment();
+  const print = hooks.print ?? ((line: string) => c.progress && dp.isMain && process.stderr.write(line + '\n'));
   const items = readAnnotations(c.annotations, c.images, c.limit);
-  const microPerEpoch = Math.floor(items.length / c.batchSize);
+  const microPerEpoch = microBatchesPerEpoch(items.length, c.batchSize, dp.worldSize);
   const stepsPerEpoch = Math.floor(microPerEpoch / c.gradAccum);
   if (stepsPerEpoch === 0) throw new RoundtripError(`${items.length} training items do not fill one step of batchSize ${c.batchSize} × gradAccum ${c.gradAccum}`);
   const totalSteps = Math.min(c.maxSteps ?? Infinity, stepsPerEpoch * c.epochs);
@@ -357,6 +361,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   const weights = { ...presetWeights(c.objective), ...(c.weights ?? {}) };
   const objective = objectiveOptions(c, weights, { start: sd.tokenizer.sotId, end: sd.tokenizer.eotId, pad: sd.tokenizer.padId });
   const visionTrainable = m.blipTrainable.some((n) => n.startsWith('vision_model.'));
+  if (dp.active) print(`finetune: ${dp.worldSize} processes; global batch ${c.batchSize} per rank × ${dp.worldSize} ranks × ${c.gradAccum} accumulation = ${c.batchSize * dp.worldSize * c.gradAccum} samples per step`);
   print(`finetune: ${items.length} items, ${stepsPerEpoch} steps/epoch, ${totalSteps} steps; trainable BLIP ${countParams(blip.model, m.blipTrainable).toLocaleString('en-US')} params (${m.blipTrainable.length} tensors), UNet ${countParams(sd.unet.model, m.unetTrainable).toLocaleString('en-US')} params (${m.unetTrainable.length} tensors)`);
 
   let step = 0;
@@ -377,16 +382,24 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
       if (ck.optimizers.joint) optimizer.importState(ck.optimizers.joint);
       step = ck.state.step;
       epoch = Number(ck.state.epoch);
-      position = Number(ck.state.position);
       best = Number(ck.state.bestCider ?? -Infinity);
-      if (Number(ck.state.seed) !== c.seed || Number(ck.state.batchSize) !== c.batchSize || Number(ck.state.gradAccum) !== c.gradAccum) {
-        throw new RoundtripError(`--resume ${dir}: seed/batchSize/gradAccum differ from the checkpoint's (${ck.state.seed}/${ck.state.batchSize}/${ck.state.gradAccum}); the data order would not continue`);
+      // The data position is stored as samples seen this epoch, so a run may resume with another world
+      // size as long as the global micro-batch (batchSize × world size) is the same.
+      const savedWorld = Number(ck.state.worldSize ?? 1);
+      const savedGlobal = Number(ck.state.batchSize) * savedWorld;
+      if (Number(ck.state.seed) !== c.seed || savedGlobal !== c.batchSize * dp.worldSize || Number(ck.state.gradAccum) !== c.gradAccum) {
+        throw new RoundtripError(
+          `--resume ${dir}: seed/global micro-batch (batchSize × processes)/gradAccum differ from the checkpoint's (${ck.state.seed}/${ck.state.batchSize} × ${savedWorld}/${ck.state.gradAccum}; ` +
+            `this run: ${c.seed}/${c.batchSize} × ${dp.worldSize}/${c.gradAccum}); the data order would not continue`,
+        );
       }
+      position = ck.state.samplesSeen !== undefined ? Number(ck.state.samplesSeen) / (c.batchSize * dp.worldSize) : Number(ck.state.position);
     } finally {
       disposeCheckpoint(ck);
     }
     print(`finetune: resumed from ${dir} at step ${step}`);
   }
+  await dp.start(c, [blip.model, sd.unet.model, sd.vae.model, sd.textEncoder], Object.values(all));
 
   const logFile = path.join(c.output, 'log.jsonl');
   const stop = hooks.stopSignal ?? { stop: false };
@@ -400,7 +413,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     const data: CheckpointData = {
       tensors: { blip: blipParams, unet: unetParams },
       optimizers: { joint: optimizer.exportState() },
-      state: { step, epoch, position, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, config: c, ...extra },
+      state: { step, epoch, position, samplesSeen: position * c.batchSize * dp.worldSize, worldSize: dp.worldSize, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, config: c, ...extra },
     };
     try {
       return await saveCheckpoint(dirRun, data, { keepLast });
@@ -409,11 +422,11 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     }
   };
 
-  const progress = c.progress ? createProgress({ label: 'finetune', total: totalSteps, unit: 'step', start: step }) : undefined;
+  const progress = c.progress && dp.isMain ? createProgress({ label: 'finetune', total: totalSteps, unit: 'step', start: step }) : undefined;
   const latentCache = c.cacheLatents ? new LatentCache() : undefined;
   let batches: AsyncGenerator<Awaited<ReturnType<typeof epochBatches> extends AsyncGenerator<infer B> ? B : never>> | undefined;
   const openEpoch = () =>
-    epochBatches(items, { seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale });
+    epochBatches(items, { rank: dp.rank, worldSize: dp.worldSize, seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale });
   const started = Date.now();
   try {
     while (step < totalSteps && !stop.stop) {
@@ -437,19 +450,23 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         const captions = encodeCaptions({ blip: m.bert, clip: sd.tokenizer }, mb.items.map((i) => i.caption), { prompt: c.prompt });
         try {
           const stepSeed = deriveSeed(c.seed, 3, step, micro);
-          const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), stepSeed) : undefined;
-          const { total, terms } = await jointObjective(
+          const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), stepSeed, dp.slots) : undefined;
+          const { total: localTotal, terms } = await jointObjective(
             { blip, sd, bridge: m.bridge, visionTrainable },
-            { blipImages: mb.blipImages, sdImages: mb.sdImages, captions, latents },
+            { blipImages: mb.blipImages, sdImages: mb.sdImages, captions, latents, slots: dp.slots },
             objective,
             step,
             stepSeed,
           );
+          // Data-parallel: token-mean terms weighted by this rank's token share (1 in one process).
+          const scales = dp.termScales({ blip: m.bert, clip: sd.tokenizer }, c.prompt, mb.items, mb.globalItems);
+          const total = dp.active ? weightedTotal(terms, weights, scales) : localTotal;
+          if (total !== localTotal) localTotal.dispose();
           try {
             let value = total.item();
             const replaced = hooks.afterLoss?.(step, value);
             if (typeof replaced === 'number') value = replaced;
-            const termValues = Object.fromEntries(Object.entries(terms).map(([k, t]) => [k, t!.item()]));
+            const termValues = Object.fromEntries(Object.entries(terms).map(([k, t]) => [k, t!.item() * (scales[k as LossTerm] ?? 1)]));
             if (!Number.isFinite(value)) {
               const last = fs.existsSync(path.join(c.output, 'checkpoints', 'latest')) ? resolveCheckpoint('latest', c.output) : undefined;
               throw new RoundtripError(
@@ -473,6 +490,14 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         }
         position++;
       }
+      if (dp.active) {
+        // One all-reduce round: gradients, the step's loss terms and the stop flag (all ranks stop together).
+        const keys = Object.keys(termSums) as LossTerm[];
+        const [loss, stopVotes, ...rest] = await dp.finishStep([stepLoss, stop.stop ? 1 : 0, ...keys.map((k) => termSums[k]!)]);
+        stepLoss = loss;
+        if (stopVotes > 0) stop.stop = true;
+        keys.forEach((k, i) => (termSums[k] = rest[i]));
+      }
       const blipNorm = gradNorm(Object.values(blipParams));
       const unetNorm = gradNorm(Object.values(unetParams));
       const norm = c.clip > 0 ? optimizer.clipGradNorm(c.clip) : Math.hypot(blipNorm, unetNorm);
@@ -486,12 +511,12 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         terms: termSums,
         lr,
         gradNorm: { total: norm, blip: blipNorm, unet: unetNorm },
-        samplesPerSecond: (c.batchSize * c.gradAccum) / seconds,
+        samplesPerSecond: (c.batchSize * c.gradAccum * dp.worldSize) / seconds,
         stepsPerSecond: 1 / seconds,
         rssMB: rssMB(),
         time: (Date.now() - started) / 1000,
       };
-      appendLine(logFile, JSON.stringify(log));
+      if (dp.isMain) appendLine(logFile, JSON.stringify(log));
       result.logs.push(log);
       result.losses.push(stepLoss);
       progress?.tick();
@@ -499,7 +524,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         print(`step ${step}/${totalSteps} loss ${stepLoss.toFixed(4)} ${Object.entries(termSums).map(([k, v]) => `${k} ${v!.toFixed(4)}`).join(' ')} lr ${lr.toExponential(2)} ${log.samplesPerSecond.toFixed(2)} samples/s`);
       }
       await hooks.afterStep?.(log);
-      if (c.validateEvery > 0 && c.valAnnotations && step % c.validateEvery === 0) {
+      if (dp.isMain && c.validateEvery > 0 && c.valAnnotations && step % c.validateEvery === 0) {
         const cider = await validate(c, m);
         result.validation.push({ step, cider });
         appendLine(logFile, JSON.stringify({ step, validation: { cider } }));
@@ -508,9 +533,11 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
           result.bestCheckpoint = await checkpoint(path.join(c.output, 'best'), 1, { cider });
         }
       }
-      if (c.checkpointEvery > 0 && step % c.checkpointEvery === 0 && step < totalSteps) result.lastCheckpoint = await checkpoint();
+      if (dp.isMain && c.checkpointEvery > 0 && step % c.checkpointEvery === 0 && step < totalSteps) result.lastCheckpoint = await checkpoint();
     }
     result.interrupted = stop.stop && step < totalSteps;
+    result.steps = step;
+    if (!dp.isMain) return result; // rank 0 writes the checkpoint, exports and report
     result.lastCheckpoint = await checkpoint();
     // Exported partial state dicts under published names (load with Blip.load({partial}) / unet loadWeights partial).
     const exportDir = path.join(c.output, 'export');
