@@ -78,7 +78,9 @@ export async function initDistributed(opts: InitOptions = {}): Promise<void> {
   const timeoutSeconds = expectInteger('timeoutSeconds', opts.timeoutSeconds ?? env.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS, { min: 1 });
   const backend = expectOneOf('backend', opts.backend ?? env.backend ?? 'gloo', BACKENDS);
   const glooThreads = expectInteger('glooThreads', opts.glooThreads ?? 2, { min: 1 });
-  await wrap(() => addon().distInit(JSON.stringify({ rank, worldSize, masterAddr, masterPort, timeoutSeconds, backend, glooThreads })));
+  // torchrun's agent already hosts the store at MASTER_PORT: rank 0 then joins it as a client.
+  const agentStore = process.env.TORCHELASTIC_USE_AGENT_STORE === 'True';
+  await wrap(() => addon().distInit(JSON.stringify({ rank, worldSize, masterAddr, masterPort, timeoutSeconds, backend, glooThreads, agentStore })));
 }
 
 /**

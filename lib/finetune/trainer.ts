@@ -242,6 +242,8 @@ export interface StepLog {
   stepsPerSecond: number;
   rssMB: number;
   time: number;
+  /** Data-parallel runs: this step's gradient all-reduce (seconds, bytes sent per rank). */
+  allReduce?: { seconds: number; bytes: number };
 }
 
 export interface FinetuneResult {
@@ -515,6 +517,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         stepsPerSecond: 1 / seconds,
         rssMB: rssMB(),
         time: (Date.now() - started) / 1000,
+        ...(dp.active ? { allReduce: dp.lastStats() } : {}),
       };
       if (dp.isMain) appendLine(logFile, JSON.stringify(log));
       result.logs.push(log);
