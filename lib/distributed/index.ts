@@ -216,4 +216,9 @@ export class GradSync {
   stats(): GradSyncStats {
     return this.handle.stats();
   }
+
+  /** @internal The native averager (the native training step runs it inside its call). */
+  get nativeHandle(): unknown {
+    return this.handle;
+  }
 }

@@ -12,25 +12,19 @@
  */
 import { RoundtripError } from '../errors';
 import { GradSync, checkSameOnAllRanks, isDistributed, jsonHash, joinFromEnvironment, rank as distRank, worldSize as distWorld, tensorsHash, broadcast } from '../distributed';
+import type { JointStep } from './joint-step';
 import type { NativeModel } from '../model';
-import { Tensor } from '../tensor';
+import type { Tensor } from '../tensor';
 import type { BertTokenizer } from '../tokenizers/bert';
 import type { ClipTokenizer } from '../tokenizers/clip';
 import type { TrainItem } from './data';
 import { ItemSlots, disposeCaptionBatch, encodeCaptions } from './losses';
-import type { LossTerm } from './objective';
-
-/** Loss terms that are means over target tokens (weighted by token share across ranks). */
-const TOKEN_MEAN_TERMS: readonly LossTerm[] = ['cap', 'recTxt'];
 
 /** Config keys that may differ between ranks (devices, threads, display). */
 const PER_RANK_KEYS = ['device', 'threads', 'progress', 'prefetch'];
 
 export class DataParallel {
   private gradSync?: GradSync;
-  /** Seconds and bytes of the gradient all-reduce, summed over the run. */
-  allReduceSeconds = 0;
-  allReduceBytes = 0;
 
   private constructor(
     readonly rank: number,
@@ -57,9 +51,10 @@ export class DataParallel {
 
   /**
    * At start (after resume): same config and weights on every rank (errors name the ranks that differ),
-   * then the trained tensors broadcast from rank 0.
+   * then the trained tensors broadcast from rank 0, and the gradient averager handed to the training step
+   * (which runs it between the micro-batches' backward and clipping).
    */
-  async start(config: object, models: NativeModel[], trained: Tensor[]): Promise<void> {
+  async start(config: object, models: NativeModel[], trained: Tensor[], step: JointStep): Promise<void> {
     if (!this.active) return;
     const shared = Object.fromEntries(Object.entries(config).filter(([k]) => !PER_RANK_KEYS.includes(k)));
     await checkSameOnAllRanks('the finetune config', jsonHash(shared));
@@ -68,17 +63,18 @@ export class DataParallel {
     await checkSameOnAllRanks('the model weights', await tensorsHash(all));
     await broadcast(trained, 0);
     this.gradSync = new GradSync(trained);
+    step.setGradSync(this.gradSync);
   }
 
   /**
-   * Per-term loss weights of this rank's micro-batch: W·n_r/N for token-mean terms, 1 otherwise.
-   * `globalItems` is the global micro-batch (every rank's items), `local` this rank's.
+   * Weight of this rank's token-mean terms in its micro-batch: W·n_r/N, with n_r the target tokens of its
+   * captions and N those of the global micro-batch (every rank's items), counted the way the loss counts them.
    */
-  termScales(tokenizers: { blip: BertTokenizer; clip: ClipTokenizer }, prompt: string, local: TrainItem[], globalItems: TrainItem[] | undefined): Partial<Record<LossTerm, number>> {
-    if (!this.active) return {};
+  tokenScale(tokenizers: { blip: BertTokenizer; clip: ClipTokenizer }, opts: Parameters<typeof encodeCaptions>[2], local: TrainItem[], globalItems: TrainItem[] | undefined): number {
+    if (!this.active) return 1;
     if (!globalItems) throw new RoundtripError('internal: a data-parallel micro-batch without its global items');
     const count = (items: TrainItem[]) => {
-      const b = encodeCaptions(tokenizers, items.map((i) => i.caption), { prompt });
+      const b = encodeCaptions(tokenizers, items.map((i) => i.caption), opts);
       try {
         // The loss's targets: labels[:, 1:] that are not -100.
         const labels = b.blipLabels.toTypedArray() as BigInt64Array;
@@ -90,29 +86,15 @@ export class DataParallel {
         disposeCaptionBatch(b);
       }
     };
-    const n = count(local);
     const N = count(globalItems);
-    const scale = N > 0 ? (this.worldSize * n) / N : 1;
-    return Object.fromEntries(TOKEN_MEAN_TERMS.map((t) => [t, scale]));
+    return N > 0 ? (this.worldSize * count(local)) / N : 1;
   }
 
-  /**
-   * After the micro-batches' backward: averages the trained tensors' gradients across ranks and returns
-   * `values` summed over ranks ÷ W (each rank passes its already-weighted contributions).
-   */
-  async finishStep(values: number[]): Promise<number[]> {
-    if (!this.active) return values;
-    if (!this.gradSync) throw new RoundtripError('internal: DataParallel.finishStep before start');
-    const summed = await this.gradSync.finish(values);
-    const s = this.gradSync.stats();
-    this.allReduceSeconds += s.seconds;
-    this.allReduceBytes += s.bytes;
-    return summed.map((v) => v / this.worldSize);
-  }
-
-  /** Last step's all-reduce seconds and bytes. */
+  /** Last step's all-reduce seconds and bytes (per rank). */
   lastStats(): { seconds: number; bytes: number } {
-    return this.gradSync ? this.gradSync.stats() : { seconds: 0, bytes: 0 };
+    if (!this.gradSync) return { seconds: 0, bytes: 0 };
+    const s = this.gradSync.stats();
+    return { seconds: s.seconds, bytes: s.bytes };
   }
 }
 
@@ -121,18 +103,3 @@ export function inDataParallelRun(): boolean {
   return isDistributed() && distWorld() > 1;
 }
 
-/** Σ_t w_t·s_t·L_t over the evaluated terms (a new graph node over the same term tensors). */
-export function weightedTotal(terms: Partial<Record<LossTerm, Tensor>>, weights: Record<LossTerm, number>, scales: Partial<Record<LossTerm, number>>): Tensor {
-  let total: Tensor | undefined;
-  for (const [t, value] of Object.entries(terms) as [LossTerm, Tensor][]) {
-    const weighted = value.mul(weights[t] * (scales[t] ?? 1));
-    if (total) {
-      const next = total.add(weighted);
-      total.dispose();
-      weighted.dispose();
-      total = next;
-    } else total = weighted;
-  }
-  if (!total) throw new RoundtripError('weightedTotal: no loss term');
-  return total;
-}

@@ -5,6 +5,7 @@
  */
 export * from './losses';
 export * from './objective';
+export * from './joint-step';
 export * from './data';
 export * from './trainer';
 export * from './report';

@@ -47,9 +47,13 @@ export interface CaptionBatch {
   promptLength: number;
   /** Caption tokens per row (after the prompt, before [SEP]). */
   captionLengths: number[];
-  /** [B, 77] int64: SD's id path (`<|startoftext|> … <|endoftext|>` padded). */
+  /** [B, L] int64: SD's id path (`<|startoftext|> … <|endoftext|>`, padded to 77 or to the batch's longest). */
   clipIds: Tensor;
 }
+
+/** SD's CLIP ids: padded to the context length ('max', 77 as the pipeline) or to the batch's longest ('longest', the release). */
+export const CLIP_PADDINGS = ['max', 'longest'] as const;
+export type ClipPadding = (typeof CLIP_PADDINGS)[number];
 
 export interface CaptionTokenizers {
   blip: BertTokenizer;
@@ -60,7 +64,11 @@ export interface CaptionTokenizers {
  * Tokenises captions for both sides: BLIP gets `prompt + pre_caption(caption, maxWords)` (max 40 tokens),
  * SD's CLIP tokenizer the cleaned caption without the prompt.
  */
-export function encodeCaptions(tokenizers: CaptionTokenizers, captions: readonly string[], opts: { prompt?: string; maxWords?: number } = {}): CaptionBatch {
+export function encodeCaptions(
+  tokenizers: CaptionTokenizers,
+  captions: readonly string[],
+  opts: { prompt?: string; maxWords?: number; clipPadding?: ClipPadding } = {},
+): CaptionBatch {
   if (!Array.isArray(captions) || captions.length === 0) throw invalid('captions', 'a non-empty array of strings', captions);
   const prompt = opts.prompt ?? BLIP_PROMPT;
   const maxWords = opts.maxWords ?? BLIP_MAX_WORDS;
@@ -85,9 +93,12 @@ export function encodeCaptions(tokenizers: CaptionTokenizers, captions: readonly
     }
     captionLengths.push(Math.max(0, used - promptLength - 1));
   }
-  const L = tokenizers.clip.modelMaxLength;
+  const clipPadding = expectOneOf('clipPadding', opts.clipPadding ?? 'max', CLIP_PADDINGS);
+  const fixed = texts.map((t) => tokenizers.clip.encodeFixed(t).ids);
+  // 'longest' (the release): ids up to <|endoftext|>, padded to the longest caption of the batch.
+  const L = clipPadding === 'max' ? tokenizers.clip.modelMaxLength : Math.max(...fixed.map((ids) => ids.indexOf(tokenizers.clip.eotId) + 1));
   const clip = new BigInt64Array(B * L);
-  texts.forEach((t, b) => tokenizers.clip.encodeFixed(t).ids.forEach((id, j) => (clip[b * L + j] = BigInt(id))));
+  fixed.forEach((ids, b) => ids.slice(0, L).forEach((id, j) => (clip[b * L + j] = BigInt(id))));
   return {
     size: B,
     texts,
@@ -165,7 +176,8 @@ export interface SoftCaptionOptions {
 const bridgeIndexCache = new WeakMap<VocabularyBridge, Map<string, Tensor>>();
 const oneHotCache = new Map<string, Tensor>();
 
-function bridgeIndex(bridge: VocabularyBridge, device: string, blipVocab: number): Tensor {
+/** The bridge as an int64 [clipVocab] index of BLIP ids on `device` (checked, built once per device). */
+export function bridgeIndex(bridge: VocabularyBridge, device: string, blipVocab: number): Tensor {
   let perDevice = bridgeIndexCache.get(bridge);
   if (!perDevice) bridgeIndexCache.set(bridge, (perDevice = new Map()));
   let t = perDevice.get(device);

@@ -16,7 +16,7 @@ import { createProgress } from '../progress';
 import { Tensor, disposeAll, noGrad } from '../tensor';
 import { AdamW } from '../train/optimizer';
 import { LR_SCHEDULES, LrScheduleName, learningRate } from '../train/schedule';
-import { CheckpointData, disposeCheckpoint, loadCheckpoint, resolveCheckpoint, saveCheckpoint } from '../train/checkpoint';
+import { CheckpointData, OptimizerStateData, disposeCheckpoint, loadCheckpoint, resolveCheckpoint, saveCheckpoint } from '../train/checkpoint';
 import { saveTensors } from '../weights/save';
 import { loadBertTokenizer } from '../tokenizers/load';
 import { BertTokenizer } from '../tokenizers/bert';
@@ -25,10 +25,12 @@ import { ciderD } from '../metrics/cider';
 import { blipPreprocess, preprocessImage } from '../image/preprocess';
 import { loadImage } from '../image/decode';
 import { deriveSeed } from '../image/random';
-import { LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, encodeCaptions, disposeCaptionBatch } from './losses';
-import { LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, SCHEDULES, activeTerms, jointObjective, presetWeights } from './objective';
+import { CLIP_PADDINGS, ClipPadding, LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, encodeCaptions, disposeCaptionBatch, CaptionBatch } from './losses';
+import { LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, SCHEDULES, SOFT_FRAMINGS, SoftFraming, activeTerms, presetWeights } from './objective';
+import type { JointBatch } from './objective';
+import { CLIP_MODES, ClipMode, JointStep } from './joint-step';
 import { TrainItem, epochBatches, microBatchesPerEpoch, readAnnotations } from './data';
-import { DataParallel, weightedTotal } from './distributed';
+import { DataParallel } from './distributed';
 import { isMainProcess } from '../distributed';
 import { writeReport } from './report';
 import { resolveModelPath } from '../hub/resolve';
@@ -80,6 +82,12 @@ export interface FinetuneConfig {
   /** Per-term weights (override the objective preset). */
   weights?: Partial<LossWeights>;
   schedule: (typeof SCHEDULES)[number];
+  /** Soft-caption framing: 'padded' (77 rows like SD's ids) or 'release' (BOS + rows + EOS, no padding). */
+  softFraming: SoftFraming;
+  /** SD's CLIP ids padded to 77 ('max') or to the batch's longest caption ('longest', the release). */
+  clipPadding: ClipPadding;
+  /** CLIP mean/std on L_rec_txt's decoded estimate (false: the release's raw [-1, 1] pixels). */
+  recTxtNormalize: boolean;
   temperature: number;
   softMode: (typeof SOFT_CAPTION_MODES)[number];
   recTxtMode: (typeof RECONSTRUCT_TEXT_MODES)[number];
@@ -90,6 +98,13 @@ export interface FinetuneConfig {
   eps: number;
   weightDecay: number;
   clip: number;
+  /** 'global': one gradient norm over both models clipped to `clip`; 'per-model' (the release): blipClip / unetClip. */
+  clipMode: ClipMode;
+  /** Per-model AdamW weight decay and clipping (default weightDecay / clip; clip 0 = none). */
+  blipWeightDecay?: number;
+  unetWeightDecay?: number;
+  blipClip?: number;
+  unetClip?: number;
   lrSchedule: LrScheduleName;
   warmupSteps: number;
   minLr: number;
@@ -119,6 +134,9 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   trainable: { blip: 'xattn-q', unet: 'xattn-q' },
   objective: 'joint',
   schedule: 'summed',
+  softFraming: 'padded',
+  clipPadding: 'max',
+  recTxtNormalize: true,
   temperature: 1,
   softMode: 'probs',
   recTxtMode: 'x0',
@@ -129,6 +147,7 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   eps: 1e-8,
   weightDecay: 0.05,
   clip: 1.0,
+  clipMode: 'global',
   lrSchedule: 'constant',
   warmupSteps: 0,
   minLr: 0,
@@ -153,7 +172,7 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
 /** Merges a partial config over the defaults and checks every key (errors name the key). */
 export function resolveConfig(partial: Record<string, unknown>, source = 'config'): FinetuneConfig {
   if (!partial || typeof partial !== 'object' || Array.isArray(partial)) throw invalid(source, 'an object', partial);
-  const known = new Set([...Object.keys(DEFAULT_CONFIG), 'blip', 'sd', 'bridge', 'annotations', 'images', 'limit', 'valAnnotations', 'valImages', 'output', 'weights', 'maxSteps', 'resume', 'threads', '$comment', 'comment']);
+  const known = new Set([...Object.keys(DEFAULT_CONFIG), 'blip', 'sd', 'bridge', 'annotations', 'images', 'limit', 'valAnnotations', 'valImages', 'output', 'weights', 'maxSteps', 'resume', 'threads', 'blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip', '$comment', 'comment']);
   for (const k of Object.keys(partial)) if (!known.has(k)) throw new RoundtripError(`${source}: unknown key '${k}' (known: ${[...known].filter((x) => !x.includes('omment')).sort().join(', ')})`);
   const c = { ...DEFAULT_CONFIG, ...partial, trainable: { ...DEFAULT_CONFIG.trainable, ...((partial.trainable as object) ?? {}) } } as FinetuneConfig;
   const k = (name: string) => `${source} '${name}'`;
@@ -167,6 +186,11 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectOneOf(k('objective'), c.objective, OBJECTIVE_PRESETS);
   expectOneOf(k('schedule'), c.schedule, SCHEDULES);
   expectOneOf(k('softMode'), c.softMode, SOFT_CAPTION_MODES);
+  expectOneOf(k('softFraming'), c.softFraming, SOFT_FRAMINGS);
+  expectOneOf(k('clipPadding'), c.clipPadding, CLIP_PADDINGS);
+  expectBoolean(k('recTxtNormalize'), c.recTxtNormalize);
+  expectOneOf(k('clipMode'), c.clipMode, CLIP_MODES);
+  for (const name of ['blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip'] as const) if (c[name] !== undefined) expectNumber(k(name), c[name], { min: 0 });
   expectOneOf(k('recTxtMode'), c.recTxtMode, RECONSTRUCT_TEXT_MODES);
   expectOneOf(k('lrSchedule'), c.lrSchedule, LR_SCHEDULES);
   expectNumber(k('temperature'), c.temperature, { min: 0, exclusiveMin: true });
@@ -212,7 +236,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   }
   const weights = { ...presetWeights(c.objective), ...(c.weights ?? {}) };
   const opts = objectiveOptions(c, weights);
-  if (activeTerms(opts, 0).length === 0 && activeTerms(opts, 1).length === 0) throw new RoundtripError(`${source}: every loss weight is zero`);
+  if ([0, 1].every((parity) => activeTerms(opts, parity, parity).length === 0)) throw new RoundtripError(`${source}: every loss weight is zero`);
   return c;
 }
 
@@ -222,6 +246,8 @@ function objectiveOptions(c: FinetuneConfig, weights: LossWeights, clip = { star
     schedule: c.schedule,
     temperature: c.temperature,
     softMode: c.softMode,
+    softFraming: c.softFraming,
+    recTxtNormalize: c.recTxtNormalize,
     recTxtMode: c.recTxtMode,
     labelSmoothing: c.labelSmoothing,
     clipStartId: clip.start,
@@ -323,8 +349,21 @@ function countParams(model: NativeModel, names: string[]): number {
   return model.parameters().filter((p) => set.has(p.name)).reduce((n, p) => n + p.numel, 0);
 }
 
-function gradNorm(tensors: Tensor[]): number {
-  return tensors.length ? ((native() as any).op('gradNorm', tensors.map((t) => t.handle), '{}') as number) : 0;
+function prefixed(model: 'blip' | 'unet', params: Record<string, Tensor>): Record<string, Tensor> {
+  return Object.fromEntries(Object.entries(params).map(([n, t]) => [`${model}:${n}`, t]));
+}
+
+/** Restores each model's AdamW state (checkpoints before per-model optimizers hold one 'joint' state: split it). */
+function importOptimizers(optimizers: { blip?: AdamW; unet?: AdamW }, saved: Record<string, OptimizerStateData>): void {
+  for (const [model, o] of Object.entries(optimizers) as ['blip' | 'unet', AdamW][]) {
+    let state = saved[model];
+    const joint = saved.joint;
+    if (!state && joint) {
+      const keep = joint.names.map((n, i) => [n, i] as const).filter(([n]) => n.startsWith(`${model}:`));
+      state = { step: joint.step, names: keep.map(([n]) => n), expAvg: keep.map(([, i]) => joint.expAvg[i]), expAvgSq: keep.map(([, i]) => joint.expAvgSq[i]) };
+    }
+    if (state) o.importState(state);
+  }
 }
 
 function rssMB(): number {
@@ -356,14 +395,23 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   const { blip, sd } = m;
   const blipParams = blip.model.tensors(m.blipTrainable);
   const unetParams = sd.unet.model.tensors(m.unetTrainable);
-  const all: Record<string, Tensor> = {};
-  for (const [n, t] of Object.entries(blipParams)) all[`blip:${n}`] = t;
-  for (const [n, t] of Object.entries(unetParams)) all[`unet:${n}`] = t;
-  const optimizer = new AdamW(all, { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay: c.weightDecay });
+  // One AdamW per model, so each can have the release's own weight decay; with equal settings this is the same
+  // update as one AdamW over both.
+  const optimizers: { blip?: AdamW; unet?: AdamW } = {};
+  const adam = (weightDecay: number) => ({ lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weightDecay });
+  if (Object.keys(blipParams).length) optimizers.blip = new AdamW(prefixed('blip', blipParams), adam(c.blipWeightDecay ?? c.weightDecay));
+  if (Object.keys(unetParams).length) optimizers.unet = new AdamW(prefixed('unet', unetParams), adam(c.unetWeightDecay ?? c.weightDecay));
   const weights = { ...presetWeights(c.objective), ...(c.weights ?? {}) };
   const objective = objectiveOptions(c, weights, { start: sd.tokenizer.sotId, end: sd.tokenizer.eotId, pad: sd.tokenizer.padId });
   const visionTrainable = m.blipTrainable.some((n) => n.startsWith('vision_model.'));
   if (dp.active) print(`finetune: ${dp.worldSize} processes; global batch ${c.batchSize} per rank × ${dp.worldSize} ranks × ${c.gradAccum} accumulation = ${c.batchSize * dp.worldSize * c.gradAccum} samples per step`);
+  const jointStep = JointStep.create({ blip, sd, bridge: m.bridge, visionTrainable }, objective, {
+    optimizers,
+    clipMode: c.clipMode,
+    clip: c.clip,
+    blipClip: c.blipClip,
+    unetClip: c.unetClip,
+  });
   print(`finetune: ${items.length} items, ${stepsPerEpoch} steps/epoch, ${totalSteps} steps; trainable BLIP ${countParams(blip.model, m.blipTrainable).toLocaleString('en-US')} params (${m.blipTrainable.length} tensors), UNet ${countParams(sd.unet.model, m.unetTrainable).toLocaleString('en-US')} params (${m.unetTrainable.length} tensors)`);
 
   let step = 0;
@@ -381,7 +429,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         for (const n of Object.keys(params)) if (!saved[n]) throw new RoundtripError(`--resume ${dir}: ${model} tensor '${n}' is not in the checkpoint (trainable sets differ?)`);
         if (Object.keys(saved).length) await target.loadWeights([path.join(dir, `${model}.safetensors`)], { partial: true });
       }
-      if (ck.optimizers.joint) optimizer.importState(ck.optimizers.joint);
+      importOptimizers(optimizers, ck.optimizers);
       step = ck.state.step;
       epoch = Number(ck.state.epoch);
       best = Number(ck.state.bestCider ?? -Infinity);
@@ -401,7 +449,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     }
     print(`finetune: resumed from ${dir} at step ${step}`);
   }
-  await dp.start(c, [blip.model, sd.unet.model, sd.vae.model, sd.textEncoder], Object.values(all));
+  await dp.start(c, [blip.model, sd.unet.model, sd.vae.model, sd.textEncoder], [...Object.values(blipParams), ...Object.values(unetParams)], jointStep);
 
   const logFile = path.join(c.output, 'log.jsonl');
   const stop = hooks.stopSignal ?? { stop: false };
@@ -414,13 +462,13 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   const checkpoint = async (dirRun = c.output, keepLast = c.keepLast, extra: Record<string, unknown> = {}): Promise<string> => {
     const data: CheckpointData = {
       tensors: { blip: blipParams, unet: unetParams },
-      optimizers: { joint: optimizer.exportState() },
+      optimizers: Object.fromEntries(Object.entries(optimizers).map(([k, o]) => [k, o!.exportState()])),
       state: { step, epoch, position, samplesSeen: position * c.batchSize * dp.worldSize, worldSize: dp.worldSize, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, config: c, ...extra },
     };
     try {
       return await saveCheckpoint(dirRun, data, { keepLast });
     } finally {
-      disposeAll([...data.optimizers.joint.expAvg, ...data.optimizers.joint.expAvgSq].filter(Boolean));
+      for (const o of Object.values(data.optimizers)) disposeAll([...o.expAvg, ...o.expAvgSq].filter(Boolean) as Tensor[]);
     }
   };
 
@@ -441,69 +489,46 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
       batches ??= openEpoch();
       const t0 = Date.now();
       const lr = learningRate({ name: c.lrSchedule, lr: c.lr, warmupSteps: c.warmupSteps, minLr: c.minLr }, step, totalSteps);
-      optimizer.setLr(lr);
-      optimizer.zeroGrad();
-      let stepLoss = 0;
-      const termSums: Partial<Record<LossTerm, number>> = {};
-      for (let micro = 0; micro < c.gradAccum; micro++) {
-        const next = await batches.next();
-        if (next.done) throw new RoundtripError('internal: the epoch ran out of batches');
-        const mb = next.value;
-        const captions = encodeCaptions({ blip: m.bert, clip: sd.tokenizer }, mb.items.map((i) => i.caption), { prompt: c.prompt });
-        try {
-          const stepSeed = deriveSeed(c.seed, 3, step, micro);
-          const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), stepSeed, dp.slots) : undefined;
-          const { total: localTotal, terms } = await jointObjective(
-            { blip, sd, bridge: m.bridge, visionTrainable },
-            { blipImages: mb.blipImages, sdImages: mb.sdImages, captions, latents, slots: dp.slots },
-            objective,
-            step,
-            stepSeed,
-          );
-          // Data-parallel: token-mean terms weighted by this rank's token share (1 in one process).
-          const scales = dp.termScales({ blip: m.bert, clip: sd.tokenizer }, c.prompt, mb.items, mb.globalItems);
-          const total = dp.active ? weightedTotal(terms, weights, scales) : localTotal;
-          if (total !== localTotal) localTotal.dispose();
-          try {
-            let value = total.item();
-            const replaced = hooks.afterLoss?.(step, value);
-            if (typeof replaced === 'number') value = replaced;
-            const termValues = Object.fromEntries(Object.entries(terms).map(([k, t]) => [k, t!.item() * (scales[k as LossTerm] ?? 1)]));
-            if (!Number.isFinite(value)) {
-              const last = fs.existsSync(path.join(c.output, 'checkpoints', 'latest')) ? resolveCheckpoint('latest', c.output) : undefined;
-              throw new RoundtripError(
-                `finetune: non-finite loss (${value}) at step ${step} (terms ${JSON.stringify(termValues)}); stopping. ` +
-                  (last ? `The last good checkpoint is ${last} (resume with --resume latest and a lower learning rate).` : 'No checkpoint was written yet.'),
-              );
-            }
-            for (const [k, v] of Object.entries(termValues)) termSums[k as LossTerm] = (termSums[k as LossTerm] ?? 0) + v / c.gradAccum;
-            stepLoss += value / c.gradAccum;
-            const scaled = c.gradAccum > 1 ? total.div(c.gradAccum) : total;
-            await scaled.backward();
-            if (scaled !== total) scaled.dispose();
-          } finally {
-            total.dispose();
-            disposeAll(Object.values(terms));
-          }
-        } finally {
-          disposeCaptionBatch(captions);
-          mb.blipImages.dispose();
-          mb.sdImages.dispose();
+      // Gather the step's micro-batches, then run the whole optimizer step as one native call.
+      const micro: { batch: JointBatch; captions: CaptionBatch }[] = [];
+      let stats;
+      try {
+        for (let k = 0; k < c.gradAccum; k++) {
+          const next = await batches.next();
+          if (next.done) throw new RoundtripError('internal: the epoch ran out of batches');
+          const mb = next.value;
+          const captions = encodeCaptions({ blip: m.bert, clip: sd.tokenizer }, mb.items.map((i) => i.caption), { prompt: c.prompt, clipPadding: c.clipPadding });
+          const seed = deriveSeed(c.seed, 3, step, k);
+          const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), seed, dp.slots) : undefined;
+          // Data-parallel: draws follow the global item, token-mean terms weighted by this rank's token share.
+          const dpBatch = dp.active ? { slots: dp.slots, tokenScale: dp.tokenScale({ blip: m.bert, clip: sd.tokenizer }, { prompt: c.prompt, clipPadding: c.clipPadding }, mb.items, mb.globalItems) } : {};
+          micro.push({ batch: { blipImages: mb.blipImages, sdImages: mb.sdImages, captions, latents, ...dpBatch }, captions });
         }
-        position++;
+        stats = await jointStep.run(
+          micro.map((x) => x.batch),
+          { step, lr, seeds: micro.map((_, k) => deriveSeed(c.seed, 3, step, k)), stop: stop.stop },
+        );
+      } finally {
+        for (const x of micro) {
+          disposeCaptionBatch(x.captions);
+          disposeAll([x.batch.blipImages, x.batch.sdImages, x.batch.latents]);
+        }
       }
-      if (dp.active) {
-        // One all-reduce round: gradients, the step's loss terms and the stop flag (all ranks stop together).
-        const keys = Object.keys(termSums) as LossTerm[];
-        const [loss, stopVotes, ...rest] = await dp.finishStep([stepLoss, stop.stop ? 1 : 0, ...keys.map((k) => termSums[k]!)]);
-        stepLoss = loss;
-        if (stopVotes > 0) stop.stop = true;
-        keys.forEach((k, i) => (termSums[k] = rest[i]));
+      let stepLoss = stats.loss;
+      const replaced = hooks.afterLoss?.(step, stepLoss);
+      if (typeof replaced === 'number') stepLoss = replaced;
+      const termSums = stats.terms;
+      if (!stats.applied || !Number.isFinite(stepLoss)) {
+        const last = fs.existsSync(path.join(c.output, 'checkpoints', 'latest')) ? resolveCheckpoint('latest', c.output) : undefined;
+        throw new RoundtripError(
+          `finetune: non-finite loss (${stepLoss}) at step ${step} (terms ${JSON.stringify(termSums)}, grad norm ${stats.gradNorm.total}, largest |w| ${stats.paramMaxAbs}); the update was not applied; stopping. ` +
+            (last ? `The last good checkpoint is ${last} (resume with --resume latest and a lower learning rate).` : 'No checkpoint was written yet.'),
+        );
       }
-      const blipNorm = gradNorm(Object.values(blipParams));
-      const unetNorm = gradNorm(Object.values(unetParams));
-      const norm = c.clip > 0 ? optimizer.clipGradNorm(c.clip) : Math.hypot(blipNorm, unetNorm);
-      await optimizer.step();
+      position += c.gradAccum;
+      // Data-parallel: a stop (SIGINT) on any rank stops every rank after this same step.
+      if (stats.stopVotes > 0) stop.stop = true;
+      const { blip: blipNorm, unet: unetNorm, total: norm } = stats.gradNorm;
       step++;
       const seconds = Math.max(1e-9, (Date.now() - t0) / 1000);
       const log: StepLog = {
@@ -552,6 +577,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     return result;
   } finally {
     process.removeListener('SIGINT', onSigint);
+    jointStep.dispose();
     progress?.done();
     await batches?.return(undefined);
     latentCache?.dispose();

@@ -36,6 +36,11 @@ export class AdamW {
     }
   }
 
+  /** The native optimizer, for native training steps that update with it (lib/finetune/joint-step.ts). */
+  get nativeHandle(): unknown {
+    return this.handle;
+  }
+
   step(): Promise<void> {
     return this.handle.step();
   }

@@ -8,6 +8,7 @@ namespace rt {
 void InitOps(Napi::Env env, Napi::Object exports);
 void InitModelHandle(Napi::Env env, Napi::Object exports);
 void InitOptim(Napi::Env env, Napi::Object exports);
+void InitJoint(Napi::Env env, Napi::Object exports);
 void InitDist(Napi::Env env, Napi::Object exports);
 json model_kinds_json() { return model_kinds(); }
 }  // namespace rt
@@ -23,6 +24,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   rt::InitOps(env, exports);
   rt::InitModelHandle(env, exports);
   rt::InitOptim(env, exports);
+  rt::InitJoint(env, exports);
   rt::InitDist(env, exports);
   return exports;
 }

@@ -232,6 +232,13 @@ Napi::Value CreateModel(const Napi::CallbackInfo& info) {
   });
 }
 
+std::shared_ptr<Model> model_from_js(const Napi::Value& v, const std::string& what) {
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(ModelHandle::ctor.Value())) throw Error(what + ": expected a native model handle");
+  auto* h = Napi::ObjectWrap<ModelHandle>::Unwrap(v.As<Napi::Object>());
+  if (!h->model) throw Error(what + ": model '" + h->kind + "' was disposed");
+  return h->model;
+}
+
 void InitModelHandle(Napi::Env env, Napi::Object exports) {
   ModelHandle::Init(env, exports);
   exports.Set("createModel", Napi::Function::New(env, CreateModel));

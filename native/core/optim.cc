@@ -4,17 +4,13 @@
 
 #include "core/napi_util.h"
 #include "core/tensor_handle.h"
+#include "train/adamw.h"
 
 namespace rt {
 
 namespace {
 
-struct AdamWState {
-  std::vector<at::Tensor> params, exp_avg, exp_avg_sq;
-  double lr = 1e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
-  int64_t step = 0;
-  std::mutex mutex;
-};
+using train::AdamWState;
 
 class OptimizerHandle : public Napi::ObjectWrap<OptimizerHandle> {
  public:
@@ -37,29 +33,13 @@ class OptimizerHandle : public Napi::ObjectWrap<OptimizerHandle> {
     auto st = s;
     return run_async(info.Env(), [st]() -> Finisher {
       std::lock_guard<std::mutex> lock(st->mutex);
-      at::NoGradGuard no_grad;
-      st->step++;
-      const double bc1 = 1 - std::pow(st->beta1, st->step), bc2 = 1 - std::pow(st->beta2, st->step);
-      for (size_t i = 0; i < st->params.size(); ++i) {
-        at::Tensor& p = st->params[i];
-        const at::Tensor& g = p.grad();
-        if (!g.defined()) continue;
-        if (!st->exp_avg[i].defined()) {
-          st->exp_avg[i] = at::zeros_like(p, at::MemoryFormat::Preserve);
-          st->exp_avg_sq[i] = at::zeros_like(p, at::MemoryFormat::Preserve);
-        }
-        p.mul_(1 - st->lr * st->weight_decay);                     // decoupled weight decay
-        st->exp_avg[i].lerp_(g, 1 - st->beta1);                   // m = b1·m + (1−b1)·g
-        st->exp_avg_sq[i].mul_(st->beta2).addcmul_(g, g, 1 - st->beta2);  // v = b2·v + (1−b2)·g²
-        at::Tensor denom = (st->exp_avg_sq[i].sqrt() / std::sqrt(bc2)).add_(st->eps);
-        p.addcdiv_(st->exp_avg[i], denom, -st->lr / bc1);
-      }
+      st->update();
       return nullptr;
     });
   }
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(s->mutex);
-    for (auto& p : s->params) p.mutable_grad() = at::Tensor();  // set_to_none, as PyTorch 2 defaults
+    s->zero_grad();
     return info.Env().Undefined();
   }
   Napi::Value SetLr(const Napi::CallbackInfo& info) {
@@ -142,20 +122,24 @@ Napi::Value ClipGradNorm(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     auto params = tensor_list(info[0], "clipGradNorm(params)");
     const double max_norm = arg_number(info, 1, "maxNorm");
-    at::NoGradGuard no_grad;
-    std::vector<at::Tensor> norms;
-    for (auto& p : params)
-      if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2));
-    if (norms.empty()) return Napi::Number::New(info.Env(), 0);
-    at::Tensor total = at::stack(norms).norm(2);
-    at::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    for (auto& p : params)
-      if (p.grad().defined()) p.mutable_grad().mul_(coef.to(p.grad().device()));
+    bool any = false;
+    for (auto& p : params) any = any || p.grad().defined();
+    if (!any) return Napi::Number::New(info.Env(), 0);
+    at::Tensor total = train::grad_norm(params, params.front().device());
+    train::clip_grads(params, total, max_norm);
     return Napi::Number::New(info.Env(), total.item<double>());
   });
 }
 
 }  // namespace
+
+std::shared_ptr<train::AdamWState> adamw_from_js(const Napi::Value& v, const std::string& what) {
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(OptimizerHandle::ctor.Value()))
+    throw Error(what + ": expected an AdamW optimizer handle");
+  auto st = Napi::ObjectWrap<OptimizerHandle>::Unwrap(v.As<Napi::Object>())->s;
+  if (!st) throw Error(what + ": the optimizer handle is empty");
+  return st;
+}
 
 void InitOptim(Napi::Env env, Napi::Object exports) {
   OptimizerHandle::Init(env, exports);

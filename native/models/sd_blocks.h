@@ -22,6 +22,17 @@ inline torch::nn::GroupNorm group_norm(int64_t groups, int64_t channels, double 
   return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps).affine(true));
 }
 
+// Inference-time in-place arithmetic: without autograd a block's temporaries are its own, so residual adds, SiLU
+// and the GEGLU product reuse their buffers instead of allocating (and page-faulting) new activation-sized ones.
+// Out of place whenever a graph is recorded or the dtypes differ (autocast outputs), as the result must not change.
+inline bool can_inplace(const at::Tensor& into, const at::Tensor& other) {
+  return !at::GradMode::is_enabled() && into.scalar_type() == other.scalar_type() && into.sizes() == other.sizes();
+}
+// a + b, reusing a's buffer when allowed.
+inline at::Tensor add_into(at::Tensor a, const at::Tensor& b) { return can_inplace(a, b) ? a.add_(b) : a + b; }
+// SiLU of a temporary, in place when allowed.
+inline at::Tensor silu_tmp(at::Tensor x) { return at::GradMode::is_enabled() ? at::silu(x) : at::silu_(x); }
+
 // ResnetBlock2D (resnet_time_scale_shift "default"): the UNet's (with a time embedding) and the VAE's (without).
 struct ResnetBlock2DImpl : torch::nn::Module {
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
@@ -42,12 +53,14 @@ struct ResnetBlock2DImpl : torch::nn::Module {
 
   // x: [N, Cin, H, W], temb: [N, T] or undefined -> [N, Cout, H, W]
   at::Tensor forward(const at::Tensor& x, const at::Tensor& temb) {
-    at::Tensor h = conv1(at::silu(norm1(x)));
+    at::Tensor h = conv1(silu_tmp(norm1(x)));
     // SiLU is applied to the embedding before the projection (diffusers' nonlinearity(temb)).
-    if (time_emb_proj && temb.defined()) h = h + time_emb_proj(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);
-    h = conv2(at::silu(norm2(h)));
-    at::Tensor shortcut = conv_shortcut ? conv_shortcut(x) : x;
-    at::Tensor out = shortcut + h;
+    if (time_emb_proj && temb.defined()) {
+      at::Tensor t = time_emb_proj(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);
+      h = !at::GradMode::is_enabled() && h.scalar_type() == t.scalar_type() ? h.add_(t) : h + t;
+    }
+    h = conv2(silu_tmp(norm2(h)));
+    at::Tensor out = add_into(h, conv_shortcut ? conv_shortcut(x) : x);  // shortcut + h (addition commutes exactly)
     return output_scale_factor == 1.0 ? out : out / output_scale_factor;
   }
 };
@@ -100,7 +113,8 @@ struct GEGLUImpl : torch::nn::Module {
   // x: [B, N, dim] -> [B, N, inner]
   at::Tensor forward(const at::Tensor& x) {
     auto parts = proj(x).chunk(2, -1);
-    return parts[0] * rt::nn::gelu(parts[1]);
+    at::Tensor gate = rt::nn::gelu(parts[1]);
+    return can_inplace(gate, parts[0]) ? gate.mul_(parts[0]) : parts[0] * gate;
   }
 };
 TORCH_MODULE(GEGLU);
@@ -129,9 +143,9 @@ struct BasicTransformerBlockImpl : torch::nn::Module {
 
   // x: [B, N, dim], ehs: [B, M, cross_dim] -> [B, N, dim]
   at::Tensor forward(at::Tensor x, const at::Tensor& ehs) {
-    x = attn1(norm1(x), only_cross ? ehs : at::Tensor()) + x;
-    x = attn2(norm2(x), ehs) + x;
-    return ff_out(ff_in(norm3(x))) + x;
+    x = add_into(attn1(norm1(x), only_cross ? ehs : at::Tensor()), x);
+    x = add_into(attn2(norm2(x), ehs), x);
+    return add_into(ff_out(ff_in(norm3(x))), x);
   }
 };
 TORCH_MODULE(BasicTransformerBlock);
@@ -182,7 +196,7 @@ struct Transformer2DImpl : torch::nn::Module {
     } else {
       h = proj_out_lin(h).reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous();
     }
-    return h + x;
+    return add_into(h, x);
   }
 };
 TORCH_MODULE(Transformer2D);

@@ -331,7 +331,7 @@ struct UNet : Model {
     if (method == "denoising_loss") return denoising_loss(in, o, dev, dtype);
     if (method == "x0_estimate") {
       // x̂0 = (x_t − sqrt(1−ᾱ_t)·ε̂)/sqrt(ᾱ_t) (DDPM eq. 15), differentiable in ε̂.
-      auto sched = make_scheduler("ddpm", o.contains("scheduler_config") ? o["scheduler_config"] : json::object());
+      const Scheduler* sched = training_schedule(o);
       const at::Tensor x = to_model(need(in, "sample", "unet.x0_estimate"), dev, dtype);
       const at::Tensor e = to_model(need(in, "eps", "unet.x0_estimate"), dev, dtype);
       at::Tensor a = sched->alphas_cumprod.index_select(0, need(in, "timesteps", "unet.x0_estimate").to(at::kCPU).to(at::kLong).reshape({-1}));
@@ -343,10 +343,22 @@ struct UNet : Model {
     throw Error("unet: unknown method '" + method + "' (forward, sample, guided_eps, denoising_loss, x0_estimate)");
   }
 
+  // The DDPM training schedule of options.scheduler_config, built once per distinct config (not per call).
+  std::string schedule_key_;
+  std::unique_ptr<Scheduler> schedule_;
+  const Scheduler* training_schedule(const json& o) {
+    const json cfg = o.contains("scheduler_config") ? o["scheduler_config"] : json::object();
+    std::string key = cfg.dump();
+    if (!schedule_ || key != schedule_key_) {
+      schedule_ = make_scheduler("ddpm", cfg);
+      schedule_key_ = std::move(key);
+    }
+    return schedule_.get();
+  }
+
   // Training objective: x_t = add_noise(x0, n, t); MSE(unet(x_t, t, ehs), ε or v).
   TensorMap denoising_loss(const TensorMap& in, const json& o, const at::Device& dev, at::ScalarType dtype) {
-    const json cfg = o.contains("scheduler_config") ? o["scheduler_config"] : json::object();
-    auto sched = make_scheduler("ddpm", cfg);
+    const Scheduler* sched = training_schedule(o);
     const at::Tensor x0 = to_model(need(in, "latents", "unet.denoising_loss"), dev, dtype);
     const at::Tensor noise = to_model(need(in, "noise", "unet.denoising_loss"), dev, dtype);
     const at::Tensor t = need(in, "timesteps", "unet.denoising_loss");

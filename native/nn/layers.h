@@ -27,8 +27,16 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
     return at::scaled_dot_product_attention(q, k, v, m, 0.0, false, scale);
   }
 #endif
-  // matmul, not baddbmm with beta=0: libtorch 1.13 can read an uninitialised buffer there (NaN).
-  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;
+  // The scale is folded into q ([.., Tq, D], smaller than the [.., Tq, Tk] scores whenever Tk > D) instead of a pass
+  // over the scores; matmul, not baddbmm with beta=0 (libtorch 1.13 can read an uninitialised buffer there: NaN).
+  at::Tensor scores = at::matmul(q * scale, k.transpose(-1, -2));
+  if (!at::GradMode::is_enabled() && scores.scalar_type() == at::kFloat) {
+    // Inference: mask and softmax in place (row-wise max, exp-sum and normalise read each element before writing
+    // it), so no second scores-sized buffer is allocated and faulted in per attention.
+    if (mask.defined()) scores.add_(mask);
+    at::_softmax_out(scores, scores, -1, false);
+    return at::matmul(scores.to(v.scalar_type()), v);
+  }
   if (mask.defined()) scores = scores + mask;
   // Softmax in float32 even under half precision autocast, as the references upcast.
   return at::matmul(scores.softmax(-1, at::kFloat).to(v.scalar_type()), v);
