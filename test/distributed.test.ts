@@ -252,6 +252,10 @@ async function ftConfig(output: string, extra: Record<string, unknown>): Promise
     epochs: 10,
     maxSteps: 5,
     lr: 1e-4,
+    // AdamW's first updates are ≈ lr·g/(|g| + eps): with the default eps 1e-8 an element whose gradient is at the
+    // level of float noise (any two summation orders differ there) moves by up to ±lr either way. eps 1e-6 keeps
+    // such elements still, so the comparison below measures the data-parallel step, not Adam's sign of noise.
+    eps: 1e-6,
     prefetch: 2,
     progress: false,
     checkpointEvery: 0,
