@@ -159,9 +159,9 @@ describe('native joint step', () => {
       expect(maxRelDiff(stats.loss, loss)).toBeLessThan(1e-5);
       expect(Object.keys(stats.terms).sort()).toEqual(Object.keys(sums).sort());
       for (const [t, v] of Object.entries(sums)) expect(maxRelDiff(stats.terms[t as LossTerm]!, v!)).toBeLessThan(1e-5);
-      expect(maxRelDiff(stats.gradNorm.total, norm)).toBeLessThan(1e-4);
-      // The first step's (clipped) gradients: equal to summation order (1e-4 of the tensor's largest entry). Later
-      // steps start from weights that already differ by AdamW's rounding (below), so only their losses are compared.
+      // The first step's gradient norm and (clipped) gradients: equal to summation order (1e-4 of the tensor's largest
+      // entry). Later steps start from weights that already differ by AdamW's rounding (below): only losses compared.
+      if (s === 0) expect(maxRelDiff(stats.gradNorm.total, norm)).toBeLessThan(1e-4);
       if (s === 0) for (const [n, t] of Object.entries(a.params)) {
         const [ga, gb] = [t.grad()!, b.params[n].grad()!];
         const scale = Math.max(...Array.from(gb.toFloat32Array(), Math.abs));

@@ -26,7 +26,7 @@ export const command: CommandModule<{}, any> = {
       .option('master-port', { type: 'number', describe: 'distributed: rendezvous port (default 29500)' })
       .option('steps', { type: 'number', default: 5, describe: 'Timed steps per variant' })
       .option('warmup', { type: 'number', default: 1, describe: 'Untimed steps first' })
-      .option('json', { type: 'boolean', default: false });
+      .option('json', { type: 'boolean', default: false, describe: 'Print the table as JSON' });
   },
   handler: async (argv) => {
     if (argv.what === 'distributed') {

@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { bridgeAgreement, buildBridge, loadBridge, readCaptions, saveBridge } from '../bridge';
 import { loadBertTokenizer, loadClipTokenizer } from '../tokenizers';
+import { RoundtripError } from '../errors';
 
 interface BuildArgs {
   captions: string[];
@@ -19,11 +20,15 @@ const build: CommandModule<{}, BuildArgs> = {
       .option('out', { type: 'string', demandOption: true, describe: 'bridge JSON to write' })
       .option('blip-tokenizer', { type: 'string', demandOption: true, describe: 'folder with BLIP\'s vocab.txt (a BLIP model folder)' })
       .option('clip-tokenizer', { type: 'string', demandOption: true, describe: 'folder with CLIP\'s vocab.json + merges.txt (an SD folder or its tokenizer/)' })
-      .option('compare', { type: 'string', describe: 'another bridge (e.g. the authors\' reindex_clip_to_blip.json) to report agreement with' }) as any,
+      .option('compare', { type: 'string', describe: 'another bridge (e.g. the authors\' reindex_clip_to_blip.json) to report agreement with (default: none)' }) as any,
   handler: (argv) => {
     const blip = loadBertTokenizer(argv.blipTokenizer);
     const clip = loadClipTokenizer(argv.clipTokenizer);
-    const captions = argv.captions.flatMap(readCaptions);
+    const perFile = argv.captions.map((f) => [f, readCaptions(f)] as const);
+    const captions = perFile.flatMap(([, c]) => c).filter((c) => c.trim() !== '');
+    if (captions.length === 0) {
+      throw new RoundtripError(`bridge build: no captions in ${perFile.map(([f, c]) => `${f} (${c.length})`).join(', ')}; give caption files with at least one non-empty caption`);
+    }
     const bridge = buildBridge(captions, blip, clip);
     saveBridge(argv.out, bridge);
     const s = bridge.stats!;

@@ -7,6 +7,10 @@ import type { CommandModule } from 'yargs';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer } from '../models/blip';
 import { createProgress } from '../progress';
+import { LIMITS, checkMemory, estimateBlipGenerate, expectBounded } from '../limits';
+import { readJsonFile } from '../json';
+import * as fs from 'fs';
+import * as path from 'path';
 
 export interface CaptionRequest {
   /** CUDA mixed precision: fp32 (default), bf16 or fp16. */
@@ -42,22 +46,32 @@ export interface CaptionResult {
 /** Checks a request and returns the caption options; throws RoundtripError naming the bad flag. */
 export function captionOptions(req: CaptionRequest): BlipCaptionOptions {
   const strategy: BlipStrategy = expectOneOf('--strategy', req.strategy ?? 'beam', BLIP_STRATEGIES);
-  const k = expectInteger('--k', req.k ?? 1, { min: 1 });
-  const numBeams = req.numBeams !== undefined ? expectInteger('--num-beams', req.numBeams, { min: 1 }) : strategy === 'beam' ? Math.max(3, k) : undefined;
+  const k = expectBounded('--k', req.k ?? 1, LIMITS.k);
+  const numBeams = req.numBeams !== undefined ? expectBounded('--num-beams', req.numBeams, LIMITS.beams) : strategy === 'beam' ? Math.max(3, k) : undefined;
   if (strategy === 'greedy' && k !== 1) throw invalid('--k', '1 with --strategy greedy (use beam or a sampling strategy for several captions)', k);
   if (strategy === 'beam' && numBeams !== undefined && k > numBeams) throw invalid('--k', `at most --num-beams (${numBeams})`, k);
   const opts: BlipCaptionOptions = { strategy, numReturnSequences: k, numBeams };
   if (req.prompt !== undefined) opts.prompt = expectString('--prompt', req.prompt);
-  if (req.maxLength !== undefined) opts.maxLength = expectInteger('--max-length', req.maxLength, { min: 2 });
+  if (req.maxLength !== undefined) opts.maxLength = expectBounded('--max-length', req.maxLength, LIMITS.tokens, 2);
   if (req.minLength !== undefined) opts.minLength = expectInteger('--min-length', req.minLength, { min: 0 });
   if (req.topP !== undefined) opts.topP = expectNumber('--top-p', req.topP, { min: 0, max: 1, exclusiveMin: true });
   if (req.topK !== undefined) opts.topK = expectInteger('--top-k', req.topK, { min: 0 });
   if (req.temperature !== undefined) opts.temperature = expectNumber('--temperature', req.temperature, { min: 0, exclusiveMin: true });
   if (req.repetitionPenalty !== undefined) opts.repetitionPenalty = expectNumber('--repetition-penalty', req.repetitionPenalty, { min: 0, exclusiveMin: true });
   if (req.seed !== undefined) opts.seed = expectInteger('--seed', req.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
-  if (req.batchSize !== undefined) opts.batchSize = expectInteger('--batch-size', req.batchSize, { min: 1 });
+  if (req.batchSize !== undefined) opts.batchSize = expectBounded('--batch-size', req.batchSize, LIMITS.batch);
   if (req.tokenizer) opts.tokenizer = req.tokenizer;
   return opts;
+}
+
+/** Estimates one caption batch (images × beams or samples) from the model's config, before loading it. */
+export function checkCaptionMemory(model: string, images: number, opts: BlipCaptionOptions): void {
+  const file = path.join(model, 'config.json');
+  if (!fs.existsSync(file)) return; // Blip.load names the missing file.
+  const batch = Math.min(images, opts.batchSize ?? 8);
+  const rows = opts.strategy === 'beam' ? (opts.numBeams ?? 3) : (opts.numReturnSequences ?? 1);
+  const bytes = estimateBlipGenerate(readJsonFile(file, { what: 'BLIP config' }), { batch, rows, maxLength: opts.maxLength ?? 20 });
+  checkMemory(`caption: --batch-size ${batch} × ${opts.strategy === 'beam' ? `--num-beams ${rows}` : `--k ${rows}`} × --max-length ${opts.maxLength ?? 20}`, bytes, 'lower --k/--num-beams or --batch-size');
 }
 
 /** Captions the images of a request (the handler's work, callable from tests and scripts). */
@@ -65,6 +79,8 @@ export async function captionImages(req: CaptionRequest): Promise<CaptionResult[
   if (!Array.isArray(req.images) || req.images.length === 0) throw invalid('IMAGE', 'at least one image path', req.images);
   req.images.forEach((p, i) => expectString(`IMAGE ${i + 1}`, p));
   const opts = captionOptions(req);
+  if (req.images.length > LIMITS.prompts) throw new RoundtripError(`IMAGE: ${req.images.length} images is over the limit of ${LIMITS.prompts} per call; split the list`);
+  checkCaptionMemory(expectString('--model', req.model), req.images.length, opts);
   const blip = await Blip.load(expectString('--model', req.model), { device: req.device ?? 'cpu', partial: req.weights });
   if (req.precision && req.precision !== 'fp32') {
     try {
@@ -97,18 +113,18 @@ export const command: CommandModule<{}, any> = {
     y
       .positional('images', { type: 'string', array: true, describe: 'Image files' })
       .option('model', { type: 'string', demandOption: true, describe: 'BLIP folder: config.json, model.safetensors, vocab.txt' })
-      .option('weights', { type: 'string', array: true, describe: 'Trained tensors (e.g. a finetune export/blip.safetensors) merged over the model' })
+      .option('weights', { type: 'string', array: true, describe: 'Trained tensors (e.g. a finetune export/blip.safetensors) merged over the model (default: none)' })
       .option('strategy', { type: 'string', default: 'beam', describe: `Decoding: ${BLIP_STRATEGIES.join(', ')}` })
-      .option('k', { type: 'number', default: 1, describe: 'Captions per image (beams returned, or independent samples)' })
+      .option('k', { type: 'number', default: 1, alias: 'num-candidates', describe: `Captions per image (beams returned, or independent samples; at most ${LIMITS.k})` })
       .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k))' })
-      .option('prompt', { type: 'string', describe: "Text the captions continue (e.g. 'a picture of '); not printed" })
+      .option('prompt', { type: 'string', describe: "Text the captions continue (e.g. 'a picture of '); not printed (default: none)" })
       .option('max-length', { type: 'number', default: 20, describe: 'Maximum length, start token and prompt included' })
       .option('min-length', { type: 'number', default: 5, describe: 'Minimum length before EOS may appear, start token included' })
       .option('top-p', { type: 'number', describe: 'Nucleus mass for --strategy top-p (default 0.9)' })
       .option('top-k', { type: 'number', describe: 'k for --strategy top-k (default 50; top-p also applies it)' })
       .option('temperature', { type: 'number', describe: 'Sampling temperature (default 1)' })
       .option('repetition-penalty', { type: 'number', describe: 'transformers repetition penalty (default 1)' })
-      .option('seed', { type: 'number', describe: 'Seed for sampling strategies (same seed, same captions)' })
+      .option('seed', { type: 'number', describe: 'Seed for sampling strategies (same seed, same captions; default: none, a fresh draw)' })
       .option('batch-size', { type: 'number', default: 8, describe: 'Images per native call' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
       .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })

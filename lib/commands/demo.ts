@@ -69,7 +69,7 @@ export const command: CommandModule<{}, any> = {
       .option('out', { type: 'string', default: 'roundtrip-demo', describe: 'report folder (recreated each run, except its cache/)' })
       .option('cache', { type: 'string', describe: 'where the world (and fallback models) are kept between runs (default <out>/cache)' })
       .option('weights', { type: 'string', describe: 'folder with world-blip/, world-sd/, world-clip/ (default: the package weights/)' })
-      .option('vocab', { type: 'string', describe: 'BERT/CLIP vocabularies for the fallback pretraining when the world models are missing' })
+      .option('vocab', { type: 'string', describe: 'BERT/CLIP vocabularies for the fallback pretraining when the world models are missing (default: the shipped vocabularies)' })
       .option('quick', { type: 'boolean', default: false, describe: `reduced run: ${QUICK_DEMO.items} items, K=${QUICK_DEMO.k}, ${QUICK_DEMO.sdSteps} sampling steps, ${QUICK_DEMO.finetuneSteps} finetuning steps` })
       .option('items', { type: 'number', describe: `held-out test images (default ${DEFAULT_DEMO.items})` })
       .option('k', { type: 'number', describe: `candidates per item (default ${DEFAULT_DEMO.k})` })

@@ -5,7 +5,8 @@
 import * as fs from 'fs';
 import type { CommandModule } from 'yargs';
 import { RoundtripError, expectString } from '../errors';
-import { FinetuneConfig, FinetuneResult, finetune, resolveConfig } from '../finetune';
+import { DEFAULT_CONFIG, FinetuneConfig, FinetuneResult, SIGNAL_EXIT, finetune, resolveConfig } from '../finetune';
+import { LIMITS } from '../limits';
 import { parse as parseYaml } from 'yaml';
 
 /** Flag name (camelCase, as yargs gives it) → config key; all config keys are accepted as flags. */
@@ -14,6 +15,8 @@ export const FINETUNE_FLAGS = [
   'objective', 'schedule', 'temperature', 'softMode', 'recTxtMode', 'labelSmoothing', 'lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'clip',
   'lrSchedule', 'warmupSteps', 'minLr', 'batchSize', 'gradAccum', 'epochs', 'maxSteps', 'sdSize', 'sdRandomCrop', 'sdFlip', 'blipSize',
   'blipMinScale', 'prefetch', 'checkpointEvery', 'keepLast', 'resume', 'progress', 'threads', 'precision', 'gradientCheckpointing', 'cacheLatents', 'prompt',
+  'overwrite', 'nanPolicy', 'nanRetries', 'nanLrFactor', 'weightBound',
+  'softFraming', 'clipPadding', 'recTxtNormalize', 'clipMode', 'blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip',
 ] as const;
 
 /** Reads a config file: `.yaml`/`.yml` as YAML, anything else as JSON. */
@@ -67,67 +70,118 @@ export async function runFinetuneCommand(req: FinetuneRequest): Promise<Finetune
   return finetune(finetuneConfigFrom(req));
 }
 
+/** Help of every flag; the default is appended from DEFAULT_CONFIG (one source of truth). */
+const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: string]> = {
+  config: ['string', 'JSON or YAML config (see examples/finetune-coco.json); flags override its keys'],
+  blip: ['string', 'BLIP folder (config.json, model.safetensors, vocab.txt) or pulled alias (required)'],
+  sd: ['string', 'diffusers Stable Diffusion folder or pulled alias (required)'],
+  bridge: ['string', 'Vocabulary bridge JSON (default: learned from the training captions)'],
+  annotations: ['string', 'Karpathy-layout training list [{image, caption, image_id}] (required)'],
+  images: ['string', 'Folder the annotation image paths are relative to (required)'],
+  limit: ['number', 'Use only the first N training items (default: all)'],
+  valAnnotations: ['string', 'Validation list with caption arrays, scored with CIDEr-D (default: none)'],
+  valImages: ['string', 'Validation images folder (default: --images)'],
+  valSize: ['number', 'Validation images'],
+  validateEvery: ['number', 'Validate every N steps (0: never)'],
+  output: ['string', 'Run folder: checkpoints/, log.jsonl, export/, report (required; must be empty unless --resume or --overwrite)'],
+  device: ['string', 'cpu, cuda or cuda:N'],
+  seed: ['number', 'Seed of the data order, augmentation and noise'],
+  trainableBlip: ['string', 'BLIP tensors trained: xattn-q, xattn-kv, xattn-qkv, none'],
+  trainableUnet: ['string', 'UNet tensors trained: xattn-q, xattn-kv, xattn-qkv, none'],
+  objective: ['string', 'Loss preset: joint, reconstruction-only, caption-only'],
+  lambdaCap: ['number', 'Weight of L_cap (default: from --objective)'],
+  lambdaRecImg: ['number', 'Weight of L_rec_img (default: from --objective)'],
+  lambdaSd: ['number', 'Weight of L_sd (default: from --objective)'],
+  lambdaRecTxt: ['number', 'Weight of L_rec_txt (default: from --objective)'],
+  schedule: ['string', 'summed (Eq. 5) or alternating (the release)'],
+  temperature: ['number', 'Soft caption temperature'],
+  softMode: ['string', 'Soft caption: probs (the release) or logits'],
+  recTxtMode: ['string', 'L_rec_txt estimate: x0 (the paper) or ddpm-step (the release)'],
+  labelSmoothing: ['number', 'Label smoothing of L_cap'],
+  softFraming: ['string', "Soft caption framing: padded (77 rows like SD's ids) or release (BOS + rows + EOS)"],
+  clipPadding: ['string', "SD's CLIP ids padded to 77 (max) or to the batch's longest caption (longest, the release)"],
+  recTxtNormalize: ['boolean', "CLIP mean/std on L_rec_txt's decoded estimate (--no-rec-txt-normalize: the release's raw pixels)"],
+  clipMode: ['string', 'Gradient clipping: global (one norm over both models) or per-model (the release: --blip-clip / --unet-clip)'],
+  blipWeightDecay: ['number', 'AdamW weight decay of BLIP (default: --weight-decay)'],
+  unetWeightDecay: ['number', 'AdamW weight decay of the UNet (default: --weight-decay)'],
+  blipClip: ['number', 'Gradient norm clip of BLIP under --clip-mode per-model (default: --clip)'],
+  unetClip: ['number', 'Gradient norm clip of the UNet under --clip-mode per-model (default: --clip)'],
+  lr: ['number', 'Peak learning rate (AdamW)'],
+  beta1: ['number', 'AdamW beta1'],
+  beta2: ['number', 'AdamW beta2'],
+  eps: ['number', 'AdamW epsilon'],
+  weightDecay: ['number', 'AdamW decoupled weight decay'],
+  clip: ['number', 'Gradient norm clip (0: off)'],
+  lrSchedule: ['string', 'constant, constant_with_warmup, cosine'],
+  warmupSteps: ['number', 'Linear warm-up steps'],
+  minLr: ['number', 'Floor of the cosine schedule'],
+  batchSize: ['number', `Images per micro-batch (at most ${LIMITS.batch}; memory is estimated before the run)`],
+  gradAccum: ['number', 'Micro-batches per optimizer step'],
+  epochs: ['number', 'Passes over the training items'],
+  maxSteps: ['number', 'Stop after N optimizer steps (default: epochs × steps per epoch)'],
+  sdSize: ['number', "SD-side image side (0: the UNet's sample_size × the VAE factor)"],
+  sdRandomCrop: ['boolean', 'Random square crop for the SD side (else centre)'],
+  sdFlip: ['boolean', 'Random horizontal flip for the SD side'],
+  blipSize: ['number', "BLIP-side image side (0: the vision config's image_size)"],
+  blipMinScale: ['number', 'Smallest random-resized-crop scale for the BLIP side'],
+  prefetch: ['number', 'Images decoded ahead'],
+  checkpointEvery: ['number', 'Checkpoint every N steps (0: only at the end or on an interrupt)'],
+  keepLast: ['number', 'Checkpoints kept'],
+  resume: ['string', "Continue from 'latest' or a checkpoint folder (exactly: data position, RNG, optimizer; default: a fresh run)"],
+  overwrite: ['boolean', "Start a fresh run in a folder holding a previous one (removes that run's files)"],
+  nanPolicy: ['string', 'On a NaN/Inf or out-of-bounds step: stop, skip-batch or lower-lr (each rolls back to the last verified checkpoint)'],
+  nanRetries: ['number', 'Rollbacks allowed under skip-batch/lower-lr before stopping'],
+  nanLrFactor: ['number', 'Learning-rate factor per rollback under lower-lr'],
+  weightBound: ['number', 'Largest RMS a trained tensor may reach before the guard trips'],
+  progress: ['boolean', 'Progress bar and step lines on stderr'],
+  threads: ['number', "Intra-op CPU threads (default: libtorch's)"],
+  precision: ['string', 'fp32, or CUDA autocast bf16/fp16'],
+  gradientCheckpointing: ['boolean', 'Recompute UNet/BLIP blocks in backward (less memory)'],
+  prompt: ['string', 'BLIP caption prefix ignored by the loss'],
+  cacheLatents: ['boolean', 'Encode each training image with the frozen VAE once (needs no SD crop/flip)'],
+};
+
+function kebab(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+/** The help line of a flag: its text and the default the run will use. */
+export function finetuneFlagHelp(name: string): string {
+  const [, text] = HELP[name];
+  if (/\(default/.test(text) || /\(required/.test(text)) return text;
+  const d = name === 'trainableBlip' ? DEFAULT_CONFIG.trainable.blip : name === 'trainableUnet' ? DEFAULT_CONFIG.trainable.unet : (DEFAULT_CONFIG as Record<string, unknown>)[name];
+  return d === undefined ? `${text} (default: none)` : `${text} (default ${JSON.stringify(d)})`;
+}
+
+/** The command line that resumes an interrupted run: the same arguments with `--resume latest`. */
+export function resumeCommand(args: string[]): string {
+  const kept: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--resume' || args[i] === '--overwrite') {
+      if (args[i] === '--resume' && i + 1 < args.length) i++;
+      continue;
+    }
+    if (args[i].startsWith('--resume=') || args[i].startsWith('--overwrite=')) continue;
+    kept.push(/^[\w./:@%+=,-]+$/.test(args[i]) ? args[i] : `'${args[i].replace(/'/g, `'\\''`)}'`);
+  }
+  return `roundtrip ${[...kept, '--resume', 'latest'].join(' ')}`;
+}
+
 export const command: CommandModule<{}, any> = {
   command: 'finetune',
   describe: 'Jointly finetune BLIP and Stable Diffusion with reconstruction losses (paper, Section 4)',
-  builder: (y) =>
-    y
-      .option('config', { type: 'string', describe: 'JSON config (see examples/finetune-coco.json); flags override its keys' })
-      .option('blip', { type: 'string', describe: 'BLIP folder (config.json, model.safetensors, vocab.txt)' })
-      .option('sd', { type: 'string', describe: 'diffusers Stable Diffusion folder' })
-      .option('bridge', { type: 'string', describe: 'Vocabulary bridge JSON (default: learned from the training captions)' })
-      .option('annotations', { type: 'string', describe: 'Karpathy-layout training list [{image, caption, image_id}]' })
-      .option('images', { type: 'string', describe: 'Folder the annotation image paths are relative to' })
-      .option('limit', { type: 'number', describe: 'Use only the first N training items' })
-      .option('val-annotations', { type: 'string', describe: 'Validation list with caption arrays (CIDEr-D)' })
-      .option('val-images', { type: 'string', describe: 'Validation images folder (default --images)' })
-      .option('val-size', { type: 'number', describe: 'Validation images (default 100)' })
-      .option('validate-every', { type: 'number', describe: 'Validate every N steps (0: never)' })
-      .option('output', { type: 'string', describe: 'Run folder (checkpoints, log.jsonl, export/, report)' })
-      .option('device', { type: 'string', describe: 'cpu, cuda or cuda:N' })
-      .option('seed', { type: 'number' })
-      .option('trainable-blip', { type: 'string', describe: 'xattn-q (default), xattn-kv, xattn-qkv, none' })
-      .option('trainable-unet', { type: 'string', describe: 'xattn-q (default), xattn-kv, xattn-qkv, none' })
-      .option('objective', { type: 'string', describe: 'joint, reconstruction-only, caption-only' })
-      .option('lambda-cap', { type: 'number' })
-      .option('lambda-rec-img', { type: 'number' })
-      .option('lambda-sd', { type: 'number' })
-      .option('lambda-rec-txt', { type: 'number' })
-      .option('schedule', { type: 'string', describe: 'summed (Eq. 5) or alternating (the release)' })
-      .option('temperature', { type: 'number', describe: 'Soft caption temperature' })
-      .option('soft-mode', { type: 'string', describe: 'probs (the release) or logits' })
-      .option('rec-txt-mode', { type: 'string', describe: 'x0 (the paper) or ddpm-step (the release)' })
-      .option('label-smoothing', { type: 'number' })
-      .option('lr', { type: 'number' })
-      .option('beta1', { type: 'number' })
-      .option('beta2', { type: 'number' })
-      .option('eps', { type: 'number' })
-      .option('weight-decay', { type: 'number' })
-      .option('clip', { type: 'number', describe: 'Gradient norm clip (0: off)' })
-      .option('lr-schedule', { type: 'string', describe: 'constant, constant_with_warmup, cosine' })
-      .option('warmup-steps', { type: 'number' })
-      .option('min-lr', { type: 'number' })
-      .option('batch-size', { type: 'number' })
-      .option('grad-accum', { type: 'number' })
-      .option('epochs', { type: 'number' })
-      .option('max-steps', { type: 'number' })
-      .option('sd-size', { type: 'number' })
-      .option('sd-random-crop', { type: 'boolean' })
-      .option('sd-flip', { type: 'boolean' })
-      .option('blip-size', { type: 'number' })
-      .option('blip-min-scale', { type: 'number' })
-      .option('prefetch', { type: 'number', describe: 'Images decoded ahead' })
-      .option('checkpoint-every', { type: 'number' })
-      .option('keep-last', { type: 'number' })
-      .option('resume', { type: 'string', describe: 'latest or a checkpoint folder' })
-      .option('progress', { type: 'boolean' })
-      .option('threads', { type: 'number' })
-      .option('precision', { type: 'string', describe: 'fp32, or CUDA autocast bf16/fp16' })
-      .option('gradient-checkpointing', { type: 'boolean', describe: 'Recompute UNet/BLIP blocks in backward (less memory)' })
-      .option('prompt', { type: 'string', describe: "BLIP caption prefix ignored by the loss (default 'a picture of ')" })
-      .option('cache-latents', { type: 'boolean', describe: 'Encode each training image with the frozen VAE once (needs no SD crop/flip)' }),
+  builder: (y) => {
+    // --out as in generate/rerank; --output stays the documented name.
+    const aliases: Record<string, string> = { output: 'out' };
+    for (const [name, [type]] of Object.entries(HELP)) y = y.option(kebab(name), { type, describe: finetuneFlagHelp(name), ...(aliases[name] ? { alias: aliases[name] } : {}) });
+    return y;
+  },
   handler: async (argv) => {
     const r = await runFinetuneCommand(argv as FinetuneRequest);
-    process.stdout.write(JSON.stringify({ steps: r.steps, interrupted: r.interrupted, lastCheckpoint: r.lastCheckpoint, bestCheckpoint: r.bestCheckpoint, exported: r.exported }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ steps: r.steps, interrupted: r.interrupted, lastCheckpoint: r.lastCheckpoint, bestCheckpoint: r.bestCheckpoint, exported: r.exported, rollbacks: r.rollbacks.length }, null, 2) + '\n');
+    if (r.interrupted) {
+      process.stderr.write(`roundtrip: finetune interrupted at step ${r.steps}; resume with: ${resumeCommand(process.argv.slice(2))}\n`);
+      process.exitCode = SIGNAL_EXIT[r.signal ?? 'SIGINT'];
+    }
   },
 };

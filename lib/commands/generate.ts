@@ -6,6 +6,12 @@ import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString 
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { SCHEDULER_NAMES, schedulerName } from '../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../progress';
+import { LIMITS, checkMemory, estimateSdSample, expectBounded } from '../limits';
+import { checkOutputDir } from '../fsutil';
+import { checkPromptLength } from '../rerank/i2t2i';
+import { readJsonFile } from '../json';
+import * as fs from 'fs';
+import * as path from 'path';
 
 export interface GenerateArgs {
   /** NHWC UNet/VAE (faster cuDNN convolutions on CUDA). */
@@ -38,10 +44,11 @@ export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
   expectInteger('--steps', a.steps, { min: 1, max: 1000 });
   expectNumber('--guidance', a.guidance);
   expectInteger('--seed', a.seed, { min: 0 });
-  expectInteger('--batch', a.batch, { min: 1 });
+  expectBounded('--batch', a.batch, LIMITS.batch);
+  if (a.prompts.length > LIMITS.prompts) throw new RoundtripError(`PROMPT: ${a.prompts.length} prompts is over the limit of ${LIMITS.prompts} per call; split the list`);
   for (const [flag, v] of [['--height', a.height], ['--width', a.width]] as const) {
     if (v === undefined) continue;
-    expectInteger(flag, v, { min: 8 });
+    expectBounded(flag, v, LIMITS.side, 8);
     if (v % 8 !== 0) throw new RoundtripError(`${flag}: expected a multiple of 8, got ${v}`);
   }
   return a;
@@ -50,8 +57,25 @@ export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
 /** Runs a generation and writes PNGs; returns their paths. */
 export async function runGenerate(a: GenerateArgs, stream: ProgressStream = process.stderr): Promise<string[]> {
   checkGenerateArgs(a);
+  // Memory and the output folder are checked before the model is loaded (one sampling loop holds every image).
+  const unetFile = path.join(a.model, 'unet', 'config.json');
+  const vaeFile = path.join(a.model, 'vae', 'config.json');
+  let pixels = 0;
+  if (fs.existsSync(unetFile) && fs.existsSync(vaeFile)) {
+    const unet = readJsonFile(unetFile, { what: 'UNet config' });
+    const vae = readJsonFile(vaeFile, { what: 'VAE config' });
+    const side = Number(unet.sample_size ?? 64) * 2 ** (((vae.block_out_channels as unknown[]) ?? [0, 0, 0, 0]).length - 1);
+    const [height, width] = [a.height ?? side, a.width ?? side];
+    const images = a.prompts.length * a.batch;
+    pixels = images * height * width;
+    checkMemory(`generate: ${a.prompts.length} prompt(s) × --batch ${a.batch} at ${width}×${height}`, estimateSdSample(unet, vae, { batch: images, height, width, guidance: a.guidance > 1 }), 'give fewer prompts per call, or lower --batch, --height or --width');
+  }
+  checkOutputDir(a.out, { flag: '--out', bytes: pixels * 3 });
   const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights } });
   try {
+    // CLIP reads 77 tokens: a longer prompt is truncated as diffusers does, but never silently.
+    a.prompts.forEach((p, i) => checkPromptLength(pipe, p, `PROMPT ${i + 1}`, (m) => stream.write(`roundtrip: warning: ${m}\n`)));
+    if (a.negative) checkPromptLength(pipe, a.negative, '--negative', (m) => stream.write(`roundtrip: warning: ${m}\n`));
     if (a.precision && a.precision !== 'fp32') pipe.setAutocast(a.precision);
     if (a.channelsLast) pipe.setChannelsLast(true);
     let progress: ReturnType<typeof createProgress> | undefined;
@@ -87,17 +111,17 @@ export const command: CommandModule<{}, any> = {
     y
       .positional('prompts', { type: 'string', array: true, describe: 'Text prompt(s)' })
       .option('model', { type: 'string', demandOption: true, describe: 'diffusers SD folder (model_index.json, unet/, vae/, ...)' })
-      .option('weights', { type: 'string', array: true, describe: 'Trained UNet tensors (e.g. a finetune export/unet.safetensors) merged over the model' })
+      .option('weights', { type: 'string', array: true, describe: 'Trained UNet tensors (e.g. a finetune export/unet.safetensors) merged over the model (default: none)' })
       .option('out', { type: 'string', demandOption: true, describe: 'Output folder for the PNGs' })
       .option('scheduler', { type: 'string', describe: `One of ${SCHEDULER_NAMES.join(', ')} (default: the folder's)` })
-      .option('steps', { type: 'number', default: 50 })
+      .option('steps', { type: 'number', default: 50, describe: 'Denoising steps (at most 1000)' })
       .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
-      .option('negative', { type: 'string', describe: 'Negative prompt' })
+      .option('negative', { type: 'string', describe: 'Negative prompt (default: none, the empty prompt)' })
       .option('seed', { type: 'number', default: 0, describe: 'Seed of the first image (image k uses seed + k)' })
       .option('height', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
       .option('width', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
       .option('batch', { type: 'number', default: 1, describe: 'Images per prompt' })
-      .option('device', { type: 'string', default: 'cpu' })
+      .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
       .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
       .option('channels-last', { type: 'boolean', default: false, describe: 'NHWC UNet/VAE (faster cuDNN convolutions on CUDA)' }),
   handler: async (argv) => {

@@ -83,7 +83,7 @@ export const command: CommandModule<{}, any> = {
       .option('out', { type: 'string', default: 'world-weights', describe: 'folder for world-clip/, world-blip/, world-sd/' })
       .option('world', { type: 'string', default: 'world', describe: 'folder the world is written to (reused when it matches)' })
       .option('seed', { type: 'number', default: 0, describe: 'seed of the world, the initialisation and the batches' })
-      .option('steps', { type: 'string', describe: 'training steps: N for every model, or clip=N,blip=N,vae=N,unet=N' })
+      .option('steps', { type: 'string', describe: 'training steps: N for every model, or clip=N,blip=N,vae=N,unet=N (default: the recipe\'s)' })
       .option('quick', { type: 'boolean', default: false, describe: 'a tiny world and a few steps per model (smoke test)' })
       .option('vocab', { type: 'string', describe: 'folder with the BERT vocab.txt and CLIP vocab.json + merges.txt (default: the package weights/)' })
       .option('eval-limit', { type: 'number', describe: 'test images used for the metrics (default: all)' })

@@ -81,8 +81,8 @@ export function reportBuilder(y: Argv<{}>): Argv<{}> {
     .option('out', { type: 'string', describe: 'Report folder (default <first DIR>/report)' })
     .option('spice', { type: 'boolean', default: false, describe: 'Also compute SPICE (Java + SPICE jar)' })
     .option('spice-jar', { type: 'string', describe: 'SPICE jar (default: $ROUNDTRIP_SPICE_JAR or the jar cache)' })
-    .option('java', { type: 'string', describe: 'Java executable' })
-    .option('inception', { type: 'string', describe: 'Inception FID weights (safetensors) for FID and IS in Table 2' })
+    .option('java', { type: 'string', describe: 'Java executable for METEOR/SPICE (default $ROUNDTRIP_JAVA or java)' })
+    .option('inception', { type: 'string', describe: 'Inception FID weights (safetensors) for FID and IS in Table 2 (default: none, FID/IS left out)' })
     .option('gallery-items', { type: 'number', default: 100, describe: 'Items shown in the gallery' })
     .option('device', { type: 'string', default: 'cpu', describe: 'Device for Inception' }) as Argv<{}>;
 }

@@ -62,11 +62,11 @@ function sharedOptions(y: Argv<{}>): Argv<{}> {
     .option('out', { type: 'string', demandOption: true, describe: 'Output folder (run.json, results.jsonl, cache/, report/); rerunning resumes' })
     .option('blip', { type: 'string', demandOption: true, describe: 'BLIP captioning folder' })
     .option('sd', { type: 'string', demandOption: true, describe: 'Stable Diffusion diffusers folder' })
-    .option('clip', { type: 'string', describe: 'CLIP folder (similarity clip / clip-text, and Table 2 CLIP distances)' })
-    .option('dino', { type: 'string', describe: 'DINO ViT folder (similarity dino)' })
-    .option('sbert', { type: 'string', describe: 'sentence-transformers folder (similarity sbert)' })
-    .option('glove', { type: 'string', describe: 'GloVe/word2vec text vectors (similarity wmd)' })
-    .option('k', { type: 'number', default: 10, describe: 'Candidates per item' })
+    .option('clip', { type: 'string', describe: 'CLIP folder (similarity clip / clip-text, and Table 2 CLIP distances; default: none)' })
+    .option('dino', { type: 'string', describe: 'DINO ViT folder (similarity dino; default: none)' })
+    .option('sbert', { type: 'string', describe: 'sentence-transformers folder (similarity sbert; default: none)' })
+    .option('glove', { type: 'string', describe: 'GloVe/word2vec text vectors (similarity wmd; default: none)' })
+    .option('k', { type: 'number', default: 10, alias: 'num-candidates', describe: 'Candidates per item (at most 1000)' })
     .option('scheduler', { type: 'string', default: 'ddpm', describe: 'SD scheduler: ddpm, ddim, pndm, euler, lms, dpm++' })
     .option('steps', { type: 'number', default: 50, describe: 'SD denoising steps' })
     .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
@@ -79,8 +79,8 @@ function sharedOptions(y: Argv<{}>): Argv<{}> {
     .option('min-length', { type: 'number', default: 5, describe: 'BLIP minimum length (tokens)' })
     .option('seed', { type: 'number', default: 0, describe: 'Base seed (per-item seeds derive from it)' })
     .option('repeats', { type: 'number', default: 5, describe: 'Random baseline picks per item (the baseline is their mean)' })
-    .option('shard', { type: 'string', describe: 'i/n: this run does items i, i+n, … (merge with `roundtrip report`)' })
-    .option('limit', { type: 'number', describe: 'Only the first N items of the dataset' })
+    .option('shard', { type: 'string', describe: 'i/n: this run does items i, i+n, … (merge with `roundtrip report`; default: all items)' })
+    .option('limit', { type: 'number', describe: 'Only the first N items of the dataset (default: all)' })
     .option('cache', { type: 'string', describe: 'Image cache folder (default <out>/cache); can be shared between runs' })
     .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
     .option('progress', { type: 'boolean', default: true, describe: 'Progress bar on stderr' })
@@ -102,15 +102,15 @@ const i2t2i: CommandModule<{}, any> = {
   describe: 'Rerank BLIP captions of images by how well SD reconstructs the image from them',
   builder: (y) =>
     sharedOptions(y)
-      .option('annotations', { type: 'string', describe: 'Karpathy/COCO annotation file or NoCaps image list (with --images)' })
-      .option('images', { type: 'string', describe: 'Image folder (annotation root, or a plain folder of images)' })
-      .option('captions', { type: 'string', describe: 'Reference captions for a NoCaps image list' })
+      .option('annotations', { type: 'string', describe: 'Karpathy/COCO annotation file or NoCaps image list (with --images; default: none)' })
+      .option('images', { type: 'string', describe: 'Image folder (annotation root, or a plain folder of images; default: none)' })
+      .option('captions', { type: 'string', describe: 'Reference captions for a NoCaps image list (default: none)' })
       .option('strategy', { type: 'string', default: 'top-p', describe: 'BLIP sampling: top-p (0.9, repetition penalty 1.1), top-k (10), temperature (0.7), beam' })
       .option('top-p', { type: 'number', describe: 'Nucleus mass (default 0.9)' })
       .option('top-k', { type: 'number', describe: 'k for top-k (default 10)' })
       .option('temperature', { type: 'number', describe: 'Temperature (default 0.7 for --strategy temperature)' })
       .option('repetition-penalty', { type: 'number', describe: 'Repetition penalty (default 1.1 when sampling)' })
-      .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam' })
+      .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k))' })
       .option('similarity', { type: 'string', default: 'clip', describe: 'clip, dino or clip,dino' }),
   handler: async (argv) => finish(await rerankByRank(rerankI2t2i, rerankOptionsFromArgv(argv)), argv),
 };
@@ -121,7 +121,7 @@ const t2i2t: CommandModule<{}, any> = {
   builder: (y) =>
     sharedOptions(y)
       .option('prompts', { type: 'string', demandOption: true, describe: 'Prompt file: [{image, caption}] JSON or one prompt per line' })
-      .option('images', { type: 'string', describe: 'Folder of the real images named in the prompt file (FID, CLIP distance to the real image)' })
+      .option('images', { type: 'string', describe: 'Folder of the real images named in the prompt file (FID, CLIP distance to the real image; default: none)' })
       .option('num-beams', { type: 'number', default: 3, describe: 'BLIP beams' })
       .option('similarity', { type: 'string', default: 'clip-text', describe: 'clip-text, sbert, cider, wmd (comma-separated)' }),
   handler: async (argv) => finish(await rerankByRank(rerankT2i2t, rerankOptionsFromArgv(argv)), argv),

@@ -51,27 +51,27 @@ export const command: CommandModule<{}, any> = {
   describe: 'Reconstruction distance of a caption for an image (or of an image for a text)',
   builder: (y) =>
     y
-      .option('image', { type: 'string', describe: 'Image file' })
-      .option('caption', { type: 'string', describe: 'Caption to score: SD redraws it, distance to --image' })
-      .option('text', { type: 'string', describe: 'Mirror: BLIP captions --image, distance to this text' })
-      .option('batch', { type: 'string', describe: 'JSON list of {image, caption} or {text, image}' })
-      .option('blip', { type: 'string', describe: 'BLIP folder (mirror form)' })
-      .option('sd', { type: 'string', describe: 'Stable Diffusion folder (caption form)' })
-      .option('clip', { type: 'string', describe: 'CLIP folder' })
-      .option('dino', { type: 'string', describe: 'DINO folder' })
-      .option('sbert', { type: 'string', describe: 'sentence-transformers folder' })
-      .option('glove', { type: 'string', describe: 'GloVe vectors (wmd)' })
+      .option('image', { type: 'string', describe: 'Image file (default: none)' })
+      .option('caption', { type: 'string', describe: 'Caption to score: SD redraws it, distance to --image (default: none)' })
+      .option('text', { type: 'string', describe: 'Mirror: BLIP captions --image, distance to this text (default: none)' })
+      .option('batch', { type: 'string', describe: 'JSON list of {image, caption} or {text, image} (default: none)' })
+      .option('blip', { type: 'string', describe: 'BLIP folder (mirror form; default: none)' })
+      .option('sd', { type: 'string', describe: 'Stable Diffusion folder (caption form; default: none)' })
+      .option('clip', { type: 'string', describe: 'CLIP folder (default: none)' })
+      .option('dino', { type: 'string', describe: 'DINO folder (default: none)' })
+      .option('sbert', { type: 'string', describe: 'sentence-transformers folder (default: none)' })
+      .option('glove', { type: 'string', describe: 'GloVe vectors (wmd; default: none)' })
       .option('similarity', { type: 'string', describe: 'caption form: clip,dino (default clip); mirror: clip-text,sbert,cider,wmd (default clip-text)' })
-      .option('clip-variant', { type: 'string', default: 'projected', choices: ['projected', 'pooled'] })
-      .option('dino-size', { type: 'number', default: 384 })
+      .option('clip-variant', { type: 'string', default: 'projected', choices: ['projected', 'pooled'], describe: 'CLIP embedding used for similarities' })
+      .option('dino-size', { type: 'number', default: 384, describe: 'DINO input side' })
       .option('seeds', { type: 'number', default: 3, describe: 'Drawings per caption (the score is their mean)' })
-      .option('seed', { type: 'number', default: 0 })
-      .option('scheduler', { type: 'string', default: 'ddpm' })
-      .option('steps', { type: 'number', default: 50 })
-      .option('guidance', { type: 'number', default: 7.5 })
-      .option('size', { type: 'number', default: 512 })
+      .option('seed', { type: 'number', default: 0, describe: 'Base seed of the drawings' })
+      .option('scheduler', { type: 'string', default: 'ddpm', describe: 'SD scheduler: ddpm, ddim, pndm, euler, lms, dpm++' })
+      .option('steps', { type: 'number', default: 50, describe: 'SD denoising steps (at most 1000)' })
+      .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
+      .option('size', { type: 'number', default: 512, describe: 'Generated image side (pixels)' })
       .option('cache', { type: 'string', describe: 'Image cache folder (default ./roundtrip-score-cache)' })
-      .option('device', { type: 'string', default: 'cpu' }),
+      .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' }),
   handler: async (argv) => {
     const results = await runScores({
       image: argv.image,

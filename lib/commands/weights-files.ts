@@ -130,7 +130,7 @@ export const convertCommand: CommandModule<{}, any> = {
         type: 'string',
         choices: CAST_DTYPES as unknown as string[],
         coerce: (v: unknown) => (typeof v === 'string' ? v.toUpperCase() : v),
-        describe: 'Cast floating-point tensors to this dtype (round to nearest even)',
+        describe: 'Cast floating-point tensors to this dtype (round to nearest even; default: keep each dtype)',
       })
       .option('json', { type: 'boolean', default: false, describe: 'Print the report as JSON' }),
   handler: async (args) => {

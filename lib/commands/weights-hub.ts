@@ -77,7 +77,7 @@ export const pullCommand: CommandModule<{}, any> = {
         describe: 'Folder for the model (several names: a parent folder). Default: $ROUNDTRIP_HOME/models/NAME or ~/.cache/roundtrip/models/NAME',
       })
       .option('revision', { type: 'string', describe: 'Branch, tag or commit (default main)' })
-      .option('variant', { type: 'string', describe: 'Weights variant, e.g. fp16 for *.fp16.safetensors' })
+      .option('variant', { type: 'string', describe: 'Weights variant, e.g. fp16 for *.fp16.safetensors (default: none, the full-precision files)' })
       .option('token-env', { type: 'string', describe: 'Environment variable holding the access token (default HF_TOKEN)' })
       .epilogue('The hub is $HF_ENDPOINT (default https://huggingface.co). Set ROUNDTRIP_QUIET=1 to hide progress bars.'),
   handler: async (args) => {

@@ -62,7 +62,7 @@ function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number 
 
 /** Mean step time after the warm-up steps, and mean all-reduce time/bytes, from a run's log.jsonl. */
 function readTimings(logFile: string, warmup: number): { seconds: number; arSeconds: number; arBytes: number } {
-  const rows = readJsonLines<{ step?: number; time?: number; allReduce?: { seconds: number; bytes: number } }>(logFile).filter((r) => r.time !== undefined);
+  const rows = readJsonLines<{ loss?: number; time?: number; allReduce?: { seconds: number; bytes: number } }>(logFile).filter((r) => typeof r.loss === 'number' && typeof r.time === 'number');
   const timed = rows.slice(warmup);
   if (timed.length < 2) throw new RoundtripError(`bench distributed: ${logFile} has ${rows.length} steps, too few to time`);
   const seconds = (timed[timed.length - 1].time! - timed[0].time!) / (timed.length - 1);

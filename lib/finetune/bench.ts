@@ -11,7 +11,7 @@ import { deriveSeed } from '../image/random';
 import { disposeCaptionBatch, encodeCaptions } from './losses';
 import { LossWeights, ObjectiveOptions } from './objective';
 import { JointStep } from './joint-step';
-import { FinetuneConfig, loadModels } from './trainer';
+import { FinetuneConfig, loadModels, withModelImageSizes } from './trainer';
 import { epochBatches, readAnnotations } from './data';
 
 export interface BenchOptions extends FinetuneConfig {
@@ -54,6 +54,7 @@ const VARIANTS: { name: BenchRow['name']; weights: LossWeights }[] = [
 
 /** Runs the three variants on one prefetched batch and formats the table. */
 export async function benchFinetune(opts: BenchOptions): Promise<BenchResult> {
+  opts = withModelImageSizes(opts);
   const steps = expectInteger('steps', opts.steps ?? 5, { min: 1 });
   const warmup = expectInteger('warmup', opts.warmup ?? 1, { min: 0 });
   const items = readAnnotations(opts.annotations, opts.images, opts.limit);

@@ -13,6 +13,7 @@
 import { RoundtripError } from '../errors';
 import { GradSync, checkSameOnAllRanks, isDistributed, jsonHash, joinFromEnvironment, rank as distRank, worldSize as distWorld, tensorsHash, broadcast } from '../distributed';
 import type { JointStep } from './joint-step';
+import { RunLog } from '../train/runlog';
 import type { NativeModel } from '../model';
 import type { Tensor } from '../tensor';
 import type { BertTokenizer } from '../tokenizers/bert';
@@ -96,6 +97,16 @@ export class DataParallel {
     const s = this.gradSync.stats();
     return { seconds: s.seconds, bytes: s.bytes };
   }
+}
+
+/** The run log of ranks other than 0: rank 0 writes log.jsonl, the others keep nothing. */
+export class SilentRunLog extends RunLog {
+  override rows(): Record<string, unknown>[] {
+    return [];
+  }
+  override rewindTo(): void {}
+  override start(): void {}
+  override append(): void {}
 }
 
 /** Whether this process is one rank of several (for code that only needs the flag). */

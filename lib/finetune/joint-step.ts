@@ -53,6 +53,8 @@ export interface JointStepStats {
   applied: boolean;
   /** Data-parallel steps: how many ranks asked to stop after this step (0 otherwise). */
   stopVotes: number;
+  /** Native wall milliseconds: the micro-batches' forwards, their backwards, clipping + the optimizer update. */
+  timings: { forwardMs: number; backwardMs: number; updateMs: number };
 }
 
 interface NativeJointStep {
@@ -175,7 +177,15 @@ export class JointStep {
     LOSS_TERMS.forEach((t, i) => {
       if (!Number.isNaN(v[1 + i])) terms[t] = v[1 + i];
     });
-    return { loss: v[0], terms, gradNorm: { total: v[5], blip: v[6], unet: v[7] }, paramMaxAbs: v[8], applied: v[9] === 1, stopVotes: v[10] ?? 0 };
+    return {
+      loss: v[0],
+      terms,
+      gradNorm: { total: v[5], blip: v[6], unet: v[7] },
+      paramMaxAbs: v[8],
+      applied: v[9] === 1,
+      timings: { forwardMs: v[10], backwardMs: v[11], updateMs: v[12] },
+      stopVotes: v[13] ?? 0,
+    };
   }
 
   /**

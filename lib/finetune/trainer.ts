@@ -30,10 +30,15 @@ import { LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions,
 import type { JointBatch } from './objective';
 import { CLIP_MODES, ClipMode, JointStep } from './joint-step';
 import { TrainItem, epochBatches, microBatchesPerEpoch, readAnnotations } from './data';
-import { DataParallel } from './distributed';
+import { DataParallel, SilentRunLog } from './distributed';
 import { isMainProcess } from '../distributed';
 import { writeReport } from './report';
 import { resolveModelPath } from '../hub/resolve';
+import { readJsonFile } from '../json';
+import { checkOutputDir, cleanTempLeftovers, describeWriteError } from '../fsutil';
+import { LIMITS, checkMemory, estimateFinetuneStep, expectBounded } from '../limits';
+import { DEFAULT_WEIGHT_BOUND, NAN_POLICIES, NanPolicy, checkTensors, guardError, guardStep, lastVerifiedCheckpoint } from '../train/guard';
+import { RunLog } from '../train/runlog';
 
 export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'none'] as const;
 export type TrainableSet = (typeof TRAINABLE_SETS)[number];
@@ -112,15 +117,27 @@ export interface FinetuneConfig {
   gradAccum: number;
   epochs: number;
   maxSteps?: number;
+  /** SD-side image side; 0 (default): the UNet's sample_size × the VAE factor. */
   sdSize: number;
   sdRandomCrop: boolean;
   sdFlip: boolean;
+  /** BLIP-side image side; 0 (default): the vision config's image_size. */
   blipSize: number;
   blipMinScale: number;
   prefetch: number;
   checkpointEvery: number;
   keepLast: number;
   resume?: string;
+  /** Start a fresh run in a folder that holds a previous run (its files are removed). */
+  overwrite: boolean;
+  /** What the non-finite guard does on a trip: stop (default), skip-batch or lower-lr. */
+  nanPolicy: NanPolicy;
+  /** Rollbacks allowed per run under skip-batch / lower-lr before the run stops. */
+  nanRetries: number;
+  /** Learning-rate factor per rollback under lower-lr. */
+  nanLrFactor: number;
+  /** Largest RMS a trained tensor may reach (the guard trips above it). */
+  weightBound: number;
   progress: boolean;
   /** Intra-op threads for the native core (default: libtorch's). */
   threads?: number;
@@ -154,14 +171,19 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   batchSize: 8,
   gradAccum: 1,
   epochs: 5,
-  sdSize: 512,
+  sdSize: 0,
   sdRandomCrop: false,
   sdFlip: false,
-  blipSize: 384,
+  blipSize: 0,
   blipMinScale: 0.5,
   prefetch: 16,
   checkpointEvery: 1000,
   keepLast: 3,
+  overwrite: false,
+  nanPolicy: 'stop',
+  nanRetries: 3,
+  nanLrFactor: 0.5,
+  weightBound: DEFAULT_WEIGHT_BOUND,
   progress: true,
   precision: 'fp32',
   gradientCheckpointing: false,
@@ -209,8 +231,16 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   if (c.maxSteps !== undefined) expectInteger(k('maxSteps'), c.maxSteps, { min: 1 });
   if (c.limit !== undefined) expectInteger(k('limit'), c.limit, { min: 1 });
   if (c.threads !== undefined) expectInteger(k('threads'), c.threads, { min: 1 });
-  expectInteger(k('sdSize'), c.sdSize, { min: 8 });
-  expectInteger(k('blipSize'), c.blipSize, { min: 1 });
+  // 0: from the model configs (filled in when the run starts).
+  if (c.sdSize !== 0) expectBounded(k('sdSize'), c.sdSize, LIMITS.side, 8);
+  if (c.blipSize !== 0) expectBounded(k('blipSize'), c.blipSize, LIMITS.side, 1);
+  expectBounded(k('batchSize'), c.batchSize, LIMITS.batch);
+  if (c.maxSteps !== undefined) expectBounded(k('maxSteps'), c.maxSteps, LIMITS.trainSteps);
+  expectBoolean(k('overwrite'), c.overwrite);
+  expectOneOf(k('nanPolicy'), c.nanPolicy, NAN_POLICIES);
+  expectInteger(k('nanRetries'), c.nanRetries, { min: 0 });
+  expectNumber(k('nanLrFactor'), c.nanLrFactor, { min: 0, max: 1, exclusiveMin: true });
+  expectNumber(k('weightBound'), c.weightBound, { min: 0, exclusiveMin: true });
   expectNumber(k('blipMinScale'), c.blipMinScale, { min: 0, max: 1, exclusiveMin: true });
   expectBoolean(k('sdRandomCrop'), c.sdRandomCrop);
   expectBoolean(k('sdFlip'), c.sdFlip);
@@ -280,16 +310,23 @@ export interface FinetuneResult {
   lastCheckpoint?: string;
   bestCheckpoint?: string;
   exported: { blip?: string; unet?: string };
+  /** Stopped before the last step (a signal or `stopSignal`): a checkpoint was written, nothing exported. */
   interrupted: boolean;
+  /** The signal that stopped the run, if one did. */
+  signal?: NodeJS.Signals;
   validation: { step: number; cider: number }[];
+  /** Guard trips that were rolled back (skip-batch / lower-lr). */
+  rollbacks: { step: number; to: number; reason: string; policy: NanPolicy }[];
 }
 
 /** Test and embedding hooks. */
 export interface FinetuneHooks {
   /** Called with each step's losses before backward; may return a replacement total (tests inject NaN). */
   afterLoss?: (step: number, total: number) => number | void;
-  /** Called after each optimizer step. */
+  /** Called after each optimizer step with the log row (after the guard passed it). */
   afterStep?: (log: StepLog) => void | Promise<void>;
+  /** Called right after each optimizer update, before the guard (tests corrupt weights here). */
+  afterUpdate?: (step: number, models: { blip: Blip; sd: StableDiffusionPipeline }) => void | Promise<void>;
   /** Set to stop after the current step as SIGINT does. */
   stopSignal?: { stop: boolean };
   /** Log line sink (default stderr when progress is on). */
@@ -370,22 +407,80 @@ function rssMB(): number {
   return process.memoryUsage().rss / 2 ** 20;
 }
 
-function appendLine(file: string, line: string): void {
-  const fd = fs.openSync(file, 'a');
-  try {
-    fs.writeSync(fd, line + '\n');
-  } finally {
-    fs.closeSync(fd);
-  }
+/** Image sides from the models' configs: SD `sample_size` × the VAE factor, BLIP's vision `image_size`. */
+export function modelImageSizes(blipDir: string, sdDir: string): { sdSize: number; blipSize: number } {
+  const blipCfg = readJsonFile(path.join(resolveModelPath(blipDir), 'config.json'), { what: 'BLIP config', object: true });
+  const sd = resolveModelPath(sdDir);
+  const unetCfg = readJsonFile(path.join(sd, 'unet', 'config.json'), { what: 'UNet config', object: true });
+  const vaeCfg = readJsonFile(path.join(sd, 'vae', 'config.json'), { what: 'VAE config', object: true });
+  const factor = 2 ** (((vaeCfg.block_out_channels as unknown[]) ?? [0, 0, 0, 0]).length - 1);
+  const sample = Number(unetCfg.sample_size ?? 64);
+  const blipSize = Number(blipCfg.vision_config?.image_size ?? 384);
+  return { sdSize: sample * factor, blipSize };
 }
+
+/** Fills `sdSize`/`blipSize` left at 0 (the defaults) from the models' configs. */
+export function withModelImageSizes<T extends Pick<FinetuneConfig, 'blip' | 'sd' | 'sdSize' | 'blipSize'>>(c: T): T {
+  if (c.sdSize > 0 && c.blipSize > 0) return c;
+  const sizes = modelImageSizes(c.blip, c.sd);
+  return { ...c, sdSize: c.sdSize || sizes.sdSize, blipSize: c.blipSize || sizes.blipSize };
+}
+
+/** Checks the step's estimated memory (batch size × image sides) against the ceiling, before any allocation. */
+export function checkFinetuneMemory(c: FinetuneConfig): void {
+  expectBounded(`${'batchSize'} (--batch-size)`, c.batchSize, LIMITS.batch);
+  expectBounded('sdSize (--sd-size)', c.sdSize, LIMITS.side, 8);
+  expectBounded('blipSize (--blip-size)', c.blipSize, LIMITS.side);
+  const blipCfg = readJsonFile(path.join(resolveModelPath(c.blip), 'config.json'), { what: 'BLIP config', object: true });
+  const sd = resolveModelPath(c.sd);
+  const unetCfg = readJsonFile(path.join(sd, 'unet', 'config.json'), { what: 'UNet config', object: true });
+  const vaeCfg = readJsonFile(path.join(sd, 'vae', 'config.json'), { what: 'VAE config', object: true });
+  const bytes = estimateFinetuneStep(blipCfg, unetCfg, vaeCfg, { batch: c.batchSize, sdSize: c.sdSize, blipSize: c.blipSize, checkpointing: c.gradientCheckpointing });
+  checkMemory(
+    `finetune: one step of --batch-size ${c.batchSize} at --sd-size ${c.sdSize} / --blip-size ${c.blipSize}`,
+    bytes,
+    'lower --batch-size (with --grad-accum to keep the effective batch), lower --sd-size/--blip-size, or add --gradient-checkpointing',
+  );
+}
+
+/** Files and folders a run writes into its output folder (what --overwrite removes). */
+export const RUN_FILES = ['log.jsonl', 'checkpoints', 'best', 'export', 'bridge.json', 'report.md', 'report.json', 'loss-curves.svg'];
+
+/**
+ * Readies the run folder before any model is loaded: checks it (writable, a storage file system), removes
+ * leftovers of interrupted atomic writes (with a note), and refuses a fresh run into a folder that holds
+ * anything unless `overwrite` (which removes the previous run's files).
+ */
+export function prepareRunFolder(c: FinetuneConfig, print: (line: string) => void): void {
+  checkOutputDir(c.output, { flag: 'output (--output)' });
+  const removed = cleanTempLeftovers(c.output, 3);
+  if (removed.length) print(`finetune: removed ${removed.length} temporary file(s) left by an interrupted write: ${removed.map((p) => path.relative(c.output, p)).join(', ')}`);
+  if (c.resume) return;
+  const present = fs.readdirSync(c.output).sort();
+  if (present.length === 0) return;
+  if (!c.overwrite) {
+    throw new RoundtripError(
+      `finetune: the output folder ${c.output} is not empty (${present.slice(0, 5).join(', ')}${present.length > 5 ? ', …' : ''}); ` +
+        'continue that run with --resume latest, choose another --output, or pass --overwrite to start over (removes its checkpoints, log, export and report)',
+    );
+  }
+  for (const name of RUN_FILES) fs.rmSync(path.join(c.output, name), { recursive: true, force: true });
+  print(`finetune: --overwrite: removed the previous run's files in ${c.output}`);
+}
+
+/** How a signal ends the process: 128 + its number. */
+export const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
 /** Runs a finetuning from a resolved config. */
 export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Promise<FinetuneResult> {
-  fs.mkdirSync(c.output, { recursive: true });
-  if (c.threads) (native() as any).setNumThreads(c.threads);
-  // Data-parallel (roundtrip launch / torchrun): rank 0 prints and writes; see ./distributed.ts.
+  // Data-parallel (roundtrip launch / torchrun): rank 0 prepares the run folder, prints and writes; see ./distributed.ts.
   const dp = await DataParallel.fromEnvironment();
   const print = hooks.print ?? ((line: string) => c.progress && dp.isMain && process.stderr.write(line + '\n'));
+  // Everything that can be checked is checked before a model is loaded or an image decoded.
+  if (dp.isMain) prepareRunFolder(c, print);
+  c = withModelImageSizes(c);
+  checkFinetuneMemory(c);
+  if (c.threads) (native() as any).setNumThreads(c.threads);
   const items = readAnnotations(c.annotations, c.images, c.limit);
   const microPerEpoch = microBatchesPerEpoch(items.length, c.batchSize, dp.worldSize);
   const stepsPerEpoch = Math.floor(microPerEpoch / c.gradAccum);
@@ -405,6 +500,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   const objective = objectiveOptions(c, weights, { start: sd.tokenizer.sotId, end: sd.tokenizer.eotId, pad: sd.tokenizer.padId });
   const visionTrainable = m.blipTrainable.some((n) => n.startsWith('vision_model.'));
   if (dp.active) print(`finetune: ${dp.worldSize} processes; global batch ${c.batchSize} per rank × ${dp.worldSize} ranks × ${c.gradAccum} accumulation = ${c.batchSize * dp.worldSize * c.gradAccum} samples per step`);
+  const all = { ...prefixed('blip', blipParams), ...prefixed('unet', unetParams) };
   const jointStep = JointStep.create({ blip, sd, bridge: m.bridge, visionTrainable }, objective, {
     optimizers,
     clipMode: c.clipMode,
@@ -412,65 +508,107 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     blipClip: c.blipClip,
     unetClip: c.unetClip,
   });
-  print(`finetune: ${items.length} items, ${stepsPerEpoch} steps/epoch, ${totalSteps} steps; trainable BLIP ${countParams(blip.model, m.blipTrainable).toLocaleString('en-US')} params (${m.blipTrainable.length} tensors), UNet ${countParams(sd.unet.model, m.unetTrainable).toLocaleString('en-US')} params (${m.unetTrainable.length} tensors)`);
+  print(`finetune: ${items.length} items, ${stepsPerEpoch} steps/epoch, ${totalSteps} steps; images SD ${c.sdSize}² BLIP ${c.blipSize}²; trainable BLIP ${countParams(blip.model, m.blipTrainable).toLocaleString('en-US')} params (${m.blipTrainable.length} tensors), UNet ${countParams(sd.unet.model, m.unetTrainable).toLocaleString('en-US')} params (${m.unetTrainable.length} tensors)`);
 
   let step = 0;
   let epoch = 0;
   let position = 0;
-  const result: FinetuneResult = { steps: 0, losses: [], logs: [], exported: {}, interrupted: false, validation: [] };
+  /** Learning-rate multiplier (the `lower-lr` policy) and the steps' data positions left out (`skip-batch`). */
+  let lrScale = 1;
+  const skipped = new Set<string>();
+  let trips = 0;
+  const result: FinetuneResult = { steps: 0, losses: [], logs: [], exported: {}, interrupted: false, validation: [], rollbacks: [] };
   let best = -Infinity;
-  if (c.resume) {
-    const dir = resolveCheckpoint(c.resume, c.output);
+  let savedStep = -1;
+  /** The step whose tensors the guard last checked one by one (checkpoints only hold checked tensors). */
+  let verifiedStep = -1;
+  /** Loads a checkpoint's tensors, optimizer state and loop position into the running models. */
+  const restore = async (dir: string, what: string): Promise<Record<string, unknown>> => {
     const ck = await loadCheckpoint(dir);
     try {
       for (const [model, target] of [['blip', blip.model], ['unet', sd.unet.model]] as const) {
         const saved = ck.tensors[model] ?? {};
         const params = model === 'blip' ? blipParams : unetParams;
-        for (const n of Object.keys(params)) if (!saved[n]) throw new RoundtripError(`--resume ${dir}: ${model} tensor '${n}' is not in the checkpoint (trainable sets differ?)`);
+        for (const n of Object.keys(params)) if (!saved[n]) throw new RoundtripError(`${what} ${dir}: ${model} tensor '${n}' is not in the checkpoint (trainable sets differ?)`);
         if (Object.keys(saved).length) await target.loadWeights([path.join(dir, `${model}.safetensors`)], { partial: true });
       }
       importOptimizers(optimizers, ck.optimizers);
       step = ck.state.step;
       epoch = Number(ck.state.epoch);
-      best = Number(ck.state.bestCider ?? -Infinity);
-      // The data position is stored as samples seen this epoch, so a run may resume with another world
-      // size as long as the global micro-batch (batchSize × world size) is the same.
-      const savedWorld = Number(ck.state.worldSize ?? 1);
-      const savedGlobal = Number(ck.state.batchSize) * savedWorld;
-      if (Number(ck.state.seed) !== c.seed || savedGlobal !== c.batchSize * dp.worldSize || Number(ck.state.gradAccum) !== c.gradAccum) {
-        throw new RoundtripError(
-          `--resume ${dir}: seed/global micro-batch (batchSize × processes)/gradAccum differ from the checkpoint's (${ck.state.seed}/${ck.state.batchSize} × ${savedWorld}/${ck.state.gradAccum}; ` +
-            `this run: ${c.seed}/${c.batchSize} × ${dp.worldSize}/${c.gradAccum}); the data order would not continue`,
-        );
-      }
+      // The data position is stored as samples seen this epoch, so a run may resume with another number of
+      // processes as long as the global micro-batch (batchSize × processes) is the same (checked below).
       position = ck.state.samplesSeen !== undefined ? Number(ck.state.samplesSeen) / (c.batchSize * dp.worldSize) : Number(ck.state.position);
+      savedStep = step;
+      verifiedStep = step;
+      return ck.state;
     } finally {
       disposeCheckpoint(ck);
     }
+  };
+  const log = dp.isMain ? new RunLog(path.join(c.output, 'log.jsonl')) : new SilentRunLog(path.join(c.output, 'log.jsonl'));
+  if (c.resume) {
+    const dir = resolveCheckpoint(c.resume, c.output);
+    const state = await restore(dir, '--resume');
+    best = Number(state.bestCider ?? -Infinity);
+    lrScale = Number(state.lrScale ?? 1);
+    for (const k of (state.skipped as string[] | undefined) ?? []) skipped.add(k);
+    const savedWorld = Number(state.worldSize ?? 1);
+    if (Number(state.seed) !== c.seed || Number(state.batchSize) * savedWorld !== c.batchSize * dp.worldSize || Number(state.gradAccum) !== c.gradAccum) {
+      throw new RoundtripError(
+        `--resume ${dir}: seed/global micro-batch (batchSize × processes)/gradAccum differ from the checkpoint's (${state.seed}/${state.batchSize} × ${savedWorld}/${state.gradAccum}; ` +
+          `this run: ${c.seed}/${c.batchSize} × ${dp.worldSize}/${c.gradAccum}); the data order would not continue`,
+      );
+    }
+    log.rewindTo(step, { event: 'resume', step, from: dir });
     print(`finetune: resumed from ${dir} at step ${step}`);
+  } else {
+    log.start({ event: 'start', step: 0 });
   }
   await dp.start(c, [blip.model, sd.unet.model, sd.vae.model, sd.textEncoder], [...Object.values(blipParams), ...Object.values(unetParams)], jointStep);
 
-  const logFile = path.join(c.output, 'log.jsonl');
   const stop = hooks.stopSignal ?? { stop: false };
-  const onSigint = () => {
+  let signal: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signal) {
+      // Second signal: every file is written atomically, so quitting mid-write leaves only a temporary
+      // that the next start removes; `latest` still names a complete checkpoint.
+      process.stderr.write(`finetune: second ${sig}; quitting now (the last complete checkpoint is intact; resume with --resume latest)\n`);
+      process.exit(SIGNAL_EXIT[sig] ?? 130);
+    }
+    signal = sig;
     stop.stop = true;
-    print('finetune: interrupted; writing a checkpoint after this step');
+    process.stderr.write(`finetune: ${sig}: finishing step ${step + 1}, then writing a checkpoint (no export); press Ctrl-C again to quit at once\n`);
   };
-  process.on('SIGINT', onSigint);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
 
   const checkpoint = async (dirRun = c.output, keepLast = c.keepLast, extra: Record<string, unknown> = {}): Promise<string> => {
+    if (verifiedStep !== step) {
+      const trip = checkTensors(step, all, c.weightBound);
+      if (trip) throw guardError(trip, lastVerifiedCheckpoint(c.output), 'stop', 0);
+      verifiedStep = step;
+    }
     const data: CheckpointData = {
       tensors: { blip: blipParams, unet: unetParams },
       optimizers: Object.fromEntries(Object.entries(optimizers).map(([k, o]) => [k, o!.exportState()])),
-      state: { step, epoch, position, samplesSeen: position * c.batchSize * dp.worldSize, worldSize: dp.worldSize, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, config: c, ...extra },
+      // verified: the guard checked these tensors (rollbacks only go to verified checkpoints).
+      state: { step, epoch, position, samplesSeen: position * c.batchSize * dp.worldSize, worldSize: dp.worldSize, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, lrScale, skipped: [...skipped], verified: true, config: c, ...extra },
     };
     try {
-      return await saveCheckpoint(dirRun, data, { keepLast });
+      const dir = await saveCheckpoint(dirRun, data, { keepLast });
+      if (dirRun === c.output) savedStep = step;
+      return dir;
     } finally {
       for (const o of Object.values(data.optimizers)) disposeAll([...o.expAvg, ...o.expAvgSq].filter(Boolean) as Tensor[]);
     }
   };
+  // Rolling back needs a verified state to go to: a fresh run under skip-batch/lower-lr keeps its start.
+  if (!c.resume && c.nanPolicy !== 'stop') {
+    const trip = checkTensors(0, all, c.weightBound);
+    if (trip) throw new RoundtripError(`finetune: the base weights already fail the guard: ${trip.message}`);
+    verifiedStep = 0;
+    await checkpoint();
+  }
 
   const progress = c.progress && dp.isMain ? createProgress({ label: 'finetune', total: totalSteps, unit: 'step', start: step }) : undefined;
   const latentCache = c.cacheLatents ? new LatentCache() : undefined;
@@ -487,9 +625,19 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         batches = undefined;
       }
       batches ??= openEpoch();
+      if (skipped.has(`${epoch}:${position}`)) {
+        // A step the guard rolled back from (skip-batch): its batches are drawn and left out.
+        for (let micro = 0; micro < c.gradAccum; micro++) {
+          const next = await batches.next();
+          if (!next.done) disposeAll([next.value.blipImages, next.value.sdImages]);
+          position++;
+        }
+        continue;
+      }
+      const stepStart = `${epoch}:${position}`;
       const t0 = Date.now();
-      const lr = learningRate({ name: c.lrSchedule, lr: c.lr, warmupSteps: c.warmupSteps, minLr: c.minLr }, step, totalSteps);
-      // Gather the step's micro-batches, then run the whole optimizer step as one native call.
+      const lr = lrScale * learningRate({ name: c.lrSchedule, lr: c.lr, warmupSteps: c.warmupSteps, minLr: c.minLr }, step, totalSteps);
+      // ---- the step computation: the step's micro-batches, then the whole optimizer step as one native call ----
       const micro: { batch: JointBatch; captions: CaptionBatch }[] = [];
       let stats;
       try {
@@ -514,24 +662,50 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
           disposeAll([x.batch.blipImages, x.batch.sdImages, x.batch.latents]);
         }
       }
+      // ---- end of the step computation ----
       let stepLoss = stats.loss;
       const replaced = hooks.afterLoss?.(step, stepLoss);
       if (typeof replaced === 'number') stepLoss = replaced;
       const termSums = stats.terms;
-      if (!stats.applied || !Number.isFinite(stepLoss)) {
-        const last = fs.existsSync(path.join(c.output, 'checkpoints', 'latest')) ? resolveCheckpoint('latest', c.output) : undefined;
-        throw new RoundtripError(
-          `finetune: non-finite loss (${stepLoss}) at step ${step} (terms ${JSON.stringify(termSums)}, grad norm ${stats.gradNorm.total}, largest |w| ${stats.paramMaxAbs}); the update was not applied; stopping. ` +
-            (last ? `The last good checkpoint is ${last} (resume with --resume latest and a lower learning rate).` : 'No checkpoint was written yet.'),
-        );
-      }
       position += c.gradAccum;
       // Data-parallel: a stop (SIGINT) on any rank stops every rank after this same step.
       if (stats.stopVotes > 0) stop.stop = true;
       const { blip: blipNorm, unet: unetNorm, total: norm } = stats.gradNorm;
       step++;
+      await hooks.afterUpdate?.(step, { blip, sd });
+      // The weights are checked one by one only when they are about to be saved (and named on a trip); every
+      // step checks the numbers and the native step's largest |w|.
+      const saving = (c.checkpointEvery > 0 && step % c.checkpointEvery === 0) || step >= totalSteps || stop.stop || (c.validateEvery > 0 && !!c.valAnnotations && step % c.validateEvery === 0);
+      const trip = guardStep({ step, loss: stepLoss, terms: termSums, gradNorm: { total: norm, blip: blipNorm, unet: unetNorm } }, all, {
+        weightBound: c.weightBound,
+        paramMaxAbs: stats.paramMaxAbs,
+        applied: stats.applied,
+        verifyTensors: saving,
+      });
+      if (!trip && saving) verifiedStep = step;
+      if (trip) {
+        trips++;
+        const back = lastVerifiedCheckpoint(c.output);
+        if (c.nanPolicy === 'stop' || !back || trips > c.nanRetries) {
+          log.append({ event: 'guard', step, kind: trip.kind, name: trip.name, value: String(trip.value), policy: c.nanPolicy });
+          throw guardError(trip, back, c.nanPolicy, trips - 1);
+        }
+        // Roll back: the in-memory state is wrecked; the verified checkpoint is not.
+        await restore(back, 'rollback to');
+        if (c.nanPolicy === 'skip-batch') skipped.add(stepStart);
+        else lrScale *= c.nanLrFactor;
+        await batches?.return(undefined);
+        batches = undefined;
+        log.rewindTo(step, { event: 'rollback', step, trip: trip.message, policy: c.nanPolicy, lrScale, skipped: [...skipped] });
+        result.logs = result.logs.filter((l) => l.step <= step);
+        result.losses = result.logs.map((l) => l.loss);
+        result.rollbacks.push({ step: trip.step, to: step, reason: trip.message, policy: c.nanPolicy });
+        print(`finetune: ${trip.message}; rolled back to ${back} (--nan-policy ${c.nanPolicy}${c.nanPolicy === 'lower-lr' ? `, learning rate × ${lrScale}` : ', its batches left out'}; ${c.nanRetries - trips} retr${c.nanRetries - trips === 1 ? 'y' : 'ies'} left)`);
+        progress?.update(step);
+        continue;
+      }
       const seconds = Math.max(1e-9, (Date.now() - t0) / 1000);
-      const log: StepLog = {
+      const row: StepLog = {
         step,
         epoch,
         loss: stepLoss,
@@ -544,18 +718,18 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         time: (Date.now() - started) / 1000,
         ...(dp.active ? { allReduce: dp.lastStats() } : {}),
       };
-      if (dp.isMain) appendLine(logFile, JSON.stringify(log));
-      result.logs.push(log);
+      log.append(row);
+      result.logs.push(row);
       result.losses.push(stepLoss);
       progress?.tick();
       if (c.progress && (step % 10 === 0 || step === totalSteps)) {
-        print(`step ${step}/${totalSteps} loss ${stepLoss.toFixed(4)} ${Object.entries(termSums).map(([k, v]) => `${k} ${v!.toFixed(4)}`).join(' ')} lr ${lr.toExponential(2)} ${log.samplesPerSecond.toFixed(2)} samples/s`);
+        print(`step ${step}/${totalSteps} loss ${stepLoss.toFixed(4)} ${Object.entries(termSums).map(([k, v]) => `${k} ${v!.toFixed(4)}`).join(' ')} lr ${lr.toExponential(2)} ${row.samplesPerSecond.toFixed(2)} samples/s`);
       }
-      await hooks.afterStep?.(log);
+      await hooks.afterStep?.(row);
       if (dp.isMain && c.validateEvery > 0 && c.valAnnotations && step % c.validateEvery === 0) {
         const cider = await validate(c, m);
         result.validation.push({ step, cider });
-        appendLine(logFile, JSON.stringify({ step, validation: { cider } }));
+        log.append({ step, validation: { cider } });
         if (cider > best) {
           best = cider;
           result.bestCheckpoint = await checkpoint(path.join(c.output, 'best'), 1, { cider });
@@ -563,20 +737,33 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
       }
       if (dp.isMain && c.checkpointEvery > 0 && step % c.checkpointEvery === 0 && step < totalSteps) result.lastCheckpoint = await checkpoint();
     }
-    result.interrupted = stop.stop && step < totalSteps;
     result.steps = step;
+    result.interrupted = stop.stop && step < totalSteps;
     if (!dp.isMain) return result; // rank 0 writes the checkpoint, exports and report
-    result.lastCheckpoint = await checkpoint();
+    result.lastCheckpoint = savedStep === step ? resolveCheckpoint('latest', c.output) : await checkpoint();
+    const fullLog = log.stepRows<StepLog>();
+    if (result.interrupted) {
+      // An interrupted run is not a finished one: a resumable checkpoint, no export.
+      result.signal = signal;
+      log.append({ event: 'interrupt', step, signal: signal ?? 'stop' });
+      writeReport(c.output, { config: c, logs: fullLog, validation: result.validation, exported: result.exported, interrupted: true });
+      print(`finetune: interrupted at step ${step}; resume with --resume latest (output ${c.output})`);
+      return result;
+    }
     // Exported partial state dicts under published names (load with Blip.load({partial}) / unet loadWeights partial).
     const exportDir = path.join(c.output, 'export');
-    fs.mkdirSync(exportDir, { recursive: true });
-    if (Object.keys(blipParams).length) await saveTensors((result.exported.blip = path.join(exportDir, 'blip.safetensors')), blipParams, { format: 'pt', model: 'blip' });
-    if (Object.keys(unetParams).length) await saveTensors((result.exported.unet = path.join(exportDir, 'unet.safetensors')), unetParams, { format: 'pt', model: 'unet' });
-    result.steps = step;
-    writeReport(c.output, { config: c, logs: result.logs, validation: result.validation, exported: result.exported, interrupted: result.interrupted });
+    try {
+      fs.mkdirSync(exportDir, { recursive: true });
+      if (Object.keys(blipParams).length) await saveTensors((result.exported.blip = path.join(exportDir, 'blip.safetensors')), blipParams, { format: 'pt', model: 'blip' });
+      if (Object.keys(unetParams).length) await saveTensors((result.exported.unet = path.join(exportDir, 'unet.safetensors')), unetParams, { format: 'pt', model: 'unet' });
+    } catch (err) {
+      throw new RoundtripError(`finetune: export to ${exportDir} failed: ${describeWriteError(err)}; the trained state is in ${result.lastCheckpoint} (rerun with --resume latest to export once there is room)`);
+    }
+    writeReport(c.output, { config: c, logs: fullLog, validation: result.validation, exported: result.exported, interrupted: false });
     return result;
   } finally {
-    process.removeListener('SIGINT', onSigint);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
     jointStep.dispose();
     progress?.done();
     await batches?.return(undefined);

@@ -37,6 +37,35 @@ function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** The format a file's first bytes announce. */
+function sniffFormat(head: Uint8Array): string | undefined {
+  const starts = (...b: number[]) => b.every((v, i) => head[i] === v);
+  if (starts(0x89, 0x50, 0x4e, 0x47)) return 'PNG';
+  if (starts(0xff, 0xd8, 0xff)) return 'JPEG';
+  if (starts(0x47, 0x49, 0x46, 0x38)) return 'GIF';
+  if (starts(0x52, 0x49, 0x46, 0x46) && head[8] === 0x57 && head[9] === 0x45) return 'WebP';
+  if (starts(0x49, 0x49, 0x2a, 0) || starts(0x4d, 0x4d, 0, 0x2a)) return 'TIFF';
+  if (starts(0x42, 0x4d)) return 'BMP';
+  return undefined;
+}
+
+/**
+ * A decoder message users can act on: libvips sometimes gives none ("Unknown error", or a sentence that
+ * stops at a colon), so the file's format (from its magic bytes) and its size say what is wrong.
+ */
+function decodeProblem(input: string | Buffer, message: string): string {
+  const bytes = typeof input === 'string' ? undefined : input;
+  const trimmed = message.trim().replace(/:$/, '').replace(/^unknown error$/i, '').trim();
+  // Size refusals (decompression bombs) already say what is wrong.
+  if (!bytes || /pixel limit|too large|dimension/i.test(trimmed)) return trimmed || 'the decoder gave no reason';
+  const format = sniffFormat(bytes);
+  if (!format) {
+    const hex = Array.from(bytes.subarray(0, 8), (b) => b.toString(16).padStart(2, '0')).join(' ');
+    return `not a supported image format (the file starts with ${hex}; expected JPEG, PNG, WebP, GIF, TIFF or BMP)`;
+  }
+  return `truncated or corrupt ${format} data (${bytes.length} bytes; decoder: ${trimmed || 'no reason given'})`;
+}
+
 async function decode(input: string | Buffer, label: string, options: Required<DecodeOptions>): Promise<RgbImage> {
   let raw: { data: Buffer; info: OutputInfo };
   try {
@@ -45,7 +74,7 @@ async function decode(input: string | Buffer, label: string, options: Required<D
     if (options.autoOrient) pipeline = pipeline.autoOrient();
     raw = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   } catch (error) {
-    throw new RoundtripError(`${label}: cannot decode image: ${errorMessage(error)}`);
+    throw new RoundtripError(`${label}: cannot decode image: ${decodeProblem(input, errorMessage(error))}`);
   }
   const { width, height, channels } = raw.info;
   const src = raw.data;

@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { writeFileAtomicSync } from '../fsutil';
+import { checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../fsutil';
 import { ItemRecord, RunSettings } from '../rerank/types';
 import { galleryHtml } from './gallery';
 import { LoadedRuns, loadRuns } from './load';
@@ -93,8 +93,9 @@ function ranksMarkdown(r: RankAnalysis, methods: readonly string[]): string {
 export async function buildReport(dirs: readonly string[], opts: ReportOptions = {}): Promise<Report> {
   const runs = loadRuns(dirs);
   const { settings, records, sources } = runs;
-  const out = path.resolve(opts.out ?? path.join(dirs[0], 'report'));
-  fs.mkdirSync(out, { recursive: true });
+  const out = checkOutputDir(opts.out ?? path.join(dirs[0], 'report'), { flag: '--out' });
+  const leftovers = cleanTempLeftovers(out, 1);
+  if (leftovers.length) process.stderr.write(`report: removed ${leftovers.length} temporary file(s) left by an interrupted write in ${out}\n`);
   const header = describeSettings(settings, records.length, sources);
   const table = settings.direction === 'i2t2i' ? await captionTable(settings, records, opts) : await imageTable(settings, records, opts);
   const ranks = rankAnalysis(settings, records);

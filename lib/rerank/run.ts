@@ -14,7 +14,9 @@ import { Rng, deriveSeed } from '../image/random';
 import { BLIP_STRATEGIES } from '../models/blip';
 import { SCHEDULER_NAMES } from '../models/sd/schedulers';
 import { DataItem, Dataset, DatasetOptions, Shard, loadDataset, parseShard, selectItems } from './data';
-import { writeFileAtomicSync } from '../fsutil';
+import { checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../fsutil';
+import { readJsonFile } from '../json';
+import { LIMITS, checkMemory, estimateBlipGenerate, estimateSdSample, expectBounded } from '../limits';
 import { createProgress } from '../progress';
 import { appendJsonLine, readJsonLines } from './jsonl';
 import { BlipSettings, Direction, IMAGE_SIMILARITIES, ItemRecord, RunManifest, RunSettings, SdSettings, Similarity, TEXT_SIMILARITIES } from './types';
@@ -99,9 +101,26 @@ export function parseSimilarities(value: string | string[] | undefined, directio
   return [...new Set(list)] as Similarity[];
 }
 
+/** Estimates the larger of an item's BLIP call and one SD call from the model configs, before loading them. */
+export function checkRerankMemory(s: RunSettings, sdBatch: number): void {
+  expectBounded('--sd-batch', sdBatch, LIMITS.batch);
+  const read = (f: string) => (fs.existsSync(f) ? readJsonFile(f, { object: true }) : undefined);
+  const blip = read(path.join(s.models.blip, 'config.json'));
+  const unet = read(path.join(s.models.sd, 'unet', 'config.json'));
+  const vae = read(path.join(s.models.sd, 'vae', 'config.json'));
+  if (blip) {
+    const rows = s.direction === 'i2t2i' ? (s.blip.strategy === 'beam' ? Math.max(s.k, s.blip.numBeams ?? s.k) : s.k) : (s.blip.numBeams ?? 3);
+    const batch = s.direction === 'i2t2i' ? 1 : Math.min(s.k, sdBatch);
+    checkMemory(`rerank: BLIP with --k ${s.k}`, estimateBlipGenerate(blip, { batch, rows, maxLength: s.blip.maxLength }), 'lower --k');
+  }
+  if (unet && vae) {
+    checkMemory(`rerank: SD with --sd-batch ${sdBatch} at --size ${s.sd.width}`, estimateSdSample(unet, vae, { batch: Math.min(sdBatch, s.k), height: s.sd.height, width: s.sd.width, guidance: s.sd.guidance > 1 }), 'lower --sd-batch or --size');
+  }
+}
+
 /** Checks the shared options and builds the settings stored in run.json. */
 export function buildSettings(direction: Direction, opts: RerankOptions, dataset: Dataset): RunSettings {
-  const k = expectInteger('--k', opts.k ?? 10, { min: 1 });
+  const k = expectBounded('--k', opts.k ?? 10, LIMITS.k);
   const similarity = parseSimilarities(opts.similarity, direction);
   const clipVariant = expectOneOf('--clip-variant', opts.clipVariant ?? 'projected', ['projected', 'pooled'] as const);
   const needs: Record<string, keyof RerankOptions> = { clip: 'clip', dino: 'dino', 'clip-text': 'clip', sbert: 'sbert', wmd: 'glove' };
@@ -109,7 +128,7 @@ export function buildSettings(direction: Direction, opts: RerankOptions, dataset
     const flag = needs[s];
     if (flag && !opts[flag]) throw new RoundtripError(`--similarity ${s} needs --${flag}`);
   }
-  const size = expectInteger('--size', opts.size ?? 512, { min: 8 });
+  const size = expectBounded('--size', opts.size ?? 512, LIMITS.side, 8);
   const sd: SdSettings = {
     scheduler: expectOneOf('--scheduler', (opts.scheduler ?? 'ddpm').toLowerCase(), SCHEDULER_NAMES),
     steps: expectInteger('--steps', opts.steps ?? 50, { min: 1, max: 1000 }),
@@ -146,7 +165,7 @@ function blipSettings(direction: Direction, opts: RerankOptions, k: number): Bli
   const minLength = expectInteger('--min-length', opts.minLength ?? 5, { min: 0 });
   if (direction === 't2i2t') {
     // the paper captions each generated image with beam search (3 beams)
-    const numBeams = expectInteger('--num-beams', opts.numBeams ?? 3, { min: 1 });
+    const numBeams = expectBounded('--num-beams', opts.numBeams ?? 3, LIMITS.beams);
     return { strategy: 'beam', numBeams, repetitionPenalty: expectNumber('--repetition-penalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }), maxLength, minLength };
   }
   const strategy = expectOneOf('--strategy', opts.strategy ?? 'top-p', BLIP_STRATEGIES);
@@ -158,7 +177,7 @@ function blipSettings(direction: Direction, opts: RerankOptions, k: number): Bli
   else if (opts.topK !== undefined) s.topK = expectInteger('--top-k', opts.topK, { min: 0 });
   if (strategy === 'temperature') s.temperature = expectNumber('--temperature', opts.temperature ?? 0.7, { min: 0, exclusiveMin: true });
   if (strategy === 'beam') {
-    s.numBeams = expectInteger('--num-beams', opts.numBeams ?? Math.max(3, k), { min: 1 });
+    s.numBeams = expectBounded('--num-beams', opts.numBeams ?? Math.max(3, k), LIMITS.beams);
     if (k > s.numBeams) throw invalid('--k', `at most --num-beams (${s.numBeams}) with beam search`, k);
   }
   if (strategy === 'greedy' && k !== 1) throw invalid('--k', '1 with --strategy greedy (greedy decoding gives one caption)', k);
@@ -200,7 +219,22 @@ export async function processItems(
   try {
     for (const item of todo) {
       const started = Date.now();
-      const record = await work(item);
+      // An item with many candidates can take minutes: after 2 s its candidate images get their own line.
+      const before = cache.generated + cache.hits;
+      let inner: ReturnType<typeof createProgress> | undefined;
+      const timer = opts.progress
+        ? setInterval(() => {
+            inner ??= createProgress({ label: `item ${item.index} candidates`, total: run.settings.k, unit: 'image' });
+            inner.update(Math.min(run.settings.k, cache.generated + cache.hits - before));
+          }, 2000)
+        : undefined;
+      let record: ItemRecord;
+      try {
+        record = await work(item);
+      } finally {
+        if (timer) clearInterval(timer);
+        inner?.done();
+      }
       record.seconds = (Date.now() - started) / 1000;
       run.append(record);
       stats.done++;
@@ -235,12 +269,14 @@ export function beginRun(direction: Direction, opts: RerankOptions): { run: RunF
 
 /** Creates or reopens `opts.out`; refuses to mix results of different settings or shards. */
 export function openRunFolder(direction: Direction, opts: RerankOptions): RunFolder {
-  const dir = path.resolve(expectString('--out', opts.out));
+  const dir = checkOutputDir(expectString('--out', opts.out), { flag: '--out' });
+  const leftovers = cleanTempLeftovers(dir, 2);
   if (opts.k !== undefined && (!Number.isInteger(opts.k) || opts.k < 1)) throw invalid('--k', 'an integer ≥ 1 (candidates per item)', opts.k);
   const dataset = loadDataset(opts);
   if (direction === 't2i2t' && dataset.kind !== 'prompts') throw new RoundtripError('rerank t2i2t: give the input texts with --prompts FILE');
   if (direction === 'i2t2i' && dataset.kind === 'prompts') throw new RoundtripError('rerank i2t2i: give images (--annotations FILE --images DIR, or --images DIR), not --prompts');
   const settings = buildSettings(direction, opts, dataset);
+  checkRerankMemory(settings, opts.sdBatch ?? 4);
   const shard = parseShard(opts.shard);
   const items = selectItems(dataset.items, { limit: opts.limit, shard });
   fs.mkdirSync(dir, { recursive: true });
@@ -267,6 +303,7 @@ export function openRunFolder(direction: Direction, opts: RerankOptions): RunFol
     sink(m);
   };
   dataset.warnings.forEach(warn);
+  if (leftovers.length) warn(`removed ${leftovers.length} temporary file(s) left by an interrupted write in ${dir}`);
   const cacheDir = path.resolve(opts.cache ?? path.join(dir, 'cache'));
   return { dir, settings, shard, items, finished, resultsFile, cacheDir, warnings, warn, append: (r) => appendJsonLine(resultsFile, r) };
 }

@@ -15,7 +15,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
-import { fsyncDirSync, writeFileAtomicSync } from '../fsutil';
+import { describeWriteError, fsyncDirSync, writeFileAtomicSync } from '../fsutil';
 import { loadSafetensors } from '../weights/safetensors';
 import { saveTensors } from '../weights/save';
 import { Tensor, disposeAll } from '../tensor';
@@ -73,7 +73,11 @@ export async function saveCheckpoint(runDir: string, data: CheckpointData, opts:
     fsyncDirSync(root);
   } catch (err) {
     fs.rmSync(tmp, { recursive: true, force: true });
-    throw err;
+    const previous = listCheckpoints(runDir).pop();
+    throw new RoundtripError(
+      `checkpoint ${final}: not written: ${describeWriteError(err)}; ` +
+        (previous ? `the previous checkpoint ${path.join(root, previous)} is intact (resume with --resume latest once there is room)` : 'no earlier checkpoint exists'),
+    );
   }
   writeFileAtomicSync(path.join(root, 'latest'), name + '\n');
   const keep = opts.keepLast ?? 3;

@@ -248,6 +248,10 @@ export async function convertToSafetensors(inputPath: string, outputPath: string
     if (dtype !== tensor.dtype) cast++;
     entries.push({ name: outName, dtype, shape: tensor.shape });
   }
+  if (entries.length === 0) {
+    const why = tensors.size === 0 ? `holds no tensors${skipped.length ? ` (only ${skipped.length} other entr${skipped.length === 1 ? 'y' : 'ies'}: ${skipped.slice(0, 5).join(', ')})` : ''}` : `every tensor (${tensors.size}) was dropped by the renames`;
+    throw new RoundtripError(`${inputPath}: ${why}; nothing to convert, ${outputPath} not written`);
+  }
   const metadata = { format: 'pt', ...(options.metadata ?? {}) };
   // One handle for all reads: tensors are read one at a time while the writer streams them.
   const input = await fs.promises.open(inputPath, 'r');

@@ -350,7 +350,20 @@ export async function readTorchFile(path: string): Promise<TorchFile> {
   if (head.length >= 262 && head.toString('latin1', 257, 262) === 'ustar') {
     throw new RoundtripError(`${path}: tar-based checkpoint (torch < 0.4) is not supported; re-save it with a recent torch`);
   }
+  // A safetensors file (by name, or by its u64 length + '{' start) with a broken header is reported as that.
+  if (/\.safetensors$/i.test(path) || (head.length >= 9 && head[8] === 0x7b)) {
+    throw new RoundtripError(`${path}: corrupt safetensors file: ${safetensorsProblem(head, fileSize)}`);
+  }
   throw new RoundtripError(`${path}: not a PyTorch checkpoint: expected a zip archive (torch >= 1.6) or the legacy pickle format`);
+}
+
+/** Why a would-be safetensors file is unreadable, from its first bytes (the format: u64 LE length, JSON header, data). */
+function safetensorsProblem(head: Buffer, fileSize: number): string {
+  if (fileSize < 8) return `${fileSize} bytes, shorter than the 8-byte header length`;
+  const length = head.readBigUInt64LE(0);
+  if (length > BigInt(fileSize - 8)) return `the header length ${length} runs past the end of the file (${fileSize} bytes; truncated?)`;
+  if (head.length < 9 || head[8] !== 0x7b) return `the header does not start with '{' (not a safetensors file?)`;
+  return 'the JSON header is malformed';
 }
 
 function readZipCheckpoint(path: string): TorchFile {

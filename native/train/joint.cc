@@ -4,6 +4,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <chrono>
 #include <cmath>
 
 #include "core/autocast.h"
@@ -432,9 +433,14 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
   at::Tensor loss_sum = at::zeros({}, f32);
   std::vector<at::Tensor> term_sums(4);
+  using clock = std::chrono::steady_clock;
+  auto ms_since = [](clock::time_point t) { return std::chrono::duration<float, std::milli>(clock::now() - t).count(); };
+  float forward_ms = 0, backward_ms = 0;
   try {
     for (const MicroBatch& mb : batches) {
+      auto t0 = clock::now();
       TensorMap r = forward(mb, step);
+      forward_ms += ms_since(t0);
       at::Tensor total = r.at("total");
       {
         at::NoGradGuard no_grad;
@@ -446,12 +452,15 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
           term_sums[t] = term_sums[t].defined() ? term_sums[t] + v : v;
         }
       }
+      t0 = clock::now();
       (accum > 1 ? total / accum : total).backward();
+      backward_ms += ms_since(t0);
     }
   } catch (...) {
     if (dist && dist->sync) dist::pass_turn(dist->ticket);  // the other ranks then fail in their all-reduce
     throw;
   }
+  const auto t_update = clock::now();
   at::NoGradGuard no_grad;
   // Data-parallel: average the gradients and the loss numbers over the ranks (lib/finetune/distributed.ts), with the
   // stop votes, in one collective round; the "has a gradient" counts are checked with the stats below.
@@ -504,7 +513,8 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
       o->update();
     }
   }
-  return at::cat({host.narrow(0, 0, 9), torch::tensor({finite ? 1.f : 0.f}), host.narrow(0, 9, 1)});
+  // Host-side wall times (on CUDA the kernels may still run when a phase returns; the sync above closes them).
+  return at::cat({host.narrow(0, 0, 9), torch::tensor({finite ? 1.f : 0.f, forward_ms, backward_ms, ms_since(t_update)}), host.narrow(0, 9, 1)});
 }
 
 }  // namespace rt::train

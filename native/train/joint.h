@@ -91,10 +91,11 @@ class JointObjective {
   TensorMap forward(const MicroBatch& mb, int64_t step);
 
   // One optimizer step over the micro-batches. Caller holds the model locks.
-  // Returns float32 [1 + 4 + 3 + 1 + 1 + 1] on the CPU: loss, the 4 terms (mean over micro-batches; NaN where
-  // inactive), grad norms total/blip/unet (before clipping), largest |w|, 1 if the update was applied (every number
-  // finite), else 0, and the ranks' stop votes. With `dist`, gradients and the loss numbers are averaged over the
-  // ranks before norms and clipping (one collective round, no extra host sync).
+  // Returns float32 [14] on the CPU: loss, the 4 terms (mean over micro-batches; NaN where inactive), grad norms
+  // total/blip/unet (before clipping), largest |w| before the update, 1 if the update was applied (every number
+  // finite) else 0, milliseconds of the forwards, the backwards, and clipping + update, then the ranks' stop votes.
+  // With `dist`, gradients and the loss numbers are averaged over the ranks before norms and clipping (one
+  // collective round, no extra host sync).
   at::Tensor step(const std::vector<MicroBatch>& batches, int64_t step, double lr, const DistStep* dist = nullptr);
 
   std::shared_ptr<AdamWState> blip_opt, unet_opt;
