@@ -7,12 +7,13 @@ import type { CommandModule } from 'yargs';
 import { launch } from '../distributed/launch';
 
 export const command: CommandModule<{}, any> = {
-  command: 'launch',
+  // The CLI turns the words after `--` into operands (lib/cli.ts splitOperands): they arrive as `command`.
+  command: 'launch [command..]',
   describe: 'Run a command as N data-parallel processes (torchrun-style: RANK, WORLD_SIZE, MASTER_ADDR, …)',
   builder: (y) =>
     y
-      .parserConfiguration({ 'populate--': true })
       .usage('roundtrip launch --nproc N [--nnodes M --node-rank R --master-addr HOST --master-port P] -- <roundtrip command and flags | executable and args>')
+      .positional('command', { type: 'string', array: true, describe: 'After --: a roundtrip command and its flags, or an executable and its arguments' })
       .option('nproc', { type: 'number', demandOption: true, describe: 'Processes on this node' })
       .option('nnodes', { type: 'number', default: 1, describe: 'Nodes in the job (run one launcher per node)' })
       .option('node-rank', { type: 'number', default: 0, describe: 'This node\'s index (0 hosts the master)' })
@@ -23,7 +24,7 @@ export const command: CommandModule<{}, any> = {
   handler: async (argv) => {
     const { commands } = await import('./index');
     const subcommands = commands.map((c) => String(c.command).split(' ')[0]);
-    const rest = ((argv['--'] as unknown[]) ?? []).map(String);
+    const rest = ((argv.command as unknown[]) ?? []).map(String);
     const r = await launch({
       nproc: argv.nproc,
       nnodes: argv.nnodes,
