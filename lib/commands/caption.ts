@@ -1,11 +1,14 @@
 /**
  * `roundtrip caption IMAGE… --model DIR [--strategy beam|greedy|top-p|top-k|temperature] [--k N]
- *  [--prompt TEXT] [--max-length N] [--min-length N] [--seed S] [--device D] [--json]`:
- * captions images with a BLIP folder (config.json + model.safetensors + vocab.txt).
+ *  [--prompt TEXT] [--max-length N] [--min-length N] [--max-new-tokens N] [--seed S] [--device D] [--json]`:
+ * captions images with a BLIP folder (config.json + model.safetensors + vocab.txt) or a BLIP-2 OPT folder
+ * (config.json + model.safetensors or shards + vocab.json/merges.txt); the family comes from config.json.
  */
 import type { CommandModule } from 'yargs';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer } from '../models/blip';
+import { Blip2, Blip2CaptionOptions, estimateBlip2Generate } from '../models/blip2';
+import { captionerFamily } from '../models/captioner';
 import { createProgress } from '../progress';
 import { LIMITS, checkMemory, estimateBlipGenerate, expectBounded } from '../limits';
 import { readJsonFile } from '../json';
@@ -25,6 +28,8 @@ export interface CaptionRequest {
   prompt?: string;
   maxLength?: number;
   minLength?: number;
+  /** BLIP-2 only: tokens to generate (wins over maxLength). */
+  maxNewTokens?: number;
   numBeams?: number;
   topP?: number;
   topK?: number;
@@ -64,6 +69,36 @@ export function captionOptions(req: CaptionRequest): BlipCaptionOptions {
   return opts;
 }
 
+/** BLIP-2 caption options of a request: the BLIP flags, BLIP-2's own defaults (beam 5, 30 new tokens). */
+export function blip2CaptionOptions(req: CaptionRequest): Blip2CaptionOptions {
+  const { numBeams, ...blip } = captionOptions({ ...req, numBeams: req.numBeams ?? ((req.strategy ?? 'beam') === 'beam' ? Math.max(5, req.k ?? 1) : undefined) });
+  const opts: Blip2CaptionOptions = { ...blip, numBeams };
+  if (req.maxNewTokens !== undefined) opts.maxNewTokens = expectBounded('--max-new-tokens', req.maxNewTokens, LIMITS.tokens);
+  return opts;
+}
+
+async function captionWithBlip2(req: CaptionRequest): Promise<CaptionResult[]> {
+  const opts = blip2CaptionOptions(req);
+  const batch = Math.min(req.images.length, opts.batchSize ?? 4);
+  const rows = opts.strategy === 'beam' ? (opts.numBeams ?? 5) : (opts.numReturnSequences ?? 1);
+  const tokens = opts.maxNewTokens ?? opts.maxLength ?? 30;
+  const config = readJsonFile(path.join(req.model, 'config.json'), { what: 'BLIP-2 config' });
+  checkMemory(`caption: BLIP-2 weights + --batch-size ${batch} × ${opts.strategy === 'beam' ? `--num-beams ${rows}` : `--k ${rows}`} × ${tokens} tokens`, estimateBlip2Generate(config, { batch, rows, tokens }), 'use a machine with more memory (blip2-opt-2.7b needs about 15 GB in fp32) or lower --k/--num-beams or --batch-size');
+  const model = await Blip2.load(req.model, { device: req.device ?? 'cpu', partial: req.weights });
+  try {
+    if (req.precision && req.precision !== 'fp32') model.model.setAutocast(req.precision);
+    const progress = req.progress && req.images.length > batch ? createProgress({ label: 'caption', total: req.images.length, unit: 'image' }) : undefined;
+    try {
+      const captions = await model.caption(req.images, { ...opts, onProgress: (done) => progress?.update(done) });
+      return req.images.map((image, i) => ({ image, captions: captions[i] }));
+    } finally {
+      progress?.done();
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
 /** Estimates one caption batch (images × beams or samples) from the model's config, before loading it. */
 export function checkCaptionMemory(model: string, images: number, opts: BlipCaptionOptions): void {
   const file = path.join(model, 'config.json');
@@ -78,8 +113,10 @@ export function checkCaptionMemory(model: string, images: number, opts: BlipCapt
 export async function captionImages(req: CaptionRequest): Promise<CaptionResult[]> {
   if (!Array.isArray(req.images) || req.images.length === 0) throw invalid('IMAGE', 'at least one image path', req.images);
   req.images.forEach((p, i) => expectString(`IMAGE ${i + 1}`, p));
-  const opts = captionOptions(req);
   if (req.images.length > LIMITS.prompts) throw new RoundtripError(`IMAGE: ${req.images.length} images is over the limit of ${LIMITS.prompts} per call; split the list`);
+  if (captionerFamily(expectString('--model', req.model)) === 'blip2') return captionWithBlip2(req);
+  if (req.maxNewTokens !== undefined) throw invalid('--max-new-tokens', 'a BLIP-2 model (BLIP counts --max-length)', req.maxNewTokens);
+  const opts = captionOptions(req);
   checkCaptionMemory(expectString('--model', req.model), req.images.length, opts);
   const blip = await Blip.load(expectString('--model', req.model), { device: req.device ?? 'cpu', partial: req.weights });
   if (req.precision && req.precision !== 'fp32') {
@@ -108,24 +145,25 @@ export function formatCaptions(results: CaptionResult[]): string {
 
 export const command: CommandModule<{}, any> = {
   command: 'caption <images..>',
-  describe: 'Caption images with a BLIP model folder',
+  describe: 'Caption images with a BLIP or BLIP-2 (OPT) model folder',
   builder: (y) =>
     y
       .positional('images', { type: 'string', array: true, describe: 'Image files' })
-      .option('model', { type: 'string', demandOption: true, describe: 'BLIP folder: config.json, model.safetensors, vocab.txt' })
+      .option('model', { type: 'string', demandOption: true, describe: 'BLIP folder (config.json, model.safetensors, vocab.txt) or BLIP-2 OPT folder (config.json, safetensors or shards, vocab.json, merges.txt)' })
       .option('weights', { type: 'string', array: true, describe: 'Trained tensors (e.g. a finetune export/blip.safetensors) merged over the model (default: none)' })
       .option('strategy', { type: 'string', default: 'beam', describe: `Decoding: ${BLIP_STRATEGIES.join(', ')}` })
       .option('k', { type: 'number', default: 1, alias: 'num-candidates', describe: `Captions per image (beams returned, or independent samples; at most ${LIMITS.k})` })
-      .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k))' })
+      .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k); BLIP-2 max(5, k))' })
       .option('prompt', { type: 'string', describe: "Text the captions continue (e.g. 'a picture of '); not printed (default: none)" })
-      .option('max-length', { type: 'number', default: 20, describe: 'Maximum length, start token and prompt included' })
-      .option('min-length', { type: 'number', default: 5, describe: 'Minimum length before EOS may appear, start token included' })
+      .option('max-length', { type: 'number', describe: 'Maximum length, start token included (BLIP: default 20, prompt included; BLIP-2: prompt not included)' })
+      .option('min-length', { type: 'number', describe: 'Minimum length before EOS may appear, start token included (BLIP default 5, BLIP-2 0)' })
+      .option('max-new-tokens', { type: 'number', describe: 'BLIP-2: tokens to generate (default 30; wins over --max-length)' })
       .option('top-p', { type: 'number', describe: 'Nucleus mass for --strategy top-p (default 0.9)' })
       .option('top-k', { type: 'number', describe: 'k for --strategy top-k (default 50; top-p also applies it)' })
       .option('temperature', { type: 'number', describe: 'Sampling temperature (default 1)' })
       .option('repetition-penalty', { type: 'number', describe: 'transformers repetition penalty (default 1)' })
       .option('seed', { type: 'number', describe: 'Seed for sampling strategies (same seed, same captions; default: none, a fresh draw)' })
-      .option('batch-size', { type: 'number', default: 8, describe: 'Images per native call' })
+      .option('batch-size', { type: 'number', describe: 'Images per native call (default 8; BLIP-2 4)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
       .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON [{image, captions}]' }),
@@ -143,6 +181,7 @@ export const command: CommandModule<{}, any> = {
       prompt: argv.prompt,
       maxLength: argv['max-length'],
       minLength: argv['min-length'],
+      maxNewTokens: argv['max-new-tokens'],
       topP: argv['top-p'],
       topK: argv['top-k'],
       temperature: argv.temperature,

@@ -60,7 +60,7 @@ export function rerankOptionsFromArgv(argv: Record<string, any>): RerankOptions 
 function sharedOptions(y: Argv<{}>): Argv<{}> {
   return y
     .option('out', { type: 'string', demandOption: true, describe: 'Output folder (run.json, results.jsonl, cache/, report/); rerunning resumes' })
-    .option('blip', { type: 'string', demandOption: true, describe: 'BLIP captioning folder' })
+    .option('blip', { type: 'string', demandOption: true, describe: 'Captioner folder: BLIP, or BLIP-2 OPT (picked from config.json)' })
     .option('sd', { type: 'string', demandOption: true, describe: 'Stable Diffusion diffusers folder' })
     .option('clip', { type: 'string', describe: 'CLIP folder (similarity clip / clip-text, and Table 2 CLIP distances; default: none)' })
     .option('dino', { type: 'string', describe: 'DINO ViT folder (similarity dino; default: none)' })

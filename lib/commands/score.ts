@@ -55,7 +55,7 @@ export const command: CommandModule<{}, any> = {
       .option('caption', { type: 'string', describe: 'Caption to score: SD redraws it, distance to --image (default: none)' })
       .option('text', { type: 'string', describe: 'Mirror: BLIP captions --image, distance to this text (default: none)' })
       .option('batch', { type: 'string', describe: 'JSON list of {image, caption} or {text, image} (default: none)' })
-      .option('blip', { type: 'string', describe: 'BLIP folder (mirror form; default: none)' })
+      .option('blip', { type: 'string', describe: 'Captioner folder, BLIP or BLIP-2 OPT (mirror form; default: none)' })
       .option('sd', { type: 'string', describe: 'Stable Diffusion folder (caption form; default: none)' })
       .option('clip', { type: 'string', describe: 'CLIP folder (default: none)' })
       .option('dino', { type: 'string', describe: 'DINO folder (default: none)' })

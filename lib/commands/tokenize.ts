@@ -58,12 +58,12 @@ export function formatTokenizeReport(report: TokenizeReport): string {
 
 export const command: CommandModule<{}, any> = {
   command: 'tokenize <texts..>',
-  describe: 'Show the token ids and pieces of texts (BERT/BLIP or CLIP tokenizer)',
+  describe: 'Show the token ids and pieces of texts (BERT/BLIP, CLIP or OPT/BLIP-2 tokenizer)',
   builder: (y) =>
     y
       .positional('texts', { type: 'string', array: true, describe: 'Texts to tokenize' })
       .option('tokenizer', { type: 'string', demandOption: true, describe: 'Model or tokenizer folder (files at the top or under tokenizer/)' })
-      .option('kind', { choices: ['bert', 'clip'] as const, describe: 'Tokenizer kind (default: detected from the files)' })
+      .option('kind', { choices: ['bert', 'clip', 'opt'] as const, describe: 'Tokenizer kind (default: detected from the files)' })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON instead of a table' }),
   handler: async (argv) => {
     const texts = (argv.texts as unknown[]).map((t) => String(t));

@@ -7,6 +7,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { RoundtripError, expectString } from '../errors';
 import { readTorchFile, stateDictOf } from '../weights/torchfile';
 import { convertToSafetensors, CAST_DTYPES, CastDtype, ConversionReport } from '../weights/convert';
+import { convertShardedCheckpoint } from '../weights/files';
 import { readSafetensorsHeader } from '../weights/safetensors';
 
 /** One listed tensor. */
@@ -124,8 +125,8 @@ export const convertCommand: CommandModule<{}, any> = {
   describe: 'Convert a PyTorch checkpoint (.pth/.pt/.bin/.ckpt) to safetensors without executing its pickle',
   builder: (yargs: Argv<{}>) =>
     yargs
-      .positional('input', { type: 'string', describe: 'PyTorch checkpoint', demandOption: true })
-      .positional('output', { type: 'string', describe: 'safetensors file to write (atomically)', demandOption: true })
+      .positional('input', { type: 'string', describe: 'PyTorch checkpoint, or the pytorch_model.bin.index.json of a sharded one', demandOption: true })
+      .positional('output', { type: 'string', describe: 'safetensors file to write (atomically); a folder for a sharded checkpoint', demandOption: true })
       .option('dtype', {
         type: 'string',
         choices: CAST_DTYPES as unknown as string[],
@@ -136,6 +137,14 @@ export const convertCommand: CommandModule<{}, any> = {
   handler: async (args) => {
     const argv = args as unknown as { input: string; output: string; dtype?: CastDtype; json: boolean };
     const started = process.hrtime.bigint();
+    if (argv.input.endsWith('.index.json')) {
+      // A sharded checkpoint: every shard converted into the output folder, then its safetensors index.
+      const report = await convertShardedCheckpoint(argv.input, argv.output, { dtype: argv.dtype });
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const lines = report.shards.map((s) => `${s.input} -> ${s.output} (${s.tensors} tensors)`);
+      process.stdout.write((argv.json ? JSON.stringify({ ...report, seconds }, null, 2) : [...lines, `wrote ${report.output} in ${seconds.toFixed(1)} s`].join('\n')) + '\n');
+      return;
+    }
     const report = await convertToSafetensors(argv.input, argv.output, { dtype: argv.dtype });
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     process.stdout.write((argv.json ? JSON.stringify({ ...report, seconds }, null, 2) : formatConversionReport(report, seconds)) + '\n');

@@ -2,6 +2,7 @@
 export * from './registry';
 import './bert-minilm';
 import './blip-captioning';
+import './blip2-opt';
 import './clip-text-encoder';
 import './clip-vit';
 import './inception-fid';

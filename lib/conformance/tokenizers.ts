@@ -1,15 +1,19 @@
 /**
  * Tokenizer conformance: a folder holding `tokenizer_cases.json` (shared/fixtures/metrics layout) is run
- * through roundtrip's CLIP BPE and BERT/BLIP WordPiece tokenizers; every field must match exactly. The
- * vocabularies come from `vocabDir` (default `<dir>/../../vocab`: `clip/` and `bert-base-uncased/`).
+ * through roundtrip's CLIP BPE and BERT/BLIP WordPiece tokenizers (and `opt_tokenizer_cases.json`, when present, through
+ * the OPT tokenizer of BLIP-2); every field must match exactly. The
+ * vocabularies come from `vocabDir` (default `<dir>/../../vocab`: `clip/`, `bert-base-uncased/`, `opt/`).
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { blipCaptionTrainIds, blipCaptionTrainText, blipDecoderInputs, blipItmInputs, loadBertTokenizer, loadClipTokenizer, preCaption } from '../tokenizers';
+import { loadOptTokenizer } from '../tokenizers/opt';
+import { readJsonFile } from '../json';
 import type { CaseResult, TensorResult } from './registry';
 
 export const TOKENIZER_CASES_FILE = 'tokenizer_cases.json';
+export const OPT_TOKENIZER_CASES_FILE = 'opt_tokenizer_cases.json';
 
 type Check = [field: string, mine: (text: string) => unknown, expected: (c: any) => unknown];
 
@@ -43,11 +47,31 @@ export function runTokenizerCases(dir: string, vocabDir?: string): CaseResult {
     ['blip.caption_train_text', (t) => blipCaptionTrainText(t), (c) => c.blip.caption_train_text],
     ['blip.caption_train_decoder_input_ids_max40', (t) => blipCaptionTrainIds(bert, t), (c) => c.blip.caption_train_decoder_input_ids_max40],
   ];
-  const results: TensorResult[] = checks.map(([field, mine, expected]) => {
+  const results = compareCases(fixture.cases, checks);
+  // OPT (BLIP-2) cases beside them: GPT-2 byte-level BPE with fairseq ids, from <vocab>/opt.
+  const optFile = path.join(dir, OPT_TOKENIZER_CASES_FILE);
+  if (fs.existsSync(optFile)) {
+    const opt = loadOptTokenizer(path.join(vocab, 'opt'));
+    const optCases = readJsonFile(optFile, { object: true }).cases;
+    const optChecks: Check[] = [
+      ['opt.bpe_tokens', (t) => opt.tokenize(t), (c) => c.opt?.bpe_tokens],
+      ['opt.ids', (t) => opt.encode(t), (c) => c.opt?.ids],
+      ['opt.input_ids', (t) => opt.encodeWithSpecials(t), (c) => c.opt?.input_ids],
+      ['opt.decoded', (t) => opt.decode(opt.encodeWithSpecials(t), { skipSpecial: true }), (c) => c.opt?.decoded],
+      ['opt.decoded_with_specials', (t) => opt.decode(opt.encodeWithSpecials(t)), (c) => c.opt?.decoded_with_specials],
+    ];
+    results.push(...compareCases(optCases, optChecks));
+  }
+  return { dir, name: 'tokenizers', ok: results.every((r) => r.status === 'ok'), results, seconds: (Date.now() - started) / 1000 };
+}
+
+/** Each check over every case that has its expected field: exact (JSON) equality. */
+function compareCases(cases: any[], checks: Check[]): TensorResult[] {
+  return checks.map(([field, mine, expected]) => {
     let bad = 0;
     let numel = 0;
     const failed: number[] = [];
-    for (const c of fixture.cases) {
+    for (const c of cases) {
       const want = expected(c);
       if (want === undefined) continue;
       numel++;
@@ -75,5 +99,4 @@ export function runTokenizerCases(dir: string, vocabDir?: string): CaseResult {
       detail: bad ? `cases ${failed.slice(0, 8).join(', ')}${failed.length > 8 ? ', …' : ''} differ` : undefined,
     };
   });
-  return { dir, name: 'tokenizers', ok: results.every((r) => r.status === 'ok'), results, seconds: (Date.now() - started) / 1000 };
 }

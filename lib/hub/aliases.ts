@@ -108,7 +108,31 @@ export const MODEL_ALIASES: Readonly<Record<string, ModelAlias>> = Object.freeze
     description: 'FID Inception-v3 (2015-12-05 TensorFlow weights, torch-fidelity port)',
     usedBy: ['eval images'],
   },
+  'blip2-opt-2.7b': {
+    kind: 'hub',
+    name: 'blip2-opt-2.7b',
+    repo: 'Salesforce/blip2-opt-2.7b',
+    description: 'BLIP-2 captioner, ViT-g + OPT-2.7b (3.74 B parameters, ~15 GB in fp32; sharded safetensors)',
+    usedBy: ['caption', 'rerank'],
+    weightDirs: [''],
+  },
+  'blip2-opt-6.7b': {
+    kind: 'hub',
+    name: 'blip2-opt-6.7b',
+    repo: 'Salesforce/blip2-opt-6.7b',
+    description: 'BLIP-2 captioner, ViT-g + OPT-6.7b (7.75 B parameters, ~31 GB in fp32; sharded safetensors)',
+    usedBy: ['caption', 'rerank'],
+    weightDirs: [''],
+  },
 });
+
+/**
+ * Repos of the paper's model families that roundtrip cannot run, refused by name before any download:
+ * the BLIP-2 variants with a Flan-T5 language model (no T5 is built).
+ */
+export const REFUSED_REPOS: readonly { pattern: RegExp; reason: string }[] = [
+  { pattern: /^Salesforce\/blip2-flan-t5-/i, reason: 'BLIP-2 with a Flan-T5 language model is not supported (roundtrip runs BLIP-2 OPT: blip2-opt-2.7b, blip2-opt-6.7b)' },
+];
 
 /** A hub repo id: `owner/name` with the characters the hub allows. */
 export const REPO_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;

@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { expectString, invalid, RoundtripError } from '../errors';
 import { quietFromEnv } from '../progress';
-import { aliasForRepo, MODEL_ALIASES, REPO_ID, type HubAlias, type ModelAlias, type UrlAlias } from './aliases';
+import { aliasForRepo, MODEL_ALIASES, REFUSED_REPOS, REPO_ID, type HubAlias, type ModelAlias, type UrlAlias } from './aliases';
 import { defaultModelDir, hubEndpoint, readToken, type HubToken } from './config';
 import { downloadFile } from './download';
 import { HubError } from './errors';
@@ -79,6 +79,8 @@ export function resolvePullTarget(name: unknown, aliases: Readonly<Record<string
   const text = expectString('model name', name).trim();
   const alias = aliases[text];
   if (alias) return { name: alias.name, alias, repo: alias.kind === 'hub' ? alias.repo : undefined };
+  const refused = REFUSED_REPOS.find((r) => r.pattern.test(text) || r.pattern.test(`Salesforce/${text}`));
+  if (refused) throw new RoundtripError(`${text}: ${refused.reason}`);
   if (REPO_ID.test(text)) {
     const known = aliasForRepo(text, aliases);
     return known ? { name: known.name, alias: known, repo: known.repo } : { name: text, repo: text };

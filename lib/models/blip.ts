@@ -12,6 +12,7 @@ import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString,
 import { NativeModel, WeightsReport } from '../model';
 import { Tensor, disposeAll, noGrad } from '../tensor';
 import { readSafetensorsHeader } from '../weights/safetensors';
+import { hfWeightFiles } from '../weights/files';
 import { blipPreprocess, loadImage, preprocessBatch, RgbImage } from '../image';
 import { loadTokenizer } from '../tokenizers';
 import { readJsonFile } from '../json';
@@ -291,10 +292,8 @@ export class Blip {
     if (typeof source === 'string') {
       const dir = expectString('model folder', source);
       const configPath = path.join(dir, 'config.json');
-      const weightsPath = path.join(dir, 'model.safetensors');
       if (!fs.existsSync(configPath)) throw new RoundtripError(`${dir}: no config.json (expected a transformers BLIP folder)`);
-      if (!fs.existsSync(weightsPath)) throw new RoundtripError(`${dir}: no model.safetensors (convert .pth/.bin weights first: roundtrip weights convert)`);
-      files = { config: configPath, weights: [weightsPath], partial: opts.partial };
+      files = { config: configPath, weights: hfWeightFiles(dir, ['model']), partial: opts.partial };
     } else {
       files = source;
     }

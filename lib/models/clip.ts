@@ -5,6 +5,7 @@
  * Native methods (see native/models/clip.cc): "text" ({input_ids [+ attention_mask]} or {soft_tokens}),
  * "vision" ({pixel_values}), "forward" (both + similarity logits).
  */
+import { hfWeightFiles } from '../weights/files';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectOneOf, invalid } from '../errors';
@@ -21,14 +22,7 @@ export function readConfig(dir: string): any {
 
 /** The safetensors weight files of a Hugging Face folder: model.safetensors or the shards of its index. */
 export function weightFiles(dir: string): string[] {
-  const single = path.join(dir, 'model.safetensors');
-  if (fs.existsSync(single)) return [single];
-  const index = path.join(dir, 'model.safetensors.index.json');
-  if (fs.existsSync(index)) {
-    const map = JSON.parse(fs.readFileSync(index, 'utf8')).weight_map ?? {};
-    return [...new Set(Object.values<string>(map))].map((f) => path.join(dir, f));
-  }
-  throw new RoundtripError(`${dir}: no model.safetensors (or model.safetensors.index.json) found`);
+  return hfWeightFiles(dir, ['model']);
 }
 
 /** Creates a native model of `kind` from a folder's config.json and loads its safetensors weights. */

@@ -8,7 +8,8 @@ import { RoundtripError } from '../errors';
 import { RgbImage, loadImage } from '../image';
 import { bleu } from '../metrics/bleu';
 import { ptbTokenize } from '../metrics/ptb-tokenizer';
-import { Blip, BlipCaptionOptions } from '../models/blip';
+import { Captioner, loadCaptioner } from '../models/captioner';
+import { BlipCaptionOptions } from '../models/blip';
 import { ClipModel } from '../models/clip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { VitModel } from '../models/vit';
@@ -51,7 +52,7 @@ export async function rerankI2t2i(opts: RerankOptions): Promise<RerankStats> {
   const device = opts.device ?? 'cpu';
   const owned: { dispose(): void }[] = [];
   try {
-    const blip = await Blip.load(s.models.blip, { device });
+    const blip = await loadCaptioner(s.models.blip, { device });
     owned.push(blip);
     const sd = await StableDiffusionPipeline.load(s.models.sd, { device });
     owned.push(sd);
@@ -77,7 +78,7 @@ export async function rerankI2t2i(opts: RerankOptions): Promise<RerankStats> {
 async function rerankImage(
   run: RunFolder,
   item: { index: number; id: string; image?: string; references: string[] },
-  blip: Blip,
+  blip: Captioner,
   sd: StableDiffusionPipeline,
   cache: SdImageCache,
   embedders: ImageEmbedder[],

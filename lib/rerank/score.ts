@@ -10,7 +10,7 @@ import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString,
 import { ClipTextEncoder, SbertEncoder, clipTextEmbeddings, loadClipTextEncoder, loadSbertEncoder, sbertEmbeddings } from '../eval/text-embeddings';
 import { deriveSeed, loadImage } from '../image';
 import { WordVectors, captionWmd, loadNltkStopwords, loadWordVectors } from '../metrics/wmd';
-import { Blip } from '../models/blip';
+import { Captioner, loadCaptioner } from '../models/captioner';
 import { ClipModel } from '../models/clip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { SCHEDULER_NAMES } from '../models/sd/schedulers';
@@ -67,7 +67,7 @@ export interface TextScore {
 /** Loads the models a batch of score requests needs, once. */
 export class ReconstructionScorer {
   private owned: { dispose(): void }[] = [];
-  private blip?: Blip;
+  private blip?: Captioner;
   private sd?: StableDiffusionPipeline;
   private cache?: SdImageCache;
   private embedders: ImageEmbedder[] = [];
@@ -128,7 +128,7 @@ export class ReconstructionScorer {
         }
       }
     } else {
-      this.blip = await Blip.load(expectString('--blip', o.blip), { device });
+      this.blip = await loadCaptioner(expectString('--blip', o.blip), { device });
       this.owned.push(this.blip);
       for (const m of methods) {
         if (m === 'clip-text') {

@@ -11,7 +11,7 @@ import { RoundtripError } from '../errors';
 import { ClipTextEncoder, SbertEncoder, clipTextEmbeddings, loadClipTextEncoder, loadSbertEncoder, sbertEmbeddings } from '../eval/text-embeddings';
 import { loadImage } from '../image';
 import { WordVectors, captionWmd, loadNltkStopwords, loadWordVectors } from '../metrics/wmd';
-import { Blip } from '../models/blip';
+import { Captioner, loadCaptioner } from '../models/captioner';
 import { cosineDistance } from '../models/clip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { blipCaptionOptions, checkPromptLength } from './i2t2i';
@@ -37,7 +37,7 @@ export async function rerankT2i2t(opts: RerankOptions): Promise<RerankStats> {
   const device = opts.device ?? 'cpu';
   const owned: { dispose(): void }[] = [];
   try {
-    const blip = await Blip.load(s.models.blip, { device });
+    const blip = await loadCaptioner(s.models.blip, { device });
     owned.push(blip);
     const sd = await StableDiffusionPipeline.load(s.models.sd, { device });
     owned.push(sd);

@@ -20,6 +20,8 @@ export {
   blipItmInputs,
   preCaption,
 } from './blip';
+export { OptTokenizer, OPT_MERGES_FILE, OPT_VOCAB_FILE, cleanUpTokenization, loadOptTokenizer } from './opt';
+export type { OptTokenizerOptions } from './opt';
 export { fixText, fixEncoding, htmlUnescape, isBad } from './ftfy';
 export {
   BERT_VOCAB_FILE,

@@ -9,6 +9,7 @@ import { RoundtripError, expectString, invalid } from '../errors';
 import { BertTokenizer, parseVocabTxt } from './bert';
 import { ClipTokenizer, OPENAI_MERGE_COUNT, openaiVocab, parseMerges } from './clip';
 import { Tokenizer, TokenizerKind } from './types';
+import { loadOptTokenizer } from './opt';
 
 export const BERT_VOCAB_FILE = 'vocab.txt';
 export const CLIP_VOCAB_FILE = 'vocab.json';
@@ -106,9 +107,24 @@ function hfModel(dir: string): Record<string, unknown> {
   return json;
 }
 
+/**
+ * GPT-2 BPE with OPT ids (BLIP-2 OPT, OPT): `vocab.json` + `merges.txt` like CLIP, told apart by
+ * tokenizer_config.json's GPT2Tokenizer class or, without one, by OPT's `</s>`/`<pad>` tokens.
+ */
+function isOptFolder(dir: string): boolean {
+  if (!has(dir, CLIP_VOCAB_FILE) || !has(dir, CLIP_MERGES_FILE)) return false;
+  if (has(dir, 'tokenizer_config.json')) {
+    const c = readJson(path.join(dir, 'tokenizer_config.json'));
+    if (isRecord(c) && typeof c.tokenizer_class === 'string') return /^GPT2Tokenizer(Fast)?$/.test(c.tokenizer_class);
+  }
+  const vocab = readJson(path.join(dir, CLIP_VOCAB_FILE));
+  return isRecord(vocab) && '</s>' in vocab && '<pad>' in vocab && !('<|startoftext|>' in vocab);
+}
+
 /** Detects the tokenizer kind from the files in a (resolved) folder. */
 export function detectKind(dir: string): TokenizerKind {
   if (has(dir, BERT_VOCAB_FILE)) return 'bert';
+  if (isOptFolder(dir)) return 'opt';
   if (has(dir, CLIP_VOCAB_FILE) || has(dir, CLIP_MERGES_FILE) || has(dir, OPENAI_BPE_FILE)) return 'clip';
   if (has(dir, HF_TOKENIZER_FILE)) {
     const model = hfModel(dir).model as Record<string, unknown>;
@@ -236,5 +252,6 @@ export function loadTokenizer(dir: string, kind?: TokenizerKind): Tokenizer {
   const k = kind ?? detectKind(resolved);
   if (k === 'bert') return loadBertTokenizer(dir);
   if (k === 'clip') return loadClipTokenizer(dir);
-  throw invalid('tokenizer kind', '"bert" or "clip"', k);
+  if (k === 'opt') return loadOptTokenizer(resolved);
+  throw invalid('tokenizer kind', '"bert", "clip" or "opt"', k);
 }

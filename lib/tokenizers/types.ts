@@ -2,7 +2,7 @@
 import { expectBoolean, expectInteger, expectOneOf, invalid } from '../errors';
 
 /** Which algorithm a tokenizer implements. */
-export type TokenizerKind = 'bert' | 'clip';
+export type TokenizerKind = 'bert' | 'clip' | 'opt';
 
 /** Padding rule of a batch: to the longest row, to `maxLength`, or none (ragged rows). */
 export type Padding = 'longest' | 'max_length' | false;

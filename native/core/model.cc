@@ -69,6 +69,7 @@ json load_weights(Model& model, const std::vector<std::string>& files, const jso
   for (auto& k : model.tied_keys()) tied.insert(k);
 
   std::set<std::string> loaded;
+  std::map<std::string, std::string> loaded_from;  // model key -> the file key that filled it
   std::vector<std::string> unexpected, ignored;
   json mismatched = json::array();
   at::NoGradGuard no_grad;
@@ -116,8 +117,17 @@ json load_weights(Model& model, const std::vector<std::string>& files, const jso
           continue;
         }
       }
+      auto first = loaded_from.find(key);
+      if (first != loaded_from.end()) {
+        // A second published copy of one parameter (a tied LM head stored beside its embedding): equal
+        // copies are fine, differing ones would make the model depend on file order.
+        if (!at::equal(dst, src.to(dst.device(), dst.scalar_type())))
+          throw Error("weights: '" + e.name + "' and '" + first->second + "' are tied (one parameter '" + key + "') but hold different values");
+        continue;
+      }
       dst.copy_(src);
       loaded.insert(key);
+      loaded_from[key] = e.name;
     }
   }
   std::vector<std::string> missing;

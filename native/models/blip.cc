@@ -89,7 +89,7 @@ at::Tensor VisionEmbeddingsImpl::forward(const at::Tensor& pixels) {
 
 VisionAttentionImpl::VisionAttentionImpl(const VisionConfig& c) : heads(c.heads) {
   if (c.hidden % c.heads != 0) throw Error("vision_config: hidden_size is not a multiple of num_attention_heads");
-  qkv = register_module("qkv", torch::nn::Linear(c.hidden, 3 * c.hidden));
+  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(c.hidden, 3 * c.hidden).bias(c.qkv_bias)));
   projection = register_module("projection", torch::nn::Linear(c.hidden, c.hidden));
 }
 

@@ -12,6 +12,7 @@ struct VisionConfig {
   int64_t hidden = 768, intermediate = 3072, layers = 12, heads = 12, image_size = 384, patch_size = 16;
   double eps = 1e-5;
   std::string act = "gelu";
+  bool qkv_bias = true;  // BLIP-2's Blip2VisionConfig.qkv_bias; BLIP always has the bias
   static VisionConfig from(const json& c);
 };
 

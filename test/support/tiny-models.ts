@@ -27,6 +27,14 @@ export function makeTinyBlip(dir: string): string {
   return dir;
 }
 
+/** A Hugging Face BLIP-2 OPT folder (config.json, model.safetensors, preprocessor_config.json, OPT vocab.json + merges.txt). */
+export function makeTinyBlip2(dir: string): string {
+  const src = path.join(REFERENCE, 'blip2-opt');
+  for (const f of ['config.json', 'model.safetensors', 'preprocessor_config.json']) copy(path.join(src, f), path.join(dir, f));
+  for (const f of ['vocab.json', 'merges.txt']) copy(path.join(VOCAB, 'opt', f), path.join(dir, f));
+  return dir;
+}
+
 /** A diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/). */
 export function makeTinySd(dir: string, scheduler: 'PNDMScheduler' | 'DDPMScheduler' | 'DDIMScheduler' = 'PNDMScheduler'): string {
   copy(path.join(REFERENCE, 'sd-unet', 'config.json'), path.join(dir, 'unet', 'config.json'));

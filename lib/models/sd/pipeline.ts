@@ -3,6 +3,7 @@
  * tokenizer/, scheduler/) loaded into the native UNet, VAE and CLIP text encoder, with classifier-free
  * guided text-to-image generation.
  */
+import { hfWeightFiles } from '../../weights/files';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectString, invalid } from '../../errors';
@@ -26,6 +27,15 @@ export const WEIGHT_FILE_NAMES = [
   'model.fp16.safetensors',
 ] as const;
 
+
+/**
+ * The safetensors weight files of a component folder: one of WEIGHT_FILE_NAMES, or the shards of a
+ * `diffusion_pytorch_model` / `model` safetensors index (named in the error when absent).
+ */
+export function findWeightFiles(dir: string): string[] {
+  for (const name of WEIGHT_FILE_NAMES) if (fs.existsSync(path.join(dir, name))) return [path.join(dir, name)];
+  return hfWeightFiles(dir, ['diffusion_pytorch_model', 'model']);
+}
 
 /** The safetensors weight file of a component folder (named in the error when absent). */
 export function findWeightFile(dir: string): string {
@@ -100,17 +110,17 @@ export class StableDiffusionPipeline {
       const device = { device: opts.device };
       const unet = await UNet.create(readJsonObject(path.join(unetDir, 'config.json')), device);
       owned.push(unet);
-      await unet.model.loadWeights([findWeightFile(unetDir)]);
+      await unet.model.loadWeights(findWeightFiles(unetDir));
       if (opts.partial?.unet?.length) await unet.model.loadWeights(opts.partial.unet, { partial: true });
       const vaeDir = component('vae');
       const vae = await VAE.create(readJsonObject(path.join(vaeDir, 'config.json')), device);
       owned.push(vae);
-      await vae.model.loadWeights([findWeightFile(vaeDir)]);
+      await vae.model.loadWeights(findWeightFiles(vaeDir));
       if (opts.partial?.vae?.length) await vae.model.loadWeights(opts.partial.vae, { partial: true });
       const textDir = component('text_encoder');
       const text = await NativeModel.create('clip', readJsonObject(path.join(textDir, 'config.json')), device);
       owned.push(text);
-      await text.loadWeights([findWeightFile(textDir)]);
+      await text.loadWeights(findWeightFiles(textDir));
       if (opts.partial?.textEncoder?.length) await text.loadWeights(opts.partial.textEncoder, { partial: true });
       for (const m of [unet.model, vae.model, text]) m.setTrainable([]);
       return new StableDiffusionPipeline(dir, unet, vae, text, tokenizer, schedulerConfig);

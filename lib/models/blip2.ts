@@ -1,0 +1,391 @@
+/**
+ * BLIP-2 with an OPT language model (transformers 4.37.2 `Blip2ForConditionalGeneration`, e.g.
+ * Salesforce/blip2-opt-2.7b) on the native core (model kind "blip2"): vision ViT → Q-Former → language
+ * projection → OPT. Loads a Hugging Face folder (config.json + model.safetensors or its shards), captions
+ * with every decoding strategy BLIP has (one native call per batch, OPT KV cache), scores captions
+ * (teacher-forced loss) and gives the differentiable token distributions finetuning needs.
+ *
+ * Memory: blip2-opt-2.7b has 3,744,679,936 parameters: ~15 GB in fp32 on the CPU (plus activations);
+ * on CUDA use `model.setAutocast('fp16'|'bf16')` or load fp16/bf16 weights converted to the model dtype.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
+import { NativeModel, WeightsReport } from '../model';
+import { Tensor, disposeAll, noGrad } from '../tensor';
+import { hfWeightFiles } from '../weights/files';
+import { blipPreprocess, loadImage, preprocessBatch, preprocessFromHfConfig, PreprocessConfig, RgbImage } from '../image';
+import { loadOptTokenizer, OptTokenizer } from '../tokenizers/opt';
+import { readJsonFile } from '../json';
+import { BLIP_STRATEGIES, BlipStrategy, CaptionTokenizer } from './blip';
+
+/** Decoding strategies: the same set as BLIP's. */
+export const BLIP2_STRATEGIES = BLIP_STRATEGIES;
+
+export interface Blip2GenerateOptions {
+  /** Default 'beam'. */
+  strategy?: BlipStrategy;
+  /** Beams for 'beam'; default 5 (LAVIS' captioning setting). */
+  numBeams?: number;
+  /**
+   * Length limits as transformers 4.37.2 counts them for BLIP-2: the leading BOS of the output counts,
+   * the query tokens and the prompt do not. `maxNewTokens` (default 30) wins over `maxLength`.
+   */
+  maxNewTokens?: number;
+  maxLength?: number;
+  /** EOS is blocked while the output (leading BOS included) is shorter than this; default 0. */
+  minLength?: number;
+  /** EOS is blocked until this many tokens were generated; default 1 (no empty captions). */
+  minNewTokens?: number;
+  /** Nucleus mass for 'top-p'; default 0.9. */
+  topP?: number;
+  /** k for 'top-k' (default 50); 'top-p' also applies transformers' default top-k of 50 (0 disables it). */
+  topK?: number;
+  /** Softmax temperature of the sampling strategies; default 1. */
+  temperature?: number;
+  repetitionPenalty?: number;
+  /** Beam score = sum log p / generated_length ** lengthPenalty; default 1. */
+  lengthPenalty?: number;
+  earlyStopping?: boolean | 'never';
+  /** Sequences per image: sampled independently, or the best K beams (K ≤ numBeams). Default 1. */
+  numReturnSequences?: number;
+  /** Prompt token ids without BOS (BOS is put first, as the OPT tokenizer does). */
+  prompt?: number[];
+  seed?: number;
+}
+
+/** Result of `Blip2.generate`, rows image-major (image i's K sequences are rows i·K … i·K+K-1). */
+export interface Blip2Generation {
+  /** As transformers returns them: [BOS] + generated tokens (the prompt is not repeated), padding. */
+  sequences: number[][];
+  /** Generated tokens only, cut before EOS, padding removed. */
+  tokens: number[][];
+  /** Beam scores for 'beam'; the sum of chosen-token log-probs otherwise. */
+  scores: number[];
+  numReturnSequences: number;
+}
+
+export interface Blip2ImageInput {
+  pixelValues?: Tensor;
+  /** Vision tower output [B, N, Hv] (from `vision()`), to skip the ViT. */
+  imageEmbeds?: Tensor;
+}
+
+export interface Blip2TextInput extends Blip2ImageInput {
+  /** [B, T] int64 OPT ids, BOS (2) first. */
+  inputIds: Tensor;
+  /** [B, T], 1 = token, 0 = padding; the query tokens are always attended. */
+  attentionMask?: Tensor;
+}
+
+export interface Blip2Files {
+  config: string | object;
+  weights: string[];
+  partial?: string[];
+}
+
+export interface Blip2LoadOptions {
+  device?: string;
+  /** safetensors files of trained tensors merged over the folder's weights (e.g. a finetune export). */
+  partial?: string[];
+}
+
+export interface Blip2CaptionOptions extends Omit<Blip2GenerateOptions, 'prompt'> {
+  /** Text the captions continue (e.g. 'a photo of'); not part of the returned text. */
+  prompt?: string;
+  tokenizer?: CaptionTokenizer;
+  /** Images per native call; default 4. */
+  batchSize?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * What finetuning may train in BLIP-2 (the OPT language model stays frozen): the Q-Former cross-attention
+ * query projections (default, the analogue of BLIP's cross-attention queries), the language projection, or
+ * nothing.
+ */
+export const BLIP2_TRAINABLE_SETS = ['xattn-q', 'projection', 'none'] as const;
+export type Blip2TrainableSet = (typeof BLIP2_TRAINABLE_SETS)[number];
+
+/** Parameter-name patterns of a trainable set. */
+export function blip2TrainablePatterns(set: Blip2TrainableSet = 'xattn-q'): string[] {
+  const s = expectOneOf('trainable set', set, BLIP2_TRAINABLE_SETS);
+  if (s === 'xattn-q') return ['^qformer\\.encoder\\.layer\\.\\d+\\.crossattention\\.attention\\.query\\.(weight|bias)$'];
+  if (s === 'projection') return ['^language_projection\\.(weight|bias)$'];
+  return [];
+}
+
+/**
+ * Parameter count of a Blip2Config (OPT), closed form with the 4.37.2 defaults for missing keys: tied LM head
+ * counted once (3,744,679,936 for blip2-opt-2.7b). Lets commands check memory before allocating anything.
+ */
+export function blip2ParameterCount(config: any): number {
+  const v = config?.vision_config ?? {};
+  const q = config?.qformer_config ?? {};
+  const t = config?.text_config ?? {};
+  const Hv = v.hidden_size ?? 1408, Iv = v.intermediate_size ?? 6144, Lv = v.num_hidden_layers ?? 39, S = v.image_size ?? 224, p = v.patch_size ?? 14;
+  const Hq = q.hidden_size ?? 768, Iq = q.intermediate_size ?? 3072, Lq = q.num_hidden_layers ?? 12, f = q.cross_attention_frequency ?? 2;
+  const Ht = t.hidden_size ?? 768, F = t.ffn_dim ?? 3072, Lt = t.num_hidden_layers ?? 12, V = t.vocab_size ?? 50272, P = t.max_position_embeddings ?? 2048;
+  const Q = config?.num_query_tokens ?? 32;
+  const N = Math.floor(S / p) ** 2;
+  const lin = (i: number, o: number, bias = true) => i * o + (bias ? o : 0);
+  const vision = Hv + lin(3 * p * p, Hv) + (N + 1) * Hv + 2 * Hv + Lv * (4 * Hv + lin(Hv, 3 * Hv, v.qkv_bias ?? true) + lin(Hv, Hv) + lin(Hv, Iv) + lin(Iv, Hv));
+  let qformer = 2 * Hq;
+  for (let i = 0; i < Lq; i++) {
+    qformer += 4 * lin(Hq, Hq) + 2 * Hq + lin(Hq, Iq) + lin(Iq, Hq) + 2 * Hq;
+    if (i % f === 0) qformer += 2 * lin(Hq, Hq) + 2 * lin(Hv, Hq) + 2 * Hq;
+  }
+  const bias = t.enable_bias ?? true;
+  const ln = (t.layer_norm_elementwise_affine ?? true) ? 2 * Ht : 0;
+  const finalLn = (t.do_layer_norm_before ?? true) && !t._remove_final_layer_norm ? ln : 0;
+  const opt = V * Ht + (P + 2) * Ht + finalLn + Lt * (4 * lin(Ht, Ht, bias) + 2 * ln + lin(Ht, F, bias) + lin(F, Ht, bias)) + (t.tie_word_embeddings === false ? V * Ht : 0);
+  return vision + Q * Hq + qformer + lin(Hq, Ht) + opt;
+}
+
+/** Bytes a BLIP-2 caption batch needs in fp32: the weights, the OPT KV cache of every row, and a step's logits. */
+export function estimateBlip2Generate(config: any, o: { batch: number; rows: number; tokens: number }): number {
+  const t = config?.text_config ?? {};
+  const Ht = t.hidden_size ?? 768, Lt = t.num_hidden_layers ?? 12, V = t.vocab_size ?? 50272;
+  const R = o.batch * o.rows, S = (config?.num_query_tokens ?? 32) + o.tokens + 1;
+  return 4 * (blip2ParameterCount(config) + 2 * Lt * R * S * Ht + 4 * R * V);
+}
+
+/** Is this parsed config.json a BLIP-2 one (and with which language model)? */
+export function isBlip2Config(config: any): boolean {
+  return config?.model_type === 'blip-2' || (Array.isArray(config?.architectures) && config.architectures.some((a: string) => /^Blip2/.test(a)));
+}
+
+/** Native generate() options for a strategy, validated; exported for the CLI and tests. */
+export function blip2NativeGenerateOptions(opts: Blip2GenerateOptions = {}): Record<string, unknown> {
+  const strategy = expectOneOf('strategy', opts.strategy ?? 'beam', BLIP2_STRATEGIES);
+  const k = expectInteger('numReturnSequences', opts.numReturnSequences ?? 1, { min: 1 });
+  const out: Record<string, unknown> = {
+    min_length: expectInteger('minLength', opts.minLength ?? 0, { min: 0 }),
+    min_new_tokens: expectInteger('minNewTokens', opts.minNewTokens ?? 1, { min: 0 }),
+    num_return_sequences: k,
+    repetition_penalty: expectNumber('repetitionPenalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }),
+    length_penalty: expectNumber('lengthPenalty', opts.lengthPenalty ?? 1),
+  };
+  if (opts.maxLength !== undefined && opts.maxNewTokens === undefined) out.max_length = expectInteger('maxLength', opts.maxLength, { min: 2 });
+  else out.max_new_tokens = expectInteger('maxNewTokens', opts.maxNewTokens ?? 30, { min: 1 });
+  if (opts.earlyStopping !== undefined) {
+    if (opts.earlyStopping !== true && opts.earlyStopping !== false && opts.earlyStopping !== 'never') throw invalid('earlyStopping', 'true, false or "never"', opts.earlyStopping);
+    out.early_stopping = opts.earlyStopping;
+  }
+  if (opts.seed !== undefined) out.seed = expectInteger('seed', opts.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
+  const temperature = expectNumber('temperature', opts.temperature ?? 1, { min: 0, exclusiveMin: true });
+  if (strategy === 'greedy') {
+    if (k !== 1) throw invalid('numReturnSequences', '1 for greedy decoding (use beam or a sampling strategy for several)', k);
+    Object.assign(out, { num_beams: 1, do_sample: false });
+  } else if (strategy === 'beam') {
+    const beams = expectInteger('numBeams', opts.numBeams ?? 5, { min: 1 });
+    if (k > beams) throw invalid('numReturnSequences', `at most numBeams (${beams})`, k);
+    Object.assign(out, { num_beams: beams, do_sample: false });
+  } else {
+    const topK = expectInteger('topK', opts.topK ?? (strategy === 'temperature' ? 0 : 50), { min: 0 });
+    const topP = strategy === 'top-p' ? expectNumber('topP', opts.topP ?? 0.9, { min: 0, max: 1, exclusiveMin: true }) : 1;
+    Object.assign(out, { num_beams: 1, do_sample: true, temperature, top_k: topK, top_p: topP });
+  }
+  return out;
+}
+
+function rows(t: Tensor): number[][] {
+  const [n, m] = t.shape;
+  const data = t.toTypedArray();
+  const out: number[][] = [];
+  for (let i = 0; i < n; i++) {
+    const row = new Array<number>(m);
+    for (let j = 0; j < m; j++) row[j] = Number(data[i * m + j]);
+    out.push(row);
+  }
+  return out;
+}
+
+export class Blip2 {
+  readonly model: NativeModel;
+  readonly config: any;
+  /** OPT special ids from text_config (EOS is 50118 "\n" in blip2-opt-2.7b, not BOS). */
+  readonly special: { bos: number; eos: number; pad: number };
+  /** The folder the model was loaded from (tokenizer and preprocessor defaults). */
+  dir?: string;
+
+  private constructor(model: NativeModel, config: any) {
+    this.model = model;
+    this.config = config;
+    const t = config?.text_config ?? {};
+    this.special = { bos: t.bos_token_id ?? 2, eos: t.eos_token_id ?? 2, pad: t.pad_token_id ?? 1 };
+  }
+
+  /** Builds the architecture of a Blip2Config without loading weights. */
+  static async fromConfig(config: object, opts: Blip2LoadOptions = {}): Promise<Blip2> {
+    if (config === null || typeof config !== 'object') throw invalid('config', 'a Blip2Config object', config);
+    return new Blip2(await NativeModel.create('blip2', config, { device: opts.device ?? 'cpu' }), config);
+  }
+
+  /** Loads a folder (config.json + model.safetensors or sharded safetensors) or explicit files. */
+  static async load(source: string | Blip2Files, opts: Blip2LoadOptions = {}): Promise<Blip2> {
+    let files: Blip2Files;
+    if (typeof source === 'string') {
+      const dir = expectString('model folder', source);
+      const configPath = path.join(dir, 'config.json');
+      if (!fs.existsSync(configPath)) throw new RoundtripError(`${dir}: no config.json (expected a transformers BLIP-2 folder)`);
+      files = { config: configPath, weights: hfWeightFiles(dir, ['model']), partial: opts.partial };
+    } else {
+      files = source;
+    }
+    const config = typeof files.config === 'string' ? readJsonFile(files.config, { object: true }) : files.config;
+    if (!isBlip2Config(config)) throw new RoundtripError(`${typeof files.config === 'string' ? files.config : 'config'}: not a BLIP-2 config (model_type "${(config as any)?.model_type}")`);
+    if (!Array.isArray(files.weights) || files.weights.length === 0) throw invalid('weights', 'a non-empty array of safetensors paths', files.weights);
+    const model = await Blip2.fromConfig(config, opts);
+    try {
+      await model.loadWeights(files.weights);
+      for (const p of files.partial ?? []) await model.loadWeights([p], { partial: true });
+    } catch (err) {
+      model.dispose();
+      throw err;
+    }
+    if (typeof source === 'string') model.dir = source;
+    return model;
+  }
+
+  async loadWeights(files: string[], opts: { partial?: boolean } = {}): Promise<WeightsReport> {
+    for (const f of files) if (!fs.existsSync(f)) throw new RoundtripError(`${f}: weight file not found`);
+    return this.model.loadWeights(files, { partial: opts.partial ?? false });
+  }
+
+  get device(): string {
+    return this.model.device;
+  }
+
+  /** Parameter count (tied LM head counted once): 3,744,679,936 for blip2-opt-2.7b. */
+  parameterCount(): number {
+    return this.model.parameterCount();
+  }
+
+  /** Makes exactly a trainable set's tensors trainable (others frozen, no gradient buffers); returns their names. */
+  setTrainable(set: Blip2TrainableSet = 'xattn-q'): string[] {
+    this.model.setTrainable([]);
+    return this.model.setTrainable(blip2TrainablePatterns(set));
+  }
+
+  /** Vision tower: last_hidden_state [B, 1+N, Hv] (the Q-Former memory), pooler_output [B, Hv]. */
+  async vision(pixelValues: Tensor): Promise<{ lastHiddenState: Tensor; poolerOutput: Tensor }> {
+    const out = await this.model.call('vision', { pixel_values: pixelValues });
+    return { lastHiddenState: out.last_hidden_state, poolerOutput: out.pooler_output };
+  }
+
+  /** Q-Former output [B, Q, Hq] and its language projection [B, Q, Ht] (the LM's soft prompt). */
+  async queries(input: Blip2ImageInput): Promise<{ qformerLastHiddenState: Tensor; languageProjection: Tensor }> {
+    const out = await this.model.call('queries', this.imageInputs(input));
+    return { qformerLastHiddenState: out.qformer_last_hidden_state, languageProjection: out.language_projection };
+  }
+
+  private imageInputs(input: Blip2ImageInput): Record<string, Tensor | undefined> {
+    if (!input.pixelValues && !input.imageEmbeds) throw new RoundtripError('BLIP-2: needs pixelValues or imageEmbeds');
+    return { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds };
+  }
+
+  private textInputs(input: Blip2TextInput, extra: Record<string, Tensor | undefined> = {}): Record<string, Tensor | undefined> {
+    return { ...this.imageInputs(input), input_ids: input.inputIds, attention_mask: input.attentionMask, ...extra };
+  }
+
+  /** LM logits [B, Q+T, V] over the query and text positions (`textOnly`: the last T, position t predicts t+1). */
+  async logits(input: Blip2TextInput, opts: { textOnly?: boolean } = {}): Promise<Tensor> {
+    return (await this.model.call('logits', this.textInputs(input), { text_only: opts.textOnly ?? false })).logits;
+  }
+
+  /** Captioning loss of 4.37.2: CE(text logits[:, :-1], labels[:, 1:]), -100 ignored, mean; no smoothing. */
+  async loss(input: Blip2TextInput & { labels: Tensor }, opts: { labelSmoothing?: number } = {}): Promise<Tensor> {
+    const options: Record<string, number> = {};
+    if (opts.labelSmoothing !== undefined) options.label_smoothing = expectNumber('labelSmoothing', opts.labelSmoothing, { min: 0, max: 1 });
+    return (await this.model.call('loss', this.textInputs(input, { labels: input.labels }), options)).loss;
+  }
+
+  /** softmax(text logits / temperature) [B, T, V], differentiable (the soft token bridge). */
+  async tokenProbs(input: Blip2TextInput, opts: { temperature?: number } = {}): Promise<Tensor> {
+    const temperature = expectNumber('temperature', opts.temperature ?? 1, { min: 0, exclusiveMin: true });
+    return (await this.model.call('token_probs', this.textInputs(input), { temperature })).probs;
+  }
+
+  /** Generates for a batch of images (pixels [B, 3, S, S] or `imageEmbeds`). */
+  async generate(images: Tensor | Blip2ImageInput, opts: Blip2GenerateOptions = {}): Promise<Blip2Generation> {
+    const input: Blip2ImageInput = images instanceof Tensor ? { pixelValues: images } : images;
+    const options = blip2NativeGenerateOptions(opts);
+    let prompt: Tensor | undefined;
+    if (opts.prompt && opts.prompt.length > 0) {
+      if (!Array.isArray(opts.prompt)) throw invalid('prompt', 'an array of token ids', opts.prompt);
+      const vocab = this.config?.text_config?.vocab_size ?? 50272;
+      opts.prompt.forEach((id, i) => expectInteger(`prompt[${i}]`, id, { min: 0, max: vocab - 1 }));
+      const ids = [this.special.bos, ...opts.prompt];
+      prompt = Tensor.fromTypedArray(ids, [1, ids.length], 'int64');
+    }
+    let out: Record<string, Tensor> = {};
+    try {
+      out = await noGrad(() => this.model.call('generate', { ...this.imageInputs(input), input_ids: prompt }, options));
+      const sequences = rows(out.sequences);
+      const tokens = sequences.map((row) => {
+        const gen = row.slice(1);
+        const end = gen.indexOf(this.special.eos);
+        return (end >= 0 ? gen.slice(0, end) : gen).filter((id) => id !== this.special.pad);
+      });
+      const scores = out.sequences_scores ? Array.from(out.sequences_scores.toFloat32Array()) : rows(out.token_logprobs).map((r) => r.reduce((a, b) => a + b, 0));
+      return { sequences, tokens, scores, numReturnSequences: options.num_return_sequences as number };
+    } finally {
+      prompt?.dispose();
+      disposeAll(out);
+    }
+  }
+
+  /** The image recipe: the folder's preprocessor_config.json, else BlipImageProcessor at vision_config.image_size. */
+  preprocessConfig(): PreprocessConfig {
+    const file = this.dir ? path.join(this.dir, 'preprocessor_config.json') : undefined;
+    if (file && fs.existsSync(file)) return preprocessFromHfConfig(readJsonFile(file, { object: true }), file);
+    return blipPreprocess(this.config?.vision_config?.image_size ?? 224);
+  }
+
+  /**
+   * Captions images (paths or RGB images): preprocessing, batched generation, decoding without special
+   * tokens, trimmed (the EOS of blip2-opt is "\n"). Per image, its `numReturnSequences` captions.
+   */
+  async caption(images: readonly (string | RgbImage)[], opts: Blip2CaptionOptions = {}): Promise<string[][]> {
+    if (!Array.isArray(images)) throw invalid('images', 'an array of image paths or RGB images', images);
+    const tokenizer = opts.tokenizer ?? this.defaultTokenizer();
+    const batchSize = expectInteger('batchSize', opts.batchSize ?? 4, { min: 1 });
+    const { prompt: promptText, tokenizer: _t, batchSize: _b, onProgress, ...generate } = opts;
+    const prompt = promptText !== undefined && promptText !== '' ? tokenizer.encode(expectString('prompt', promptText)) : undefined;
+    blip2NativeGenerateOptions(generate); // validate before decoding any image
+    const recipe = this.preprocessConfig();
+    const captions: string[][] = [];
+    for (let start = 0; start < images.length; start += batchSize) {
+      const chunk = images.slice(start, start + batchSize);
+      const decoded = await Promise.all(
+        chunk.map((img, i) =>
+          (typeof img === 'string' ? loadImage(img) : Promise.resolve(img)).catch((err) => {
+            throw err instanceof RoundtripError ? err : new RoundtripError(`images[${start + i}]: ${err instanceof Error ? err.message : String(err)}`);
+          }),
+        ),
+      );
+      const batch = preprocessBatch(decoded, recipe);
+      const pixels = Tensor.fromTypedArray(batch.data as Float32Array, batch.shape);
+      try {
+        const gen = await this.generate(pixels, { ...generate, prompt });
+        const k = gen.numReturnSequences;
+        for (let i = 0; i < chunk.length; i++) captions.push(gen.tokens.slice(i * k, (i + 1) * k).map((ids) => tokenizer.decode(ids, { skipSpecial: true }).trim()));
+      } finally {
+        pixels.dispose();
+      }
+      onProgress?.(Math.min(start + batchSize, images.length), images.length);
+    }
+    return captions;
+  }
+
+  /** The OPT tokenizer of the folder the model was loaded from. */
+  defaultTokenizer(): OptTokenizer {
+    if (!this.dir) throw new RoundtripError('Blip2: no tokenizer given and the model was not loaded from a folder holding one (vocab.json + merges.txt)');
+    return loadOptTokenizer(this.dir);
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
+}
