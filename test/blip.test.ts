@@ -318,6 +318,51 @@ describe('errors', () => {
     return dir;
   }
 
+  async function copyWith(entriesOf: (tensors: Record<string, Tensor>) => { name: string; shape: number[]; data: Buffer }[]): Promise<string> {
+    const dir = fs.mkdtempSync(path.join(tmp, 'layout-'));
+    fs.copyFileSync(path.join(CASE, 'config.json'), path.join(dir, 'config.json'));
+    const tensors = await loadSafetensors(path.join(CASE, 'model.safetensors'));
+    await writeSafetensors(path.join(dir, 'model.safetensors'), entriesOf(tensors).map((e) => ({ ...e, dtype: 'F32' })));
+    disposeAll(tensors);
+    return dir;
+  }
+
+  it('DDP "module." prefixes and a text decoder saved without "text_decoder." load as they are', async () => {
+    const dir = await copyWith((ts) =>
+      Object.entries(ts).map(([name, t]) => ({ name: 'module.' + name.replace(/^text_decoder\./, ''), shape: t.shape, data: t.toBuffer() })),
+    );
+    const m = await Blip.load(dir);
+    try {
+      await noGrad(async () => {
+        const a = await m.logits(text());
+        const b = await blip.logits(text());
+        expectClose(a, b, 0, 0);
+        disposeAll([a, b]);
+      });
+    } finally {
+      m.dispose();
+    }
+  }, 60000);
+
+  it('tied LM-head copies: equal ones load, differing ones are an error naming both keys', async () => {
+    const tiedKey = 'text_decoder.cls.predictions.decoder.weight';
+    const embKey = 'text_decoder.bert.embeddings.word_embeddings.weight';
+    const withCopy = (perturb: boolean) =>
+      copyWith((ts) => {
+        const entries = Object.entries(ts).map(([name, t]) => ({ name, shape: t.shape, data: t.toBuffer() }));
+        const emb = ts[embKey];
+        const data = Buffer.from(emb.toBuffer());
+        if (perturb) data.writeFloatLE(data.readFloatLE(4) + 0.5, 4);
+        entries.push({ name: tiedKey, shape: emb.shape, data });
+        return entries;
+      });
+    const equal = await Blip.load(await withCopy(false));
+    equal.dispose();
+    const differing = await withCopy(true);
+    const esc = (k: string) => k.replace(/\./g, '\\.');
+    await expect(Blip.load(differing)).rejects.toThrow(new RegExp(`^(?=.*'${esc(embKey)}')(?=.*'${esc(tiedKey)}').*are tied`));
+  }, 60000);
+
   it('a missing key is named', async () => {
     const key = 'text_decoder.bert.encoder.layer.1.crossattention.self.key.weight';
     const dir = await brokenCopy((name, t) => (name === key ? null : { shape: t.shape, data: t.toBuffer() }));

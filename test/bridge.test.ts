@@ -51,6 +51,14 @@ describe('vocabulary bridge', () => {
     expect(a.bothMapped).toBeLessThanOrEqual(1);
   });
 
+  test('the authors\' original reindex.pth (a bare int64 tensor) loads and equals the JSON release', () => {
+    const pth = loadBridge(path.join(DATA, 'seed-release', 'reindex.pth'));
+    const json = loadBridge(released);
+    expect(pth.clipToBlip).toHaveLength(json.clipToBlip.length);
+    expect(pth.clipToBlip).toEqual(json.clipToBlip);
+    expect(pth.blipVocabSize).toBe(json.blipVocabSize);
+  });
+
   test('save/load round trip, atomically', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rt-bridge-'));
     const file = path.join(dir, 'bridge.json');

@@ -37,7 +37,7 @@ describe('roundtrip demo --quick', () => {
   beforeAll(async () => {
     first = await quick();
     json = JSON.parse(fs.readFileSync(first.files.json, 'utf8'));
-  }, 120_000);
+  }, 300_000);
 
   test('writes one report folder: tables, index page, rank plots, galleries, loss curves, finetuned folders', () => {
     for (const file of Object.values(REPORT_FILES)) expect(fs.existsSync(path.join(out, file))).toBe(true);
@@ -56,8 +56,14 @@ describe('roundtrip demo --quick', () => {
     }
     // i2t2i has per-candidate caption quality, hence rank-binned plots
     expect(json.phases.before.i2t2i.report.files.svgs.length).toBeGreaterThan(0);
-    expect(fs.readFileSync(path.join(out, 'finetune', 'loss-curves.svg'), 'utf8')).toContain('<svg');
-    expect(html).toContain('finetune/loss-curves.svg');
+    // the finetuned pair is arm (e) of the experiment, with the demo's seed
+    expect(json.finetune.dir).toBe(path.join(out, 'experiment', 'runs', 'e', `seed-${QUICK_DEMO.seed}`));
+    expect(fs.readFileSync(path.join(json.finetune.dir, 'loss-curves.svg'), 'utf8')).toContain('<svg');
+    expect(html).toContain(`experiment/runs/e/seed-${QUICK_DEMO.seed}/loss-curves.svg`);
+    expect(html).toContain('experiment/intervals.svg');
+    // links to files outside the report folder are absolute, never ../../..
+    expect(fs.readFileSync(first.files.markdown, 'utf8')).not.toMatch(/\]\(\.\.\//);
+    expect(html).not.toMatch(/(href|src)="\.\.\//);
     expect(json.finetune.steps).toBe(QUICK_DEMO.finetuneSteps);
     expect(json.finetune.losses).toHaveLength(QUICK_DEMO.finetuneSteps);
     json.finetune.losses.forEach((l) => expect(Number.isFinite(l)).toBe(true));
@@ -66,7 +72,7 @@ describe('roundtrip demo --quick', () => {
   test('every number of the Markdown tables equals the JSON', () => {
     const markdown = fs.readFileSync(first.files.markdown, 'utf8');
     const ids = json.tables.map((t) => t.id);
-    for (const id of ['headline', 'rerank-i2t2i', 'rerank-t2i2t', 'finetune', 'finetune-losses', 'timing']) expect(ids).toContain(id);
+    for (const id of ['arms', 'headline', 'rerank-i2t2i', 'rerank-t2i2t', 'finetune', 'finetune-losses', 'timing']) expect(ids).toContain(id);
     let compared = 0;
     for (const table of json.tables as DemoTable[]) {
       const md = markdownTable(markdown, table.title);
@@ -119,7 +125,20 @@ describe('roundtrip demo --quick', () => {
     const t3 = json.tables.find((t) => t.id === 'finetune')!;
     expect(t3.rows.some((r) => r.metric.startsWith('BLIP beam captions: attributes'))).toBe(true);
     expect(t3.rows.some((r) => r.metric.startsWith('SD images (random seed): attributes'))).toBe(true);
-    expect(json.statements.some((s) => /Joint finetuning/.test(s))).toBe(true);
+    expect(json.statements.some((s) => /^Finetuning, BLIP captions: CIDEr-D: \(a\)/.test(s))).toBe(true);
+    expect(json.statements.some((s) => /^At this scale the (method does not help|reconstruction terms help)/.test(s))).toBe(true);
+  });
+
+  test('arms (a), (d), (e) with intervals; a verdict only where an interval backs it', () => {
+    expect(json.arms.metrics.length).toBeGreaterThan(4);
+    const cider = json.arms.metrics.find((m) => m.key === 'cider')!;
+    for (const arm of ['a', 'd', 'e']) expect(cider.arms[arm].lo).toBeLessThanOrEqual(cider.arms[arm].value + 1e-12);
+    expect(['better', 'worse', 'no significant difference']).toContain(cider.vsD.e.verdict);
+    for (const s of json.statements) if (/\b(better|worse)\b/.test(s)) expect(s).toMatch(/\[-?\d/);
+    expect(json.statements.filter((s) => /no interval, no verdict/.test(s)).length).toBeGreaterThan(0);
+    const md = fs.readFileSync(first.files.markdown, 'utf8');
+    expect(md).not.toContain('prompt mismatch');
+    expect(md).not.toMatch(/has no prompt setting/);
   });
 
   test('the attribute measure gives the world’s own captions full marks', async () => {
@@ -164,7 +183,7 @@ describe('roundtrip demo --quick', () => {
     const before = (r: DemoReport) => r.tables.find((t) => t.id === 'rerank-i2t2i')!.rows.map((row) => row.values.slice(0, 3));
     expect(before(second.report)).toEqual(before(json));
     expect(second.report.phases.before.captions.corpus).toEqual(json.phases.before.captions.corpus);
-  }, 120_000);
+  }, 300_000);
 });
 
 describe('demo options', () => {

@@ -10,7 +10,7 @@ import * as crypto from 'crypto';
 import * as childProcess from 'child_process';
 import { CHECKPOINTS } from './support/paths';
 import { RoundtripError } from '../lib/errors';
-import { readTorchFile, stateDictOf, TorchTensor } from '../lib/weights/torchfile';
+import { BARE_TENSOR_NAME, readTorchFile, stateDictOf, TorchTensor } from '../lib/weights/torchfile';
 import { unpickle, PyDict, PyComplex, TorchDtype, TorchDevice, isTuple, PyValue } from '../lib/weights/pickle';
 import { ZipArchive } from '../lib/weights/zip';
 import { inspectWeightsFile, formatInspectReport, inspectCommand } from '../lib/commands/weights-files';
@@ -285,6 +285,16 @@ describe('stateDictOf', () => {
     }
   });
 
+  it('accepts a bare tensor and a list/tuple of tensors or state dicts at the top level', () => {
+    const bare = stateDictOf(tensor());
+    expect(bare.top).toBe('tensor');
+    expect([...bare.tensors.keys()]).toEqual([BARE_TENSOR_NAME]);
+    const list = stateDictOf([tensor(), dict([['w', tensor()], ['n', 3]])]);
+    expect(list.top).toBe('sequence');
+    expect([...list.tensors.keys()]).toEqual(['0', '1.w']);
+    expect(list.skipped).toEqual(['1.n']);
+  });
+
   it('treats a dict with tensors of its own as the state dict, even with a "model" sub-dict', () => {
     const sd = stateDictOf(dict([['w', tensor()], ['model', dict([['x', tensor()]])]]));
     expect(sd.wrapper).toBeNull();
@@ -292,7 +302,8 @@ describe('stateDictOf', () => {
   });
 
   it('refuses a non-dict top level and self-referencing nesting', () => {
-    expect(() => stateDictOf([tensor()], 'f.pt')).toThrow(/f\.pt: expected a dict of tensors/);
+    expect(() => stateDictOf(1, 'f.pt')).toThrow(/f\.pt: expected a tensor, a dict of tensors or a list of tensors/);
+    expect(() => stateDictOf([1, 'x'], 'f.pt')).toThrow(/f\.pt: a list\/tuple at the top level must hold tensors/);
     const loop = dict([['t', tensor()]]);
     loop.set('self', loop);
     expect(() => stateDictOf(loop, 'f.pt')).toThrow(/"self" contains itself/);

@@ -128,7 +128,7 @@ test('generate command writes PNGs; bad arguments are named', async () => {
   await expect(runGenerate({ prompts: ['a house'], model: folder, out, steps: 1, guidance: 1, seed: 0, batch: 1, height: 64, width: 64, device: 'cpu', precision: 'bf16' }, sink)).rejects.toThrow(/needs a model on CUDA/);
   const base = { prompts: ['p'], model: folder, out, steps: 2, guidance: 7.5, seed: 0, batch: 1, device: 'cpu' };
   expect(() => checkGenerateArgs({ ...base, height: 60 })).toThrow(/--height.*multiple of 8.*60/);
-  expect(() => checkGenerateArgs({ ...base, scheduler: 'heun' })).toThrow(/scheduler.*heun/);
+  expect(() => checkGenerateArgs({ ...base, scheduler: 'unipc' })).toThrow(/scheduler.*unipc/);
   await expect(pipe.generate(['p'], { width: 100 })).rejects.toThrow(/width.*multiple of 8/);
 });
 

@@ -36,6 +36,6 @@ test('scheduler configs from file, alphas_cumprod bit-exact, errors', async () =
     s.dispose();
     disposeAll(io);
   }
-  await expect(Scheduler.create('heun', source)).rejects.toThrow(/scheduler/);
+  await expect(Scheduler.create('unipc', source)).rejects.toThrow(/scheduler/);
   await expect(Scheduler.create('ddim', { ...source, beta_schedule: 'cosine-ish' })).rejects.toThrow(/beta_schedule/);
 });

@@ -299,9 +299,21 @@ describe('loading and errors', () => {
     const badJson = fs.mkdtempSync(path.join(os.tmpdir(), 'rt-tok-'));
     fs.writeFileSync(path.join(badJson, 'tokenizer.json'), '{not json');
     expect(() => loadTokenizer(badJson)).toThrow(/tokenizer\.json: expected valid JSON/);
-    const badPad = folderWith({ 'vocab.txt': path.join(BERT_DIR, 'vocab.txt') });
-    fs.writeFileSync(path.join(badPad, 'special_tokens_map.json'), JSON.stringify({ pad_token: '<nothing>' }));
-    expect(() => loadTokenizer(badPad)).toThrow(/special_tokens_map\.json pad_token: expected a token of the vocabulary/);
+  });
+
+  it('a BERT vocabulary without its pad token gets it appended, as transformers adds missing special tokens', () => {
+    const lines = fs.readFileSync(path.join(BERT_DIR, 'vocab.txt'), 'utf8').split('\n').filter((l, i, a) => l !== '[PAD]' && !(i === a.length - 1 && l === ''));
+    const noPad = fs.mkdtempSync(path.join(os.tmpdir(), 'rt-tok-'));
+    fs.writeFileSync(path.join(noPad, 'vocab.txt'), lines.join('\n') + '\n');
+    const bert = loadBertTokenizer(noPad);
+    expect(bert.padId).toBe(lines.length);
+    expect(bert.decId).toBe(lines.length + 1);
+    expect(bert.encodeBatch(['a dog', 'a'], { padding: 'longest' }).inputIds[1].slice(-1)).toEqual([bert.padId]);
+    expect(bert.decode([bert.clsId, bert.padId], { skipSpecial: true })).toBe('');
+    const customPad = folderWith({ 'vocab.txt': path.join(BERT_DIR, 'vocab.txt') });
+    fs.writeFileSync(path.join(customPad, 'special_tokens_map.json'), JSON.stringify({ pad_token: '<nothing>' }));
+    const custom = loadBertTokenizer(customPad);
+    expect(custom.padId).toBe(fs.readFileSync(path.join(BERT_DIR, 'vocab.txt'), 'utf8').split('\n').filter(Boolean).length);
   });
 });
 

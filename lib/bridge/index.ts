@@ -15,6 +15,7 @@
 import * as fs from 'fs';
 import { RoundtripError, invalid } from '../errors';
 import { writeFileAtomicSync } from '../fsutil';
+import { readTorchFileSync, stateDictOf } from '../weights/torchfile';
 import type { BertTokenizer } from '../tokenizers/bert';
 import type { ClipTokenizer } from '../tokenizers/clip';
 
@@ -183,13 +184,46 @@ export function bridgeAgreement(a: VocabularyBridge, b: VocabularyBridge, unkId 
   return { all: same / a.clipToBlip.length, bothMapped: both ? bothSame / both : 0, bothMappedCount: both };
 }
 
-/** Reads a bridge file: roundtrip's JSON, or the authors' release (a plain array, one BLIP id per CLIP id). */
+/**
+ * The authors' `vocabs/reindex.pth`: a bare 1-D integer tensor pickled at top level (one BLIP id per CLIP id), read
+ * through the restricted unpickler; a one-tensor state dict is accepted too.
+ */
+function readTorchBridge(file: string): number[] {
+  const { tensors } = stateDictOf(readTorchFileSync(file).value, file);
+  if (tensors.size !== 1) throw new RoundtripError(`bridge file '${file}': expected one integer tensor, found ${tensors.size} tensors`);
+  const [t] = tensors.values();
+  if (t.shape.length !== 1) throw new RoundtripError(`bridge file '${file}': expected a 1-D tensor of BLIP ids, got shape [${t.shape}]`);
+  const buf = t.readContiguousSync();
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const out: number[] = [];
+  for (let i = 0; i < t.numel; i++) {
+    if (t.dtype === 'I64') {
+      const v = view.getBigInt64(8 * i, true);
+      if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < 0n) throw new RoundtripError(`bridge file '${file}': entry ${i} (${v}) is not a BLIP id`);
+      out.push(Number(v));
+    } else if (t.dtype === 'I32') {
+      out.push(view.getInt32(4 * i, true));
+    } else {
+      throw new RoundtripError(`bridge file '${file}': expected an int64 or int32 tensor, got ${t.dtype}`);
+    }
+  }
+  return out;
+}
+
+/**
+ * Reads a bridge file: roundtrip's JSON, the authors' release as JSON (a plain array, one BLIP id per CLIP id), or
+ * their original `reindex.pth` (`.pth` / `.pt` / `.bin`: a torch.save'd tensor).
+ */
 export function loadBridge(file: string): VocabularyBridge {
   let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`bridge file '${file}': ${err instanceof Error ? err.message : String(err)}`);
+  if (/\.(pth|pt|bin)$/i.test(file)) {
+    raw = readTorchBridge(file);
+  } else {
+    try {
+      raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new RoundtripError(`bridge file '${file}': ${err instanceof Error ? err.message : String(err)}`);
+    }
   }
   const arr = Array.isArray(raw) ? raw : (raw as VocabularyBridge)?.clipToBlip;
   if (!Array.isArray(arr) || !arr.every((x) => Number.isInteger(x) && x >= 0)) {

@@ -3,7 +3,9 @@
  * step vs an SD-only and a BLIP-only step on the same batch (see lib/finetune/bench.ts).
  */
 import type { CommandModule } from 'yargs';
-import { expectInteger } from '../errors';
+import { RoundtripError, expectInteger } from '../errors';
+import { BenchReconResult, benchRecon } from '../finetune/bench-recon';
+import { resolveModelPath } from '../hub/resolve';
 import { BenchResult, benchFinetune } from '../finetune/bench';
 import { FinetuneRequest, command as finetuneCommand, finetuneConfigFrom, readConfigFile } from './finetune';
 import { benchDistributed } from '../distributed/bench';
@@ -15,15 +17,49 @@ export async function runBenchFinetune(req: FinetuneRequest & { steps?: number; 
   return benchFinetune({ ...finetuneConfigFrom({ progress: false, ...rest }), steps, warmup });
 }
 
+/** `bench recon`: the loss terms of the base models and each checkpoint on a fixed held-out set. */
+export async function runBenchRecon(argv: Record<string, any>): Promise<BenchReconResult> {
+  const list = (v: unknown): string[] => (v === undefined ? [] : (Array.isArray(v) ? v : [v]).map(String));
+  if (!argv.data) throw new RoundtripError('bench recon: --data FILE is required (a Karpathy-layout list of held-out images and captions)');
+  if (!argv.blip || !argv.sd) throw new RoundtripError('bench recon: --blip and --sd are required (the base model folders the checkpoints were trained from)');
+  return benchRecon({
+    blip: resolveModelPath(argv.blip),
+    sd: resolveModelPath(argv.sd),
+    checkpoints: list(argv.checkpoints),
+    data: argv.data,
+    images: argv.images,
+    n: argv.n ?? 64,
+    seed: argv.seed ?? 0,
+    bridge: argv.bridge,
+    clip: argv.clipModel,
+    prompt: argv.prompt ?? '',
+    recTxtMode: argv.recTxtMode ?? 'x0',
+    sdSteps: argv.sdSteps ?? 10,
+    guidance: argv.guidance ?? 4,
+    out: argv.out,
+    device: argv.device ?? 'cpu',
+    replicates: argv.replicates ?? 2000,
+    quiet: argv.progress === false,
+  });
+}
+
 export const command: CommandModule<{}, any> = {
   command: 'bench <what>',
-  describe: 'Benchmarks: "finetune" compares the joint step with single-model steps',
+  describe: 'Benchmarks: "finetune" compares the joint step with single-model steps; "recon" measures the four loss terms of checkpoints on a fixed held-out set',
   builder: (y) => {
     const withFlags = (finetuneCommand.builder as (y: any) => any)(y);
     return withFlags
-      .positional('what', { type: 'string', choices: ['finetune', 'distributed'], describe: 'What to benchmark ("distributed": 1 process vs --nproc processes on the same cores)' })
+      .positional('what', { type: 'string', choices: ['finetune', 'recon', 'distributed'], describe: 'What to benchmark ("distributed": 1 process vs --nproc processes on the same cores)' })
       .option('nproc', { type: 'number', describe: 'distributed: processes of the data-parallel variant (default 2)' })
       .option('master-port', { type: 'number', describe: 'distributed: rendezvous port (default 29500)' })
+      .option('checkpoints', { type: 'string', array: true, describe: 'recon: checkpoint, export/ or run folders, measured after the base models (default: none)' })
+      .option('data', { type: 'string', describe: 'recon: held-out Karpathy-layout list [{image, caption}], images relative to --images or its folder (required for recon)' })
+      .option('n', { type: 'number', describe: 'recon: held-out images (default 64)' })
+      .option('clip-model', { type: 'string', describe: 'recon: CLIP folder; adds SD images’ CLIP distance to their captions (default: none)' })
+      .option('sd-steps', { type: 'number', describe: 'recon: DDIM steps of the SD images (default 10)' })
+      .option('guidance', { type: 'number', describe: 'recon: guidance of the SD images (default 4)' })
+      .option('replicates', { type: 'number', describe: 'recon: bootstrap replicates (default 2000)' })
+      .option('out', { type: 'string', describe: 'recon: folder for recon.json, recon.md, recon.svg (default: none, table on stdout)' })
       .option('steps', { type: 'number', default: 5, describe: 'Timed steps per variant' })
       .option('warmup', { type: 'number', default: 1, describe: 'Untimed steps first' })
       .option('json', { type: 'boolean', default: false, describe: 'Print the table as JSON' });
@@ -35,6 +71,11 @@ export const command: CommandModule<{}, any> = {
       for (const k of ['blip', 'sd', 'annotations', 'images', 'bridge', 'sdSize', 'blipSize', 'gradAccum', 'schedule', 'prompt', 'device', 'limit']) if (argv[k] !== undefined) config[k] = argv[k];
       const d = await benchDistributed({ config, nproc: argv.nproc, threads: argv.threads, batchSize: argv.batchSize, steps: argv.steps, warmup: argv.warmup, masterPort: argv.masterPort });
       process.stdout.write(argv.json ? JSON.stringify(d, null, 2) + '\n' : d.text);
+      return;
+    }
+    if (argv.what === 'recon') {
+      const r = await runBenchRecon(argv);
+      process.stdout.write(argv.json ? JSON.stringify(r.json, null, 2) + '\n' : r.text);
       return;
     }
     const r = await runBenchFinetune(argv as any);

@@ -17,6 +17,7 @@ export const FINETUNE_FLAGS = [
   'blipMinScale', 'prefetch', 'checkpointEvery', 'keepLast', 'resume', 'progress', 'threads', 'precision', 'gradientCheckpointing', 'cacheLatents', 'prompt',
   'overwrite', 'nanPolicy', 'nanRetries', 'nanLrFactor', 'weightBound',
   'softFraming', 'clipPadding', 'recTxtNormalize', 'clipMode', 'blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip',
+  'recipe', 'blipFlip', 'blipRandAugment', 'flipSides',
 ] as const;
 
 /** Reads a config file: `.yaml`/`.yml` as YAML, anything else as JSON. */
@@ -63,6 +64,10 @@ export function finetuneConfigFrom(req: FinetuneRequest): FinetuneConfig {
   const weights = { ...((file.weights as object) ?? {}) } as Record<string, unknown>;
   for (const [flag, key] of [['lambdaCap', 'cap'], ['lambdaRecImg', 'recImg'], ['lambdaSd', 'sd'], ['lambdaRecTxt', 'recTxt']] as const) if (req[flag] !== undefined) weights[key] = req[flag];
   if (Object.keys(weights).length) merged.weights = weights;
+  const routes = { ...((file.routes as object) ?? {}) } as Record<string, unknown>;
+  if (req.recImgRoute !== undefined) routes.recImg = req.recImgRoute;
+  if (req.recTxtRoute !== undefined) routes.recTxt = req.recTxtRoute;
+  if (Object.keys(routes).length) merged.routes = routes;
   return resolveConfig(merged, req.config ? `--config ${req.config}` : 'finetune flags');
 }
 
@@ -73,6 +78,7 @@ export async function runFinetuneCommand(req: FinetuneRequest): Promise<Finetune
 /** Help of every flag; the default is appended from DEFAULT_CONFIG (one source of truth). */
 const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: string]> = {
   config: ['string', 'JSON or YAML config (see examples/finetune-coco.json); flags override its keys'],
+  recipe: ['string', "Preset of training details: default (this package's) or release (the authors' code; lib/finetune/recipes.ts); keys given override it"],
   blip: ['string', 'BLIP folder (config.json, model.safetensors, vocab.txt) or pulled alias (required)'],
   sd: ['string', 'diffusers Stable Diffusion folder or pulled alias (required)'],
   bridge: ['string', 'Vocabulary bridge JSON (default: learned from the training captions)'],
@@ -124,6 +130,11 @@ const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: str
   sdFlip: ['boolean', 'Random horizontal flip for the SD side'],
   blipSize: ['number', "BLIP-side image side (0: the vision config's image_size)"],
   blipMinScale: ['number', 'Smallest random-resized-crop scale for the BLIP side'],
+  blipFlip: ['boolean', 'Random horizontal flip for the BLIP side'],
+  blipRandAugment: ['boolean', "RandAugment(2, 5) for the BLIP side, as BLIP's own training"],
+  flipSides: ['string', 'Captions of flipped images: swap (left/right exchanged), skip (side-naming items never flip), keep (unchanged; corrupts them)'],
+  recImgRoute: ['string', 'Which model L_rec_img updates: both, blip, unet (Appendix I; default both)'],
+  recTxtRoute: ['string', 'Which model L_rec_txt updates: both, blip, unet (Appendix I; default both)'],
   prefetch: ['number', 'Images decoded ahead'],
   checkpointEvery: ['number', 'Checkpoint every N steps (0: only at the end or on an interrupt)'],
   keepLast: ['number', 'Checkpoints kept'],

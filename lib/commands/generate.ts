@@ -32,6 +32,13 @@ export interface GenerateArgs {
   width?: number;
   batch: number;
   device: string;
+  /** img2img: the init image file and how much of the schedule to run (0–1, default 0.8). */
+  initImage?: string;
+  strength?: number;
+  /** Single-file checkpoints: folder with unet_config.json / vae_config.json / text_encoder_config.json overrides. */
+  configs?: string;
+  /** Single-file checkpoints: CLIP tokenizer folder (default: the package's CLIP vocabulary). */
+  tokenizer?: string;
 }
 
 /** Validates CLI arguments (flag names in the messages) before any model is loaded. */
@@ -46,6 +53,11 @@ export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
   expectInteger('--seed', a.seed, { min: 0 });
   expectBounded('--batch', a.batch, LIMITS.batch);
   if (a.prompts.length > LIMITS.prompts) throw new RoundtripError(`PROMPT: ${a.prompts.length} prompts is over the limit of ${LIMITS.prompts} per call; split the list`);
+  if (a.strength !== undefined) {
+    expectNumber('--strength', a.strength, { min: 0, max: 1 });
+    if (a.initImage === undefined) throw new RoundtripError('--strength: only with --init-image (img2img)');
+  }
+  if (a.initImage !== undefined) expectString('--init-image', a.initImage);
   for (const [flag, v] of [['--height', a.height], ['--width', a.width]] as const) {
     if (v === undefined) continue;
     expectBounded(flag, v, LIMITS.side, 8);
@@ -71,7 +83,7 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
     checkMemory(`generate: ${a.prompts.length} prompt(s) × --batch ${a.batch} at ${width}×${height}`, estimateSdSample(unet, vae, { batch: images, height, width, guidance: a.guidance > 1 }), 'give fewer prompts per call, or lower --batch, --height or --width');
   }
   checkOutputDir(a.out, { flag: '--out', bytes: pixels * 3 });
-  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights } });
+  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights }, configs: a.configs, tokenizer: a.tokenizer });
   try {
     // CLIP reads 77 tokens: a longer prompt is truncated as diffusers does, but never silently.
     a.prompts.forEach((p, i) => checkPromptLength(pipe, p, `PROMPT ${i + 1}`, (m) => stream.write(`roundtrip: warning: ${m}\n`)));
@@ -88,6 +100,8 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
       height: a.height,
       width: a.width,
       batch: a.batch,
+      initImage: a.initImage,
+      strength: a.strength,
       onStep: (done, total) => {
         progress ??= createProgress({ label: 'sampling', total, unit: 'step', stream });
         progress.update(done);
@@ -106,12 +120,16 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
 
 export const command: CommandModule<{}, any> = {
   command: 'generate <prompts..>',
-  describe: 'Generate images with a Stable Diffusion v1.x diffusers folder',
+  describe: 'Generate images (text-to-image, or img2img with --init-image) with a Stable Diffusion v1.x folder or single file',
   builder: (y) =>
     y
       .positional('prompts', { type: 'string', array: true, describe: 'Text prompt(s)' })
-      .option('model', { type: 'string', demandOption: true, describe: 'diffusers SD folder (model_index.json, unet/, vae/, ...)' })
-      .option('weights', { type: 'string', array: true, describe: 'Trained UNet tensors (e.g. a finetune export/unet.safetensors) merged over the model (default: none)' })
+      .option('model', { type: 'string', demandOption: true, describe: 'diffusers SD folder (model_index.json, unet/, vae/, ...) or a CompVis single file (sd-v1-4.ckpt, a single-file .safetensors)' })
+      .option('weights', { type: 'string', array: true, describe: 'Trained UNet tensors (.safetensors, or .pth/.ckpt such as the paper release\'s unet.pth) merged over the model (default: none)' })
+      .option('init-image', { type: 'string', describe: 'img2img: start from this image (PNG/JPEG)' })
+      .option('strength', { type: 'number', describe: 'img2img: share of the schedule to run, 0–1 (default 0.8)' })
+      .option('configs', { type: 'string', describe: 'Single-file --model: folder with unet_config.json / vae_config.json / text_encoder_config.json overriding the inferred configs' })
+      .option('tokenizer', { type: 'string', describe: 'Single-file --model: CLIP tokenizer folder (default: the package\'s CLIP vocabulary)' })
       .option('out', { type: 'string', demandOption: true, describe: 'Output folder for the PNGs' })
       .option('scheduler', { type: 'string', describe: `One of ${SCHEDULER_NAMES.join(', ')} (default: the folder's)` })
       .option('steps', { type: 'number', default: 50, describe: 'Denoising steps (at most 1000)' })

@@ -55,6 +55,7 @@ export function reportOptionsFromArgv(argv: Record<string, any>): ReportCommandO
     java: argv.java,
     inception: argv.inception,
     device: argv.device,
+    nocapsDomains: argv['nocaps-domains'] === undefined ? undefined : String(argv['nocaps-domains']),
     galleryItems: argv['gallery-items'] === undefined ? undefined : expectInteger('--gallery-items', argv['gallery-items'], { min: 0 }),
   };
 }
@@ -84,7 +85,8 @@ export function reportBuilder(y: Argv<{}>): Argv<{}> {
     .option('java', { type: 'string', describe: 'Java executable for METEOR/SPICE (default $ROUNDTRIP_JAVA or java)' })
     .option('inception', { type: 'string', describe: 'Inception FID weights (safetensors) for FID and IS in Table 2 (default: none, FID/IS left out)' })
     .option('gallery-items', { type: 'number', default: 100, describe: 'Items shown in the gallery' })
-    .option('device', { type: 'string', default: 'cpu', describe: 'Device for Inception' }) as Argv<{}>;
+    .option('device', { type: 'string', default: 'cpu', describe: 'Device for Inception' })
+    .option('nocaps-domains', { type: 'string', describe: 'NoCaps annotation file (images[].domain, e.g. nocaps_val_4500_captions.json): Table 1 per in/near/out-domain (default: none)' }) as Argv<{}>;
 }
 
 export const command: CommandModule<{}, any> = {

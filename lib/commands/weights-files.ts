@@ -9,6 +9,8 @@ import { readTorchFile, stateDictOf } from '../weights/torchfile';
 import { convertToSafetensors, CAST_DTYPES, CastDtype, ConversionReport } from '../weights/convert';
 import { convertShardedCheckpoint } from '../weights/files';
 import { readSafetensorsHeader } from '../weights/safetensors';
+import { DEFAULT_CLIP_TOKENIZER } from '../models/sd/pipeline';
+import { writeDiffusersFolder } from '../models/sd/single-file';
 
 /** One listed tensor. */
 export interface InspectedTensor {
@@ -122,11 +124,14 @@ export const inspectCommand: CommandModule<{}, any> = {
 /** `convert IN OUT [--dtype F32|F16|BF16]`. */
 export const convertCommand: CommandModule<{}, any> = {
   command: 'convert <input> <output>',
-  describe: 'Convert a PyTorch checkpoint (.pth/.pt/.bin/.ckpt) to safetensors without executing its pickle',
+  describe:
+    'Convert a PyTorch checkpoint (.pth/.pt/.bin/.ckpt) to safetensors without executing its pickle; an SD single file (.ckpt/.safetensors) with an OUTPUT not ending in .safetensors becomes a diffusers folder',
   builder: (yargs: Argv<{}>) =>
     yargs
-      .positional('input', { type: 'string', describe: 'PyTorch checkpoint, or the pytorch_model.bin.index.json of a sharded one', demandOption: true })
-      .positional('output', { type: 'string', describe: 'safetensors file to write (atomically); a folder for a sharded checkpoint', demandOption: true })
+      .positional('input', { type: 'string', describe: 'PyTorch checkpoint, the pytorch_model.bin.index.json of a sharded one, or a CompVis SD single file', demandOption: true })
+      .positional('output', { type: 'string', describe: 'safetensors file to write (atomically); a folder for a sharded checkpoint, or the diffusers folder of an SD single file', demandOption: true })
+      .option('configs', { type: 'string', describe: 'SD single file → folder: folder with unet_config.json / vae_config.json / text_encoder_config.json overriding the inferred configs' })
+      .option('tokenizer', { type: 'string', describe: 'SD single file → folder: CLIP tokenizer folder to copy (default: the package\'s CLIP vocabulary)' })
       .option('dtype', {
         type: 'string',
         choices: CAST_DTYPES as unknown as string[],
@@ -135,7 +140,7 @@ export const convertCommand: CommandModule<{}, any> = {
       })
       .option('json', { type: 'boolean', default: false, describe: 'Print the report as JSON' }),
   handler: async (args) => {
-    const argv = args as unknown as { input: string; output: string; dtype?: CastDtype; json: boolean };
+    const argv = args as unknown as { input: string; output: string; dtype?: CastDtype; json: boolean; configs?: string; tokenizer?: string };
     const started = process.hrtime.bigint();
     if (argv.input.endsWith('.index.json')) {
       // A sharded checkpoint: every shard converted into the output folder, then its safetensors index.
@@ -143,6 +148,13 @@ export const convertCommand: CommandModule<{}, any> = {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const lines = report.shards.map((s) => `${s.input} -> ${s.output} (${s.tensors} tensors)`);
       process.stdout.write((argv.json ? JSON.stringify({ ...report, seconds }, null, 2) : [...lines, `wrote ${report.output} in ${seconds.toFixed(1)} s`].join('\n')) + '\n');
+      return;
+    }
+    if (!argv.output.toLowerCase().endsWith('.safetensors')) {
+      if (argv.dtype !== undefined) throw new RoundtripError('--dtype: only when writing a .safetensors file');
+      const r = await writeDiffusersFolder(argv.input, argv.output, { configs: argv.configs, tokenizer: argv.tokenizer ?? DEFAULT_CLIP_TOKENIZER });
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      process.stdout.write(argv.json ? JSON.stringify({ ...r, output: argv.output, seconds }, null, 2) + '\n' : `wrote the diffusers folder ${argv.output}: ${r.tensors} tensors (${r.dropped.length} LDM-only entries dropped) in ${seconds.toFixed(2)} s\n`);
       return;
     }
     const report = await convertToSafetensors(argv.input, argv.output, { dtype: argv.dtype });

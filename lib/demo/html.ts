@@ -4,7 +4,7 @@
  * Links are relative, so the folder can be moved or served as is.
  */
 import * as path from 'path';
-import type { DemoReport } from './index';
+import { reportLink, type DemoReport } from './index';
 import { escapeHtml, tableHtml } from './tables';
 
 const STYLE = `body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -13,7 +13,10 @@ th{background:#f4f4f4}ul.notes{font-size:90%;color:#555}img.plot{max-width:100%;
 .plots{display:flex;flex-wrap:wrap;gap:12px}.plots figure{margin:0;width:48%}figcaption{font-size:90%;color:#555}code{background:#f4f4f4;padding:1px 3px}`;
 
 export function indexHtml(r: DemoReport, outDir: string): string {
-  const rel = (file: string) => escapeHtml(path.relative(outDir, file).split(path.sep).join('/'));
+  const rel = (file: string) => {
+    const link = reportLink(outDir, file);
+    return escapeHtml(link.startsWith('/') ? `file://${link}` : link);
+  };
   const link = (file: string, text: string) => `<a href="${rel(file)}">${escapeHtml(text)}</a>`;
   const runs = (['before', 'after'] as const)
     .map((phase) =>
@@ -53,7 +56,10 @@ World: seed ${r.world.seed}, ${r.world.size}×${r.world.size}, ${r.world.counts.
 ${r.tables.map(tableHtml).join('\n')}
 <h2>Reranking runs: galleries and rank-binned analysis</h2>
 ${runs}
-<h2>Joint finetuning</h2>
+<h2>Finetuning arms: (a) none, (d) task losses, (e) Eq. 5</h2>
+<p>${link(path.join(r.arms.dir, 'summary.md'), 'arms report')} · ${link(path.join(r.arms.dir, 'summary.json'), 'JSON')}</p>
+<img class="plot" src="${rel(path.join(r.arms.dir, 'intervals.svg'))}" alt="every measure per arm with its 95 % interval">
+<h2>Joint finetuning (arm e, seed ${r.options.seed})</h2>
 <p>${link(path.join(r.finetune.dir, 'report.md'), 'finetuning report')} · ${link(path.join(r.finetune.dir, 'log.jsonl'), 'log.jsonl')} · exported partial weights: ${exported || 'none'} · finetuned folders: ${link(r.finetune.models.blip, 'BLIP')}, ${link(r.finetune.models.sd, 'Stable Diffusion')}</p>
 <img class="plot" src="${rel(path.join(r.finetune.dir, 'loss-curves.svg'))}" alt="finetuning loss curves">
 <h2>BLIP beam captions of test images, before and after finetuning</h2>

@@ -18,7 +18,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { CaptionEvaluation, evaluateCaptions } from '../eval/captions';
-import { FinetuneResult, finetune, resolveConfig } from '../finetune';
+import { FinetuneResult, StepLog } from '../finetune';
+import { ExperimentReport, MetricResult, runExperiment } from '../experiment';
+import { formatInterval } from '../experiment/stats';
+import { readJsonLines } from '../rerank/jsonl';
+import { TieGainRow } from '../report/ties';
 import { Blip } from '../models/blip';
 import { createProgress } from '../progress';
 import { Report, buildReport } from '../report';
@@ -42,6 +46,26 @@ export type { RerankAttributes } from './world-metrics';
 /** BLIP decoding limit: the world's captions run to 16 words, more than the paper's 20-token COCO limit leaves room for. */
 export const DEMO_MAX_LENGTH = 24;
 export const DEMO_MIN_LENGTH = 5;
+/**
+ * The demo's finetuning settings over the `default` recipe, so that finetuning is a fair test of the
+ * method on the world models (see docs/EXPERIMENTS.md for the measurements): the world BLIP was
+ * pretrained on whole, unflipped images with plain cross-entropy, so the finetuning does the same
+ * (label smoothing 0, no random crop, no flip), instead of changing BLIP's input distribution and
+ * target under it; the UNet side is unchanged (no crop, no flip).
+ */
+export const DEMO_FINETUNE_SETTINGS: Readonly<Record<string, unknown>> = { labelSmoothing: 0, blipMinScale: 1, blipFlip: false };
+
+/** A finished finetuning run folder as a FinetuneResult (log.jsonl, export/). */
+export function readFinetuneRun(dir: string): FinetuneResult {
+  const lines = readJsonLines<StepLog & { validation?: unknown }>(path.join(dir, 'log.jsonl')).filter((l) => typeof l.loss === 'number');
+  const exported: FinetuneResult['exported'] = {};
+  for (const model of ['blip', 'unet'] as const) {
+    const file = path.join(dir, 'export', `${model}.safetensors`);
+    if (fs.existsSync(file)) exported[model] = file;
+  }
+  return { steps: lines.length ? lines[lines.length - 1].step : 0, losses: lines.map((l) => l.loss), logs: lines, exported, interrupted: false, validation: [], rollbacks: [] };
+}
+
 /** Similarity used by each direction (the paper's CLIP choices). */
 export const DEMO_SIMILARITY = { i2t2i: 'clip', t2i2t: 'clip-text' } as const;
 export const PHASES = ['before', 'after'] as const;
@@ -92,6 +116,8 @@ export interface DemoReport {
     change: FinetunedFolders['change'];
     models: { blip: string; sd: string };
   };
+  /** The finetuning arms (a), (d), (e) with intervals (experiment/summary.md). */
+  arms: { dir: string; settings: Record<string, unknown>; seeds: number; statements: string[]; metrics: MetricResult[] };
   phases: Record<Phase, PhaseSummary>;
   tables: DemoTable[];
   statements: string[];
@@ -110,7 +136,7 @@ export interface DemoResult {
 }
 
 /** Folders the demo recreates on every run (the cache, holding the world, is kept). */
-const RUN_FOLDERS = ['runs', 'finetune', 'models'];
+const RUN_FOLDERS = ['runs', 'finetune', 'models', 'experiment'];
 
 /** Marks a folder as the demo's, so a rerun may clear its run folders (and no other folder is ever cleared). */
 export const DEMO_MARKER = '.roundtrip-demo';
@@ -121,11 +147,11 @@ function prepareOutFolder(out: string): void {
     if (!fs.statSync(out).isDirectory()) throw new RoundtripError(`--out: ${out} is a file, not a folder`);
     const names = fs.readdirSync(out);
     if (names.length > 0 && !names.includes(DEMO_MARKER)) {
-      throw new RoundtripError(`--out: ${out} is not empty and was not written by roundtrip demo (no ${DEMO_MARKER}); give a new or empty folder, since the demo replaces its runs/, finetune/ and models/ subfolders`);
+      throw new RoundtripError(`--out: ${out} is not empty and was not written by roundtrip demo (no ${DEMO_MARKER}); give a new or empty folder, since the demo replaces its runs/, experiment/ and models/ subfolders`);
     }
   }
   fs.mkdirSync(out, { recursive: true });
-  writeFileAtomicSync(path.join(out, DEMO_MARKER), 'This folder is written by `roundtrip demo`; a rerun replaces runs/, finetune/, models/ and the report files, and keeps cache/.\n');
+  writeFileAtomicSync(path.join(out, DEMO_MARKER), 'This folder is written by `roundtrip demo`; a rerun replaces runs/, experiment/, models/ and the report files, and keeps cache/.\n');
 }
 
 /** Runs the demo (see the module comment) and writes the report into `options.out`. */
@@ -216,48 +242,52 @@ export async function runDemo(options: DemoOptions, command = 'runDemo()'): Prom
 
   const before = await evaluate('before', { blip: models.blip, sd: models.sd });
 
-  const finetuneDir = path.join(o.out, 'finetune');
   const stepsPerEpoch = Math.floor((o.trainImages * world.manifest.captionsPerImage) / o.batchSize);
   if (stepsPerEpoch < 1) throw new RoundtripError(`--train-images ${o.trainImages} × ${world.manifest.captionsPerImage} captions do not fill one batch of --batch-size ${o.batchSize}`);
-  const config = resolveConfig(
-    {
-      blip: models.blip,
-      sd: models.sd,
-      annotations: path.join(worldDir, WORLD_FILES.train),
-      images: worldDir,
-      output: finetuneDir,
-      device: o.device,
-      seed: o.seed,
-      trainable: { blip: 'xattn-q', unet: 'xattn-q' },
-      objective: 'joint',
-      weights: { cap: 1, recImg: 1, sd: 1, recTxt: 1 },
-      schedule: 'summed',
-      lr: o.lr,
-      batchSize: o.batchSize,
-      maxSteps: o.finetuneSteps,
-      epochs: Math.ceil(o.finetuneSteps / stepsPerEpoch),
-      sdSize: models.world.size,
-      blipSize: models.world.size,
-      prefetch: Math.min(16, 2 * o.batchSize),
-      checkpointEvery: 0,
-      keepLast: 1,
-      validateEvery: 0,
-      progress: !quiet,
-      // The world BLIP was trained and is evaluated without a prompt.
-      prompt: '',
-    },
-    'demo finetuning config',
+  // The finetuning arms (a) no finetuning, (d) L_cap + L_sd, (e) Eq. 5: same data, steps, seeds and
+  // evaluation, with 95 % intervals. Arm (e)'s run with the demo's seed is the finetuned pair evaluated below.
+  const seeds = o.quick ? 2 : 3;
+  const experimentDir = path.join(o.out, 'experiment');
+  const arms = await stage(`finetuning arms (a), (d), (e): ${seeds} seeds × ${o.finetuneSteps} steps of batch ${o.batchSize}, evaluated with 95 % intervals`, () =>
+    runExperiment(
+      {
+        out: experimentDir,
+        cache: o.cache,
+        weights: o.weights,
+        vocab: o.vocab,
+        arms: ['a', 'd', 'e'],
+        seeds,
+        steps: o.finetuneSteps,
+        batchSize: o.batchSize,
+        lr: o.lr,
+        trainImages: o.trainImages,
+        items: o.items,
+        lossItems: Math.min(o.items, 16),
+        sdSteps: o.sdSteps,
+        guidance: o.guidance,
+        recipe: 'default',
+        overrides: { ...DEMO_FINETUNE_SETTINGS },
+        seed: o.seed,
+        replicates: o.quick ? 200 : 2000,
+        device: o.device,
+        quick: o.quick,
+        quiet,
+        stream,
+      },
+      command,
+    ),
   );
-  const tuned = await stage(`joint finetuning (${o.finetuneSteps} steps, batch ${o.batchSize}, all four losses, cross-attention queries trainable)`, () =>
-    finetune(config, { print: (line) => !quiet && stream.write(`${line}\n`) }),
-  );
+  const eRun = arms.report.arms.find((a) => a.name === 'e');
+  if (!eRun || !eRun.runs.length) throw new RoundtripError('the experiment ran no (e) arm');
+  const finetuneDir = path.join(experimentDir, eRun.runs[0]);
+  const tuned = readFinetuneRun(finetuneDir);
   if (!tuned.exported.blip && !tuned.exported.unet) throw new RoundtripError('finetuning exported no weights');
   const folders = await stage('finetuned model folders (exported partial weights merged through the loaders)', () => writeFinetunedFolders({ blip: models.blip, sd: models.sd }, tuned.exported, path.join(o.out, 'models'), o.device));
   const after = await evaluate('after', { blip: folders.blip, sd: folders.sd });
 
   const t0 = Date.now();
-  const tables = buildTables({ before, after }, tuned, o);
-  const statements = buildStatements({ before, after }, tables, o, models);
+  const tables = buildTables({ before, after }, tuned, o, arms.report);
+  const statements = buildStatements({ before, after }, tables, o, models, arms.report);
   timing.push({ stage: 'report', seconds: (Date.now() - t0) / 1000 });
   const seconds = (Date.now() - started) / 1000;
   tables.push({
@@ -283,6 +313,7 @@ export async function runDemo(options: DemoOptions, command = 'runDemo()'): Prom
     options: recorded,
     models,
     world: { dir: worldDir, seed: world.manifest.seed, size: world.manifest.size, counts: world.manifest.counts, reused: world.reused, heldOut: world.manifest.heldOut, novelTestItems: novel },
+    arms: { dir: experimentDir, settings: { recipe: 'default', ...DEMO_FINETUNE_SETTINGS }, seeds, statements: arms.report.statements, metrics: arms.report.metrics },
     finetune: { dir: finetuneDir, steps: tuned.steps, losses: tuned.losses, exported: tuned.exported, change: folders.change, models: { blip: folders.blip, sd: folders.sd } },
     phases: { before: summarize(before), after: summarize(after) },
     tables,
@@ -383,8 +414,28 @@ function baselineStdNote(p: Phases, direction: 'i2t2i' | 't2i2t', metric: string
   return `${metric}: the random baseline varies by ± ${std[0]} (before) / ± ${std[1]} (after) across its seeded picks (std), the scale against which the Δ columns should be read`;
 }
 
-function buildTables(p: Phases, tuned: FinetuneResult, o: DemoOptions): DemoTable[] {
-  const tables: DemoTable[] = [];
+/** The arms table: (a), (d), (e) and the paired differences e − d and e − a with their 95 % intervals. */
+function armsTable(r: ExperimentReport): DemoTable {
+  const get = (m: MetricResult, arm: string) => finiteOrNull(m.arms[arm]?.value);
+  const diff = (m: MetricResult, which: 'vsD' | 'vsA', arm: string) => {
+    const d = m[which][arm];
+    return d ? [finiteOrNull(d.value), finiteOrNull(d.lo), finiteOrNull(d.hi)] : [null, null, null];
+  };
+  return {
+    id: 'arms',
+    title: `Finetuning arms, ${r.options.seeds} seeds each, ${r.options.steps} steps (value; paired differences with 95 % intervals)`,
+    columns: ['(a) no finetuning', '(d) L_cap + L_sd', '(e) Eq. 5', 'e − d', 'e − d: 95 % low', 'e − d: 95 % high', 'e − a', 'e − a: 95 % low', 'e − a: 95 % high'],
+    rows: r.metrics.map((m) => ({ metric: m.label, higherIsBetter: m.higherIsBetter, values: [get(m, 'a'), get(m, 'd'), get(m, 'e'), ...diff(m, 'vsD', 'e'), ...diff(m, 'vsA', 'e')] })),
+    notes: [
+      'the same training data, steps and seeds for (d) and (e); the same test items and sampling noise for every arm; values are means over seeds',
+      'intervals: percentile bootstrap resampling test items and seeds together, paired between arms; an interval that contains 0 means no significant difference',
+      `each arm's own interval: experiment/summary.md; finetuning settings: recipe default with ${JSON.stringify(DEMO_FINETUNE_SETTINGS)}`,
+    ],
+  };
+}
+
+function buildTables(p: Phases, tuned: FinetuneResult, o: DemoOptions, arms: ExperimentReport): DemoTable[] {
+  const tables: DemoTable[] = [armsTable(arms)];
   const i2t2iKey = p.before.i2t2i.report.table.rows[0]?.metric ?? 'CIDEr';
   tables.push({
     id: 'rerank-i2t2i',
@@ -439,7 +490,7 @@ function buildTables(p: Phases, tuned: FinetuneResult, o: DemoOptions): DemoTabl
     notes: [
       'the same test items, seeds and sampling settings before and after; only the cross-attention query weights of BLIP’s text decoder and of the UNet changed',
       'BLIP beam captions: 3 beams, no prompt (the world models were trained without one); metrics PTB-tokenised as cocoeval',
-      'the finetuning’s captioning terms put BLIP’s released prompt “a picture of ” before each caption (lib/finetune has no prompt setting), while the world BLIP was pretrained and is evaluated without a prompt: part of any change in the captions may come from that mismatch',
+      `one run: arm (e) with seed ${o.seed}; finetuned and evaluated without a prompt, as the world BLIP was pretrained; whether a change is more than noise: the arms table`,
     ],
   });
   const terms = Object.keys(tuned.logs[0]?.terms ?? {});
@@ -461,7 +512,7 @@ function buildTables(p: Phases, tuned: FinetuneResult, o: DemoOptions): DemoTabl
     title: `Finetuning losses (mean of the first vs the last ${quarter} step${quarter > 1 ? 's' : ''})`,
     columns: ['first steps', 'last steps', 'Δ'],
     rows: [lossRow('total', (l) => l.loss), ...terms.map((t) => lossRow(t, (l) => l.terms[t as keyof typeof l.terms]))],
-    notes: ['the whole curves: finetune/loss-curves.svg and finetune/log.jsonl'],
+    notes: ['the whole curves: loss-curves.svg and log.jsonl in the (e) run folder'],
   });
   const headline = (label: string, direction: 'i2t2i' | 't2i2t', get: (phase: Phase, pick: 'random' | 'reranked') => number | null | undefined, higherIsBetter: boolean): DemoRow => ({
     metric: `${direction}: ${label}`,
@@ -492,54 +543,77 @@ function buildTables(p: Phases, tuned: FinetuneResult, o: DemoOptions): DemoTabl
 }
 
 /** One plain sentence about a change: its size and whether it is an improvement. */
-function change(what: string, a: number | null, b: number | null, higherIsBetter: boolean): string {
+/** A change without an interval: its size only (no better/worse verdict). */
+function change(what: string, a: number | null, b: number | null): string {
   if (a === null || b === null) return `${what}: not available.`;
   const d = b - a;
-  const verdict = Math.abs(d) < 5e-5 ? 'no change' : (d > 0) === higherIsBetter ? 'better' : 'worse';
-  return `${what}: ${formatValue(a)} → ${formatValue(b)} (Δ ${d >= 0 ? '+' : ''}${formatValue(d)}, ${verdict}).`;
+  return `${what}: ${formatValue(a)} → ${formatValue(b)} (Δ ${d >= 0 ? '+' : ''}${formatValue(d)}; no interval, no verdict).`;
 }
 
-function buildStatements(p: Phases, tables: DemoTable[], o: DemoOptions, models: WorldModels): string[] {
+function buildStatements(p: Phases, tables: DemoTable[], o: DemoOptions, models: WorldModels, arms: ExperimentReport): string[] {
   const out: string[] = [];
   const find = (id: string, metric: string) => tables.find((t) => t.id === id)?.rows.find((r) => r.metric === metric);
+  const tieRow = (phase: Phase, direction: 'i2t2i' | 't2i2t', metric: string): TieGainRow | undefined => p[phase][direction].report.ties.find((t) => t.method === DEMO_SIMILARITY[direction] && t.metric === metric);
+  const gain = (t: TieGainRow | undefined, what: string, higherIsBetter: boolean): string => {
+    if (!t) return `${what}: not available.`;
+    const verdict = !t.gain.significant ? 'no significant difference' : (t.gain.value > 0) === higherIsBetter ? 'better' : 'worse';
+    return `${what}: random ${formatValue(finiteOrNull(t.random))} → reranked ${formatValue(finiteOrNull(t.tieBroken))} (gain ${formatInterval(t.gain, 4)}, ${verdict}; ${t.ties} of ${t.items} items tied, broken by the declared rule).`;
+  };
   for (const phase of PHASES) {
     const label = phase === 'before' ? 'before finetuning' : 'after finetuning';
-    const cider = find('rerank-i2t2i', 'CIDEr');
     const offset = phase === 'before' ? 0 : 3;
-    if (cider) out.push(change(`Reranking BLIP’s ${o.k} sampled captions by reconstruction (i2t2i, ${label}), CIDEr-D random → reranked`, cider.values[offset], cider.values[offset + 1], true));
+    out.push(gain(tieRow(phase, 'i2t2i', 'CIDEr'), `Reranking BLIP’s ${o.k} sampled captions by reconstruction (i2t2i, ${label}), CIDEr-D`, true));
     for (const key of HEADLINE_ATTRIBUTES) {
       const capAttr = find('rerank-i2t2i', `caption attributes: ${ATTRIBUTE_LABELS[key]}`);
-      if (capAttr) out.push(change(`Same, ${ATTRIBUTE_LABELS[key]} accuracy of the captions against the scene`, capAttr.values[offset], capAttr.values[offset + 1], true));
+      if (capAttr) out.push(change(`Same, ${ATTRIBUTE_LABELS[key]} accuracy of the captions against the scene`, capAttr.values[offset], capAttr.values[offset + 1]));
     }
-    const clip = find('rerank-t2i2t', 'CLIP distance (image vs input text)');
-    if (clip) out.push(change(`Reranking ${o.k} Stable Diffusion images by BLIP’s caption (t2i2t, ${label}), CLIP distance image–prompt, random → reranked`, clip.values[offset], clip.values[offset + 1], false));
+    out.push(gain(tieRow(phase, 't2i2t', 'clip_text_image'), `Reranking ${o.k} Stable Diffusion images by BLIP’s caption (t2i2t, ${label}), CLIP distance image–prompt`, false));
     for (const key of HEADLINE_ATTRIBUTES) {
       const imgAttr = find('rerank-t2i2t', `image attributes: ${ATTRIBUTE_LABELS[key]}`);
-      if (imgAttr) out.push(change(`Same, ${ATTRIBUTE_LABELS[key]} accuracy of the images against the prompt’s scene`, imgAttr.values[offset], imgAttr.values[offset + 1], true));
+      if (imgAttr) out.push(change(`Same, ${ATTRIBUTE_LABELS[key]} accuracy of the images against the prompt’s scene`, imgAttr.values[offset], imgAttr.values[offset + 1]));
     }
   }
-  const ft = (metric: string) => find('finetune', metric);
-  const finetuneRows: [string, string][] = [
-    ['BLIP beam captions: CIDEr-D', 'Joint finetuning, BLIP beam-caption CIDEr-D before → after'],
-    ...HEADLINE_ATTRIBUTES.map((key): [string, string] => [`BLIP beam captions: attributes, ${ATTRIBUTE_LABELS[key]}`, `Joint finetuning, ${ATTRIBUTE_LABELS[key]} accuracy of the beam captions`]),
-    ['SD images (random seed): CLIP distance to the prompt', 'Joint finetuning, CLIP distance of SD images to their prompts'],
-    ...HEADLINE_ATTRIBUTES.map((key): [string, string] => [`SD images (random seed): attributes, ${ATTRIBUTE_LABELS[key]}`, `Joint finetuning, ${ATTRIBUTE_LABELS[key]} accuracy of SD images against the prompt’s scene`]),
-  ];
-  for (const [metric, label] of finetuneRows) {
-    const r = ft(metric);
-    if (r) out.push(change(label, r.values[0], r.values[1], r.higherIsBetter !== false));
+  // finetuning: the arms, with intervals (one before/after pair is not evidence)
+  for (const key of ['cider', 'capConsistent', 'clipDistance', 'imgConsistent']) {
+    const m = arms.metrics.find((x) => x.key === key);
+    if (!m) continue;
+    const ed = m.vsD.e;
+    const ea = m.vsA.e;
+    const da = m.vsA.d;
+    out.push(
+      `Finetuning, ${m.label}: (a) ${formatValue(finiteOrNull(m.arms.a?.value))}, (d) ${formatValue(finiteOrNull(m.arms.d?.value))}, (e) ${formatValue(finiteOrNull(m.arms.e?.value))}; ` +
+        `e − d ${ed ? `${formatInterval(ed, 4)} (${ed.verdict})` : 'n/a'}; e − a ${ea ? `${formatInterval(ea, 4)} (${ea.verdict})` : 'n/a'}; d − a ${da ? `${formatInterval(da, 4)} (${da.verdict})` : 'n/a'}.`,
+    );
   }
+  const task = arms.metrics.filter((m) => !['cap', 'sd', 'recImg', 'recTxt'].includes(m.key));
+  const helps = task.filter((m) => m.vsD.e?.verdict === 'better').map((m) => m.label);
+  const hurts = task.filter((m) => m.vsD.e?.verdict === 'worse').map((m) => m.label);
   out.push(
-    `Scale: ${o.items} held-out test images, K = ${o.k}, ${o.sdSteps} DDIM steps at ${models.world.size}×${models.world.size}, ${o.finetuneSteps} finetuning steps of batch ${o.batchSize}; with this few items a difference smaller than the random baseline’s spread (see the notes under Tables 1 and 2) is not evidence either way.`,
+    helps.length
+      ? `At this scale the reconstruction terms help on ${helps.join(', ')} (e vs d, 95 % intervals)${hurts.length ? ` and hurt on ${hurts.join(', ')}` : ''}.`
+      : `At this scale the method does not help: adding the reconstruction terms to the task losses ((e) vs (d), ${arms.options.seeds} seeds × ${arms.options.steps} steps, ${arms.options.items} test images) improves none of the caption or image measures beyond its 95 % interval${hurts.length ? `, and makes ${hurts.join(', ')} worse` : ''}.`,
+  );
+  out.push(
+    `Scale: ${o.items} held-out test images, K = ${o.k}, ${o.sdSteps} DDIM steps at ${models.world.size}×${models.world.size}, ${o.finetuneSteps} finetuning steps of batch ${o.batchSize}. A verdict is given only where a 95 % interval excludes no change; the attribute rows of Tables 1–2 have no interval and get none.`,
   );
   if (models.source !== 'weights') out.push('The world models come from a few-step fallback pretraining (not the shipped weights/): they have barely learned, so none of these numbers says anything about the method.');
   if (p.before.captions.examples.length) out.push(`Example (before → after finetuning): “${p.before.captions.examples[0].caption}” → “${p.after.captions.examples[0].caption}” (reference “${p.before.captions.examples[0].reference}”).`);
   return out;
 }
 
+/**
+ * A link written into a report in `out`: relative when the file is inside the report folder (so the
+ * folder can be moved), absolute otherwise (a relative ../../.. link would break on a move).
+ */
+export function reportLink(out: string, file: string): string {
+  const relative = path.relative(out, file);
+  if (relative.startsWith('..') || path.isAbsolute(relative)) return path.resolve(file).split(path.sep).join('/');
+  return relative.split(path.sep).join('/');
+}
+
 /** summary.md: the statements, every table, and where everything is. */
 function reportMarkdown(r: DemoReport): string {
-  const rel = (file: string) => path.relative(path.dirname(path.join(r.options.out, REPORT_FILES.markdown)), file).split(path.sep).join('/');
+  const rel = (file: string) => reportLink(r.options.out, file);
   const lines = [
     '# roundtrip demo: BLIP and Stable Diffusion on the synthetic world',
     '',
@@ -562,7 +636,8 @@ function reportMarkdown(r: DemoReport): string {
         return `- ${phase}, ${d}: [report](${rel(f.markdown)}), [gallery](${rel(f.gallery)}), ${f.svgs.map((s) => `[${path.basename(s)}](${rel(s)})`).join(', ') || 'no rank plots'}, [results](${rel(r.phases[phase][d].dir)})`;
       }),
     ),
-    `- finetuning: [loss curves](${rel(path.join(r.finetune.dir, 'loss-curves.svg'))}), [report](${rel(path.join(r.finetune.dir, 'report.md'))}), exported ${Object.values(r.finetune.exported).filter(Boolean).map((f) => `[${path.basename(f!)}](${rel(f!)})`).join(', ')}`,
+    `- finetuning arms with intervals: [summary](${rel(path.join(r.arms.dir, 'summary.md'))}), [plot](${rel(path.join(r.arms.dir, 'intervals.svg'))}), [JSON](${rel(path.join(r.arms.dir, 'summary.json'))})`,
+    `- finetuning (arm e, seed ${r.options.seed}): [loss curves](${rel(path.join(r.finetune.dir, 'loss-curves.svg'))}), [report](${rel(path.join(r.finetune.dir, 'report.md'))}), exported ${Object.values(r.finetune.exported).filter(Boolean).map((f) => `[${path.basename(f!)}](${rel(f!)})`).join(', ')}`,
     `- finetuned model folders: [BLIP](${rel(r.finetune.models.blip)}), [SD](${rel(r.finetune.models.sd)})`,
     ...(r.warnings.length ? ['', '## Warnings', '', ...r.warnings.map((w) => `- ${w}`)] : []),
   ];

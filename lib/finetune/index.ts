@@ -9,5 +9,6 @@ export * from './joint-step';
 export * from './data';
 export * from './trainer';
 export * from './report';
+export * from './recipes';
 export { benchFinetune } from './bench';
 export type { BenchOptions, BenchResult, BenchRow } from './bench';

@@ -17,7 +17,7 @@ import { Tensor } from '../tensor';
 import type { AdamW } from '../train/optimizer';
 import type { GradSync } from '../distributed';
 import { bridgeIndex } from './losses';
-import { LOSS_TERMS, LossTerm, ObjectiveOptions, SCHEDULES, SOFT_FRAMINGS, type JointBatch } from './objective';
+import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, ObjectiveOptions, SCHEDULES, SOFT_FRAMINGS, type JointBatch } from './objective';
 
 export interface JointModels {
   blip: Blip;
@@ -88,6 +88,8 @@ export class JointStep {
       rec_txt_mode: opts.recTxtMode,
       rec_txt_normalize: opts.recTxtNormalize ?? true,
       label_smoothing: expectNumber('labelSmoothing', opts.labelSmoothing, { min: 0, max: 1 }),
+      rec_img_route: expectOneOf('routes.recImg', opts.routes?.recImg ?? 'both', GRADIENT_ROUTES),
+      rec_txt_route: expectOneOf('routes.recTxt', opts.routes?.recTxt ?? 'both', GRADIENT_ROUTES),
       clip_start: opts.clipStartId,
       clip_end: opts.clipEndId,
       clip_pad: opts.clipPadId,

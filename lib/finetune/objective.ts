@@ -32,11 +32,26 @@ export function presetWeights(preset: ObjectivePreset): LossWeights {
   return { cap: 1, recImg: 1, sd: 1, recTxt: 1 };
 }
 
+/**
+ * Which trainable model a reconstruction term updates (the paper's Appendix I ablation): 'both' (Eq. 5),
+ * or only 'blip' / only 'unet'. L_rec_img judges BLIP's caption through SD (its own model: BLIP);
+ * L_rec_txt judges SD's image through BLIP (its own model: the UNet). Native: the term's input from the
+ * held-out model is detached, or the held-out model's weights leave the graph while the term runs.
+ */
+export const GRADIENT_ROUTES = ['both', 'blip', 'unet'] as const;
+export type GradientRoute = (typeof GRADIENT_ROUTES)[number];
+export interface ReconstructionRoutes {
+  recImg: GradientRoute;
+  recTxt: GradientRoute;
+}
+
 export const SOFT_FRAMINGS = ['padded', 'release'] as const;
 export type SoftFraming = (typeof SOFT_FRAMINGS)[number];
 
 export interface ObjectiveOptions {
   weights: LossWeights;
+  /** Which model each reconstruction term updates; default both for both terms. */
+  routes?: ReconstructionRoutes;
   schedule: ObjectiveSchedule;
   temperature: number;
   softMode: SoftCaptionMode;

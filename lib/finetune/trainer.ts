@@ -25,13 +25,14 @@ import { ciderD } from '../metrics/cider';
 import { blipPreprocess, preprocessImage } from '../image/preprocess';
 import { loadImage } from '../image/decode';
 import { deriveSeed } from '../image/random';
-import { CLIP_PADDINGS, ClipPadding, LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, encodeCaptions, disposeCaptionBatch, CaptionBatch } from './losses';
-import { LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, SCHEDULES, SOFT_FRAMINGS, SoftFraming, activeTerms, presetWeights } from './objective';
+import { CLIP_PADDINGS, ClipPadding, LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, disposeCaptionBatch, CaptionBatch } from './losses';
+import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, ReconstructionRoutes, SCHEDULES, SOFT_FRAMINGS, SoftFraming, activeTerms, presetWeights } from './objective';
 import type { JointBatch } from './objective';
 import { CLIP_MODES, ClipMode, JointStep } from './joint-step';
-import { TrainItem, epochBatches, microBatchesPerEpoch, readAnnotations } from './data';
+import { FLIP_SIDES, FlipSides, TrainItem, encodeViewCaptions, epochBatches, microBatchesPerEpoch, readAnnotations } from './data';
 import { DataParallel, SilentRunLog } from './distributed';
 import { isMainProcess } from '../distributed';
+import { RECIPES, RecipeName, recipeSettings } from './recipes';
 import { writeReport } from './report';
 import { resolveModelPath } from '../hub/resolve';
 import { readJsonFile } from '../json';
@@ -124,6 +125,16 @@ export interface FinetuneConfig {
   /** BLIP-side image side; 0 (default): the vision config's image_size. */
   blipSize: number;
   blipMinScale: number;
+  /** BLIP view: RandomHorizontalFlip (BLIP's own training and the release). */
+  blipFlip: boolean;
+  /** BLIP view: RandomAugment(2, 5) (BLIP's own training and the release). */
+  blipRandAugment: boolean;
+  /** Captions of flipped views: 'swap' left/right, 'skip' flipping side-naming items, 'keep' (corrupts them). */
+  flipSides: FlipSides;
+  /** Which model each reconstruction term updates (Appendix I ablations); default both. */
+  routes: ReconstructionRoutes;
+  /** The preset the settings started from (lib/finetune/recipes.ts); recorded in every report. */
+  recipe: RecipeName;
   prefetch: number;
   checkpointEvery: number;
   keepLast: number;
@@ -176,6 +187,11 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   sdFlip: false,
   blipSize: 0,
   blipMinScale: 0.5,
+  blipFlip: true,
+  blipRandAugment: false,
+  flipSides: 'swap',
+  routes: { recImg: 'both', recTxt: 'both' },
+  recipe: 'default',
   prefetch: 16,
   checkpointEvery: 1000,
   keepLast: 3,
@@ -196,7 +212,20 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   if (!partial || typeof partial !== 'object' || Array.isArray(partial)) throw invalid(source, 'an object', partial);
   const known = new Set([...Object.keys(DEFAULT_CONFIG), 'blip', 'sd', 'bridge', 'annotations', 'images', 'limit', 'valAnnotations', 'valImages', 'output', 'weights', 'maxSteps', 'resume', 'threads', 'blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip', '$comment', 'comment']);
   for (const k of Object.keys(partial)) if (!known.has(k)) throw new RoundtripError(`${source}: unknown key '${k}' (known: ${[...known].filter((x) => !x.includes('omment')).sort().join(', ')})`);
-  const c = { ...DEFAULT_CONFIG, ...partial, trainable: { ...DEFAULT_CONFIG.trainable, ...((partial.trainable as object) ?? {}) } } as FinetuneConfig;
+  // defaults < the recipe's settings < the caller's keys
+  const recipe = expectOneOf(`${source} 'recipe'`, partial.recipe ?? DEFAULT_CONFIG.recipe, RECIPES);
+  const preset = recipeSettings(recipe) as Record<string, unknown>;
+  for (const key of Object.keys(preset)) {
+    if (!known.has(key)) throw new RoundtripError(`${source}: recipe '${recipe}' sets '${key}', which this build's finetuning does not have yet`);
+  }
+  const c = {
+    ...DEFAULT_CONFIG,
+    ...preset,
+    ...partial,
+    recipe,
+    trainable: { ...DEFAULT_CONFIG.trainable, ...((preset.trainable as object) ?? {}), ...((partial.trainable as object) ?? {}) },
+    routes: { ...DEFAULT_CONFIG.routes, ...((partial.routes as object) ?? {}) },
+  } as FinetuneConfig;
   const k = (name: string) => `${source} '${name}'`;
   for (const name of ['blip', 'sd', 'annotations', 'images', 'output'] as const) expectString(k(name), c[name]);
   if (c.bridge !== undefined) expectString(k('bridge'), c.bridge);
@@ -244,6 +273,13 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectNumber(k('blipMinScale'), c.blipMinScale, { min: 0, max: 1, exclusiveMin: true });
   expectBoolean(k('sdRandomCrop'), c.sdRandomCrop);
   expectBoolean(k('sdFlip'), c.sdFlip);
+  expectBoolean(k('blipFlip'), c.blipFlip);
+  expectBoolean(k('blipRandAugment'), c.blipRandAugment);
+  expectOneOf(k('flipSides'), c.flipSides, FLIP_SIDES);
+  if (typeof c.routes !== 'object' || c.routes === null) throw invalid(k('routes'), 'an object {recImg, recTxt}', c.routes);
+  for (const key of Object.keys(c.routes)) expectOneOf(`${source} 'routes' key`, key, ['recImg', 'recTxt'] as const);
+  expectOneOf(k('routes.recImg'), c.routes.recImg, GRADIENT_ROUTES);
+  expectOneOf(k('routes.recTxt'), c.routes.recTxt, GRADIENT_ROUTES);
   expectBoolean(k('progress'), c.progress);
   expectOneOf(k('precision'), c.precision, ['fp32', 'bf16', 'fp16'] as const);
   expectBoolean(k('gradientCheckpointing'), c.gradientCheckpointing);
@@ -273,6 +309,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
 function objectiveOptions(c: FinetuneConfig, weights: LossWeights, clip = { start: 49406, end: 49407, pad: 49407 }): ObjectiveOptions {
   return {
     weights,
+    routes: c.routes,
     schedule: c.schedule,
     temperature: c.temperature,
     softMode: c.softMode,
@@ -614,7 +651,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   const latentCache = c.cacheLatents ? new LatentCache() : undefined;
   let batches: AsyncGenerator<Awaited<ReturnType<typeof epochBatches> extends AsyncGenerator<infer B> ? B : never>> | undefined;
   const openEpoch = () =>
-    epochBatches(items, { rank: dp.rank, worldSize: dp.worldSize, seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale });
+    epochBatches(items, { rank: dp.rank, worldSize: dp.worldSize, seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale, blipFlip: c.blipFlip, blipRandAugment: c.blipRandAugment, flipSides: c.flipSides });
   const started = Date.now();
   try {
     while (step < totalSteps && !stop.stop) {
@@ -645,7 +682,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
           const next = await batches.next();
           if (next.done) throw new RoundtripError('internal: the epoch ran out of batches');
           const mb = next.value;
-          const captions = encodeCaptions({ blip: m.bert, clip: sd.tokenizer }, mb.items.map((i) => i.caption), { prompt: c.prompt, clipPadding: c.clipPadding });
+          const captions = encodeViewCaptions({ blip: m.bert, clip: sd.tokenizer }, mb, { prompt: c.prompt, clipPadding: c.clipPadding });
           const seed = deriveSeed(c.seed, 3, step, k);
           const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), seed, dp.slots) : undefined;
           // Data-parallel: draws follow the global item, token-mean terms weighted by this rank's token share.

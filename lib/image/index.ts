@@ -9,5 +9,6 @@ export * from './resample';
 export * from './transform';
 export * from './decode';
 export * from './preprocess';
+export * from './randaugment';
 export * from './encode';
 export * from './pool';

@@ -15,7 +15,7 @@
  * applied through a 3×256 lookup table computed with exactly that arithmetic.
  *
  * Order of steps: random-resized-crop | resize → centre crop | random crop → horizontal flip →
- * rescale → normalise. That is the order of transformers' processors and of the torchvision
+ * RandAugment → rescale → normalise. That is the order of transformers' processors and of the torchvision
  * pipelines used by BLIP, DINO and the diffusers training scripts.
  */
 import { promises as fs } from 'fs';
@@ -25,6 +25,7 @@ import { resize } from './resample';
 import { Rng, deriveSeed } from './random';
 import { centerCropRect, crop, flipHorizontal, randomCropRect, randomResizedCropRect, shortestEdgeSize } from './transform';
 import { Float32Tensor, ImageTensor, RgbImage, Uint8Tensor, assertRgbImage } from './types';
+import { RandAugmentConfig, blipRandAugment, randAugment, validateRandAugment } from './randaugment';
 
 export type Triple = [number, number, number];
 
@@ -61,6 +62,8 @@ export interface PreprocessConfig {
   randomCrop: Size | null;
   /** probability of a horizontal flip (0 = never, 0.5 = RandomHorizontalFlip, 1 = always) */
   flipProbability: number;
+  /** BLIP's RandomAugment(N, M) on the uint8 image after the flip (seeded), or null */
+  randAugment: RandAugmentConfig | null;
   rescale: RescaleSpec | null;
   normalize: { mean: Triple; std: Triple } | null;
   /** 'uint8' keeps pixel values (FID Inception input); needs rescale and normalize null */
@@ -76,6 +79,7 @@ const BASE: PreprocessConfig = {
   cropRounding: 'floor',
   randomCrop: null,
   flipProbability: 0,
+  randAugment: null,
   rescale: null,
   normalize: null,
   output: 'float32',
@@ -103,16 +107,18 @@ export function blipOriginalPreprocess(size = 384): PreprocessConfig {
 }
 
 /**
- * BLIP's own training transform (salesforce/BLIP `transform_train` without RandomAugment):
- * RandomResizedCrop(size, scale=(minScale, 1), bicubic), RandomHorizontalFlip, ToTensor, CLIP mean/std.
+ * BLIP's own training transform (salesforce/BLIP `transform_train`): RandomResizedCrop(size,
+ * scale=(minScale, 1), bicubic), RandomHorizontalFlip (`flip`, default on), RandomAugment(2, 5)
+ * (`randAugment`, default off), ToTensor, CLIP mean/std.
  */
-export function blipTrainPreprocess(size = 384, minScale = 0.5): PreprocessConfig {
+export function blipTrainPreprocess(size = 384, minScale = 0.5, options: { flip?: boolean; randAugment?: boolean } = {}): PreprocessConfig {
   return {
     ...BASE,
     name: 'blip-train',
     resample: Resample.BICUBIC,
     randomResizedCrop: { height: size, width: size, scale: [minScale, 1], ratio: [3 / 4, 4 / 3] },
-    flipProbability: 0.5,
+    flipProbability: options.flip === false ? 0 : 0.5,
+    randAugment: options.randAugment ? blipRandAugment() : null,
     rescale: { op: 'divide', divisor: 255 },
     normalize: { mean: [...CLIP_MEAN], std: [...CLIP_STD] },
   };
@@ -268,6 +274,7 @@ export function validatePreprocessConfig(config: PreprocessConfig): PreprocessCo
     cropRounding: expectOneOf(at('cropRounding'), c.cropRounding ?? 'floor', ['floor', 'round-half-even'] as const),
     randomCrop,
     flipProbability: expectNumber(at('flipProbability'), c.flipProbability ?? 0, { min: 0, max: 1 }),
+    randAugment: c.randAugment === null || c.randAugment === undefined ? null : validateRandAugment(at('randAugment'), c.randAugment),
     rescale,
     normalize,
     output,
@@ -276,7 +283,7 @@ export function validatePreprocessConfig(config: PreprocessConfig): PreprocessCo
 
 /** True when the recipe draws random numbers (and so needs an Rng). */
 export function isRandom(config: PreprocessConfig): boolean {
-  return config.randomResizedCrop !== null || config.randomCrop !== null || (config.flipProbability > 0 && config.flipProbability < 1);
+  return config.randomResizedCrop !== null || config.randomCrop !== null || (config.flipProbability > 0 && config.flipProbability < 1) || (config.randAugment !== null && config.randAugment.n > 0);
 }
 
 /** Output [height, width] of a recipe for a given input size. */
@@ -351,6 +358,7 @@ export function applyGeometry(image: RgbImage, recipe: PreprocessConfig, rng?: R
   if (config.flipProbability >= 1 || (config.flipProbability > 0 && (rng as Rng).bernoulli(config.flipProbability))) {
     img = flipHorizontal(img);
   }
+  if (config.randAugment && config.randAugment.n > 0) img = randAugment(img, config.randAugment, rng as Rng);
   return img;
 }
 

@@ -129,8 +129,12 @@ export type BlipSize = 'base' | 'large';
 /**
  * Name of an original salesforce/BLIP key in transformers' layout (the renames of transformers'
  * `convert_blip_original_pytorch_to_hf.py`); keys already in transformers' layout come back unchanged.
+ * Files saved from a multi-GPU run carry DDP's `module.` prefix (dropped), and a text decoder's own state dict
+ * (`model.text_decoder.state_dict()`, as the paper release saves it) has no `text_decoder.` prefix (added).
  */
 export function originalBlipKeyToHf(key: string): string {
+  if (key.startsWith('module.')) key = key.slice('module.'.length);
+  if (key.startsWith('bert.') || key.startsWith('cls.')) return 'text_decoder.' + key;
   if (!key.startsWith('visual_encoder.')) return key;
   let k = key.slice('visual_encoder.'.length);
   if (k === 'cls_token') return 'vision_model.embeddings.class_embedding';

@@ -5,23 +5,30 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { RoundtripError } from '../errors';
 import { checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../fsutil';
 import { ItemRecord, RunSettings } from '../rerank/types';
 import { galleryHtml } from './gallery';
 import { LoadedRuns, loadRuns } from './load';
-import { RankAnalysis, SummaryOptions, SummaryTable, captionTable, imageTable, rankAnalysis } from './summary';
+import { ImageFeatureFn, RankAnalysis, SummaryOptions, SummaryTable, captionTable, fidIsByRank, imageTable, rankAnalysis } from './summary';
 import { linePlotSvg } from './svg';
+import { TieGainRow, tieGainMarkdown, tieGainTable } from './ties';
+import { NOCAPS_DOMAINS, readNocapsDomains, splitByDomain } from './domains';
 
 export * from './load';
 export * from './summary';
 export * from './svg';
 export * from './gallery';
+export * from './ties';
+export * from './domains';
 
 export interface ReportOptions extends SummaryOptions {
   /** Output folder; default `<first dir>/report`. */
   out?: string;
   /** Items in the gallery (default 100). */
   galleryItems?: number;
+  /** NoCaps annotation file (images[].domain): Table 1 split in-domain / near-domain / out-domain. */
+  nocapsDomains?: string;
 }
 
 export interface Report {
@@ -31,6 +38,10 @@ export interface Report {
   sources: LoadedRuns['sources'];
   table: SummaryTable;
   ranks: RankAnalysis;
+  /** Ties counted and broken by the declared rule; the reranked-vs-random gain with a paired interval. */
+  ties: TieGainRow[];
+  /** Table 1 per NoCaps domain (with --nocaps-domains). */
+  domains?: { domain: string; items: number; table: SummaryTable }[];
   files: { json: string; markdown: string; ranksJson: string; svgs: string[]; gallery: string; merged: string };
 }
 
@@ -97,8 +108,38 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
   const leftovers = cleanTempLeftovers(out, 1);
   if (leftovers.length) process.stderr.write(`report: removed ${leftovers.length} temporary file(s) left by an interrupted write in ${out}\n`);
   const header = describeSettings(settings, records.length, sources);
+  // Inception features are computed once per file list (Table 2 and the by-rank panels ask for the same sets)
+  if (opts.imageFeatures) {
+    const compute = opts.imageFeatures;
+    const memo = new Map<string, ReturnType<ImageFeatureFn>>();
+    const cached: ImageFeatureFn = (files) => {
+      const key = files.join('\n');
+      if (!memo.has(key)) memo.set(key, compute(files));
+      return memo.get(key)!;
+    };
+    opts = { ...opts, imageFeatures: cached };
+  }
   const table = settings.direction === 'i2t2i' ? await captionTable(settings, records, opts) : await imageTable(settings, records, opts);
   const ranks = rankAnalysis(settings, records);
+  if (opts.imageFeatures && settings.direction === 't2i2t' && records.length >= 2) {
+    const byRank = await fidIsByRank(settings, records, opts.imageFeatures);
+    Object.assign(ranks.means, byRank.means);
+    Object.assign(ranks.counts, byRank.counts);
+    Object.assign(ranks.lowerIsBetter, byRank.lowerIsBetter);
+  }
+  const ties = tieGainTable(settings, records, { seed: settings.seed });
+  let domains: Report['domains'];
+  const domainNotes: string[] = [];
+  if (opts.nocapsDomains) {
+    if (settings.direction !== 'i2t2i') throw new RoundtripError('--nocaps-domains: the domain split is of Table 1 (i2t2i caption metrics); this run is t2i2t');
+    const split = splitByDomain(records, readNocapsDomains(opts.nocapsDomains));
+    domains = [];
+    for (const d of [...NOCAPS_DOMAINS, ...[...split.groups.keys()].filter((k) => !(NOCAPS_DOMAINS as readonly string[]).includes(k))]) {
+      const group = split.groups.get(d);
+      if (group?.length) domains.push({ domain: d, items: group.length, table: await captionTable(settings, group, { ...opts, spice: false }) });
+    }
+    if (split.unknown) domainNotes.push(`${split.unknown} item(s) have no domain in ${opts.nocapsDomains}`);
+  }
   const files: Report['files'] = {
     json: path.join(out, 'summary.json'),
     markdown: path.join(out, 'summary.md'),
@@ -107,7 +148,7 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
     gallery: path.join(out, 'gallery.html'),
     merged: path.join(out, 'results.merged.jsonl'),
   };
-  writeFileAtomicSync(files.json, JSON.stringify({ settings, header, items: records.length, sources, table }, null, 2) + '\n');
+  writeFileAtomicSync(files.json, JSON.stringify({ settings, header, items: records.length, sources, table, ties, domains }, null, 2) + '\n');
   writeFileAtomicSync(files.ranksJson, JSON.stringify({ settings, header, ...ranks }, null, 2) + '\n');
   for (const [metric, byMethod] of Object.entries(ranks.means)) {
     const file = path.join(out, `rank-${metric.replace(/[^A-Za-z0-9_-]+/g, '_')}.svg`);
@@ -118,10 +159,10 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
     writeFileAtomicSync(file, svg);
     files.svgs.push(file);
   }
-  const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), ranksMarkdown(ranks, settings.similarity)].join('\n');
+  const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), tieGainMarkdown(ties), ...(domains ?? []).map((d) => tableMarkdown({ ...d.table, title: `${d.table.title} — NoCaps ${d.domain} (${d.items} items)` }, settings.similarity)), ...domainNotes.map((n) => `- ${n}\n`), ranksMarkdown(ranks, settings.similarity)].join('\n');
   writeFileAtomicSync(files.markdown, md);
   writeFileAtomicSync(files.gallery, galleryHtml(settings, records, out, header, opts.galleryItems ?? 100));
   // the merged records, image paths relative to the report folder
   writeFileAtomicSync(files.merged, records.map((r: ItemRecord) => JSON.stringify({ ...r, candidates: r.candidates.map((c) => ({ ...c, image: path.relative(out, c.image).split(path.sep).join('/') })) })).join('\n') + '\n');
-  return { out, settings, items: records.length, sources, table, ranks, files };
+  return { out, settings, items: records.length, sources, table, ranks, ties, domains, files };
 }

@@ -257,3 +257,52 @@ export function rankAnalysis(settings: RunSettings, records: ItemRecord[]): Rank
   }
   return { k, means, counts, lowerIsBetter };
 }
+
+/**
+ * FID and IS of the candidates at each reconstruction rank (Figure 4's image panels): for rank r and a
+ * method, the set of every item's rank-r candidate; FID against the items' real images (when every item
+ * has one), IS over that set. Merged into the rank analysis (means['FID'], means['IS']).
+ */
+export async function fidIsByRank(settings: RunSettings, records: ItemRecord[], imageFeatures: ImageFeatureFn): Promise<Pick<RankAnalysis, 'means' | 'counts' | 'lowerIsBetter'>> {
+  const k = settings.k;
+  const feats = await imageFeatures(records.flatMap((r) => r.candidates.map((c) => c.image)));
+  const offsets: number[] = [];
+  let o = 0;
+  for (const r of records) {
+    offsets.push(o);
+    o += r.candidates.length;
+  }
+  const stack = (rowsIn: Float32Array[]) => {
+    const d = rowsIn[0].length;
+    const out = new Float32Array(rowsIn.length * d);
+    rowsIn.forEach((x, i) => out.set(x, i * d));
+    return { data: out, n: rowsIn.length, d };
+  };
+  const atRank = (method: string, rank: number, which: 'pool3' | 'logits') =>
+    records.map((r, i) => feats[which][offsets[i] + r.candidates.findIndex((c) => c.rank[method] === rank)]);
+  const means: RankAnalysis['means'] = { IS: {} };
+  const counts: RankAnalysis['counts'] = { IS: records.length };
+  const lowerIsBetter: RankAnalysis['lowerIsBetter'] = { IS: false };
+  const splits = Math.min(10, records.length);
+  let realStats: FidStatistics | undefined;
+  if (records.length >= 2 && records.every((r) => r.realImage)) {
+    const real = stack((await imageFeatures(records.map((r) => r.realImage!))).pool3);
+    realStats = fidStatistics(real.data, real.n, real.d);
+    means.FID = {};
+    counts.FID = records.length;
+    lowerIsBetter.FID = true;
+  }
+  for (const m of settings.similarity) {
+    means.IS[m] = [];
+    if (realStats) means.FID[m] = [];
+    for (let rank = 1; rank <= k; rank++) {
+      const l = stack(atRank(m, rank, 'logits'));
+      means.IS[m].push(inceptionScore(l.data, l.n, l.d, { splits }).mean);
+      if (realStats) {
+        const g = stack(atRank(m, rank, 'pool3'));
+        means.FID[m].push(frechetDistance(fidStatistics(g.data, g.n, g.d), realStats).fid);
+      }
+    }
+  }
+  return { means, counts, lowerIsBetter };
+}

@@ -19,8 +19,14 @@ export interface BertOptions {
   maxInputCharsPerWord?: number;
   /** Append BLIP's `[DEC]` and `[ENC]` when the vocabulary lacks them. Default true. */
   blipTokens?: boolean;
-  /** Id used for padding. Default: the id of [PAD]. */
+  /** Id used for padding. Default: the id of `padToken`. */
   padId?: number;
+  /**
+   * The padding token (default `[PAD]`). When the vocabulary lacks it, it is appended as an added special token
+   * (id = vocabulary size, before BLIP's `[DEC]`/`[ENC]`), as transformers' tokenizer __init__ adds missing
+   * special tokens.
+   */
+  padToken?: string;
   /** Default maximum sequence length. Default 512. */
   modelMaxLength?: number;
 }
@@ -83,6 +89,11 @@ export class BertTokenizer implements Tokenizer {
     this.tokens.forEach((t, i) => {
       if (!this.vocab.has(t)) this.vocab.set(t, i);
     });
+    const padToken = options.padToken ?? '[PAD]';
+    if (options.padId === undefined && !this.vocab.has(padToken)) {
+      this.vocab.set(padToken, this.tokens.length);
+      this.tokens.push(padToken);
+    }
     if (options.blipTokens ?? true) {
       for (const t of ['[DEC]', '[ENC]']) {
         if (!this.vocab.has(t)) {
@@ -102,11 +113,11 @@ export class BertTokenizer implements Tokenizer {
     this.maskId = this.vocab.get('[MASK]');
     this.decId = this.vocab.get('[DEC]');
     this.encId = this.vocab.get('[ENC]');
-    this.padId = options.padId ?? need('[PAD]');
+    this.padId = options.padId ?? need(padToken);
     this.modelMaxLength = options.modelMaxLength ?? 512;
     this.maxInputCharsPerWord = options.maxInputCharsPerWord ?? 100;
     this.vocabSize = this.tokens.length;
-    const specials = new Set<string>(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '[DEC]', '[ENC]', ...specialTokens]);
+    const specials = new Set<string>([padToken, '[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '[DEC]', '[ENC]', ...specialTokens]);
     const present = [...specials].filter((t) => this.vocab.has(t));
     for (const t of present) this.specialIds.add(this.vocab.get(t)!);
     // Longest first, so that at one position the longest special token wins (HF's trie does this).

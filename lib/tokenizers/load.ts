@@ -175,11 +175,8 @@ export function loadBertTokenizer(dirArg: string): BertTokenizer {
   } else {
     throw new RoundtripError(`tokenizer folder ${dir}: missing ${BERT_VOCAB_FILE} (or a WordPiece ${HF_TOKENIZER_FILE}) for a BERT tokenizer`);
   }
-  const padId = resolvePadId((t) => {
-    const i = tokens.indexOf(t);
-    return i < 0 ? undefined : i;
-  }, config);
-  return new BertTokenizer(tokens, { maxInputCharsPerWord: maxChars, modelMaxLength: config.modelMaxLength, padId }, specials);
+  // A pad token missing from the vocabulary is appended by the tokenizer, as transformers adds missing specials.
+  return new BertTokenizer(tokens, { maxInputCharsPerWord: maxChars, modelMaxLength: config.modelMaxLength, padToken: config.padToken }, specials);
 }
 
 /** Reads `vocab.json` (token -> id). */

@@ -77,16 +77,8 @@ export class TorchTensor {
    * @param handle an open handle of `file` to read through (saves an open per tensor when reading many).
    */
   async readContiguous(handle?: fs.promises.FileHandle): Promise<Buffer> {
-    const elementSize = DTYPE_SIZES[this.dtype];
-    const count = this.numel;
-    if (count === 0) return Buffer.alloc(0);
-    if (count * elementSize > MAX_BUFFER_BYTES) {
-      throw new RoundtripError(`${this.file}: a ${this.dtype} tensor of shape [${this.shape}] is too large to read into one buffer (${count * elementSize} bytes)`);
-    }
-    let last = 0;
-    for (let d = 0; d < this.shape.length; d++) last += (this.shape[d] - 1) * this.stride[d];
-    const spanBytes = (last + 1) * elementSize;
-    const position = this.storage.fileOffset + this.storageOffset * elementSize;
+    const { position, spanBytes } = this.span();
+    if (spanBytes === 0) return Buffer.alloc(0);
     let span: Buffer;
     if (handle) {
       span = await readExactlyAsync(handle, this.file, position, spanBytes);
@@ -98,6 +90,36 @@ export class TorchTensor {
         await own.close();
       }
     }
+    return this.finish(span);
+  }
+
+  /** `readContiguous` without the event loop, for small tensors read where an API is synchronous (bridge files). */
+  readContiguousSync(): Buffer {
+    const { position, spanBytes } = this.span();
+    if (spanBytes === 0) return Buffer.alloc(0);
+    const fd = fs.openSync(this.file, 'r');
+    try {
+      return this.finish(readExactly(fd, this.file, position, spanBytes));
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /** File position and byte length of the storage span the view touches (0 bytes for an empty tensor). */
+  private span(): { position: number; spanBytes: number } {
+    const elementSize = DTYPE_SIZES[this.dtype];
+    const count = this.numel;
+    if (count === 0) return { position: 0, spanBytes: 0 };
+    if (count * elementSize > MAX_BUFFER_BYTES) {
+      throw new RoundtripError(`${this.file}: a ${this.dtype} tensor of shape [${this.shape}] is too large to read into one buffer (${count * elementSize} bytes)`);
+    }
+    let last = 0;
+    for (let d = 0; d < this.shape.length; d++) last += (this.shape[d] - 1) * this.stride[d];
+    return { position: this.storage.fileOffset + this.storageOffset * elementSize, spanBytes: (last + 1) * elementSize };
+  }
+
+  private finish(span: Buffer): Buffer {
+    const elementSize = DTYPE_SIZES[this.dtype];
     if (this.bigEndian && elementSize > 1) swapBytes(span, elementSize);
     if (isRowMajor(this.shape, this.stride)) return span;
     return gather(span, this.shape, this.stride, elementSize);
@@ -329,6 +351,11 @@ function tensorBuilder(file: string, bigEndian: () => boolean) {
  *   short storage records, tensors beyond their storage, truncated or compressed archives, unknown formats.
  */
 export async function readTorchFile(path: string): Promise<TorchFile> {
+  return readTorchFileSync(path);
+}
+
+/** `readTorchFile` for synchronous callers (the whole open is synchronous; only tensor reads may be async). */
+export function readTorchFileSync(path: string): TorchFile {
   let fd: number;
   try {
     fd = fs.openSync(path, 'r');
@@ -467,7 +494,15 @@ export interface StateDict {
   readonly skipped: string[];
   /** The wrapper key the state dict was found under (`model`, `state_dict`, …), or null for a plain dict. */
   readonly wrapper: string | null;
+  /**
+   * What the file holds at the top: a dict (a state dict), a bare tensor (named `BARE_TENSOR_NAME`, e.g. the
+   * paper release's `reindex.pth`), or a list/tuple of tensors or dicts (entries named by index: `0`, `1.w`, …).
+   */
+  readonly top: 'dict' | 'tensor' | 'sequence';
 }
+
+/** The name a checkpoint that is one bare tensor gets in its StateDict. */
+export const BARE_TENSOR_NAME = 'tensor';
 
 const WRAPPER_KEYS = ['state_dict', 'model', 'module', 'model_state_dict', 'net'];
 const MAX_NESTING = 64;
@@ -496,7 +531,18 @@ function containsTensor(value: PyValue, memo: Map<PyDict, boolean>): boolean {
  * (Lightning), a plain dict — and flattens nested dicts to dotted names.
  */
 export function stateDictOf(value: PyValue, file = 'checkpoint'): StateDict {
-  if (!(value instanceof PyDict)) throw new RoundtripError(`${file}: expected a dict of tensors at the top level, got ${describeValue(value)}`);
+  if (value instanceof TorchTensor) return { tensors: new Map([[BARE_TENSOR_NAME, value]]), skipped: [], wrapper: null, top: 'tensor' };
+  if (Array.isArray(value)) {
+    // A list/tuple of tensors (or of state dicts): its entries become a dict named by index, as ModuleList keys.
+    const asDict = new PyDict('dict');
+    value.forEach((v, i) => asDict.set(String(i), v));
+    const sd = stateDictOf(asDict, file);
+    if (sd.wrapper !== null || !sd.tensors.size) {
+      throw new RoundtripError(`${file}: a list/tuple at the top level must hold tensors or dicts of tensors, got ${describeValue(value)}`);
+    }
+    return { ...sd, top: 'sequence' };
+  }
+  if (!(value instanceof PyDict)) throw new RoundtripError(`${file}: expected a tensor, a dict of tensors or a list of tensors at the top level, got ${describeValue(value)}`);
   let root: PyDict = value;
   let wrapper: string | null = null;
   // A dict with tensors of its own is the state dict itself (its "model.*" sub-dicts are modules, not wrappers).
@@ -533,5 +579,5 @@ export function stateDictOf(value: PyValue, file = 'checkpoint'): StateDict {
     onPath.delete(dict);
   };
   visit(root, '', 0);
-  return { tensors, skipped, wrapper };
+  return { tensors, skipped, wrapper, top: 'dict' };
 }

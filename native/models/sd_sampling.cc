@@ -52,6 +52,10 @@ TensorMap guided_sample(const EpsModel& eps, const TensorMap& in, const json& op
   auto sched = make_scheduler(opt<std::string>(options, "scheduler", ""), sched_cfg);
   const int64_t steps = opt<int64_t>(options, "steps", 50);
   sched->set_timesteps(steps);
+  // img2img: start at the strength's index (StableDiffusionImg2ImgPipeline.get_timesteps) from noised init latents.
+  const bool img2img = in.count("init_latents") > 0;
+  if (img2img) sched->set_timesteps(steps, sched->img2img_begin_index(opt<double>(options, "strength", 0.8)));
+  const int64_t begin = sched->begin_index;
   const int64_t n = sched->timesteps.size(0);
   at::Tensor replay;
   if (in.count("variance_noise")) {
@@ -63,10 +67,18 @@ TensorMap guided_sample(const EpsModel& eps, const TensorMap& in, const json& op
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(opt<int64_t>(options, "seed", 0)));
   const bool record = opt<bool>(options, "record", false);
 
-  // 1. Start from N(0,1)·init_noise_sigma.
-  at::Tensor latents = latents0 * sched->init_noise_sigma;
+  // 1. Start from N(0,1)·init_noise_sigma, or (img2img) from the init latents noised to the first timestep.
+  at::Tensor latents;
+  if (img2img) {
+    const at::Tensor init = in.at("init_latents").to(device, dtype);
+    if (init.sizes() != latents0.sizes())
+      throw Error("sample: init_latents " + shape_str(init.sizes()) + " and latents " + shape_str(latents0.sizes()) + " differ in shape");
+    latents = sched->add_noise(init, latents0, sched->timesteps.slice(0, begin, begin + 1).repeat({latents0.size(0)}));
+  } else {
+    latents = latents0 * sched->init_noise_sigma;
+  }
   std::vector<at::Tensor> lat_steps{latents}, eu_steps, ec_steps, e_steps, noise_steps;
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = begin; i < n; ++i) {
     // 2. Scale, guided ε at t (a 0-d tensor broadcast over the batch), scheduler step.
     at::Tensor t = sched->timesteps[i];
     at::Tensor x = sched->scale_model_input(latents, i);
@@ -108,12 +120,17 @@ struct SchedulerModel : Model {
   TensorMap call(const std::string& method, const TensorMap& in, const json& o) override {
     if (method == "set_timesteps") {
       if (!o.contains("steps")) throw Error("scheduler.set_timesteps: option 'steps' is required");
+      // The run's first step: `begin`, or the img2img index of `strength`.
       sched->set_timesteps(opt<int64_t>(o, "steps", 50));
+      if (o.contains("strength")) sched->set_timesteps(opt<int64_t>(o, "steps", 50), sched->img2img_begin_index(opt<double>(o, "strength", 1.0)));
+      else if (o.contains("begin")) sched->set_timesteps(opt<int64_t>(o, "steps", 50), opt<int64_t>(o, "begin", 0));
       gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(opt<int64_t>(o, "seed", 0)));
       TensorMap out{{"timesteps", sched->timesteps.clone()},
                     {"init_noise_sigma", torch::tensor(static_cast<float>(sched->init_noise_sigma))},
                     {"alphas_cumprod", sched->alphas_cumprod.clone()},
-                    {"betas", sched->betas.clone()}};
+                    {"betas", sched->betas.clone()},
+                    {"begin_index", torch::tensor(sched->begin_index)},
+                    {"order", torch::tensor(sched->order)}};
       if (sched->sigmas.defined()) out["sigmas"] = sched->sigmas.clone();
       return out;
     }

@@ -80,12 +80,19 @@ JointConfig JointConfig::from(const json& c) {
   one_of("rec_txt_mode", k.rec_txt_mode, {"x0", "ddpm-step"});
   k.rec_txt_normalize = opt<bool>(c, "rec_txt_normalize", k.rec_txt_normalize);
   k.label_smoothing = opt<double>(c, "label_smoothing", k.label_smoothing);
+  k.rec_img_route = opt<std::string>(c, "rec_img_route", k.rec_img_route);
+  one_of("rec_img_route", k.rec_img_route, {"both", "blip", "unet"});
+  k.rec_txt_route = opt<std::string>(c, "rec_txt_route", k.rec_txt_route);
+  one_of("rec_txt_route", k.rec_txt_route, {"both", "blip", "unet"});
   k.clip_start = opt<int64_t>(c, "clip_start", k.clip_start);
   k.clip_end = opt<int64_t>(c, "clip_end", k.clip_end);
   k.clip_pad = opt<int64_t>(c, "clip_pad", k.clip_pad);
   k.vision_trainable = opt<bool>(c, "vision_trainable", false);
   k.blip_image_size = opt<int64_t>(c, "blip_image_size", k.blip_image_size);
   k.gradient_checkpointing = opt<bool>(c, "gradient_checkpointing", false);
+  // a checkpointed block recomputes its forward in backward, after a route has given the weights back their grad
+  if (k.gradient_checkpointing && (k.rec_img_route != "both" || k.rec_txt_route != "both"))
+    throw Error("joint step: rec_img_route / rec_txt_route other than 'both' cannot be combined with gradient checkpointing");
   k.latent_channels = opt<int64_t>(c, "latent_channels", k.latent_channels);
   k.vae_factor = opt<int64_t>(c, "vae_factor", k.vae_factor);
   if (k.latent_channels < 1 || k.vae_factor < 1) throw Error("joint step: latent_channels and vae_factor must be positive");
@@ -370,6 +377,25 @@ at::Tensor JointObjective::sd_to_blip_pixels(const at::Tensor& images) {
   return resized.mul(scale).add(shift);
 }
 
+namespace {
+// Keeps a model's trainable weights out of the graph while alive: a reconstruction term routed to the other
+// model (Appendix I) still passes gradients through this model's activations, but not into its weights.
+struct FreezeWeights {
+  std::vector<at::Tensor> frozen;
+  explicit FreezeWeights(torch::nn::Module* m) {
+    if (!m) return;
+    for (auto& p : m->parameters())
+      if (p.requires_grad()) {
+        p.set_requires_grad(false);
+        frozen.push_back(p);
+      }
+  }
+  ~FreezeWeights() {
+    for (auto& p : frozen) p.set_requires_grad(true);
+  }
+};
+}  // namespace
+
 TensorMap JointObjective::forward(const MicroBatch& mb, int64_t step) {
   AutocastScope amp(cfg.autocast);
   slot_offset_ = mb.slot_offset;
@@ -394,6 +420,8 @@ TensorMap JointObjective::forward(const MicroBatch& mb, int64_t step) {
   if (has(kCap)) out["cap"] = mb.token_scale != 1 ? caption_loss(logits, mb.blip_labels) * mb.token_scale : caption_loss(logits, mb.blip_labels);
   if (has(kRecImg)) {
     at::Tensor P = soft_caption(logits, mb);
+    if (cfg.rec_img_route == "unet") P = P.detach();  // only the UNet: BLIP's soft caption enters as a constant
+    FreezeWeights freeze(cfg.rec_img_route == "blip" ? models.unet.get() : nullptr);
     at::Tensor ehs = text.call("text", {{"soft_tokens", P}}, call_opts).at("last_hidden_state");
     out["recImg"] = denoise(latents, ehs, mb.seed + 1).loss;
   }
@@ -406,7 +434,10 @@ TensorMap JointObjective::forward(const MicroBatch& mb, int64_t step) {
     Denoised d = denoise(latents, ehs, mb.seed + 2);
     if (has(kSd)) out["sd"] = d.loss;
     if (has(kRecTxt)) {
-      at::Tensor x0 = clean_estimate(d, mb.seed + 3);
+      Denoised routed = d;
+      if (cfg.rec_txt_route == "blip") routed.prediction = d.prediction.detach();  // only BLIP: SD's estimate is a constant
+      FreezeWeights freeze(cfg.rec_txt_route == "unet" ? models.blip.get() : nullptr);
+      at::Tensor x0 = clean_estimate(routed, mb.seed + 3);
       at::Tensor decoded = vae.call("decode", {{"z", to_4d(vae, x0)}}, json{{"scaled", true}}).at("image");
       at::Tensor pixels = sd_to_blip_pixels(decoded.to(models.blip->device()));
       out["recTxt"] = caption_loss(blip_logits(models.blip->call("vision", {{"pixel_values", pixels}}, call_opts).at("last_hidden_state"), mb), mb.blip_labels);

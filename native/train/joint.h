@@ -38,6 +38,8 @@ struct JointConfig {
   std::string rec_txt_mode = "x0";        // x0: DDPM eq. 15; ddpm-step: the release's DDPM step on the clean latents
   bool rec_txt_normalize = true;          // CLIP mean/std on the decoded estimate (the release feeds [-1, 1] pixels)
   double label_smoothing = 0.1;
+  // Which model each reconstruction term updates (Appendix I): both, blip or unet.
+  std::string rec_img_route = "both", rec_txt_route = "both";
   int64_t clip_start = 49406, clip_end = 49407, clip_pad = 49407;
   bool vision_trainable = false;
   int64_t blip_image_size = 384;

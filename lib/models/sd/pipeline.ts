@@ -7,7 +7,11 @@ import { hfWeightFiles } from '../../weights/files';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectString, invalid } from '../../errors';
+import { loadImage } from '../../image/decode';
 import { savePng } from '../../image/encode';
+import { preprocessImage, sdVaePreprocess } from '../../image/preprocess';
+import { Resample } from '../../image/resample';
+import type { RgbImage } from '../../image/types';
 import { Autocast, NativeModel } from '../../model';
 import { Tensor, disposeAll, noGrad } from '../../tensor';
 import { ClipTokenizer } from '../../tokenizers/clip';
@@ -16,8 +20,22 @@ import { Scheduler, SchedulerName, schedulerName } from './schedulers';
 import { readJsonFile } from '../../json';
 
 const readJsonObject = (file: string): Record<string, any> => readJsonFile(file, { object: true });
+import { SINGLE_FILE_EXTENSIONS, SingleFileConfigOverrides, SingleFileConfigs, asSafetensorsFiles, isSingleFileCheckpoint, openSingleFile } from './single-file';
 import { UNet } from './unet';
 import { VAE } from './vae';
+
+/** The CLIP BPE tokenizer single-file checkpoints use unless told otherwise (openai/clip-vit-large-patch14's vocabulary). */
+export const DEFAULT_CLIP_TOKENIZER = path.join(path.resolve(__dirname, '..', '..', '..'), 'weights', 'world-sd', 'tokenizer');
+
+export interface PipelineLoadOptions {
+  device?: string;
+  /** Trained tensors merged over the base weights (.safetensors, or .pth/.ckpt converted on the fly). */
+  partial?: { unet?: string[]; vae?: string[]; textEncoder?: string[] };
+  /** Single files: config overrides (a folder with unet_config.json etc., or objects). */
+  configs?: SingleFileConfigOverrides;
+  /** Single files: the CLIP tokenizer folder (default DEFAULT_CLIP_TOKENIZER). */
+  tokenizer?: string;
+}
 
 /** Weight file names of a diffusers component folder, in order of preference. */
 export const WEIGHT_FILE_NAMES = [
@@ -63,6 +81,13 @@ export interface GenerateOptions {
   batch?: number;
   /** Called after every denoising step. */
   onStep?: (done: number, total: number) => void;
+  /** img2img: the init image (a file or decoded RGB); the run starts part-way, see `strength`. */
+  initImage?: string | RgbImage;
+  /**
+   * img2img: how much of the schedule to run, in [0, 1] (default 0.8): the run starts at step
+   * (steps − ⌊steps·strength⌋)·order from the init latents noised to that timestep (diffusers' get_timesteps).
+   */
+  strength?: number;
 }
 
 export interface GenerateResult {
@@ -86,12 +111,67 @@ export class StableDiffusionPipeline {
    * Loads a diffusers folder onto `device` ("cpu", "cuda", "cuda:N"). `partial` lists safetensors files
    * of trained tensors (e.g. a finetune export of the UNet's `attn2.to_q` weights) merged over the base.
    */
-  static async load(
-    dir: string,
-    opts: { device?: string; partial?: { unet?: string[]; vae?: string[]; textEncoder?: string[] } } = {},
-  ): Promise<StableDiffusionPipeline> {
+  static async load(dir: string, opts: PipelineLoadOptions = {}): Promise<StableDiffusionPipeline> {
     expectString('model folder', dir);
-    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new RoundtripError(`${dir}: not a model folder`);
+    // Trained-tensor files may be .pth/.ckpt (the paper release's unet.pth): converted without executing pickles.
+    const partialFiles = await asSafetensorsFiles([...(opts.partial?.unet ?? []), ...(opts.partial?.vae ?? []), ...(opts.partial?.textEncoder ?? [])]);
+    try {
+      const n = [opts.partial?.unet?.length ?? 0, opts.partial?.vae?.length ?? 0];
+      const partial = {
+        unet: partialFiles.files.slice(0, n[0]),
+        vae: partialFiles.files.slice(n[0], n[0] + n[1]),
+        textEncoder: partialFiles.files.slice(n[0] + n[1]),
+      };
+      if (isSingleFileCheckpoint(dir)) return await StableDiffusionPipeline.loadSingleFile(dir, { ...opts, partial });
+      return await StableDiffusionPipeline.loadFolder(dir, { ...opts, partial });
+    } finally {
+      partialFiles.cleanup();
+    }
+  }
+
+  /**
+   * A CompVis/LDM single file (`sd-v1-4.ckpt`, a single-file `.safetensors`): configs inferred from its shapes and
+   * v1-inference.yaml values, overridden by `opts.configs`; the CLIP tokenizer from `opts.tokenizer` (default: the
+   * package's CLIP BPE vocabulary).
+   */
+  private static async loadSingleFile(file: string, opts: PipelineLoadOptions & { partial: Required<NonNullable<PipelineLoadOptions['partial']>> }): Promise<StableDiffusionPipeline> {
+    const opened = await openSingleFile(file, opts.configs);
+    const owned: { dispose(): void }[] = [];
+    try {
+      const tokenizer = loadClipTokenizer(opts.tokenizer ?? DEFAULT_CLIP_TOKENIZER);
+      const device = { device: opts.device };
+      const { configs, renames } = opened;
+      const unet = await UNet.create(configs.unet, device);
+      owned.push(unet);
+      await unet.model.loadWeights([opened.file], { prefix: renames.unet.prefix, renames: renames.unet.renames });
+      if (opts.partial.unet.length) await unet.model.loadWeights(opts.partial.unet, { partial: true });
+      const vae = await VAE.create(configs.vae, device);
+      owned.push(vae);
+      // LDM stores the VAE attention projections as 1×1 convs.
+      await vae.model.loadWeights([opened.file], { prefix: renames.vae.prefix, renames: renames.vae.renames, reshapeSingletons: true });
+      if (opts.partial.vae.length) await vae.model.loadWeights(opts.partial.vae, { partial: true });
+      const text = await NativeModel.create('clip', configs.textEncoder, device);
+      owned.push(text);
+      await text.loadWeights([opened.file], { prefix: renames.textEncoder.prefix, renames: renames.textEncoder.renames });
+      if (opts.partial.textEncoder.length) await text.loadWeights(opts.partial.textEncoder, { partial: true });
+      for (const m of [unet.model, vae.model, text]) m.setTrainable([]);
+      const pipe = new StableDiffusionPipeline(file, unet, vae, text, tokenizer, configs.scheduler);
+      pipe.singleFileConfigs = configs;
+      return pipe;
+    } catch (err) {
+      owned.forEach((m) => m.dispose());
+      throw err;
+    } finally {
+      opened.cleanup();
+    }
+  }
+
+  /** The configs a single-file pipeline was built with (undefined for folders). */
+  singleFileConfigs?: SingleFileConfigs;
+
+  private static async loadFolder(dir: string, opts: PipelineLoadOptions): Promise<StableDiffusionPipeline> {
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory())
+      throw new RoundtripError(`${dir}: not a model folder (a diffusers folder, or a single-file ${SINGLE_FILE_EXTENSIONS.join('/')} checkpoint)`);
     const index = path.join(dir, 'model_index.json');
     if (fs.existsSync(index)) {
       const cls = readJsonObject(index)._class_name;
@@ -169,8 +249,8 @@ export class StableDiffusionPipeline {
     const guidance = expectNumber('guidance', opts.guidance ?? 7.5);
     const factor = this.vaeFactor;
     const sampleSize = Number(this.unet.config.sample_size ?? 64);
-    const height = expectInteger('height', opts.height ?? sampleSize * factor, { min: factor });
-    const width = expectInteger('width', opts.width ?? sampleSize * factor, { min: factor });
+    let height = expectInteger('height', opts.height ?? sampleSize * factor, { min: factor });
+    let width = expectInteger('width', opts.width ?? sampleSize * factor, { min: factor });
     if (height % factor !== 0) throw invalid('height', `a multiple of ${factor}`, height);
     if (width % factor !== 0) throw invalid('width', `a multiple of ${factor}`, width);
     const schedName = schedulerName(opts.scheduler ?? String(this.schedulerConfig._class_name ?? 'pndm'));
@@ -184,22 +264,31 @@ export class StableDiffusionPipeline {
     seeds.forEach((s, i) => expectInteger(`seed[${i}]`, s, { min: 0 }));
 
     const latentChannels = Number(this.unet.config.in_channels ?? 4);
+    // img2img (StableDiffusionImg2ImgPipeline): the init image sets the size unless height/width are given.
+    const img2img = opts.initImage === undefined ? undefined : await this.img2imgInput(opts.initImage, opts.strength ?? 0.8, opts.height, opts.width);
+    if (img2img) [height, width] = [img2img.pixels.shape[2], img2img.pixels.shape[3]];
     const [h, w] = [height / factor, width / factor];
     const sched = await Scheduler.create(schedName, this.schedulerConfig);
     try {
       return await noGrad(async () => {
         const cond = await this.encodePrompts(all);
         const uncond = guidance > 1 ? await this.encodePrompts(negAll) : undefined;
-        // One seeded N(0,1) draw per image, so an image does not depend on its batch neighbours.
-        const noises = seeds.map((s) => Tensor.randn([1, latentChannels, h, w], s, { device: this.unet.model.device }));
-        const initial = Tensor.cat(noises, 0);
-        disposeAll(noises);
-        const schedule = await sched.setTimesteps(steps, { seed: seeds[0] });
-        let latents = initial.mul(schedule.initNoiseSigma);
-        initial.dispose();
+        const schedule = await sched.setTimesteps(steps, img2img ? { seed: seeds[0], strength: img2img.strength } : { seed: seeds[0] });
         const n = schedule.timesteps.shape[0];
+        let latents: Tensor;
+        if (img2img) {
+          if (schedule.beginIndex >= n) throw invalid('strength', `a value giving at least one of the ${steps} steps (>= ${1 / steps})`, img2img.strength);
+          latents = await this.img2imgStart(img2img.pixels, seeds, sched, schedule.timesteps.select(0, schedule.beginIndex));
+        } else {
+          // One seeded N(0,1) draw per image, so an image does not depend on its batch neighbours.
+          const noises = seeds.map((s) => Tensor.randn([1, latentChannels, h, w], s, { device: this.unet.model.device }));
+          const initial = Tensor.cat(noises, 0);
+          disposeAll(noises);
+          latents = initial.mul(schedule.initNoiseSigma);
+          initial.dispose();
+        }
         try {
-          for (let i = 0; i < n; i++) {
+          for (let i = schedule.beginIndex; i < n; i++) {
             const t = schedule.timesteps.select(0, i);
             const x = await sched.scaleModelInput(latents, i);
             const eps = await this.unet.guidedEps(x, t, cond, uncond, guidance);
@@ -207,7 +296,7 @@ export class StableDiffusionPipeline {
             disposeAll([t, x, eps, r.predOriginalSample, r.noise]);
             latents.dispose();
             latents = r.prevSample;
-            opts.onStep?.(i + 1, n);
+            opts.onStep?.(i + 1 - schedule.beginIndex, n - schedule.beginIndex);
           }
           const images = (await this.vae.decode(latents, { scaled: true })).image;
           return { images, prompts: all, seeds };
@@ -217,6 +306,53 @@ export class StableDiffusionPipeline {
       });
     } finally {
       sched.dispose();
+      img2img?.pixels.dispose();
+    }
+  }
+
+  /**
+   * The init image as VaeImageProcessor.preprocess gives it: resized (Lanczos) to height×width, default its own
+   * size rounded down to a multiple of the VAE factor, in [-1, 1], [1, 3, H, W].
+   */
+  private async img2imgInput(initImage: string | RgbImage, strength: number, height?: number, width?: number): Promise<{ pixels: Tensor; strength: number }> {
+    expectNumber('strength', strength, { min: 0, max: 1 });
+    const image = typeof initImage === 'string' ? await loadImage(expectString('initImage', initImage)) : initImage;
+    const f = this.vaeFactor;
+    const H = height ?? image.height - (image.height % f);
+    const W = width ?? image.width - (image.width % f);
+    if (H < f || W < f) throw invalid('initImage', `an image of at least ${f}×${f} pixels`, `${image.width}×${image.height}`);
+    const t = preprocessImage(image, { ...sdVaePreprocess(), name: 'sd-img2img', resize: { height: H, width: W }, resample: Resample.LANCZOS, centerCrop: null });
+    return { pixels: Tensor.fromTypedArray(t.data, [1, ...t.shape.slice(-3)]).to(this.vae.model.device), strength };
+  }
+
+  /**
+   * img2img's first latents: per image, one seeded draw of [2, C, h, w] gives the posterior sample's noise then the
+   * diffusion noise (the order diffusers draws them from one generator); x = add_noise(sample·scale, noise, t_begin).
+   */
+  private async img2imgStart(pixels: Tensor, seeds: number[], sched: Scheduler, tBegin: Tensor): Promise<Tensor> {
+    const C = Number(this.vae.config.latent_channels ?? 4);
+    const [h, w] = [pixels.shape[2] / this.vaeFactor, pixels.shape[3] / this.vaeFactor];
+    const inits: Tensor[] = [];
+    const noises: Tensor[] = [];
+    try {
+      for (const s of seeds) {
+        const both = Tensor.randn([2, C, h, w], s, { device: this.unet.model.device });
+        const postNoise = both.narrow(0, 0, 1);
+        noises.push(both.narrow(0, 1, 1));
+        const post = await this.vae.encode(pixels, { noise: postNoise });
+        inits.push(post.sampleScaled);
+        disposeAll([both, postNoise, post.mean, post.logvar, post.std, post.sample, post.intermediates]);
+      }
+      const init = Tensor.cat(inits, 0);
+      const noise = Tensor.cat(noises, 0);
+      const ts = Tensor.stack(seeds.map(() => tBegin));
+      try {
+        return await sched.addNoise(init, noise, ts);
+      } finally {
+        disposeAll([init, noise, ts]);
+      }
+    } finally {
+      disposeAll([inits, noises, tBegin]);
     }
   }
 

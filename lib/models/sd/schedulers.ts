@@ -1,14 +1,16 @@
 /**
- * Noise schedulers (native, model kind "scheduler"): DDPM, DDIM, PNDM (PLMS), Euler, LMS and DPM-Solver++,
- * configured from a diffusers scheduler_config.json. Steps are addressed by their index in `timesteps`.
+ * Noise schedulers (native, model kind "scheduler"; one C++ file each in native/models/schedulers/): DDPM, DDIM,
+ * PNDM (PRK warm-up / PLMS), Euler, Euler ancestral, Heun, LMS and DPM-Solver(++) multistep, configured from a
+ * diffusers scheduler_config.json (every key of the class implemented or refused by name). Steps are addressed by
+ * their index in `timesteps`; a run may begin mid-schedule (img2img `strength`).
  */
-import { expectInteger, invalid } from '../../errors';
+import { expectInteger, expectNumber, invalid } from '../../errors';
 import { NativeModel } from '../../model';
-import { Tensor } from '../../tensor';
+import { disposeAll, Tensor } from '../../tensor';
 import { readJsonFile } from '../../json';
 
 /** Scheduler names accepted by the CLI and the pipeline. */
-export const SCHEDULER_NAMES = ['ddpm', 'ddim', 'pndm', 'euler', 'lms', 'dpm++'] as const;
+export const SCHEDULER_NAMES = ['ddpm', 'ddim', 'pndm', 'euler', 'euler_ancestral', 'heun', 'lms', 'dpm++'] as const;
 export type SchedulerName = (typeof SCHEDULER_NAMES)[number];
 
 const CLASS_TO_NAME: Record<string, SchedulerName> = {
@@ -16,6 +18,8 @@ const CLASS_TO_NAME: Record<string, SchedulerName> = {
   DDIMScheduler: 'ddim',
   PNDMScheduler: 'pndm',
   EulerDiscreteScheduler: 'euler',
+  EulerAncestralDiscreteScheduler: 'euler_ancestral',
+  HeunDiscreteScheduler: 'heun',
   LMSDiscreteScheduler: 'lms',
   DPMSolverMultistepScheduler: 'dpm++',
 };
@@ -26,6 +30,7 @@ export function schedulerName(name: string): SchedulerName {
   const n = name.toLowerCase();
   if (n === 'dpmsolver' || n === 'dpmsolver++' || n === 'dpm') return 'dpm++';
   if (n === 'plms') return 'pndm';
+  if (n === 'euler_a' || n === 'euler-ancestral' || n === 'euler-a') return 'euler_ancestral';
   if ((SCHEDULER_NAMES as readonly string[]).includes(n)) return n as SchedulerName;
   throw invalid('scheduler', `one of ${SCHEDULER_NAMES.join(', ')}`, name);
 }
@@ -45,6 +50,10 @@ export interface Schedule {
   initNoiseSigma: number;
   alphasCumprod: Tensor;
   betas: Tensor;
+  /** The run's first step index (0, or the img2img start of `strength`). */
+  beginIndex: number;
+  /** Model calls per step of the requested count (diffusers' scheduler.order: Heun 2, others 1). */
+  order: number;
 }
 
 export interface StepOutput {
@@ -66,13 +75,22 @@ export class Scheduler {
     return new Scheduler(await NativeModel.create('scheduler', config, { scheduler: resolved === 'dpm++' ? 'dpmsolver' : resolved }), resolved, config);
   }
 
-  /** Computes the schedule for `steps` steps and restarts the run; `seed` seeds noise the steps draw. */
-  async setTimesteps(steps: number, opts: { seed?: number } = {}): Promise<Schedule> {
+  /**
+   * Computes the schedule for `steps` steps and restarts the run; `seed` seeds noise the steps draw. The run
+   * begins at step `begin`, or at img2img's start for `strength` (index (steps − ⌊steps·strength⌋)·order, as
+   * diffusers' StableDiffusionImg2ImgPipeline).
+   */
+  async setTimesteps(steps: number, opts: { seed?: number; begin?: number; strength?: number } = {}): Promise<Schedule> {
     expectInteger('steps', steps, { min: 1 });
-    const out = await this.model.call('set_timesteps', {}, { steps, seed: opts.seed ?? 0 });
+    const o: Record<string, unknown> = { steps, seed: opts.seed ?? 0 };
+    if (opts.strength !== undefined) o.strength = expectNumber('strength', opts.strength, { min: 0, max: 1 });
+    else if (opts.begin !== undefined) o.begin = expectInteger('begin', opts.begin, { min: 0 });
+    const out = await this.model.call('set_timesteps', {}, o);
     const initNoiseSigma = out.init_noise_sigma.item();
-    out.init_noise_sigma.dispose();
-    return { timesteps: out.timesteps, sigmas: out.sigmas, initNoiseSigma, alphasCumprod: out.alphas_cumprod, betas: out.betas };
+    const beginIndex = Number(out.begin_index.item());
+    const order = Number(out.order.item());
+    disposeAll([out.init_noise_sigma, out.begin_index, out.order]);
+    return { timesteps: out.timesteps, sigmas: out.sigmas, initNoiseSigma, alphasCumprod: out.alphas_cumprod, betas: out.betas, beginIndex, order };
   }
 
   async scaleModelInput(sample: Tensor, step: number): Promise<Tensor> {
