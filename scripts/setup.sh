@@ -16,6 +16,8 @@ node -e "const [a,b]=process.versions.node.split('.').map(Number); process.exit(
 
 # libopenblas0-pthread replaces the reference BLAS behind libtorch's matrix products (about 10x faster here).
 packages=(cmake g++ make pkg-config nlohmann-json3-dev libopenblas0-pthread)
+# libgloo-dev: the Gloo headers c10d's ProcessGroupGloo needs (distributed training; libtorch exports the rest).
+packages+=(libgloo-dev)
 if [ -z "${LIBTORCH:-}" ] && [ -z "${Torch_DIR:-}" ]; then packages+=(libtorch-dev); fi
 missing=()
 for p in "${packages[@]}"; do

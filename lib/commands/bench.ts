@@ -10,7 +10,8 @@ import { BENCH_SIZES, BenchReport, BenchSize, runBench } from '../bench';
 import { BenchReconResult, benchRecon } from '../finetune/bench-recon';
 import { resolveModelPath } from '../hub/resolve';
 import { BenchResult, benchFinetune } from '../finetune/bench';
-import { FinetuneRequest, command as finetuneCommand, finetuneConfigFrom } from './finetune';
+import { FinetuneRequest, command as finetuneCommand, finetuneConfigFrom, readConfigFile } from './finetune';
+import { benchDistributed } from '../distributed/bench';
 
 export async function runBenchFinetune(req: FinetuneRequest & { steps?: number; warmup?: number }): Promise<BenchResult> {
   const steps = expectInteger('--steps', req.steps ?? 5, { min: 1 });
@@ -65,11 +66,13 @@ export const command: CommandModule<{}, any> = {
   builder: (y) => {
     const withFlags = (finetuneCommand.builder as (y: any) => any)(y);
     return withFlags
-      .positional('what', { type: 'string', choices: ['components', 'finetune', 'recon'], default: 'components', describe: 'What to benchmark' })
+      .positional('what', { type: 'string', choices: ['components', 'finetune', 'recon', 'distributed'], default: 'components', describe: 'What to benchmark ("distributed": 1 process vs --nproc processes on the same cores)' })
       .option('size', { type: 'string', choices: [...BENCH_SIZES], default: 'tiny', describe: 'components: tiny, world (built-in weights) or sd14 (published configs, random weights)' })
       .option('reps', { type: 'number', default: 5, describe: 'components: timed runs per row (median reported)' })
       .option('rows', { type: 'string', describe: 'components: only rows whose name matches this regular expression' })
       .option('cache', { type: 'string', describe: 'components: folder for the random-weight models (default $TMPDIR/roundtrip-bench)' })
+      .option('nproc', { type: 'number', describe: 'distributed: processes of the data-parallel variant (default 2)' })
+      .option('master-port', { type: 'number', describe: 'distributed: rendezvous port (default 29500)' })
       .option('checkpoints', { type: 'string', array: true, describe: 'recon: checkpoint, export/ or run folders, measured after the base models (default: none)' })
       .option('data', { type: 'string', describe: 'recon: held-out Karpathy-layout list [{image, caption}], images relative to --images or its folder (required for recon)' })
       .option('n', { type: 'number', describe: 'recon: held-out images (default 64)' })
@@ -83,6 +86,14 @@ export const command: CommandModule<{}, any> = {
       .option('json', { type: 'boolean', default: false, describe: 'Print the table as JSON' });
   },
   handler: async (argv) => {
+    if (argv.what === 'distributed') {
+      // The finetune flags given (if any) describe the workload; default: the world models (see lib/distributed/bench.ts).
+      const config: Record<string, unknown> = argv.config ? readConfigFile(argv.config) : {};
+      for (const k of ['blip', 'sd', 'annotations', 'images', 'bridge', 'sdSize', 'blipSize', 'gradAccum', 'schedule', 'prompt', 'device', 'limit']) if (argv[k] !== undefined) config[k] = argv[k];
+      const d = await benchDistributed({ config, nproc: argv.nproc, threads: argv.threads, batchSize: argv.batchSize, steps: argv.steps, warmup: argv.warmup, masterPort: argv.masterPort });
+      process.stdout.write(argv.json ? JSON.stringify(d, null, 2) + '\n' : d.text);
+      return;
+    }
     if (argv.what === 'recon') {
       const r = await runBenchRecon(argv);
       process.stdout.write(argv.json ? JSON.stringify(r.json, null, 2) + '\n' : r.text);

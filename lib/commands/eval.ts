@@ -20,8 +20,20 @@ import {
   parseImageMetrics,
 } from '../eval';
 import { expectInteger, expectOneOf, expectString } from '../errors';
+import { readDistributedEnv } from '../distributed/env';
 import { EmbeddingVariant } from '../models/clip';
 import { FrechetForm } from '../metrics';
+
+/**
+ * Under `roundtrip launch` / torchrun, evaluation runs whole on rank 0 (the same output as one process);
+ * the other ranks say so and stop. Splitting it by rank is not implemented.
+ */
+function otherRank(what: string): boolean {
+  const env = readDistributedEnv();
+  if (!env || env.rank === 0) return false;
+  process.stderr.write(`${what}: runs on rank 0 only (rank ${env.rank} of ${env.worldSize} has nothing to do)\n`);
+  return true;
+}
 
 /** JSON text where non-finite numbers (an infinite WMD) stay visible as "Infinity" / "NaN" strings. */
 export function toJson(value: unknown): string {
@@ -132,6 +144,7 @@ const captionsCommand: CommandModule<{}, any> = {
       .option('batch', { type: 'number', default: 64, describe: 'Texts per model call (clip-text, sbert)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' }),
   handler: async (argv) => {
+    if (otherRank('eval')) return;
     const { output } = await runEvalCaptions({
       results: argv.results,
       annotations: argv.annotations,
@@ -175,6 +188,7 @@ const imagesCommand: CommandModule<{}, any> = {
       .option('cache-dir', { type: 'string', describe: 'FID statistics cache (default $ROUNDTRIP_HOME/fid or ~/.cache/roundtrip/fid)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' }),
   handler: async (argv) => {
+    if (otherRank('eval')) return;
     const { output } = await runEvalImages({
       generated: argv.generated,
       reference: argv.reference,

@@ -9,6 +9,7 @@ import { command as experiment } from './experiment';
 import { command as finetune } from './finetune';
 import { command as generate } from './generate';
 import { command as info } from './info';
+import { command as launch } from './launch';
 import { command as pretrainWorld } from './pretrain-world';
 import { command as report } from './report';
 import { command as rerank } from './rerank';
@@ -19,4 +20,4 @@ import { command as tokenize } from './tokenize';
 import { command as weights } from './weights';
 
 /** Every `roundtrip` subcommand, one module per command. */
-export const commands: CommandModule<{}, any>[] = [demo, info, tokenize, caption, generate, rerank, score, validateScore, sweep, report, evaluate, finetune, experiment, bench, pretrainWorld, conformance, bridge, weights];
+export const commands: CommandModule<{}, any>[] = [demo, info, tokenize, caption, generate, rerank, score, validateScore, sweep, report, evaluate, finetune, experiment, bench, pretrainWorld, conformance, bridge, weights, launch];

@@ -5,7 +5,8 @@
  */
 import type { Argv, CommandModule } from 'yargs';
 import { RoundtripError } from '../errors';
-import { RerankOptions, RerankStats, rerankI2t2i, rerankT2i2t } from '../rerank';
+import { RerankOptions, rerankI2t2i, rerankT2i2t } from '../rerank';
+import { DistributedRerankResult, rerankByRank } from '../rerank/distributed';
 import { buildReport } from '../report';
 import { reportOptionsFromArgv, reportBuilder, runReportCommand } from './report';
 
@@ -86,9 +87,12 @@ function sharedOptions(y: Argv<{}>): Argv<{}> {
     .option('report', { type: 'boolean', default: true, describe: 'Write the report at the end (--no-report to skip)' }) as Argv<{}>;
 }
 
-async function finish(stats: RerankStats, argv: Record<string, any>): Promise<void> {
+async function finish(r: DistributedRerankResult, argv: Record<string, any>): Promise<void> {
+  const stats = r.stats;
   process.stderr.write(`${stats.done} item(s) done, ${stats.skipped} already finished; ${stats.sdImages} image(s) generated, ${stats.cacheHits} from the cache\n`);
-  if (argv.report === false) return;
+  // Under roundtrip launch / torchrun every rank did its shard; rank 0 merged them into --out.
+  if (r.merged) process.stderr.write(`merged the ranks' shards into ${stats.out} (${stats.items} items)\n`);
+  if (argv.report === false || !r.isMain) return;
   const report = await buildReport([stats.out]);
   process.stdout.write(`report: ${report.files.markdown}\n`);
 }
@@ -108,7 +112,7 @@ const i2t2i: CommandModule<{}, any> = {
       .option('repetition-penalty', { type: 'number', describe: 'Repetition penalty (default 1.1 when sampling)' })
       .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k))' })
       .option('similarity', { type: 'string', default: 'clip', describe: 'clip, dino or clip,dino' }),
-  handler: async (argv) => finish(await rerankI2t2i(rerankOptionsFromArgv(argv)), argv),
+  handler: async (argv) => finish(await rerankByRank(rerankI2t2i, rerankOptionsFromArgv(argv)), argv),
 };
 
 const t2i2t: CommandModule<{}, any> = {
@@ -120,7 +124,7 @@ const t2i2t: CommandModule<{}, any> = {
       .option('images', { type: 'string', describe: 'Folder of the real images named in the prompt file (FID, CLIP distance to the real image; default: none)' })
       .option('num-beams', { type: 'number', default: 3, describe: 'BLIP beams' })
       .option('similarity', { type: 'string', default: 'clip-text', describe: 'clip-text, sbert, cider, wmd (comma-separated)' }),
-  handler: async (argv) => finish(await rerankT2i2t(rerankOptionsFromArgv(argv)), argv),
+  handler: async (argv) => finish(await rerankByRank(rerankT2i2t, rerankOptionsFromArgv(argv)), argv),
 };
 
 const merge: CommandModule<{}, any> = {

@@ -13,6 +13,7 @@ import { prefetchMap } from '../image/pool';
 import { Rng, deriveSeed } from '../image/random';
 import { Tensor, disposeAll } from '../tensor';
 import { CaptionBatch, CaptionTokenizers, ClipPadding, encodeCaptions } from './losses';
+import { shardLength, shardOrder } from '../distributed/sampler';
 
 export interface TrainItem {
   /** Absolute image path. */
@@ -105,6 +106,8 @@ export interface MicroBatch {
   /** Index of this micro-batch within its epoch. */
   position: number;
   items: TrainItem[];
+  /** Data-parallel runs: the whole global micro-batch (every rank's items, in global order). */
+  globalItems?: TrainItem[];
   /** Each item's caption as its BLIP view shows it (sides swapped when that view is mirrored). */
   blipCaptions: string[];
   /** Each item's caption as its SD view shows it. */
@@ -133,23 +136,33 @@ export function itemFlips(
   return { shared: true, sd, blip, sdCaption: sd ? swapSides(caption) : caption, blipCaption: blip ? swapSides(caption) : caption };
 }
 
+/** Micro-batches of `batchSize` per epoch for one rank of `worldSize` (DistributedSampler split). */
+export function microBatchesPerEpoch(items: number, batchSize: number, worldSize = 1): number {
+  return Math.floor(shardLength(items, worldSize) / batchSize);
+}
+
 /**
  * Micro-batches of one epoch starting at `fromPosition`, decoded `concurrency` images ahead (sharp
- * decodes on libuv threads while the step runs). Incomplete trailing batches are dropped.
+ * decodes on libuv threads while the step runs). Incomplete trailing batches are dropped. With
+ * `worldSize` > 1 this rank reads its DistributedSampler share of the epoch order (lib/distributed/sampler).
  */
 export async function* epochBatches(
   items: TrainItem[],
-  opts: AugmentOptions & { seed: number; epoch: number; batchSize: number; fromPosition: number; concurrency: number },
+  opts: AugmentOptions & { seed: number; epoch: number; batchSize: number; fromPosition: number; concurrency: number; rank?: number; worldSize?: number },
 ): AsyncGenerator<MicroBatch, void, undefined> {
   const flipSides = opts.flipSides ?? 'swap';
   const blipFlip = opts.blipFlip ?? true;
   // 'keep' draws each view's flip inside its recipe (p = 0.5); otherwise the item's shared draw sets p to 0 or 1.
   const sdRecipe: PreprocessConfig = validatePreprocessConfig(sdVaePreprocess({ size: opts.sdSize, randomCrop: opts.sdRandomCrop, randomFlip: opts.sdFlip }));
   const blipRecipe: PreprocessConfig = validatePreprocessConfig(blipTrainPreprocess(opts.blipSize, opts.blipMinScale, { flip: blipFlip, randAugment: opts.blipRandAugment ?? false }));
+  const world = opts.worldSize ?? 1;
   const order = epochOrder(items.length, opts.seed, opts.epoch);
-  const perEpoch = Math.floor(items.length / opts.batchSize);
+  const mine = world > 1 ? shardOrder(order, opts.rank ?? 0, world) : order;
+  const perEpoch = Math.floor(mine.length / opts.batchSize);
   const start = opts.fromPosition * opts.batchSize;
-  const indices = Array.from(order.subarray(start, perEpoch * opts.batchSize));
+  const indices = Array.from(mine.subarray(start, perEpoch * opts.batchSize));
+  // Global micro-batch p covers positions p·b·W … (p+1)·b·W − 1 of the order padded by repetition.
+  const globalItems = (p: number) => (world > 1 ? Array.from({ length: opts.batchSize * world }, (_, k) => items[order[(p * opts.batchSize * world + k) % order.length]]) : undefined);
   const prepare = async (index: number): Promise<Prepared> => {
     const item = items[index];
     let image;
@@ -184,6 +197,7 @@ export async function* epochBatches(
         epoch: opts.epoch,
         position,
         items: batchItems,
+        globalItems: globalItems(position),
         blipCaptions: pending.map((q) => q.blipCaption),
         sdCaptions: pending.map((q) => q.sdCaption),
         blipImages: stack('blip', opts.blipSize),

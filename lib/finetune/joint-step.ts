@@ -15,6 +15,7 @@ import type { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import type { AdamW } from '../train/optimizer';
+import type { GradSync } from '../distributed';
 import { bridgeIndex } from './losses';
 import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, ObjectiveOptions, SCHEDULES, SOFT_FRAMINGS, type JointBatch } from './objective';
 
@@ -50,6 +51,8 @@ export interface JointStepStats {
   paramMaxAbs: number;
   /** false: a loss, gradient norm or weight was not finite, and the update was skipped (weights unchanged). */
   applied: boolean;
+  /** Data-parallel steps: how many ranks asked to stop after this step (0 otherwise). */
+  stopVotes: number;
   /** Native wall milliseconds: the micro-batches' forwards, their backwards, clipping + the optimizer update. */
   timings: { forwardMs: number; backwardMs: number; updateMs: number };
 }
@@ -58,6 +61,7 @@ interface NativeJointStep {
   objective(tensors: Record<string, unknown>, options: string): Promise<Record<string, unknown>>;
   step(tensors: Record<string, unknown>[], perBatch: string, options: string): Promise<Float32Array>;
   activeTerms(step: number, micro: number): string[];
+  setGradSync(handle: unknown): void;
   dispose(): void;
 }
 
@@ -157,7 +161,7 @@ export class JointStep {
    * 1/len), gradient norms, clipping, and the AdamW updates at learning rate `lr` — skipped when any number is not
    * finite. `seeds[i]` drives micro-batch i's draws.
    */
-  async run(batches: JointBatch[], at: { step: number; lr: number; seeds: number[] }): Promise<JointStepStats> {
+  async run(batches: JointBatch[], at: { step: number; lr: number; seeds: number[]; stop?: boolean }): Promise<JointStepStats> {
     if (!Array.isArray(batches) || batches.length === 0) throw invalid('batches', 'at least one micro-batch', batches);
     if (at.seeds.length !== batches.length) throw invalid('seeds', `${batches.length} seeds (one per micro-batch)`, at.seeds.length);
     const inputs = batches.map((b, i) => batchInputs(b, at.seeds[i], i));
@@ -166,7 +170,7 @@ export class JointStep {
       v = await this.native().step(
         inputs.map((x) => x.tensors),
         JSON.stringify(inputs.map((x) => x.options)),
-        JSON.stringify({ step: expectInteger('step', at.step, { min: 0 }), lr: expectNumber('lr', at.lr, { min: 0 }) }),
+        JSON.stringify({ step: expectInteger('step', at.step, { min: 0 }), lr: expectNumber('lr', at.lr, { min: 0 }), stop: at.stop === true }),
       );
     } catch (err) {
       throw new RoundtripError(err instanceof Error ? err.message : String(err));
@@ -175,7 +179,23 @@ export class JointStep {
     LOSS_TERMS.forEach((t, i) => {
       if (!Number.isNaN(v[1 + i])) terms[t] = v[1 + i];
     });
-    return { loss: v[0], terms, gradNorm: { total: v[5], blip: v[6], unet: v[7] }, paramMaxAbs: v[8], applied: v[9] === 1, timings: { forwardMs: v[10], backwardMs: v[11], updateMs: v[12] } };
+    return {
+      loss: v[0],
+      terms,
+      gradNorm: { total: v[5], blip: v[6], unet: v[7] },
+      paramMaxAbs: v[8],
+      applied: v[9] === 1,
+      timings: { forwardMs: v[10], backwardMs: v[11], updateMs: v[12] },
+      stopVotes: v[13] ?? 0,
+    };
+  }
+
+  /**
+   * Data-parallel training: `run` averages the trained tensors' gradients (and its loss numbers) across the
+   * ranks between the micro-batches' backward and clipping (lib/distributed GradSync; null detaches).
+   */
+  setGradSync(sync: GradSync | null): void {
+    this.native().setGradSync(sync ? sync.nativeHandle : null);
   }
 
   /** Releases the native step (the models stay with their owners). */
@@ -198,6 +218,14 @@ function batchInputs(batch: JointBatch, seed: number, micro: number): { tensors:
   if (batch.latents) tensors.latents = batch.latents.handle;
   return {
     tensors,
-    options: { prompt_length: c.promptLength, caption_lengths: c.captionLengths, seed: expectInteger('seed', seed >>> 0, { min: 0 }), micro },
+    options: {
+      prompt_length: c.promptLength,
+      caption_lengths: c.captionLengths,
+      seed: expectInteger('seed', seed >>> 0, { min: 0 }),
+      micro,
+      // Data-parallel: item i draws as global item offset + i·stride; token-mean terms weighted (distributed.ts).
+      ...(batch.slots ? { slot_offset: batch.slots.offset, slot_stride: batch.slots.stride } : {}),
+      ...(batch.tokenScale !== undefined ? { token_scale: expectNumber('tokenScale', batch.tokenScale, { min: 0 }) } : {}),
+    },
   };
 }

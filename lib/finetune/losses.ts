@@ -293,10 +293,27 @@ export async function softCaption(blip: Blip, images: BlipImages, captions: Capt
   }
 }
 
+/**
+ * Where a batch's items sit in the global batch of a data-parallel step: item i is global item
+ * offset + i·stride (rank r of W with the strided DistributedSampler split: offset r, stride W), so each
+ * item draws the same noise as in one process with the whole batch. Default: offset 0, stride 1.
+ */
+export interface ItemSlots {
+  offset: number;
+  stride: number;
+}
+
+/** The index item i of a batch draws its random numbers under. */
+function slot(slots: ItemSlots | undefined, i: number): number {
+  return slots ? slots.offset + i * slots.stride : i;
+}
+
 /** Per-step random draws of the SD terms, derived from one seed so runs are reproducible. */
 export interface DiffusionDraws {
-  /** Base seed; item i of the batch draws from deriveSeed(seed, i, …). */
+  /** Base seed; item i of the batch draws from deriveSeed(seed, slot(i), …). */
   seed: number;
+  /** The items' places in a data-parallel global batch (see ItemSlots). */
+  slots?: ItemSlots;
   /** Explicit timesteps [B] (int64); otherwise uniform in [0, num_train_timesteps). */
   timesteps?: Tensor;
   /** Explicit ε [B, C, h, w]; otherwise N(0, 1). */
@@ -309,21 +326,21 @@ function trainTimesteps(sd: StableDiffusionPipeline): number {
   return Number(sd.schedulerConfig.num_train_timesteps ?? 1000);
 }
 
-/** Per-item noise of the VAE posterior sample: item i of a batch draws from deriveSeed(seed, i, 1). */
-function posteriorNoise(sd: StableDiffusionPipeline, B: number, shape: [number, number, number], seed: number): Tensor {
+/** Per-item noise of the VAE posterior sample: item i of a batch draws from deriveSeed(seed, slot(i), 1). */
+function posteriorNoise(sd: StableDiffusionPipeline, B: number, shape: [number, number, number], seed: number, slots?: ItemSlots): Tensor {
   const [channels, h, w] = shape;
-  return Tensor.cat(Array.from({ length: B }, (_, i) => Tensor.randn([1, channels, h, w], deriveSeed(seed, i, 1), { device: sd.unet.model.device })), 0);
+  return Tensor.cat(Array.from({ length: B }, (_, i) => Tensor.randn([1, channels, h, w], deriveSeed(seed, slot(slots, i), 1), { device: sd.unet.model.device })), 0);
 }
 
 /** The VAE posterior sample × scaling factor, with per-item seeded noise (no graph: the VAE is frozen). */
-export async function encodeLatents(sd: StableDiffusionPipeline, images512: Tensor, seed: number): Promise<Tensor> {
+export async function encodeLatents(sd: StableDiffusionPipeline, images512: Tensor, seed: number, slots?: ItemSlots): Promise<Tensor> {
   const [B, , H, W] = images512.shape;
   const f = sd.vaeFactor;
   if (H % f !== 0 || W % f !== 0) throw invalid('images512', `a height and width divisible by ${f}`, `${H}×${W}`);
   const channels = Number(sd.vae.config.latent_channels ?? 4);
   return noGrad(() =>
     scope(async () => {
-      const noise = posteriorNoise(sd, B, [channels, H / f, W / f], seed);
+      const noise = posteriorNoise(sd, B, [channels, H / f, W / f], seed, slots);
       return (await sd.vae.encode(images512, { noise })).sampleScaled;
     }),
   );
@@ -344,7 +361,7 @@ export class LatentCache {
   }
 
   /** Same distribution and noise as encodeLatents(sd, images, seed); `keys` name the batch's images. */
-  async latents(sd: StableDiffusionPipeline, images512: Tensor, keys: readonly string[], seed: number): Promise<Tensor> {
+  async latents(sd: StableDiffusionPipeline, images512: Tensor, keys: readonly string[], seed: number, slots?: ItemSlots): Promise<Tensor> {
     if (keys.length !== images512.shape[0]) throw invalid('keys', `${images512.shape[0]} image keys`, keys);
     return noGrad(async () => {
       const missing = keys.map((k, i) => [k, i] as const).filter(([k]) => !this.posteriors.has(k));
@@ -360,7 +377,7 @@ export class LatentCache {
         const mean = Tensor.cat(keys.map((k) => this.posteriors.get(k)!.mean), 0);
         const std = Tensor.cat(keys.map((k) => this.posteriors.get(k)!.std), 0);
         const [, c, h, w] = mean.shape;
-        const noise = posteriorNoise(sd, keys.length, [c, h, w], seed);
+        const noise = posteriorNoise(sd, keys.length, [c, h, w], seed, slots);
         return mean.add(std.mul(noise)).mul(sd.vae.scalingFactor);
       });
     });
@@ -379,9 +396,9 @@ async function draws(sd: StableDiffusionPipeline, latents: Tensor, d: DiffusionD
   let timesteps = d.timesteps;
   if (!timesteps) {
     const n = trainTimesteps(sd);
-    timesteps = Tensor.fromTypedArray(BigInt64Array.from({ length: B }, (_, i) => BigInt(new Rng(deriveSeed(d.seed, i, 2)).int(0, n))), [B]);
+    timesteps = Tensor.fromTypedArray(BigInt64Array.from({ length: B }, (_, i) => BigInt(new Rng(deriveSeed(d.seed, slot(d.slots, i), 2)).int(0, n))), [B]);
   }
-  const noise = d.noise ?? Tensor.cat(Array.from({ length: B }, (_, i) => Tensor.randn([1, C, h, w], deriveSeed(d.seed, i, 3), { device })), 0);
+  const noise = d.noise ?? Tensor.cat(Array.from({ length: B }, (_, i) => Tensor.randn([1, C, h, w], deriveSeed(d.seed, slot(d.slots, i), 3), { device })), 0);
   return { timesteps, noise };
 }
 
@@ -397,7 +414,7 @@ export interface DenoiseResult {
 }
 
 async function denoise(sd: StableDiffusionPipeline, images512: Tensor, encoderHiddenStates: Tensor, d: DiffusionDraws): Promise<DenoiseResult> {
-  const latents = d.latents ?? (await encodeLatents(sd, images512, d.seed));
+  const latents = d.latents ?? (await encodeLatents(sd, images512, d.seed, d.slots));
   const { timesteps, noise } = await draws(sd, latents, d);
   const r = await sd.unet.denoisingLoss(latents, noise, timesteps, encoderHiddenStates, sd.schedulerConfig);
   r.target.dispose();
@@ -509,7 +526,7 @@ export interface ReconstructTextOptions extends Partial<DiffusionDraws> {
 }
 
 /** x̂ for L_rec_txt under `mode`, in the UNet's (scaled) latent space. */
-async function cleanEstimate(sd: StableDiffusionPipeline, d: DenoiseResult, mode: ReconstructTextMode, seed: number): Promise<Tensor> {
+async function cleanEstimate(sd: StableDiffusionPipeline, d: DenoiseResult, mode: ReconstructTextMode, seed: number, slots?: ItemSlots): Promise<Tensor> {
   if (mode === 'x0') {
     const prediction = String(sd.schedulerConfig.prediction_type ?? 'epsilon');
     if (prediction !== 'epsilon') throw new RoundtripError(`reconstructTextLoss: mode 'x0' needs an epsilon-prediction scheduler, this one predicts '${prediction}'`);
@@ -527,7 +544,7 @@ async function cleanEstimate(sd: StableDiffusionPipeline, d: DenoiseResult, mode
     for (let i = 0; i < ts.length; i++) {
       const index = all.indexOf(ts[i]);
       if (index < 0) throw new RoundtripError(`reconstructTextLoss: timestep ${ts[i]} is not on the DDPM schedule`);
-      const noise = Tensor.randn([1, C, h, w], deriveSeed(seed, i, 4), { device: sd.unet.model.device });
+      const noise = Tensor.randn([1, C, h, w], deriveSeed(seed, slot(slots, i), 4), { device: sd.unet.model.device });
       const r = await sched.step(d.prediction.narrow(0, i, 1), index, d.latents.narrow(0, i, 1), { noise });
       disposeAll([r.predOriginalSample, r.noise, noise]);
       outs.push(r.prevSample);
@@ -549,8 +566,8 @@ export async function reconstructTextLoss(sd: StableDiffusionPipeline, blip: Bli
   const { batch, owned } = asBatch(captions, blip, sd);
   try {
     return await scope(async () => {
-      const d = opts.denoised ?? (await sdDenoise(sd, images512, batch, { seed, timesteps: opts.timesteps, noise: opts.noise, latents: opts.latents }));
-      const x0 = await cleanEstimate(sd, d, mode, seed);
+      const d = opts.denoised ?? (await sdDenoise(sd, images512, batch, { seed, timesteps: opts.timesteps, noise: opts.noise, latents: opts.latents, slots: opts.slots }));
+      const x0 = await cleanEstimate(sd, d, mode, seed, opts.slots);
       const decoded = (await sd.vae.decode(x0, { scaled: true })).image;
       const pixels = sdToBlipPixels(decoded.to(blip.device), size);
       return captionLoss(blip, pixels, batch, { labelSmoothing: opts.labelSmoothing });

@@ -11,7 +11,7 @@ import type { VocabularyBridge } from '../bridge';
 import type { Blip } from '../models/blip';
 import type { StableDiffusionPipeline } from '../models/sd/pipeline';
 import type { Tensor } from '../tensor';
-import type { CaptionBatch, ReconstructTextMode, SoftCaptionMode } from './losses';
+import type { CaptionBatch, ItemSlots, ReconstructTextMode, SoftCaptionMode } from './losses';
 import { JointStep } from './joint-step';
 
 export const LOSS_TERMS = ['cap', 'recImg', 'sd', 'recTxt'] as const;
@@ -75,6 +75,10 @@ export interface JointBatch {
   captions: CaptionBatch;
   /** Scaled VAE latents of `sdImages` when already known (LatentCache); encoded here otherwise. */
   latents?: Tensor;
+  /** Data-parallel runs: the items' places in the global batch (random draws follow the global item). */
+  slots?: ItemSlots;
+  /** Data-parallel runs: weight of this rank's token-mean terms (cap, recTxt), W·n_r/N (lib/finetune/distributed.ts). */
+  tokenScale?: number;
 }
 
 /** Which terms a micro-batch evaluates (weights zero or the alternating parity switch the others off). */

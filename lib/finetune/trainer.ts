@@ -29,7 +29,9 @@ import { CLIP_PADDINGS, ClipPadding, LatentCache, SOFT_CAPTION_MODES, RECONSTRUC
 import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, ReconstructionRoutes, SCHEDULES, SOFT_FRAMINGS, SoftFraming, activeTerms, presetWeights } from './objective';
 import type { JointBatch } from './objective';
 import { CLIP_MODES, ClipMode, JointStep } from './joint-step';
-import { FLIP_SIDES, FlipSides, TrainItem, encodeViewCaptions, epochBatches, readAnnotations } from './data';
+import { FLIP_SIDES, FlipSides, TrainItem, encodeViewCaptions, epochBatches, microBatchesPerEpoch, readAnnotations } from './data';
+import { DataParallel, SilentRunLog } from './distributed';
+import { isMainProcess } from '../distributed';
 import { RECIPES, RecipeName, recipeSettings } from './recipes';
 import { writeReport } from './report';
 import { resolveModelPath } from '../hub/resolve';
@@ -333,6 +335,8 @@ export interface StepLog {
   stepsPerSecond: number;
   rssMB: number;
   time: number;
+  /** Data-parallel runs: this step's gradient all-reduce (seconds, bytes sent per rank). */
+  allReduce?: { seconds: number; bytes: number };
 }
 
 export interface FinetuneResult {
@@ -393,7 +397,7 @@ export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promis
   else {
     if (!items) throw new RoundtripError('no bridge file and no captions to learn one from');
     bridge = buildBridge(items.map((i) => i.caption), bert, sd.tokenizer);
-    saveBridge(path.join(c.output, 'bridge.json'), bridge);
+    if (isMainProcess()) saveBridge(path.join(c.output, 'bridge.json'), bridge);
   }
   if (bridge.clipToBlip.length !== sd.tokenizer.vocabSize) throw new RoundtripError(`bridge: ${bridge.clipToBlip.length} CLIP ids, the SD tokenizer has ${sd.tokenizer.vocabSize}`);
   for (const m of [blip.model, sd.unet.model]) m.setGradientCheckpointing(c.gradientCheckpointing);
@@ -506,14 +510,16 @@ export const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 }
 
 /** Runs a finetuning from a resolved config. */
 export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Promise<FinetuneResult> {
-  const print = hooks.print ?? ((line: string) => c.progress && process.stderr.write(line + '\n'));
+  // Data-parallel (roundtrip launch / torchrun): rank 0 prepares the run folder, prints and writes; see ./distributed.ts.
+  const dp = await DataParallel.fromEnvironment();
+  const print = hooks.print ?? ((line: string) => c.progress && dp.isMain && process.stderr.write(line + '\n'));
   // Everything that can be checked is checked before a model is loaded or an image decoded.
-  prepareRunFolder(c, print);
+  if (dp.isMain) prepareRunFolder(c, print);
   c = withModelImageSizes(c);
   checkFinetuneMemory(c);
   if (c.threads) (native() as any).setNumThreads(c.threads);
   const items = readAnnotations(c.annotations, c.images, c.limit);
-  const microPerEpoch = Math.floor(items.length / c.batchSize);
+  const microPerEpoch = microBatchesPerEpoch(items.length, c.batchSize, dp.worldSize);
   const stepsPerEpoch = Math.floor(microPerEpoch / c.gradAccum);
   if (stepsPerEpoch === 0) throw new RoundtripError(`${items.length} training items do not fill one step of batchSize ${c.batchSize} × gradAccum ${c.gradAccum}`);
   const totalSteps = Math.min(c.maxSteps ?? Infinity, stepsPerEpoch * c.epochs);
@@ -530,6 +536,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   const weights = { ...presetWeights(c.objective), ...(c.weights ?? {}) };
   const objective = objectiveOptions(c, weights, { start: sd.tokenizer.sotId, end: sd.tokenizer.eotId, pad: sd.tokenizer.padId });
   const visionTrainable = m.blipTrainable.some((n) => n.startsWith('vision_model.'));
+  if (dp.active) print(`finetune: ${dp.worldSize} processes; global batch ${c.batchSize} per rank × ${dp.worldSize} ranks × ${c.gradAccum} accumulation = ${c.batchSize * dp.worldSize * c.gradAccum} samples per step`);
   const all = { ...prefixed('blip', blipParams), ...prefixed('unet', unetParams) };
   const jointStep = JointStep.create({ blip, sd, bridge: m.bridge, visionTrainable }, objective, {
     optimizers,
@@ -565,7 +572,9 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
       importOptimizers(optimizers, ck.optimizers);
       step = ck.state.step;
       epoch = Number(ck.state.epoch);
-      position = Number(ck.state.position);
+      // The data position is stored as samples seen this epoch, so a run may resume with another number of
+      // processes as long as the global micro-batch (batchSize × processes) is the same (checked below).
+      position = ck.state.samplesSeen !== undefined ? Number(ck.state.samplesSeen) / (c.batchSize * dp.worldSize) : Number(ck.state.position);
       savedStep = step;
       verifiedStep = step;
       return ck.state;
@@ -573,21 +582,26 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
       disposeCheckpoint(ck);
     }
   };
-  const log = new RunLog(path.join(c.output, 'log.jsonl'));
+  const log = dp.isMain ? new RunLog(path.join(c.output, 'log.jsonl')) : new SilentRunLog(path.join(c.output, 'log.jsonl'));
   if (c.resume) {
     const dir = resolveCheckpoint(c.resume, c.output);
     const state = await restore(dir, '--resume');
     best = Number(state.bestCider ?? -Infinity);
     lrScale = Number(state.lrScale ?? 1);
     for (const k of (state.skipped as string[] | undefined) ?? []) skipped.add(k);
-    if (Number(state.seed) !== c.seed || Number(state.batchSize) !== c.batchSize || Number(state.gradAccum) !== c.gradAccum) {
-      throw new RoundtripError(`--resume ${dir}: seed/batchSize/gradAccum differ from the checkpoint's (${state.seed}/${state.batchSize}/${state.gradAccum}); the data order would not continue`);
+    const savedWorld = Number(state.worldSize ?? 1);
+    if (Number(state.seed) !== c.seed || Number(state.batchSize) * savedWorld !== c.batchSize * dp.worldSize || Number(state.gradAccum) !== c.gradAccum) {
+      throw new RoundtripError(
+        `--resume ${dir}: seed/global micro-batch (batchSize × processes)/gradAccum differ from the checkpoint's (${state.seed}/${state.batchSize} × ${savedWorld}/${state.gradAccum}; ` +
+          `this run: ${c.seed}/${c.batchSize} × ${dp.worldSize}/${c.gradAccum}); the data order would not continue`,
+      );
     }
     log.rewindTo(step, { event: 'resume', step, from: dir });
     print(`finetune: resumed from ${dir} at step ${step}`);
   } else {
     log.start({ event: 'start', step: 0 });
   }
+  await dp.start(c, [blip.model, sd.unet.model, sd.vae.model, sd.textEncoder], [...Object.values(blipParams), ...Object.values(unetParams)], jointStep);
 
   const stop = hooks.stopSignal ?? { stop: false };
   let signal: NodeJS.Signals | undefined;
@@ -615,7 +629,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
       tensors: { blip: blipParams, unet: unetParams },
       optimizers: Object.fromEntries(Object.entries(optimizers).map(([k, o]) => [k, o!.exportState()])),
       // verified: the guard checked these tensors (rollbacks only go to verified checkpoints).
-      state: { step, epoch, position, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, lrScale, skipped: [...skipped], verified: true, config: c, ...extra },
+      state: { step, epoch, position, samplesSeen: position * c.batchSize * dp.worldSize, worldSize: dp.worldSize, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, lrScale, skipped: [...skipped], verified: true, config: c, ...extra },
     };
     try {
       const dir = await saveCheckpoint(dirRun, data, { keepLast });
@@ -633,11 +647,11 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     await checkpoint();
   }
 
-  const progress = c.progress ? createProgress({ label: 'finetune', total: totalSteps, unit: 'step', start: step }) : undefined;
+  const progress = c.progress && dp.isMain ? createProgress({ label: 'finetune', total: totalSteps, unit: 'step', start: step }) : undefined;
   const latentCache = c.cacheLatents ? new LatentCache() : undefined;
   let batches: AsyncGenerator<Awaited<ReturnType<typeof epochBatches> extends AsyncGenerator<infer B> ? B : never>> | undefined;
   const openEpoch = () =>
-    epochBatches(items, { seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale, blipFlip: c.blipFlip, blipRandAugment: c.blipRandAugment, flipSides: c.flipSides });
+    epochBatches(items, { rank: dp.rank, worldSize: dp.worldSize, seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale, blipFlip: c.blipFlip, blipRandAugment: c.blipRandAugment, flipSides: c.flipSides });
   const started = Date.now();
   try {
     while (step < totalSteps && !stop.stop) {
@@ -670,12 +684,14 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
           const mb = next.value;
           const captions = encodeViewCaptions({ blip: m.bert, clip: sd.tokenizer }, mb, { prompt: c.prompt, clipPadding: c.clipPadding });
           const seed = deriveSeed(c.seed, 3, step, k);
-          const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), seed) : undefined;
-          micro.push({ batch: { blipImages: mb.blipImages, sdImages: mb.sdImages, captions, latents }, captions });
+          const latents = latentCache ? await latentCache.latents(sd, mb.sdImages, mb.items.map((i) => i.image), seed, dp.slots) : undefined;
+          // Data-parallel: draws follow the global item, token-mean terms weighted by this rank's token share.
+          const dpBatch = dp.active ? { slots: dp.slots, tokenScale: dp.tokenScale({ blip: m.bert, clip: sd.tokenizer }, { prompt: c.prompt, clipPadding: c.clipPadding }, mb.items, mb.globalItems) } : {};
+          micro.push({ batch: { blipImages: mb.blipImages, sdImages: mb.sdImages, captions, latents, ...dpBatch }, captions });
         }
         stats = await jointStep.run(
           micro.map((x) => x.batch),
-          { step, lr, seeds: micro.map((_, k) => deriveSeed(c.seed, 3, step, k)) },
+          { step, lr, seeds: micro.map((_, k) => deriveSeed(c.seed, 3, step, k)), stop: stop.stop },
         );
       } finally {
         for (const x of micro) {
@@ -689,6 +705,8 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
       if (typeof replaced === 'number') stepLoss = replaced;
       const termSums = stats.terms;
       position += c.gradAccum;
+      // Data-parallel: a stop (SIGINT) on any rank stops every rank after this same step.
+      if (stats.stopVotes > 0) stop.stop = true;
       const { blip: blipNorm, unet: unetNorm, total: norm } = stats.gradNorm;
       step++;
       await hooks.afterUpdate?.(step, { blip, sd });
@@ -731,10 +749,11 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         terms: termSums,
         lr,
         gradNorm: { total: norm, blip: blipNorm, unet: unetNorm },
-        samplesPerSecond: (c.batchSize * c.gradAccum) / seconds,
+        samplesPerSecond: (c.batchSize * c.gradAccum * dp.worldSize) / seconds,
         stepsPerSecond: 1 / seconds,
         rssMB: rssMB(),
         time: (Date.now() - started) / 1000,
+        ...(dp.active ? { allReduce: dp.lastStats() } : {}),
       };
       log.append(row);
       result.logs.push(row);
@@ -744,7 +763,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
         print(`step ${step}/${totalSteps} loss ${stepLoss.toFixed(4)} ${Object.entries(termSums).map(([k, v]) => `${k} ${v!.toFixed(4)}`).join(' ')} lr ${lr.toExponential(2)} ${row.samplesPerSecond.toFixed(2)} samples/s`);
       }
       await hooks.afterStep?.(row);
-      if (c.validateEvery > 0 && c.valAnnotations && step % c.validateEvery === 0) {
+      if (dp.isMain && c.validateEvery > 0 && c.valAnnotations && step % c.validateEvery === 0) {
         const cider = await validate(c, m);
         result.validation.push({ step, cider });
         log.append({ step, validation: { cider } });
@@ -753,10 +772,11 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
           result.bestCheckpoint = await checkpoint(path.join(c.output, 'best'), 1, { cider });
         }
       }
-      if (c.checkpointEvery > 0 && step % c.checkpointEvery === 0 && step < totalSteps) result.lastCheckpoint = await checkpoint();
+      if (dp.isMain && c.checkpointEvery > 0 && step % c.checkpointEvery === 0 && step < totalSteps) result.lastCheckpoint = await checkpoint();
     }
     result.steps = step;
     result.interrupted = stop.stop && step < totalSteps;
+    if (!dp.isMain) return result; // rank 0 writes the checkpoint, exports and report
     result.lastCheckpoint = savedStep === step ? resolveCheckpoint('latest', c.output) : await checkpoint();
     const fullLog = log.stepRows<StepLog>();
     if (result.interrupted) {

@@ -11,6 +11,7 @@ void InitOps(Napi::Env env, Napi::Object exports);
 void InitModelHandle(Napi::Env env, Napi::Object exports);
 void InitOptim(Napi::Env env, Napi::Object exports);
 void InitJoint(Napi::Env env, Napi::Object exports);
+void InitDist(Napi::Env env, Napi::Object exports);
 json model_kinds_json() { return model_kinds(); }
 
 // memoryStats() -> {liveBytes, cachedBytes, peakBytes, hits, misses, evictions} of the large-block cache.
@@ -48,6 +49,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
                 rt::reset_peak_memory();
                 return info.Env().Undefined();
               }));
+  rt::InitDist(env, exports);
   return exports;
 }
 

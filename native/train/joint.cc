@@ -258,7 +258,7 @@ at::Tensor JointObjective::item_noise(const at::IntArrayRef shape, uint32_t seed
   std::vector<int64_t> one(shape.begin(), shape.end());
   one[0] = 1;
   for (int64_t i = 0; i < shape[0]; ++i) {
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(derive_seed(seed, {static_cast<uint32_t>(i), stream})));
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(derive_seed(seed, {slot(i), stream})));
     items.push_back(at::randn(one, gen).to(device_));
   }
   return at::cat(items, 0);
@@ -280,7 +280,7 @@ at::Tensor JointObjective::encode_latents(const at::Tensor& images, uint32_t see
 JointObjective::Denoised JointObjective::denoise(const at::Tensor& latents, const at::Tensor& ehs, uint32_t seed) {
   const int64_t B = latents.size(0);
   std::vector<int64_t> ts(B);
-  for (int64_t i = 0; i < B; ++i) ts[i] = mulberry_int(derive_seed(seed, {static_cast<uint32_t>(i), 2u}), 0, ddpm_->num_train_timesteps);
+  for (int64_t i = 0; i < B; ++i) ts[i] = mulberry_int(derive_seed(seed, {slot(i), 2u}), 0, ddpm_->num_train_timesteps);
   Denoised d;
   d.timesteps = torch::tensor(ts, at::kLong);
   at::Tensor noise = item_noise(latents.sizes(), seed, 3).to(device_, unet_dtype_);
@@ -323,7 +323,7 @@ at::Tensor JointObjective::clean_estimate(const Denoised& d, uint32_t seed) {
     if (index < 0) throw Error("joint step: timestep " + std::to_string(t) + " is not on the DDPM schedule");
     std::vector<int64_t> one(d.latents.sizes().begin(), d.latents.sizes().end());
     one[0] = 1;
-    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(derive_seed(seed, {static_cast<uint32_t>(i), 4u})));
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(derive_seed(seed, {slot(i), 4u})));
     at::Tensor noise = at::randn(one, gen).to(device_);
     outs.push_back(ddpm_all_->step(d.prediction.narrow(0, i, 1), index, d.latents.narrow(0, i, 1).to(device_, unet_dtype_), noise, &unused).prev_sample);
   }
@@ -398,6 +398,8 @@ struct FreezeWeights {
 
 TensorMap JointObjective::forward(const MicroBatch& mb, int64_t step) {
   AutocastScope amp(cfg.autocast);
+  slot_offset_ = mb.slot_offset;
+  slot_stride_ = mb.slot_stride;
   const std::vector<int> terms = active_terms(step, mb.micro);
   auto has = [&](int t) { return std::find(terms.begin(), terms.end(), t) != terms.end(); };
   TensorMap out;
@@ -415,7 +417,7 @@ TensorMap JointObjective::forward(const MicroBatch& mb, int64_t step) {
   if (has(kRecImg) || has(kSd) || has(kRecTxt)) {
     latents = mb.latents.defined() ? mb.latents.to(device_, unet_dtype_) : encode_latents(mb.sd_images, mb.seed);
   }
-  if (has(kCap)) out["cap"] = caption_loss(logits, mb.blip_labels);
+  if (has(kCap)) out["cap"] = mb.token_scale != 1 ? caption_loss(logits, mb.blip_labels) * mb.token_scale : caption_loss(logits, mb.blip_labels);
   if (has(kRecImg)) {
     at::Tensor P = soft_caption(logits, mb);
     if (cfg.rec_img_route == "unet") P = P.detach();  // only the UNet: BLIP's soft caption enters as a constant
@@ -439,6 +441,7 @@ TensorMap JointObjective::forward(const MicroBatch& mb, int64_t step) {
       at::Tensor decoded = vae.call("decode", {{"z", to_4d(vae, x0)}}, json{{"scaled", true}}).at("image");
       at::Tensor pixels = sd_to_blip_pixels(decoded.to(models.blip->device()));
       out["recTxt"] = caption_loss(blip_logits(models.blip->call("vision", {{"pixel_values", pixels}}, call_opts).at("last_hidden_state"), mb), mb.blip_labels);
+      if (mb.token_scale != 1) out["recTxt"] = out["recTxt"] * mb.token_scale;
     }
   }
   at::Tensor total;
@@ -451,7 +454,7 @@ TensorMap JointObjective::forward(const MicroBatch& mb, int64_t step) {
   return out;
 }
 
-at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t step, double lr) {
+at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t step, double lr, const DistStep* dist) {
   if (batches.empty()) throw Error("joint step: no micro-batches");
   std::vector<at::Tensor> blip_params = blip_opt ? blip_opt->params : std::vector<at::Tensor>();
   std::vector<at::Tensor> unet_params = unet_opt ? unet_opt->params : std::vector<at::Tensor>();
@@ -464,27 +467,48 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
   using clock = std::chrono::steady_clock;
   auto ms_since = [](clock::time_point t) { return std::chrono::duration<float, std::milli>(clock::now() - t).count(); };
   float forward_ms = 0, backward_ms = 0;
-  for (const MicroBatch& mb : batches) {
-    auto t0 = clock::now();
-    TensorMap r = forward(mb, step);
-    forward_ms += ms_since(t0);
-    at::Tensor total = r.at("total");
-    {
-      at::NoGradGuard no_grad;
-      loss_sum.add_(total.detach().to(device_, at::kFloat) / accum);
-      for (int t = 0; t < 4; ++t) {
-        auto it = r.find(kTermNames[t]);
-        if (it == r.end()) continue;
-        at::Tensor v = it->second.detach().to(device_, at::kFloat) / accum;
-        term_sums[t] = term_sums[t].defined() ? term_sums[t] + v : v;
+  try {
+    for (const MicroBatch& mb : batches) {
+      auto t0 = clock::now();
+      TensorMap r = forward(mb, step);
+      forward_ms += ms_since(t0);
+      at::Tensor total = r.at("total");
+      {
+        at::NoGradGuard no_grad;
+        loss_sum.add_(total.detach().to(device_, at::kFloat) / accum);
+        for (int t = 0; t < 4; ++t) {
+          auto it = r.find(kTermNames[t]);
+          if (it == r.end()) continue;
+          at::Tensor v = it->second.detach().to(device_, at::kFloat) / accum;
+          term_sums[t] = term_sums[t].defined() ? term_sums[t] + v : v;
+        }
       }
+      t0 = clock::now();
+      (accum > 1 ? total / accum : total).backward();
+      backward_ms += ms_since(t0);
     }
-    t0 = clock::now();
-    (accum > 1 ? total / accum : total).backward();
-    backward_ms += ms_since(t0);
+  } catch (...) {
+    if (dist && dist->sync) dist::pass_turn(dist->ticket);  // the other ranks then fail in their all-reduce
+    throw;
   }
   const auto t_update = clock::now();
   at::NoGradGuard no_grad;
+  // Data-parallel: average the gradients and the loss numbers over the ranks (lib/finetune/distributed.ts), with the
+  // stop votes, in one collective round; the "has a gradient" counts are checked with the stats below.
+  at::Tensor stop_votes = at::zeros({}, f32), grads_agree = at::ones({}, f32);
+  if (dist && dist->sync) {
+    std::vector<at::Tensor> e{loss_sum};
+    for (int t = 0; t < 4; ++t) e.push_back(term_sums[t].defined() ? term_sums[t] : at::zeros({}, f32));
+    e.push_back(at::full({}, dist->stop ? 1.f : 0.f, f32));
+    at::Tensor summed = dist->sync->finish(at::stack(e), dist->ticket).to(device_);
+    const double W = dist->world_size;
+    loss_sum = (summed[0] / W).to(at::kFloat);
+    for (int t = 0; t < 4; ++t)
+      if (term_sums[t].defined()) term_sums[t] = (summed[1 + t] / W).to(at::kFloat);
+    stop_votes = summed[5].to(at::kFloat);
+    at::Tensor counts = summed.narrow(0, 6, summed.numel() - 6);
+    grads_agree = counts.numel() ? ((counts == 0) | (counts == W)).all().to(at::kFloat) : grads_agree;
+  }
   at::Tensor blip_norm = grad_norm(blip_params, device_), unet_norm = grad_norm(unet_params, device_);
   std::vector<at::Tensor> all = blip_params;
   all.insert(all.end(), unet_params.begin(), unet_params.end());
@@ -505,10 +529,11 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
   const float nan = std::numeric_limits<float>::quiet_NaN();
   std::vector<at::Tensor> stats{loss_sum};
   for (int t = 0; t < 4; ++t) stats.push_back(term_sums[t].defined() ? term_sums[t] : at::full({}, nan, f32));
-  stats.insert(stats.end(), {total_norm, blip_norm, unet_norm, param_max});
+  stats.insert(stats.end(), {total_norm, blip_norm, unet_norm, param_max, stop_votes.to(device_), grads_agree.to(device_)});
   // The step's one host synchronisation: every number it reports, and whether the update may be applied.
   at::Tensor host = at::stack(stats).to(at::kCPU);
   const float* v = host.data_ptr<float>();
+  if (v[10] != 1) throw Error("joint step: the ranks disagree on which trained tensors have gradients (different schedules or trainable sets?)");
   bool finite = std::isfinite(v[0]) && std::isfinite(v[5]) && std::isfinite(v[8]);
   for (int t = 0; t < 4; ++t) finite = finite && (std::isnan(v[1 + t]) ? !term_sums[t].defined() : std::isfinite(v[1 + t]));
   if (finite) {
@@ -520,7 +545,7 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
     }
   }
   // Host-side wall times (on CUDA the kernels may still run when a phase returns; the sync above closes them).
-  return at::cat({host, torch::tensor({finite ? 1.f : 0.f, forward_ms, backward_ms, ms_since(t_update)})});
+  return at::cat({host.narrow(0, 0, 9), torch::tensor({finite ? 1.f : 0.f, forward_ms, backward_ms, ms_since(t_update)}), host.narrow(0, 9, 1)});
 }
 
 }  // namespace rt::train

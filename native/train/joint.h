@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "core/model.h"
+#include "dist/dist.h"
 #include "models/schedulers.h"
 #include "train/adamw.h"
 
@@ -63,6 +64,19 @@ struct MicroBatch {
   std::vector<int64_t> caption_lengths;
   uint32_t seed = 0;
   int64_t micro = 0;       // index within the optimizer step (alternating-micro)
+  // Data-parallel (lib/finetune/distributed.ts): item i draws as global item slot_offset + i·slot_stride, and the
+  // token-mean terms (cap, recTxt) are weighted by token_scale = W·n_r/N, so W ranks reproduce one process.
+  int64_t slot_offset = 0, slot_stride = 1;
+  double token_scale = 1;
+};
+
+// Data-parallel step: the averager run between backward and clipping, its collective ticket (taken on the JS
+// thread, in call order) and this rank's stop vote.
+struct DistStep {
+  std::shared_ptr<dist::GradSync> sync;
+  uint64_t ticket = 0;
+  int world_size = 1;
+  bool stop = false;
 };
 
 struct JointModels {
@@ -79,10 +93,12 @@ class JointObjective {
   TensorMap forward(const MicroBatch& mb, int64_t step);
 
   // One optimizer step over the micro-batches. Caller holds the model locks.
-  // Returns float32 [13] on the CPU: loss, the 4 terms (mean over micro-batches; NaN where inactive), grad norms
+  // Returns float32 [14] on the CPU: loss, the 4 terms (mean over micro-batches; NaN where inactive), grad norms
   // total/blip/unet (before clipping), largest |w| before the update, 1 if the update was applied (every number
-  // finite) else 0, then milliseconds of the forwards, the backwards, and clipping + update.
-  at::Tensor step(const std::vector<MicroBatch>& batches, int64_t step, double lr);
+  // finite) else 0, milliseconds of the forwards, the backwards, and clipping + update, then the ranks' stop votes.
+  // With `dist`, gradients and the loss numbers are averaged over the ranks before norms and clipping (one
+  // collective round, no extra host sync).
+  at::Tensor step(const std::vector<MicroBatch>& batches, int64_t step, double lr, const DistStep* dist = nullptr);
 
   std::shared_ptr<AdamWState> blip_opt, unet_opt;
   // The models, held strongly only during a call (bind/unbind), so disposing a model in JS frees it.
@@ -108,6 +124,9 @@ class JointObjective {
   at::Tensor soft_caption(const at::Tensor& logits, const MicroBatch& mb);
   at::Tensor encode_latents(const at::Tensor& images, uint32_t seed);
   at::Tensor item_noise(const at::IntArrayRef shape, uint32_t seed, uint32_t stream);
+  // The draw index of batch item i (MicroBatch slots of the micro-batch being evaluated).
+  uint32_t slot(int64_t i) const { return static_cast<uint32_t>(slot_offset_ + i * slot_stride_); }
+  int64_t slot_offset_ = 0, slot_stride_ = 1;
   struct Denoised {
     at::Tensor loss, prediction, noisy, timesteps, latents;
   };

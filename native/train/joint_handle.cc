@@ -12,6 +12,7 @@ namespace rt {
 
 std::shared_ptr<Model> model_from_js(const Napi::Value& v, const std::string& what);
 std::shared_ptr<train::AdamWState> adamw_from_js(const Napi::Value& v, const std::string& what);
+std::shared_ptr<dist::GradSync> grad_sync_from_js(const Napi::Value& v, const std::string& what);
 
 namespace {
 
@@ -36,6 +37,11 @@ train::MicroBatch micro_batch(const TensorMap& t, const json& o, const std::stri
     throw Error(where + ": caption_lengths has " + std::to_string(mb.caption_lengths.size()) + " entries for " + std::to_string(B) + " captions");
   mb.seed = static_cast<uint32_t>(opt<int64_t>(o, "seed", 0));
   mb.micro = opt<int64_t>(o, "micro", 0);
+  mb.slot_offset = opt<int64_t>(o, "slot_offset", 0);
+  mb.slot_stride = opt<int64_t>(o, "slot_stride", 1);
+  mb.token_scale = opt<double>(o, "token_scale", 1.0);
+  if (mb.slot_offset < 0 || mb.slot_stride < 1 || !(mb.token_scale >= 0))
+    throw Error(where + ": slot_offset must be >= 0, slot_stride >= 1 and token_scale >= 0");
   return mb;
 }
 
@@ -46,6 +52,7 @@ class JointStepHandle : public Napi::ObjectWrap<JointStepHandle> {
     Napi::Function f = DefineClass(env, "JointStepHandle",
                                    {InstanceMethod<&JointStepHandle::Objective>("objective"), InstanceMethod<&JointStepHandle::Step>("step"),
                                     InstanceMethod<&JointStepHandle::ActiveTerms>("activeTerms"),
+                                    InstanceMethod<&JointStepHandle::SetGradSync>("setGradSync"),
                                     InstanceMethod<&JointStepHandle::Dispose>("dispose")});
     ctor = Napi::Persistent(f);
     ctor.SuppressDestruct();
@@ -53,6 +60,7 @@ class JointStepHandle : public Napi::ObjectWrap<JointStepHandle> {
   }
   explicit JointStepHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JointStepHandle>(info) {}
   std::shared_ptr<train::JointObjective> j;
+  std::shared_ptr<dist::GradSync> grad_sync;  // data-parallel runs (setGradSync)
 
  private:
   // Runs `body` holding every model's lock (always in one order, so concurrent calls cannot deadlock).
@@ -101,8 +109,11 @@ class JointStepHandle : public Napi::ObjectWrap<JointStepHandle> {
       }
       const int64_t step = opt<int64_t>(o, "step", 0);
       const double lr = opt<double>(o, "lr", 1e-4);
-      return run_async(info.Env(), [j, batches, step, lr]() -> Finisher {
-        at::Tensor stats = locked(*j, [&] { return j->step(batches, step, lr); });
+      // The collective's ticket is taken here, on the JS thread, so every rank issues it in call order.
+      std::optional<train::DistStep> dist;
+      if (grad_sync) dist = train::DistStep{grad_sync, dist::issue_ticket(), dist::world_size(), opt<bool>(o, "stop", false)};
+      return run_async(info.Env(), [j, batches, step, lr, dist]() -> Finisher {
+        at::Tensor stats = locked(*j, [&] { return j->step(batches, step, lr, dist ? &*dist : nullptr); });
         return [stats](Napi::Env env) -> Napi::Value {
           auto a = Napi::Float32Array::New(env, stats.numel());
           std::memcpy(a.Data(), stats.data_ptr<float>(), stats.numel() * sizeof(float));
@@ -112,8 +123,16 @@ class JointStepHandle : public Napi::ObjectWrap<JointStepHandle> {
     });
   }
 
+  // setGradSync(gradSyncHandle | null): average gradients over the ranks inside step().
+  Napi::Value SetGradSync(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      grad_sync = info[0].IsNull() || info[0].IsUndefined() ? nullptr : grad_sync_from_js(info[0], "joint.setGradSync");
+      return info.Env().Undefined();
+    });
+  }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     j.reset();
+    grad_sync.reset();
     return info.Env().Undefined();
   }
 
