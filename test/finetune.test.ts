@@ -32,6 +32,7 @@ import { benchFinetune } from '../lib/finetune/bench';
 import { listCheckpoints, loadCheckpoint, disposeCheckpoint } from '../lib/train/checkpoint';
 import { DATA, ROOT } from './support/paths';
 import { makeTinyBlip, makeTinySd } from './support/tiny-models';
+import { pixels } from './support/pixels';
 
 
 jest.setTimeout(180000);
@@ -44,17 +45,6 @@ let sd: StableDiffusionPipeline;
 let batch: CaptionBatch;
 const bridge = loadBridge(path.join(DATA, 'seed-release', 'reindex_clip_to_blip.json'));
 const CAPTIONS = ['A dog runs on the grass.', 'two red buses parked near a building'];
-
-/** Deterministic pseudo-random pixels in a range, [B, 3, S, S]. */
-function pixels(B: number, S: number, seed: number, lo = -1, hi = 1): Tensor {
-  const data = new Float32Array(B * 3 * S * S);
-  let s = seed >>> 0;
-  for (let i = 0; i < data.length; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    data[i] = lo + ((s >>> 8) / 16777216) * (hi - lo);
-  }
-  return Tensor.fromTypedArray(data, [B, 3, S, S]);
-}
 
 function gradNorms(tensors: Record<string, Tensor>): Record<string, number> {
   const out: Record<string, number> = {};

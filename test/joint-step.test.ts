@@ -32,6 +32,7 @@ import { JointStep } from '../lib/finetune/joint-step';
 import { deriveSeed } from '../lib/image/random';
 import { DATA } from './support/paths';
 import { makeTinyBlip, makeTinySd } from './support/tiny-models';
+import { pixels } from './support/pixels';
 
 jest.setTimeout(300000);
 
@@ -40,16 +41,6 @@ let blipDir: string;
 let sdDir: string;
 const bridge = loadBridge(path.join(DATA, 'seed-release', 'reindex_clip_to_blip.json'));
 const CAPTIONS = ['A dog runs on the grass.', 'two red buses parked near a building'];
-
-function pixels(B: number, S: number, seed: number, lo = -1, hi = 1): Tensor {
-  const data = new Float32Array(B * 3 * S * S);
-  let s = seed >>> 0;
-  for (let i = 0; i < data.length; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    data[i] = lo + ((s >>> 8) / 16777216) * (hi - lo);
-  }
-  return Tensor.fromTypedArray(data, [B, 3, S, S]);
-}
 
 beforeAll(() => {
   root = fs.mkdtempSync(path.join(os.tmpdir(), 'joint-step-'));
