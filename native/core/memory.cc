@@ -118,6 +118,10 @@ class CachingCpuAllocator final : public at::Allocator {
         stats_.live_bytes += b.size;
         ++stats_.hits;
         live_[b.ptr] = b.size;
+        // A reused block reads as a freshly mapped one (zeros), as every large block did before this cache:
+        // results must not depend on what an earlier call left in memory (a resumed run in a new process has to
+        // repeat an in-process run bit for bit). One memset of warm pages costs far less than faulting them in.
+        std::memset(b.ptr, 0, std::min(b.size, (n + 4095) / 4096 * 4096));
         return b.ptr;
       }
       ++stats_.misses;
