@@ -69,7 +69,7 @@ export const command: CommandModule<{}, any> = {
       .positional('what', { type: 'string', choices: ['components', 'finetune', 'recon', 'distributed'], default: 'components', describe: 'What to benchmark ("distributed": 1 process vs --nproc processes on the same cores)' })
       .option('size', { type: 'string', choices: [...BENCH_SIZES], default: 'tiny', describe: 'components: tiny, world (built-in weights) or sd14 (published configs, random weights)' })
       .option('reps', { type: 'number', default: 5, describe: 'components: timed runs per row (median reported)' })
-      .option('rows', { type: 'string', describe: 'components: only rows whose name matches this regular expression' })
+      .option('rows', { type: 'string', describe: 'components: only rows whose name matches this regular expression (default: every row)' })
       .option('cache', { type: 'string', describe: 'components: folder for the random-weight models (default $TMPDIR/roundtrip-bench)' })
       .option('nproc', { type: 'number', describe: 'distributed: processes of the data-parallel variant (default 2)' })
       .option('master-port', { type: 'number', describe: 'distributed: rendezvous port (default 29500)' })

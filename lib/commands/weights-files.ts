@@ -130,7 +130,7 @@ export const convertCommand: CommandModule<{}, any> = {
     yargs
       .positional('input', { type: 'string', describe: 'PyTorch checkpoint, the pytorch_model.bin.index.json of a sharded one, or a CompVis SD single file', demandOption: true })
       .positional('output', { type: 'string', describe: 'safetensors file to write (atomically); a folder for a sharded checkpoint, or the diffusers folder of an SD single file', demandOption: true })
-      .option('configs', { type: 'string', describe: 'SD single file → folder: folder with unet_config.json / vae_config.json / text_encoder_config.json overriding the inferred configs' })
+      .option('configs', { type: 'string', describe: 'SD single file → folder: folder with unet_config.json / vae_config.json / text_encoder_config.json overriding the inferred configs (default: configs inferred from the file)' })
       .option('tokenizer', { type: 'string', describe: 'SD single file → folder: CLIP tokenizer folder to copy (default: the package\'s CLIP vocabulary)' })
       .option('dtype', {
         type: 'string',
