@@ -151,6 +151,9 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
       return run_async(info.Env(), [m, files, options]() -> Finisher {
         std::lock_guard<std::mutex> lock(m->mutex);
         json report = load_weights(*m, files, options);
+        // The tensors the files replaced (a created model's initial values) are freed now; hand their blocks back
+        // to the system instead of keeping a model's worth of memory cached.
+        release_cached_memory();
         return [report](Napi::Env env) { return json_to_js(env, report); };
       });
     });
