@@ -143,9 +143,11 @@ maybe('finetune', () => {
   let reference: { losses: number[]; export: Record<string, Buffer> };
 
   beforeAll(async () => {
+    // The uninterrupted run, as a fresh process like every run it is compared with.
     const out = path.join(root, 'ft-reference');
-    const r = await finetune(resolveConfig({ blip: blipDir, sd: sdDir, bridge: path.join(DATA, 'seed-release', 'reindex_clip_to_blip.json'), annotations: path.join(root, 'train.json'), images: path.join(root, 'images'), output: out, sdSize: 16, blipSize: 16, batchSize: 2, epochs: 2, prefetch: 2, progress: false, checkpointEvery: 0 }));
-    reference = { losses: r.losses, export: { blip: fs.readFileSync(r.exported.blip!), unet: fs.readFileSync(r.exported.unet!) } };
+    expect((await cli([...flags(out), '--checkpoint-every', '0'])).code).toBe(0);
+    const losses = new RunLog(path.join(out, 'log.jsonl')).stepRows<{ loss: number }>().map((r) => r.loss);
+    reference = { losses, export: { blip: fs.readFileSync(path.join(out, 'export', 'blip.safetensors')), unet: fs.readFileSync(path.join(out, 'export', 'unet.safetensors')) } };
   });
 
   const expectReference = (out: string) => {
@@ -300,14 +302,15 @@ maybe('rerank and report', () => {
     const lines = () => (fs.existsSync(path.join(out, 'results.jsonl')) ? fs.readFileSync(path.join(out, 'results.jsonl'), 'utf8').split('\n').length - 1 : 0);
     const cacheWrite = () => fs.existsSync(path.join(out, 'cache')) && fs.readdirSync(path.join(out, 'cache')).some((n) => n.endsWith('.tmp'));
     let kills = 0;
-    for (let i = 0; i < 6 && kills < 3; i++) {
+    // A run that finished before its kill is removed so the next trial starts over: until 3 kills, at most 12 runs.
+    for (let i = 0; i < 12 && kills < 3; i++) {
       // Alternately: while a cached image is being written, or at a seeded point after the next record.
       const start = lines();
       let seen = 0;
       const e = await cli(rerankArgs(out), { killIf: kills % 2 === 0 ? cacheWrite : () => lines() > start && ++seen > r.int(0, 40) });
       await assertIntact(out);
       if (e.killed) kills++;
-      else break;
+      else fs.rmSync(out, { recursive: true, force: true });
     }
     trials['rerank kill -9'] = kills;
     expect((await cli(rerankArgs(out))).code).toBe(0);
@@ -319,7 +322,8 @@ maybe('rerank and report', () => {
     const report = path.join(straight, 'report');
     let reportKills = 0;
     const reportWrite = () => fs.existsSync(report) && fs.readdirSync(report).some((n) => TEMP.test(n));
-    for (let i = 0; i < 10 && reportKills < 6; i++) {
+    // A fast machine finishes some reports before the kill lands: try until 6 kills, at most 20 runs.
+    for (let i = 0; i < 20 && reportKills < 6; i++) {
       const e = await cli(['report', straight], i % 2 ? { killAtMs: r.int(150, 1200) } : { killIf: reportWrite });
       await assertIntact(report);
       if (e.killed) reportKills++;
@@ -334,6 +338,15 @@ maybe('rerank and report', () => {
   });
 });
 
+/** A valid safetensors file holding `body` as one U8 tensor (a complete download must parse as what it claims). */
+function safetensorsBytes(body: Buffer): Buffer {
+  let header = JSON.stringify({ x: { dtype: 'U8', shape: [body.length], data_offsets: [0, body.length] } });
+  header += ' '.repeat((8 - (header.length % 8)) % 8);
+  const size = Buffer.alloc(8);
+  size.writeBigUInt64LE(BigInt(header.length));
+  return Buffer.concat([size, Buffer.from(header), body]);
+}
+
 maybe('weights pull', () => {
   let hub: FakeHub;
   beforeAll(async () => {
@@ -344,7 +357,7 @@ maybe('weights pull', () => {
   test('kill -9 during downloads; the next pull resumes and the files verify', async () => {
     const files = [
       { path: 'config.json', content: Buffer.from(JSON.stringify({ model_type: 'blip' })) },
-      { path: 'model.safetensors', content: fakeBytes(6_000_000, 1), lfs: true },
+      { path: 'model.safetensors', content: safetensorsBytes(fakeBytes(6_000_000, 1)), lfs: true },
       { path: 'vocab.txt', content: Buffer.from('[PAD]\n[UNK]\nhello\n') },
     ];
     hub.addRepo({ id: 'org/faulty', files });
@@ -354,13 +367,14 @@ maybe('weights pull', () => {
     let kills = 0;
     const dir = path.join(home, 'rt', 'models', 'org--faulty');
     const downloading = () => fs.existsSync(dir) && JSON.stringify(fs.readdirSync(dir, { recursive: true })).includes('.incomplete');
-    for (let i = 0; i < 10 && kills < 6; i++) {
+    // A pull that finished before its kill is removed so the next trial downloads again: until 6 kills, at most 20.
+    for (let i = 0; i < 20 && kills < 6; i++) {
       const e = await cli(['weights', 'pull', 'org/faulty'], { env, ...(i % 3 === 2 ? { killAtMs: r.int(200, 1500) } : { killIf: downloading }) });
       await assertIntact(path.join(home, 'rt'));
       if (e.killed) kills++;
       else {
         expect(e.code).toBe(0);
-        break;
+        fs.rmSync(dir, { recursive: true, force: true });
       }
     }
     trials['weights pull kill -9'] = kills;
