@@ -19,6 +19,7 @@ import { loadImage } from '../lib/image/decode';
 import { FakeHub, fakeBytes, sha256Hex } from './support/fake-hub';
 import { DATA, ROOT } from './support/paths';
 import { makeTinyBlip, makeTinyClip, makeTinySd } from './support/tiny-models';
+import { Rng } from '../lib/image/random';
 
 jest.setTimeout(600000);
 
@@ -27,14 +28,9 @@ const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli.js'));
 const maybe = hasDist ? describe : describe.skip;
 
 function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  // lib/image/random.ts's mulberry32: the same sequence, one implementation.
+  const g = new Rng(seed);
+  const next = () => g.next();
   return { next, int: (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo)) };
 }
 

@@ -17,6 +17,7 @@ import { disposeAll } from '../lib/tensor';
 import { resolveConfig } from '../lib/finetune/trainer';
 import { readAnnotations } from '../lib/finetune/data';
 import { loadRuns } from '../lib/report/load';
+import { Rng } from '../lib/image/random';
 
 jest.setTimeout(120000);
 
@@ -24,16 +25,11 @@ const SEED = Number(process.env.FUZZ_SEED ?? 19);
 const SCALE = Number(process.env.FUZZ_CASES ?? 520) / 520;
 const n = (base: number) => Math.max(1, Math.round(base * SCALE));
 
-/** mulberry32: a small seeded generator. */
+/** A small seeded generator (mulberry32) with the helpers the fuzzer draws with. */
 function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  // lib/image/random.ts's mulberry32: the same sequence, one implementation.
+  const g = new Rng(seed);
+  const next = () => g.next();
   return { next, int: (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo)), pick: <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)] };
 }
 
