@@ -101,11 +101,30 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
   return projection(nn::merge_heads(nn::attention(mixed[0], mixed[1], mixed[2], at::Tensor(), scale)));
 }
 
+namespace {
+// Inference-time in-place arithmetic (as sd_blocks.h does for the UNet): without autograd a layer's temporaries
+// are its own, so residual adds and the activation reuse their buffers instead of allocating (and zeroing) new
+// ones. Out of place whenever a graph is recorded or the dtypes differ, as the result must not change.
+bool can_inplace(const at::Tensor& into, const at::Tensor& other) {
+  return !at::GradMode::is_enabled() && into.scalar_type() == other.scalar_type() && into.sizes() == other.sizes();
+}
+// a + b, reusing a's buffer when allowed (b + a is the same IEEE sum).
+at::Tensor add_into(at::Tensor a, const at::Tensor& b) { return can_inplace(a, b) ? a.add_(b) : a + b; }
+// The MLP activation of fc1's output, in place when allowed (same kernel).
+at::Tensor activation_tmp(const std::string& act, at::Tensor x) {
+  if (at::GradMode::is_enabled()) return nn::activation(act, x);
+  if (act == "gelu") return at::gelu_(x);
+  if (act == "relu") return at::relu_(x);
+  if (act == "silu" || act == "swish") return at::silu_(x);
+  return nn::activation(act, x);
+}
+}  // namespace
+
 VisionMlpImpl::VisionMlpImpl(const VisionConfig& c) : act(c.act) {
   fc1 = register_module("fc1", torch::nn::Linear(c.hidden, c.intermediate));
   fc2 = register_module("fc2", torch::nn::Linear(c.intermediate, c.hidden));
 }
-at::Tensor VisionMlpImpl::forward(const at::Tensor& x) { return fc2(nn::activation(act, fc1(x))); }
+at::Tensor VisionMlpImpl::forward(const at::Tensor& x) { return fc2(activation_tmp(act, fc1(x))); }
 
 VisionLayerImpl::VisionLayerImpl(const VisionConfig& c) {
   layer_norm1 = register_module("layer_norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden}).eps(c.eps)));
@@ -115,8 +134,8 @@ VisionLayerImpl::VisionLayerImpl(const VisionConfig& c) {
 }
 // x: [B, T, H] -> [B, T, H] (pre-LN)
 at::Tensor VisionLayerImpl::forward(const at::Tensor& x) {
-  at::Tensor h = x + self_attn(layer_norm1(x));
-  return h + mlp(layer_norm2(h));
+  at::Tensor h = add_into(self_attn(layer_norm1(x)), x);
+  return add_into(mlp(layer_norm2(h)), h);
 }
 
 VisionEncoderImpl::VisionEncoderImpl(const VisionConfig& c) {
@@ -317,7 +336,18 @@ at::Tensor BlipModel::image_embeds(const TensorMap& in, const std::string& where
   }
   auto pit = in.find("pixel_values");
   if (pit == in.end()) throw Error(where + ": needs input 'pixel_values' or 'image_embeds'");
-  return vision_model->forward(pit->second.to(device())).first;
+  const at::Tensor pixels = pit->second.to(device());
+  // A frozen tower on a constant image records no graph: it then runs without grad mode, so its layers reuse their
+  // temporaries (in-place residuals, GELU, softmax; the same arithmetic). Pixels that carry a gradient (the joint
+  // step's decoded image) or a trainable vision weight keep autograd.
+  bool needs_graph = at::GradMode::is_enabled() && pixels.requires_grad();
+  for (const auto& p : vision_model->parameters()) {
+    if (needs_graph) break;
+    needs_graph = at::GradMode::is_enabled() && p.requires_grad();
+  }
+  if (needs_graph) return vision_model->forward(pixels).first;
+  at::NoGradGuard no_grad;
+  return vision_model->forward(pixels).first;
 }
 
 at::ScalarType BlipModel::param_dtype() const {

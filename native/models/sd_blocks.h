@@ -33,12 +33,68 @@ inline at::Tensor add_into(at::Tensor a, const at::Tensor& b) { return can_inpla
 // SiLU of a temporary, in place when allowed.
 inline at::Tensor silu_tmp(at::Tensor x) { return at::GradMode::is_enabled() ? at::silu(x) : at::silu_(x); }
 
+// A Conv2d's forward at inference with its weight packed once into oneDNN's blocked layout. libtorch 1.13 reorders a
+// plain weight into that layout inside every oneDNN convolution: for SD v1.4's UNet 2.4 GB of weights are read,
+// written to fresh buffers (zeroed by the block cache) and dropped on every forward. The packed copy is kept while the
+// weight keeps its storage and version (an optimizer step or a weight load repacks it) and costs the weights' size once
+// more in memory. Taken only where libtorch itself would run oneDNN (its use_mkldnn rule for float32 CPU input), so
+// the same kernels compute it; oneDNN may block a packed weight differently (outputs ~1e-6 apart). Outside a
+// PackedConvScope, with autograd, on another device or another libtorch, the module's own forward runs.
+// Whether PackedConv2d may pack: set by the UNet for a whole forward that starts without autograd. A checkpointed
+// training forward runs its first pass without grad too; it keeps libtorch's path, so both passes compute alike.
+inline bool& packed_conv_enabled() {
+  thread_local bool on = false;
+  return on;
+}
+struct PackedConvScope {
+  bool prev;
+  explicit PackedConvScope(bool on) : prev(packed_conv_enabled()) { packed_conv_enabled() = on; }
+  ~PackedConvScope() { packed_conv_enabled() = prev; }
+};
+
+struct PackedConv2d {
+  at::Tensor packed;
+  const void* data = nullptr;
+  int64_t version = -1;
+
+  // c: the module (its weight, bias and options), x: [N, Cin, H, W] -> [N, Cout, H', W']
+  at::Tensor operator()(torch::nn::Conv2d& c, const at::Tensor& x) {
+#if TORCH_VERSION_MAJOR == 1 && TORCH_VERSION_MINOR == 13 && AT_MKLDNN_ENABLED()
+    const auto& o = c->options;
+    const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+    const at::Tensor& w = c->weight;
+    if (pad && packed_conv_enabled() && !at::GradMode::is_enabled() && c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) && !o.transposed() &&
+        at::globalContext().userEnabledMkldnn() && x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+        w.scalar_type() == at::kFloat && w.device().is_cpu() && x.is_contiguous()) {
+      const at::IntArrayRef stride = o.stride(), dilation = o.dilation();
+      const bool strided = stride[0] != 1 || stride[1] != 1, dilated = dilation[0] != 1 || dilation[1] != 1;
+      const int64_t kh = w.size(2), kw = w.size(3), n = x.size(0);
+      // libtorch 1.13 ConvParams::use_mkldnn for a dense float32 input.
+      const bool onednn = (strided || dilated || n >= 16 || kw != 1 || kh != 1 || at::get_num_threads() > 1) &&
+                          (o.groups() > 1 || (kw > 3 && kh > 3) || n > 1 || x.numel() > 20480);
+      if (onednn) {
+        if (!packed.defined() || data != w.data_ptr() || version != static_cast<int64_t>(w._version())) {
+          packed = at::Tensor();  // the old copy goes before the new one is made
+          packed = at::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), at::IntArrayRef(*pad), stride, dilation, o.groups());
+          data = w.data_ptr();
+          version = static_cast<int64_t>(w._version());
+        }
+        const c10::optional<at::Tensor> bias = c->bias.defined() ? c10::optional<at::Tensor>(c->bias) : c10::nullopt;
+        return at::mkldnn_convolution(x, packed, bias, at::IntArrayRef(*pad), stride, dilation, o.groups());
+      }
+    }
+#endif
+    return c->forward(x);
+  }
+};
+
 // ResnetBlock2D (resnet_time_scale_shift "default"): the UNet's (with a time embedding) and the VAE's (without).
 struct ResnetBlock2DImpl : torch::nn::Module {
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
   torch::nn::Linear time_emb_proj{nullptr};
   double output_scale_factor;
+  PackedConv2d packed_conv1, packed_conv2, packed_shortcut;
 
   ResnetBlock2DImpl(int64_t in, int64_t out, int64_t temb_channels, int64_t groups, double eps, double output_scale = 1.0)
       : output_scale_factor(output_scale) {
@@ -53,14 +109,14 @@ struct ResnetBlock2DImpl : torch::nn::Module {
 
   // x: [N, Cin, H, W], temb: [N, T] or undefined -> [N, Cout, H, W]
   at::Tensor forward(const at::Tensor& x, const at::Tensor& temb) {
-    at::Tensor h = conv1(silu_tmp(norm1(x)));
+    at::Tensor h = packed_conv1(conv1, silu_tmp(norm1(x)));
     // SiLU is applied to the embedding before the projection (diffusers' nonlinearity(temb)).
     if (time_emb_proj && temb.defined()) {
       at::Tensor t = time_emb_proj(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);
       h = !at::GradMode::is_enabled() && h.scalar_type() == t.scalar_type() ? h.add_(t) : h + t;
     }
-    h = conv2(silu_tmp(norm2(h)));
-    at::Tensor out = add_into(h, conv_shortcut ? conv_shortcut(x) : x);  // shortcut + h (addition commutes exactly)
+    h = packed_conv2(conv2, silu_tmp(norm2(h)));
+    at::Tensor out = add_into(h, conv_shortcut ? packed_shortcut(conv_shortcut, x) : x);  // shortcut + h (addition commutes exactly)
     return output_scale_factor == 1.0 ? out : out / output_scale_factor;
   }
 };
@@ -158,6 +214,7 @@ struct Transformer2DImpl : torch::nn::Module {
   torch::nn::Linear proj_in_lin{nullptr}, proj_out_lin{nullptr};
   torch::nn::ModuleList transformer_blocks;
   std::vector<BasicTransformerBlock> blocks;
+  PackedConv2d packed_in, packed_out;
 
   Transformer2DImpl(int64_t channels, int64_t heads, int64_t layers, int64_t cross_dim, int64_t groups, bool linear_proj, bool only_cross) {
     if (heads <= 0 || channels % heads != 0)
@@ -186,13 +243,13 @@ struct Transformer2DImpl : torch::nn::Module {
     const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
     at::Tensor h = norm(x);
     if (proj_in_conv) {
-      h = proj_in_conv(h).permute({0, 2, 3, 1}).reshape({B, H * W, C});
+      h = packed_in(proj_in_conv, h).permute({0, 2, 3, 1}).reshape({B, H * W, C});
     } else {
       h = proj_in_lin(h.permute({0, 2, 3, 1}).reshape({B, H * W, C}));
     }
     for (auto& b : blocks) h = b->forward(h, ehs);
     if (proj_out_conv) {
-      h = proj_out_conv(h.reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous());
+      h = packed_out(proj_out_conv, h.reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous());
     } else {
       h = proj_out_lin(h).reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous();
     }
@@ -206,11 +263,12 @@ TORCH_MODULE(Transformer2D);
 struct Downsample2DImpl : torch::nn::Module {
   torch::nn::Conv2d conv{nullptr};
   int64_t padding;
+  PackedConv2d packed;
   Downsample2DImpl(int64_t channels, int64_t pad) : padding(pad) { conv = register_module("conv", conv2d(channels, channels, 3, 2, pad)); }
   // x: [N, C, H, W] -> [N, C, ceil-ish(H/2), ceil-ish(W/2)]
   at::Tensor forward(const at::Tensor& x) {
-    if (padding == 0) return conv(at::constant_pad_nd(x, {0, 1, 0, 1}, 0));
-    return conv(x);
+    if (padding == 0) return packed(conv, at::constant_pad_nd(x, {0, 1, 0, 1}, 0));
+    return packed(conv, x);
   }
 };
 TORCH_MODULE(Downsample2D);
@@ -218,11 +276,12 @@ TORCH_MODULE(Downsample2D);
 // Upsample2D: nearest ×2 (or to an exact size, when the UNet latent is not a multiple of 2^ups), then 3×3 conv.
 struct Upsample2DImpl : torch::nn::Module {
   torch::nn::Conv2d conv{nullptr};
+  PackedConv2d packed;
   explicit Upsample2DImpl(int64_t channels) { conv = register_module("conv", conv2d(channels, channels, 3)); }
   // x: [N, C, H, W] -> [N, C, 2H, 2W] or [N, C, size[0], size[1]]
   at::Tensor forward(const at::Tensor& x, c10::optional<std::vector<int64_t>> size = c10::nullopt) {
     at::Tensor up = size ? at::upsample_nearest2d(x, *size) : at::upsample_nearest2d(x, {x.size(2) * 2, x.size(3) * 2});
-    return conv(up);
+    return packed(conv, up);
   }
 };
 TORCH_MODULE(Upsample2D);

@@ -256,6 +256,7 @@ struct UNet : Model {
   at::Tensor forward(const at::Tensor& sample, at::Tensor t, const at::Tensor& ehs, TensorMap* inter = nullptr) {
     const auto dtype = conv_in->weight.scalar_type();
     const int64_t B = sample.size(0);
+    PackedConvScope packed_convs(!at::GradMode::is_enabled());  // inference: convolutions on packed weights
     if (sample.dim() != 4 || sample.size(1) != k.in_channels)
       throw Error("unet: sample must be [B, " + std::to_string(k.in_channels) + ", H, W], got " + shape_str(sample.sizes()));
     if (ehs.dim() != 3 || ehs.size(0) != B || ehs.size(2) != k.cross_dim[0])
