@@ -120,14 +120,16 @@ export function jsonPath(file: string, ...keys: (string | number)[]): string {
 }
 
 function cannotRead(file: string, opts: ReadJsonOptions, err: unknown): RoundtripError {
-  const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : (err as Error).message;
+  const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'file not found' : (err as Error).message;
   return new RoundtripError(`${file}: cannot read ${opts.what ?? 'file'}: ${reason}`);
 }
 
-/** `:line:column` of a JSON.parse error (V8 reports "at position N"), or nothing. */
+/** `:line:column` of a JSON.parse error (V8 reports "at position N" or "line L column C"; else the start). */
 function where(text: string, err: Error): string {
+  const lc = /line (\d+) column (\d+)/.exec(err.message);
+  if (lc) return `:${lc[1]}:${lc[2]}`;
   const m = /position (\d+)/.exec(err.message);
-  if (!m) return '';
+  if (!m) return ':1:1';
   const pos = Number(m[1]);
   const before = text.slice(0, pos);
   const line = before.split('\n').length;

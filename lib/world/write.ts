@@ -204,7 +204,7 @@ async function exists(file: string): Promise<boolean> {
 export async function readWorld(dir: string): Promise<WorldManifest> {
   expectString('world folder', dir);
   const file = path.join(dir, WORLD_MANIFEST);
-  const value: unknown = await readJsonFileAsync(file, { what: 'world manifest', object: true });
+  const value: unknown = await readJsonFileAsync(file, { what: 'the world manifest', object: true });
   const manifest = value as WorldManifest;
   if (manifest.format !== WORLD_FORMAT) throw invalid(`${file}: format`, JSON.stringify(WORLD_FORMAT), manifest.format);
   expectInteger(`${file}: version`, manifest.version, { min: 1 });
