@@ -10,6 +10,7 @@
  */
 import * as os from 'os';
 import { RoundtripError, expectInteger } from './errors';
+import { CONFIG_DEFAULTS, configInt } from './models/config-defaults';
 
 /** Hard ceilings of user-controlled sizes. */
 export const LIMITS = {
@@ -69,16 +70,17 @@ const F32 = 4;
 
 /** BLIP config sizes an estimate needs (Hugging Face BlipConfig). */
 export function blipSizes(config: any): { image: number; patch: number; vHidden: number; vLayers: number; tHidden: number; tLayers: number; vocab: number } {
-  const v = config?.vision_config ?? {};
-  const t = config?.text_config ?? {};
+  const d = CONFIG_DEFAULTS.blip;
+  const v = (key: string, fallback: number) => configInt(config, ['vision_config', key], fallback, 'BLIP config');
+  const t = (key: string, fallback: number) => configInt(config, ['text_config', key], fallback, 'BLIP config');
   return {
-    image: Number(v.image_size ?? 384),
-    patch: Number(v.patch_size ?? 16),
-    vHidden: Number(v.hidden_size ?? 768),
-    vLayers: Number(v.num_hidden_layers ?? 12),
-    tHidden: Number(t.hidden_size ?? 768),
-    tLayers: Number(t.num_hidden_layers ?? 12),
-    vocab: Number(t.vocab_size ?? 30524),
+    image: v('image_size', d.imageSize),
+    patch: v('patch_size', d.patchSize),
+    vHidden: v('hidden_size', d.visionHidden),
+    vLayers: v('num_hidden_layers', d.visionLayers),
+    tHidden: t('hidden_size', d.textHidden),
+    tLayers: t('num_hidden_layers', d.textLayers),
+    vocab: t('vocab_size', d.vocabSize),
   };
 }
 

@@ -17,6 +17,7 @@ import { disposeAll } from '../tensor';
 import { loadSafetensors } from '../weights/safetensors';
 import { writeFolderAtomic } from '../fsutil';
 import { readJsonFile } from '../json';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 /** Package root (lib/demo → root, also from dist/demo). */
 const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
@@ -49,7 +50,7 @@ function complete(dir: string): boolean {
 /** World seed and image size recorded by pretrain-world (TRAINING.json), defaulting to seed 0 and the BLIP input size. */
 function trainedWorld(dir: string): { seed: number; size: number } {
   const blipConfig = readJsonFile(path.join(dir, WORLD_FOLDERS.blip, 'config.json'), { what: 'BLIP config', object: true });
-  const size = Number(blipConfig?.vision_config?.image_size ?? 64);
+  const size = configInt(blipConfig, ['vision_config', 'image_size'], CONFIG_DEFAULTS.blip.imageSize, 'BLIP config');
   const training = path.join(dir, WORLD_FOLDERS.blip, TRAINING_FILE);
   let seed = 0;
   if (fs.existsSync(training)) {

@@ -14,6 +14,7 @@ import { readJsonFile, readJsonLines } from '../json';
 import { WORLD_FILES, writeWorld } from '../world';
 import { DEFAULT_WEIGHTS_DIR } from '../demo/models';
 import { checkPortFree } from './launch';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 export interface DistributedBenchOptions {
   /** Finetune config keys (blip, sd, annotations, images, …); default: world models on a generated world. */
@@ -91,7 +92,7 @@ export async function benchDistributed(opts: DistributedBenchOptions = {}): Prom
     else {
       // The demo's workload: world models, their world, joint objective, cross-attention queries.
       const training = readJsonFile(path.join(DEFAULT_WEIGHTS_DIR, 'world-blip', 'TRAINING.json'), { object: true });
-      const size = Number(readJsonFile(path.join(DEFAULT_WEIGHTS_DIR, 'world-blip', 'config.json'), { object: true }).vision_config?.image_size ?? 64);
+      const size = configInt(readJsonFile(path.join(DEFAULT_WEIGHTS_DIR, 'world-blip', 'config.json'), { object: true }), ['vision_config', 'image_size'], CONFIG_DEFAULTS.blip.imageSize, 'BLIP config');
       const worldDir = path.join(work, 'world');
       await writeWorld(worldDir, { seed: Number(training.world?.seed ?? training.seed ?? 0), counts: { train: 16, val: 0, test: 0 }, size, quiet: true });
       base = {

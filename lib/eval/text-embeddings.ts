@@ -11,6 +11,7 @@ import { ClipModel, EmbeddingVariant, rows } from '../models/clip';
 import { Tensor, noGrad, scope } from '../tensor';
 import { BertTokenizer, ClipTokenizer, Tokenizer, loadBertTokenizer, loadClipTokenizer } from '../tokenizers';
 import { jsonPath, readJsonFile } from '../json';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 /** sentence-transformers' max_seq_length of all-MiniLM-L6-v2, used when the folder has no sentence_bert_config.json. */
 export const SBERT_DEFAULT_MAX_SEQ_LENGTH = 256;
@@ -97,7 +98,8 @@ export async function clipTextEmbeddings(
   texts: readonly string[],
   opts: { variant: EmbeddingVariant; batchSize: number; onTruncated?: (n: number) => void },
 ): Promise<Float32Array[]> {
-  const positions = enc.model.config?.text_config?.max_position_embeddings ?? enc.model.config?.max_position_embeddings ?? 77;
+  const cfg = enc.model.config;
+  const positions = configInt(cfg?.text_config ? cfg.text_config : cfg, ['max_position_embeddings'], CONFIG_DEFAULTS.clip.maxPositionEmbeddings, 'CLIP text config');
   return encodeAll(texts, {
     tokenizer: enc.tokenizer,
     maxLength: Math.min(positions, enc.tokenizer.modelMaxLength),

@@ -111,7 +111,7 @@ export async function benchRecon(o: BenchReconOptions): Promise<BenchReconResult
       const sd = await StableDiffusionPipeline.load(o.sd, { device: o.device, partial: ck.files.unet ? { unet: [ck.files.unet] } : {} });
       try {
         bridge ??= buildBridge(items.flatMap((i) => i.captions), bert, sd.tokenizer);
-        const sizes = { blip: Number(blip.config?.vision_config?.image_size ?? 384), sd: Number(sd.unet.config.sample_size ?? 64) * sd.vaeFactor };
+        const sizes = { blip: blip.imageSize, sd: sd.unet.sampleSize * sd.vaeFactor };
         const losses = await heldOutLosses({ blip, sd, bridge, bert }, items, {
           seed: o.seed,
           blipSize: sizes.blip,

@@ -69,7 +69,7 @@ export class JointStep {
     LOSS_TERMS.forEach((t) => expectNumber(`weights.${t}`, opts.weights[t], { min: 0 }));
     expectOneOf('schedule', opts.schedule, SCHEDULES);
     expectOneOf('softFraming', opts.softFraming ?? 'padded', SOFT_FRAMINGS);
-    const blipVocab = Number(blip.config?.text_config?.vocab_size ?? 30524);
+    const blipVocab = blip.vocabSize;
     const device = sd.unet.model.device;
     const config = {
       weights: opts.weights,
@@ -87,11 +87,11 @@ export class JointStep {
       clip_end: opts.clipEndId,
       clip_pad: opts.clipPadId,
       vision_trainable: models.visionTrainable,
-      blip_image_size: Number(blip.config?.vision_config?.image_size ?? 384),
+      blip_image_size: blip.imageSize,
       gradient_checkpointing: blip.model.gradientCheckpointing || sd.unet.model.gradientCheckpointing,
       autocast: blip.model.autocast,
       scheduler_config: sd.schedulerConfig,
-      latent_channels: Number(sd.vae.config.latent_channels ?? 4),
+      latent_channels: sd.vae.latentChannels,
       vae_factor: sd.vaeFactor,
       ...(training
         ? {

@@ -243,7 +243,7 @@ export async function softCaption(blip: Blip, images: BlipImages, captions: Capt
       // Row t predicts token t+1: caption token j (0-based) sits at promptLength + j.
       const first = batch.promptLength - 1;
       const take = Math.min(rows, T - first);
-      const blipVocab = Number(blip.config?.text_config?.vocab_size ?? 30524);
+      const blipVocab = blip.vocabSize;
       const index = bridgeIndex(bridge, device, blipVocab);
       let body: Tensor;
       if (mode === 'probs') {
@@ -337,7 +337,7 @@ export async function encodeLatents(sd: StableDiffusionPipeline, images512: Tens
   const [B, , H, W] = images512.shape;
   const f = sd.vaeFactor;
   if (H % f !== 0 || W % f !== 0) throw invalid('images512', `a height and width divisible by ${f}`, `${H}×${W}`);
-  const channels = Number(sd.vae.config.latent_channels ?? 4);
+  const channels = sd.vae.latentChannels;
   return noGrad(() =>
     scope(async () => {
       const noise = posteriorNoise(sd, B, [channels, H / f, W / f], seed, slots);
@@ -562,7 +562,7 @@ async function cleanEstimate(sd: StableDiffusionPipeline, d: DenoiseResult, mode
 export async function reconstructTextLoss(sd: StableDiffusionPipeline, blip: Blip, images512: Tensor, captions: CaptionBatch | readonly string[], opts: ReconstructTextOptions = {}): Promise<Tensor> {
   const mode = expectOneOf('mode', opts.mode ?? 'x0', RECONSTRUCT_TEXT_MODES);
   const seed = opts.seed ?? 0;
-  const size = expectInteger('blipImageSize', opts.blipImageSize ?? Number(blip.config?.vision_config?.image_size ?? 384), { min: 1 });
+  const size = expectInteger('blipImageSize', opts.blipImageSize ?? blip.imageSize, { min: 1 });
   const { batch, owned } = asBatch(captions, blip, sd);
   try {
     return await scope(async () => {

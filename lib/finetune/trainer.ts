@@ -23,8 +23,8 @@ import { loadBertTokenizer } from '../tokenizers/load';
 import { BertTokenizer } from '../tokenizers/bert';
 import { BLIP_PROMPT, blipDecodeCaption, preCaption } from '../tokenizers/blip';
 import { ciderD } from '../metrics/cider';
-import { blipPreprocess, preprocessImage } from '../image/preprocess';
-import { loadImage } from '../image/decode';
+import { blipPreprocess } from '../image/preprocess';
+import { prefetchBatches } from '../image/pool';
 import { deriveSeed } from '../image/random';
 import { CLIP_PADDINGS, ClipPadding, LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, disposeCaptionBatch, CaptionBatch } from './losses';
 import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, ReconstructionRoutes, SCHEDULES, SOFT_FRAMINGS, SoftFraming, activeTerms, presetWeights } from './objective';
@@ -41,6 +41,7 @@ import { checkOutputDir, cleanTempLeftovers, describeWriteError } from '../fsuti
 import { LIMITS, checkMemory, estimateFinetuneStep, expectBounded } from '../limits';
 import { DEFAULT_WEIGHT_BOUND, NAN_POLICIES, NanPolicy, checkTensors, guardError, guardStep, lastVerifiedCheckpoint } from '../train/guard';
 import { RunLog } from '../train/runlog';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'none'] as const;
 export type TrainableSet = (typeof TRAINABLE_SETS)[number];
@@ -452,8 +453,8 @@ export function modelImageSizes(blipDir: string, sdDir: string): { sdSize: numbe
   const unetCfg = readJsonFile(path.join(sd, 'unet', 'config.json'), { what: 'UNet config', object: true });
   const vaeCfg = readJsonFile(path.join(sd, 'vae', 'config.json'), { what: 'VAE config', object: true });
   const factor = 2 ** (((vaeCfg.block_out_channels as unknown[]) ?? [0, 0, 0, 0]).length - 1);
-  const sample = Number(unetCfg.sample_size ?? 64);
-  const blipSize = Number(blipCfg.vision_config?.image_size ?? 384);
+  const sample = configInt(unetCfg, ['sample_size'], CONFIG_DEFAULTS.unet.sampleSize, 'UNet config');
+  const blipSize = configInt(blipCfg, ['vision_config', 'image_size'], CONFIG_DEFAULTS.blip.imageSize, 'BLIP config');
   return { sdSize: sample * factor, blipSize };
 }
 
@@ -817,13 +818,8 @@ async function validate(c: FinetuneConfig, m: Models): Promise<number> {
   const recipe = blipPreprocess(c.blipSize);
   const prompt = c.prompt ? m.bert.encode(c.prompt) : undefined;
   const candidates: string[] = [];
-  for (let i = 0; i < subset.length; i += c.batchSize) {
-    const chunk = subset.slice(i, i + c.batchSize);
-    const images = await Promise.all(chunk.map((e) => loadImage(e.image)));
-    const size = 3 * c.blipSize * c.blipSize;
-    const data = new Float32Array(chunk.length * size);
-    images.forEach((img, k) => data.set(preprocessImage(img, recipe).data as Float32Array, k * size));
-    const pixels = Tensor.fromTypedArray(data, [chunk.length, 3, c.blipSize, c.blipSize]);
+  for await (const { tensor: batch } of prefetchBatches(subset.map((e) => e.image), recipe, { batchSize: c.batchSize })) {
+    const pixels = Tensor.fromTypedArray(batch.data as Float32Array, batch.shape);
     try {
       const gen = await noGrad(() => m.blip.generate(pixels, { strategy: 'greedy', maxLength: 20, minLength: 5, prompt }));
       for (const row of gen.sequences) candidates.push(blipDecodeCaption(m.bert, row));

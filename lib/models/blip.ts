@@ -6,6 +6,7 @@
  * (DalleFlamingo's `--unfreeze_blip xattn_q` layout). Generation (greedy, beam search, sampling) runs in
  * one native call per batch.
  */
+import { CONFIG_DEFAULTS, configInt } from './config-defaults';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
@@ -267,6 +268,14 @@ function rows(t: Tensor): number[][] {
 }
 
 export class Blip {
+  /** The vision tower's input side (config `vision_config.image_size`). */
+  get imageSize(): number {
+    return configInt(this.config, ['vision_config', 'image_size'], CONFIG_DEFAULTS.blip.imageSize, 'BLIP config');
+  }
+  get vocabSize(): number {
+    return configInt(this.config, ['text_config', 'vocab_size'], CONFIG_DEFAULTS.blip.vocabSize, 'BLIP config');
+  }
+
   readonly model: NativeModel<'blip'>;
   /** The parsed BlipConfig. */
   readonly config: any;
@@ -388,7 +397,7 @@ export class Blip {
   /** Decoder start ids for a prompt: [CLS] prompt [SEP]; generate replaces [CLS] by BOS and drops [SEP]. */
   private promptTensor(prompt: number[]): Tensor {
     if (!Array.isArray(prompt)) throw invalid('prompt', 'an array of token ids', prompt);
-    const vocab = this.config?.text_config?.vocab_size ?? 30524;
+    const vocab = this.vocabSize;
     prompt.forEach((id, i) => expectInteger(`prompt[${i}]`, id, { min: 0, max: vocab - 1 }));
     const ids = [this.special.cls, ...prompt, this.special.sep];
     return Tensor.fromTypedArray(ids, [1, ids.length], 'int64');
@@ -432,7 +441,7 @@ export class Blip {
     if (!Array.isArray(images)) throw invalid('images', 'an array of image paths or RGB images', images);
     const tokenizer = opts.tokenizer ?? this.defaultTokenizer();
     const batchSize = expectInteger('batchSize', opts.batchSize ?? 8, { min: 1 });
-    const size = expectInteger('imageSize', opts.imageSize ?? this.config?.vision_config?.image_size ?? 384, { min: 1 });
+    const size = expectInteger('imageSize', opts.imageSize ?? this.imageSize, { min: 1 });
     const { prompt: promptText, tokenizer: _t, batchSize: _b, imageSize: _s, onProgress, ...generate } = opts;
     const prompt = promptText !== undefined ? tokenizer.encode(expectString('prompt', promptText)) : undefined;
     blipNativeGenerateOptions(generate); // validate before decoding any image

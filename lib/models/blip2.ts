@@ -8,6 +8,7 @@
  * Memory: blip2-opt-2.7b has 3,744,679,936 parameters: ~15 GB in fp32 on the CPU (plus activations);
  * on CUDA use `model.setAutocast('fp16'|'bf16')` or load fp16/bf16 weights converted to the model dtype.
  */
+import { CONFIG_DEFAULTS, configInt } from './config-defaults';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
@@ -121,13 +122,16 @@ export function blip2TrainablePatterns(set: Blip2TrainableSet = 'xattn-q'): stri
  * counted once (3,744,679,936 for blip2-opt-2.7b). Lets commands check memory before allocating anything.
  */
 export function blip2ParameterCount(config: any): number {
+  const d = CONFIG_DEFAULTS.blip2;
   const v = config?.vision_config ?? {};
-  const q = config?.qformer_config ?? {};
   const t = config?.text_config ?? {};
-  const Hv = v.hidden_size ?? 1408, Iv = v.intermediate_size ?? 6144, Lv = v.num_hidden_layers ?? 39, S = v.image_size ?? 224, p = v.patch_size ?? 14;
-  const Hq = q.hidden_size ?? 768, Iq = q.intermediate_size ?? 3072, Lq = q.num_hidden_layers ?? 12, f = q.cross_attention_frequency ?? 2;
-  const Ht = t.hidden_size ?? 768, F = t.ffn_dim ?? 3072, Lt = t.num_hidden_layers ?? 12, V = t.vocab_size ?? 50272, P = t.max_position_embeddings ?? 2048;
-  const Q = config?.num_query_tokens ?? 32;
+  const vi = (key: string, fallback: number) => configInt(config, ['vision_config', key], fallback, 'BLIP-2 config');
+  const qi = (key: string, fallback: number) => configInt(config, ['qformer_config', key], fallback, 'BLIP-2 config');
+  const ti = (key: string, fallback: number) => configInt(config, ['text_config', key], fallback, 'BLIP-2 config');
+  const Hv = vi('hidden_size', d.visionHidden), Iv = vi('intermediate_size', d.visionIntermediate), Lv = vi('num_hidden_layers', d.visionLayers), S = vi('image_size', d.imageSize), p = vi('patch_size', d.patchSize);
+  const Hq = qi('hidden_size', d.qformerHidden), Iq = qi('intermediate_size', d.qformerIntermediate), Lq = qi('num_hidden_layers', d.qformerLayers), f = qi('cross_attention_frequency', d.crossAttentionFrequency);
+  const Ht = ti('hidden_size', d.textHidden), F = ti('ffn_dim', d.textFfn), Lt = ti('num_hidden_layers', d.textLayers), V = ti('vocab_size', d.vocabSize), P = ti('max_position_embeddings', d.maxPositions);
+  const Q = configInt(config, ['num_query_tokens'], d.numQueryTokens, 'BLIP-2 config');
   const N = Math.floor(S / p) ** 2;
   const lin = (i: number, o: number, bias = true) => i * o + (bias ? o : 0);
   const vision = Hv + lin(3 * p * p, Hv) + (N + 1) * Hv + 2 * Hv + Lv * (4 * Hv + lin(Hv, 3 * Hv, v.qkv_bias ?? true) + lin(Hv, Hv) + lin(Hv, Iv) + lin(Iv, Hv));
@@ -145,9 +149,10 @@ export function blip2ParameterCount(config: any): number {
 
 /** Bytes a BLIP-2 caption batch needs in fp32: the weights, the OPT KV cache of every row, and a step's logits. */
 export function estimateBlip2Generate(config: any, o: { batch: number; rows: number; tokens: number }): number {
-  const t = config?.text_config ?? {};
-  const Ht = t.hidden_size ?? 768, Lt = t.num_hidden_layers ?? 12, V = t.vocab_size ?? 50272;
-  const R = o.batch * o.rows, S = (config?.num_query_tokens ?? 32) + o.tokens + 1;
+  const d = CONFIG_DEFAULTS.blip2;
+  const t = (key: string, fallback: number) => configInt(config, ['text_config', key], fallback, 'BLIP-2 config');
+  const Ht = t('hidden_size', d.textHidden), Lt = t('num_hidden_layers', d.textLayers), V = t('vocab_size', d.vocabSize);
+  const R = o.batch * o.rows, S = configInt(config, ['num_query_tokens'], d.numQueryTokens, 'BLIP-2 config') + o.tokens + 1;
   return 4 * (blip2ParameterCount(config) + 2 * Lt * R * S * Ht + 4 * R * V);
 }
 
@@ -203,6 +208,13 @@ function rows(t: Tensor): number[][] {
 }
 
 export class Blip2 {
+  get imageSize(): number {
+    return configInt(this.config, ['vision_config', 'image_size'], CONFIG_DEFAULTS.blip2.imageSize, 'BLIP-2 config');
+  }
+  get vocabSize(): number {
+    return configInt(this.config, ['text_config', 'vocab_size'], CONFIG_DEFAULTS.blip2.vocabSize, 'BLIP-2 config');
+  }
+
   readonly model: NativeModel<'blip2'>;
   readonly config: any;
   /** OPT special ids from text_config (EOS is 50118 "\n" in blip2-opt-2.7b, not BOS). */
@@ -315,7 +327,7 @@ export class Blip2 {
     let prompt: Tensor | undefined;
     if (opts.prompt && opts.prompt.length > 0) {
       if (!Array.isArray(opts.prompt)) throw invalid('prompt', 'an array of token ids', opts.prompt);
-      const vocab = this.config?.text_config?.vocab_size ?? 50272;
+      const vocab = this.vocabSize;
       opts.prompt.forEach((id, i) => expectInteger(`prompt[${i}]`, id, { min: 0, max: vocab - 1 }));
       const ids = [this.special.bos, ...opts.prompt];
       prompt = Tensor.fromTypedArray(ids, [1, ids.length], 'int64');
@@ -341,7 +353,7 @@ export class Blip2 {
   preprocessConfig(): PreprocessConfig {
     const file = this.dir ? path.join(this.dir, 'preprocessor_config.json') : undefined;
     if (file && fs.existsSync(file)) return preprocessFromHfConfig(readJsonFile(file, { object: true }), file);
-    return blipPreprocess(this.config?.vision_config?.image_size ?? 224);
+    return blipPreprocess(this.imageSize);
   }
 
   /**

@@ -278,7 +278,7 @@ export class StableDiffusionPipeline {
     const steps = expectInteger('steps', opts.steps ?? 50, { min: 1, max: 1000 });
     const guidance = expectNumber('guidance', opts.guidance ?? 7.5);
     const factor = this.vaeFactor;
-    const sampleSize = Number(this.unet.config.sample_size ?? 64);
+    const sampleSize = this.unet.sampleSize;
     let height = expectInteger('height', opts.height ?? sampleSize * factor, { min: factor });
     let width = expectInteger('width', opts.width ?? sampleSize * factor, { min: factor });
     if (height % factor !== 0) throw invalid('height', `a multiple of ${factor}`, height);
@@ -293,7 +293,7 @@ export class StableDiffusionPipeline {
     if (seeds.length !== all.length) throw invalid('seed', `${all.length} seeds (one per image)`, `${seeds.length}`);
     seeds.forEach((s, i) => expectInteger(`seed[${i}]`, s, { min: 0 }));
 
-    const latentChannels = Number(this.unet.config.in_channels ?? 4);
+    const latentChannels = this.unet.inChannels;
     // img2img (StableDiffusionImg2ImgPipeline): the init image sets the size unless height/width are given.
     const img2img = opts.initImage === undefined ? undefined : await this.img2imgInput(opts.initImage, opts.strength ?? 0.8, opts.height, opts.width);
     if (img2img) [height, width] = [img2img.pixels.shape[2], img2img.pixels.shape[3]];
@@ -370,7 +370,7 @@ export class StableDiffusionPipeline {
    * latents (sample·scale) to its first timestep: add_noise(init, noise, t_begin).
    */
   private async img2imgLatents(pixels: Tensor, seeds: number[]): Promise<{ init: Tensor; noise: Tensor }> {
-    const C = Number(this.vae.config.latent_channels ?? 4);
+    const C = this.vae.latentChannels;
     const [h, w] = [pixels.shape[2] / this.vaeFactor, pixels.shape[3] / this.vaeFactor];
     const inits: Tensor[] = [];
     const noises: Tensor[] = [];
