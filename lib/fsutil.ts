@@ -37,6 +37,17 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** Appends one record as a JSON line and fsyncs it before returning (a crash loses at most the line in flight). */
+export function appendJsonLine(file: string, record: unknown): void {
+  const fd = fs.openSync(file, 'a');
+  try {
+    fs.writeSync(fd, JSON.stringify(record) + '\n');
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** Writes `data` to `target` atomically (creating the folder). Errors name the target. */
 export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
   const dir = path.dirname(path.resolve(target));

@@ -50,7 +50,7 @@ export async function lossesWithGradients(
 }
 
 /** Every generate() case of case.json, on `pixels` with the inputs its `call` names, into `generate.<case>.*`. */
-export async function generateCases(model: NativeModel, caseJson: any, io: Record<string, Tensor>, pixels: Tensor, who: string, out: Record<string, Tensor>): Promise<void> {
+export async function generateCases(model: NativeModel<'blip' | 'blip2'>, caseJson: any, io: Record<string, Tensor>, pixels: Tensor, who: string, out: Record<string, Tensor>): Promise<void> {
   const cases: Record<string, any> = caseJson.generation?.cases ?? {};
   for (const [caseName, spec] of Object.entries(cases)) {
     const call: string = spec.call ?? '';

@@ -4,7 +4,6 @@
  * inputs. Every random choice of item i in epoch e comes from deriveSeed(seed, e, i), so a resumed run
  * sees exactly the batches an uninterrupted one would.
  */
-import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, invalid } from '../errors';
 import { loadImage } from '../image/decode';
@@ -14,6 +13,7 @@ import { Rng, deriveSeed } from '../image/random';
 import { Tensor, disposeAll } from '../tensor';
 import { CaptionBatch, CaptionTokenizers, ClipPadding, encodeCaptions } from './losses';
 import { shardLength, shardOrder } from '../distributed/sampler';
+import { jsonPath, readJsonFile } from '../json';
 
 export interface TrainItem {
   /** Absolute image path. */
@@ -24,19 +24,13 @@ export interface TrainItem {
 
 /** Reads a Karpathy-layout annotation file; entries with several captions give one item per caption. */
 export function readAnnotations(file: string, imagesDir: string, limit?: number): TrainItem[] {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`annotations '${file}': ${err instanceof Error ? err.message : String(err)}`);
-  }
-  if (!Array.isArray(raw)) throw invalid(`annotations '${file}'`, 'a JSON array of {image, caption, image_id}', raw);
+  const raw: unknown[] = readJsonFile(file, { what: 'annotations (a JSON array of {image, caption, image_id})', array: true });
   const items: TrainItem[] = [];
   raw.forEach((e: any, i) => {
-    if (!e || typeof e.image !== 'string') throw invalid(`annotations '${file}' entry ${i}`, 'an object with an "image" path', e);
+    if (!e || typeof e.image !== 'string') throw invalid(jsonPath(file, i), 'an object with an "image" path', e);
     const captions = Array.isArray(e.caption) ? e.caption : [e.caption];
     captions.forEach((c: unknown, k: number) => {
-      if (typeof c !== 'string') throw invalid(`annotations '${file}' entry ${i} caption ${k}`, 'a string', c);
+      if (typeof c !== 'string') throw invalid(Array.isArray(e.caption) ? jsonPath(file, i, 'caption', k) : jsonPath(file, i, 'caption'), 'a string', c);
       items.push({ image: path.resolve(imagesDir, e.image), caption: c, imageId: String(e.image_id ?? e.img_id ?? e.image) });
     });
   });

@@ -517,7 +517,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   if (dp.isMain) prepareRunFolder(c, print);
   c = withModelImageSizes(c);
   checkFinetuneMemory(c);
-  if (c.threads) (native() as any).setNumThreads(c.threads);
+  if (c.threads) native().setNumThreads(c.threads);
   const items = readAnnotations(c.annotations, c.images, c.limit);
   const microPerEpoch = microBatchesPerEpoch(items.length, c.batchSize, dp.worldSize);
   const stepsPerEpoch = Math.floor(microPerEpoch / c.gradAccum);

@@ -7,8 +7,8 @@
  * - Results layout (what a captioner writes and cocoeval's `loadRes` reads): `[{image_id, caption}]`.
  * Errors name the file, the entry index and the key at fault.
  */
-import * as fs from 'fs';
 import { RoundtripError, describe } from '../errors';
+import { readJsonFile } from '../json';
 
 export type ImageId = number | string;
 export type AnnotationLayout = 'karpathy' | 'coco' | 'results';
@@ -21,19 +21,7 @@ export interface CaptionAnnotations {
   imagePaths: Map<ImageId, string>;
 }
 
-function readJson(file: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new RoundtripError(`${file}: cannot read caption file: ${(err as Error).message}`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new RoundtripError(`${file}: expected JSON, could not parse it (${(err as Error).message})`);
-  }
-}
+const readJson = (file: string): unknown => readJsonFile(file, { what: 'caption file' });
 
 function isId(v: unknown): v is ImageId {
   return (typeof v === 'number' && Number.isFinite(v)) || (typeof v === 'string' && v !== '');

@@ -13,6 +13,7 @@ import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { NativeModel, WeightsReport } from '../model';
 import { Tensor, disposeAll, noGrad } from '../tensor';
+import type { CaptionerGeneration, CaptionerTextInputs } from '../native-methods';
 import { hfWeightFiles } from '../weights/files';
 import { blipPreprocess, preprocessFromHfConfig, PreprocessConfig, RgbImage } from '../image';
 import { loadOptTokenizer, OptTokenizer } from '../tokenizers/opt';
@@ -153,14 +154,14 @@ export function blip2NativeGenerateOptions(opts: Blip2GenerateOptions = {}): Rec
 }
 
 export class Blip2 {
-  readonly model: NativeModel;
+  readonly model: NativeModel<'blip2'>;
   readonly config: any;
   /** OPT special ids from text_config (EOS is 50118 "\n" in blip2-opt-2.7b, not BOS). */
   readonly special: { bos: number; eos: number; pad: number };
   /** The folder the model was loaded from (tokenizer and preprocessor defaults). */
   dir?: string;
 
-  private constructor(model: NativeModel, config: any) {
+  private constructor(model: NativeModel<'blip2'>, config: any) {
     this.model = model;
     this.config = config;
     const t = config?.text_config ?? {};
@@ -231,13 +232,13 @@ export class Blip2 {
     return { qformerLastHiddenState: out.qformer_last_hidden_state, languageProjection: out.language_projection };
   }
 
-  private imageInputs(input: Blip2ImageInput): Record<string, Tensor | undefined> {
+  private imageInputs(input: Blip2ImageInput): { pixel_values?: Tensor; image_embeds?: Tensor } {
     if (!input.pixelValues && !input.imageEmbeds) throw new RoundtripError('BLIP-2: needs pixelValues or imageEmbeds');
     return { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds };
   }
 
-  private textInputs(input: Blip2TextInput, extra: Record<string, Tensor | undefined> = {}): Record<string, Tensor | undefined> {
-    return { ...this.imageInputs(input), input_ids: input.inputIds, attention_mask: input.attentionMask, ...extra };
+  private textInputs(input: Blip2TextInput): CaptionerTextInputs {
+    return { ...this.imageInputs(input), input_ids: input.inputIds, attention_mask: input.attentionMask };
   }
 
   /** LM logits [B, Q+T, V] over the query and text positions (`textOnly`: the last T, position t predicts t+1). */
@@ -249,7 +250,7 @@ export class Blip2 {
   async loss(input: Blip2TextInput & { labels: Tensor }, opts: { labelSmoothing?: number } = {}): Promise<Tensor> {
     const options: Record<string, number> = {};
     if (opts.labelSmoothing !== undefined) options.label_smoothing = expectNumber('labelSmoothing', opts.labelSmoothing, { min: 0, max: 1 });
-    return (await this.model.call('loss', this.textInputs(input, { labels: input.labels }), options)).loss;
+    return (await this.model.call('loss', { ...this.textInputs(input), labels: input.labels }, options)).loss;
   }
 
   /** softmax(text logits / temperature) [B, T, V], differentiable (the soft token bridge). */
@@ -270,7 +271,7 @@ export class Blip2 {
       const ids = [this.special.bos, ...opts.prompt];
       prompt = Tensor.fromTypedArray(ids, [1, ids.length], 'int64');
     }
-    let out: Record<string, Tensor> = {};
+    let out: CaptionerGeneration = {} as CaptionerGeneration;
     try {
       out = await noGrad(() => this.model.call('generate', { ...this.imageInputs(input), input_ids: prompt }, options));
       const sequences = tensorRows(out.sequences);

@@ -7,6 +7,7 @@
  */
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, invalid } from '../errors';
 import { Tensor } from '../tensor';
+import type { CaptionerGeneration } from '../native-methods';
 import { loadImage, preprocessBatch, PreprocessConfig, RgbImage } from '../image';
 
 /** Decoding strategies of `Blip.generate` and `Blip2.generate`. */
@@ -87,9 +88,9 @@ export function tensorRows(t: Tensor): number[][] {
 }
 
 /** Per returned row: the beam score (beam search), else the sum of the chosen tokens' log-probabilities. */
-export function generationScores(out: Record<string, Tensor>): number[] {
+export function generationScores(out: CaptionerGeneration): number[] {
   if (out.sequences_scores) return Array.from(out.sequences_scores.toFloat32Array());
-  return tensorRows(out.token_logprobs).map((r) => r.reduce((a, b) => a + b, 0));
+  return tensorRows(out.token_logprobs!).map((r) => r.reduce((a, b) => a + b, 0));
 }
 
 /**
