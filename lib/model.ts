@@ -87,8 +87,24 @@ export class NativeModel<K extends ModelKind = ModelKind> {
 
   /** Builds a model of a registered kind from its config object (e.g. a parsed config.json). */
   static async create<K extends ModelKind>(kind: K, config: object, opts: { device?: string; [k: string]: unknown } = {}): Promise<NativeModel<K>> {
+    // Deprecated: a scheduler is not a model kind; `create('scheduler', config, {scheduler})` still builds one.
+    if (kind === 'scheduler') return (await NativeModel.createScheduler(String(opts.scheduler ?? ''), config)) as unknown as NativeModel<K>;
     try {
       return new NativeModel<K>(await native().createModel(kind, JSON.stringify(config), JSON.stringify(opts)));
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  /**
+   * A noise scheduler (native/models/schedulers/) from a scheduler_config.json object, called like a model
+   * (`set_timesteps`, `scale_model_input`, `step`, `add_noise`, `get_velocity`). `kind`: "ddpm", "ddim", "pndm",
+   * "euler", "euler_ancestral", "heun", "lms", "dpmsolver", or a diffusers class name. Schedulers are not model
+   * kinds; `Scheduler.create` (lib/models/sd/schedulers.ts) is the typed face.
+   */
+  static async createScheduler(kind: string, config: object): Promise<NativeModel<'scheduler'>> {
+    try {
+      return new NativeModel<'scheduler'>(await native().createScheduler(kind, JSON.stringify(config)));
     } catch (err) {
       throw wrapError(err);
     }

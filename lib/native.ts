@@ -119,6 +119,8 @@ export interface NativeAddon {
   readSafetensorsHeader(file: string): SafetensorsHeaderJson;
   loadSafetensors(file: string, names?: string[] | null, options?: string): Promise<Record<string, NativeTensorHandle>>;
   createModel(kind: string, config: string, options?: string): Promise<NativeModelHandle>;
+  /** A noise scheduler (not a model kind) behind the model call interface. */
+  createScheduler(kind: string, config: string): Promise<NativeModelHandle>;
   modelKinds(): string[];
   info(): NativeInfo;
   setNumThreads(n: number): void;

@@ -15,13 +15,14 @@ import { Tensor, disposeAll, noGrad } from '../tensor';
 import type { CaptionerGeneration, CaptionerTextInputs } from '../native-methods';
 import { readSafetensorsHeader } from '../weights/safetensors';
 import { hfWeightFiles } from '../weights/files';
-import { blipPreprocess, loadImage, preprocessBatch, RgbImage } from '../image';
+import { blipPreprocess, RgbImage } from '../image';
 import { loadTokenizer } from '../tokenizers';
 import { readJsonFile } from '../json';
+import { captionBatches, DECODING_STRATEGIES, DecodingOptions, DecodingStrategy, generationScores, nativeDecodingOptions, tensorRows } from './decoding';
 
-/** Decoding strategies of `Blip.generate`. */
-export const BLIP_STRATEGIES = ['greedy', 'beam', 'top-p', 'top-k', 'temperature'] as const;
-export type BlipStrategy = (typeof BLIP_STRATEGIES)[number];
+/** Decoding strategies of `Blip.generate` (lib/models/decoding.ts, shared with BLIP-2). */
+export const BLIP_STRATEGIES = DECODING_STRATEGIES;
+export type BlipStrategy = DecodingStrategy;
 
 /** Token ids BLIP generation uses (transformers' BLIP: EOS is [SEP], start is [DEC]). */
 export interface BlipSpecialIds {
@@ -31,35 +32,14 @@ export interface BlipSpecialIds {
   cls: number;
 }
 
-export interface BlipGenerateOptions {
-  /** Default 'beam'. */
-  strategy?: BlipStrategy;
+export interface BlipGenerateOptions extends DecodingOptions {
   /** Beams for 'beam'; default 3. */
   numBeams?: number;
   /** Length limits; both count the start token(s) and the prompt, as transformers does. Defaults 20 / 5. */
   maxLength?: number;
   minLength?: number;
-  /** Nucleus mass for 'top-p'; default 0.9. */
-  topP?: number;
-  /**
-   * k for 'top-k' (default 50). 'top-p' also applies transformers' default top-k of 50 (as
-   * `generate(do_sample=True, top_p=…)` does); pass 0 to disable it.
-   */
-  topK?: number;
-  /** Softmax temperature for the sampling strategies; default 1. */
-  temperature?: number;
-  /** transformers' repetition penalty (divides positive logits, multiplies negative ones); default 1. */
-  repetitionPenalty?: number;
-  /** Beam score = sum log p / generated_length ** lengthPenalty; default 1. */
-  lengthPenalty?: number;
-  /** Beam search stopping rule as in transformers; default false. */
-  earlyStopping?: boolean | 'never';
-  /** Sequences per image: sampled independently, or the best K beams (K ≤ numBeams). Default 1. */
-  numReturnSequences?: number;
   /** Prompt token ids without special tokens (e.g. `tokenizer.encode('a picture of')`). */
   prompt?: number[];
-  /** Seed of the sampling generator; the same seed gives the same samples. */
-  seed?: number;
 }
 
 /** Result of `Blip.generate`, rows ordered image-major (image i's K sequences are rows i·K … i·K+K-1). */
@@ -223,48 +203,9 @@ export function blipArchitectureConfig(size: BlipSize): object {
 
 /** Native generate() options for a strategy, validated; exported for the CLI and tests. */
 export function blipNativeGenerateOptions(opts: BlipGenerateOptions = {}): Record<string, unknown> {
-  const strategy = expectOneOf('strategy', opts.strategy ?? 'beam', BLIP_STRATEGIES);
   const maxLength = expectInteger('maxLength', opts.maxLength ?? 20, { min: 2 });
   const minLength = expectInteger('minLength', opts.minLength ?? 5, { min: 0 });
-  const k = expectInteger('numReturnSequences', opts.numReturnSequences ?? 1, { min: 1 });
-  const out: Record<string, unknown> = {
-    max_length: maxLength,
-    min_length: minLength,
-    num_return_sequences: k,
-    repetition_penalty: expectNumber('repetitionPenalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }),
-    length_penalty: expectNumber('lengthPenalty', opts.lengthPenalty ?? 1),
-  };
-  if (opts.earlyStopping !== undefined) {
-    if (opts.earlyStopping !== true && opts.earlyStopping !== false && opts.earlyStopping !== 'never') throw invalid('earlyStopping', 'true, false or "never"', opts.earlyStopping);
-    out.early_stopping = opts.earlyStopping;
-  }
-  if (opts.seed !== undefined) out.seed = expectInteger('seed', opts.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
-  const temperature = expectNumber('temperature', opts.temperature ?? 1, { min: 0, exclusiveMin: true });
-  if (strategy === 'greedy') {
-    if (k !== 1) throw invalid('numReturnSequences', '1 for greedy decoding (use beam or a sampling strategy for several)', k);
-    Object.assign(out, { num_beams: 1, do_sample: false });
-  } else if (strategy === 'beam') {
-    const beams = expectInteger('numBeams', opts.numBeams ?? 3, { min: 1 });
-    if (k > beams) throw invalid('numReturnSequences', `at most numBeams (${beams})`, k);
-    Object.assign(out, { num_beams: beams, do_sample: false });
-  } else {
-    const topK = expectInteger('topK', opts.topK ?? (strategy === 'temperature' ? 0 : 50), { min: 0 });
-    const topP = strategy === 'top-p' ? expectNumber('topP', opts.topP ?? 0.9, { min: 0, max: 1, exclusiveMin: true }) : 1;
-    Object.assign(out, { num_beams: 1, do_sample: true, temperature, top_k: topK, top_p: topP });
-  }
-  return out;
-}
-
-function rows(t: Tensor): number[][] {
-  const [n, m] = t.shape;
-  const data = t.toTypedArray();
-  const out: number[][] = [];
-  for (let i = 0; i < n; i++) {
-    const row = new Array<number>(m);
-    for (let j = 0; j < m; j++) row[j] = Number(data[i * m + j]);
-    out.push(row);
-  }
-  return out;
+  return { max_length: maxLength, min_length: minLength, ...nativeDecodingOptions(opts, 3) };
 }
 
 export class Blip {
@@ -416,16 +357,13 @@ export class Blip {
       out = await noGrad(() =>
         this.model.call('generate', { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds, input_ids: prompt }, options),
       );
-      const sequences = rows(out.sequences);
+      const sequences = tensorRows(out.sequences);
       const tokens = sequences.map((row) => {
         const gen = row.slice(promptLength);
         const end = gen.indexOf(this.special.sep);
         return end >= 0 ? gen.slice(0, end) : gen.filter((id) => id !== this.special.pad);
       });
-      let scores: number[];
-      if (out.sequences_scores) scores = Array.from(out.sequences_scores.toFloat32Array());
-      else scores = rows(out.token_logprobs!).map((r) => r.reduce((a, b) => a + b, 0));
-      return { sequences, tokens, scores, promptLength, numReturnSequences: options.num_return_sequences as number };
+      return { sequences, tokens, scores: generationScores(out), promptLength, numReturnSequences: options.num_return_sequences as number };
     } finally {
       prompt?.dispose();
       disposeAll(out);
@@ -445,25 +383,13 @@ export class Blip {
     const { prompt: promptText, tokenizer: _t, batchSize: _b, imageSize: _s, onProgress, ...generate } = opts;
     const prompt = promptText !== undefined ? tokenizer.encode(expectString('prompt', promptText)) : undefined;
     blipNativeGenerateOptions(generate); // validate before decoding any image
-    const recipe = blipPreprocess(size);
-    const captions: string[][] = [];
-    for (let start = 0; start < images.length; start += batchSize) {
-      const chunk = images.slice(start, start + batchSize);
-      const decoded = await Promise.all(chunk.map((img, i) => (typeof img === 'string' ? loadImage(img) : Promise.resolve(img)).catch((err) => {
-        throw err instanceof RoundtripError ? err : new RoundtripError(`images[${start + i}]: ${err instanceof Error ? err.message : String(err)}`);
-      })));
-      const batch = preprocessBatch(decoded, recipe);
-      const pixels = Tensor.fromTypedArray(batch.data as Float32Array, batch.shape);
-      try {
-        const gen = await this.generate(pixels, { ...generate, prompt });
-        const k = gen.numReturnSequences;
-        for (let i = 0; i < chunk.length; i++) captions.push(gen.tokens.slice(i * k, (i + 1) * k).map((ids) => tokenizer.decode(ids, { skipSpecial: true })));
-      } finally {
-        pixels.dispose();
-      }
-      onProgress?.(Math.min(start + batchSize, images.length), images.length);
-    }
-    return captions;
+    return captionBatches(images, {
+      batchSize,
+      recipe: blipPreprocess(size),
+      generate: (pixels) => this.generate(pixels, { ...generate, prompt }),
+      decode: (ids) => tokenizer.decode(ids, { skipSpecial: true }),
+      onProgress,
+    });
   }
 
   private defaultTokenizer(): CaptionTokenizer {

@@ -16,17 +16,16 @@ import { NativeModel, WeightsReport } from '../model';
 import { Tensor, disposeAll, noGrad } from '../tensor';
 import type { CaptionerGeneration, CaptionerTextInputs } from '../native-methods';
 import { hfWeightFiles } from '../weights/files';
-import { blipPreprocess, loadImage, preprocessBatch, preprocessFromHfConfig, PreprocessConfig, RgbImage } from '../image';
+import { blipPreprocess, preprocessFromHfConfig, PreprocessConfig, RgbImage } from '../image';
 import { loadOptTokenizer, OptTokenizer } from '../tokenizers/opt';
 import { readJsonFile } from '../json';
-import { BLIP_STRATEGIES, BlipStrategy, CaptionTokenizer } from './blip';
+import { CaptionTokenizer } from './blip';
+import { captionBatches, DECODING_STRATEGIES, DecodingOptions, generationScores, nativeDecodingOptions, tensorRows } from './decoding';
 
-/** Decoding strategies: the same set as BLIP's. */
-export const BLIP2_STRATEGIES = BLIP_STRATEGIES;
+/** Decoding strategies: the same set as BLIP's (lib/models/decoding.ts). */
+export const BLIP2_STRATEGIES = DECODING_STRATEGIES;
 
-export interface Blip2GenerateOptions {
-  /** Default 'beam'. */
-  strategy?: BlipStrategy;
+export interface Blip2GenerateOptions extends DecodingOptions {
   /** Beams for 'beam'; default 5 (LAVIS' captioning setting). */
   numBeams?: number;
   /**
@@ -39,21 +38,8 @@ export interface Blip2GenerateOptions {
   minLength?: number;
   /** EOS is blocked until this many tokens were generated; default 1 (no empty captions). */
   minNewTokens?: number;
-  /** Nucleus mass for 'top-p'; default 0.9. */
-  topP?: number;
-  /** k for 'top-k' (default 50); 'top-p' also applies transformers' default top-k of 50 (0 disables it). */
-  topK?: number;
-  /** Softmax temperature of the sampling strategies; default 1. */
-  temperature?: number;
-  repetitionPenalty?: number;
-  /** Beam score = sum log p / generated_length ** lengthPenalty; default 1. */
-  lengthPenalty?: number;
-  earlyStopping?: boolean | 'never';
-  /** Sequences per image: sampled independently, or the best K beams (K ≤ numBeams). Default 1. */
-  numReturnSequences?: number;
   /** Prompt token ids without BOS (BOS is put first, as the OPT tokenizer does). */
   prompt?: number[];
-  seed?: number;
 }
 
 /** Result of `Blip2.generate`, rows image-major (image i's K sequences are rows i·K … i·K+K-1). */
@@ -163,48 +149,13 @@ export function isBlip2Config(config: any): boolean {
 
 /** Native generate() options for a strategy, validated; exported for the CLI and tests. */
 export function blip2NativeGenerateOptions(opts: Blip2GenerateOptions = {}): Record<string, unknown> {
-  const strategy = expectOneOf('strategy', opts.strategy ?? 'beam', BLIP2_STRATEGIES);
-  const k = expectInteger('numReturnSequences', opts.numReturnSequences ?? 1, { min: 1 });
   const out: Record<string, unknown> = {
     min_length: expectInteger('minLength', opts.minLength ?? 0, { min: 0 }),
     min_new_tokens: expectInteger('minNewTokens', opts.minNewTokens ?? 1, { min: 0 }),
-    num_return_sequences: k,
-    repetition_penalty: expectNumber('repetitionPenalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }),
-    length_penalty: expectNumber('lengthPenalty', opts.lengthPenalty ?? 1),
   };
   if (opts.maxLength !== undefined && opts.maxNewTokens === undefined) out.max_length = expectInteger('maxLength', opts.maxLength, { min: 2 });
   else out.max_new_tokens = expectInteger('maxNewTokens', opts.maxNewTokens ?? 30, { min: 1 });
-  if (opts.earlyStopping !== undefined) {
-    if (opts.earlyStopping !== true && opts.earlyStopping !== false && opts.earlyStopping !== 'never') throw invalid('earlyStopping', 'true, false or "never"', opts.earlyStopping);
-    out.early_stopping = opts.earlyStopping;
-  }
-  if (opts.seed !== undefined) out.seed = expectInteger('seed', opts.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
-  const temperature = expectNumber('temperature', opts.temperature ?? 1, { min: 0, exclusiveMin: true });
-  if (strategy === 'greedy') {
-    if (k !== 1) throw invalid('numReturnSequences', '1 for greedy decoding (use beam or a sampling strategy for several)', k);
-    Object.assign(out, { num_beams: 1, do_sample: false });
-  } else if (strategy === 'beam') {
-    const beams = expectInteger('numBeams', opts.numBeams ?? 5, { min: 1 });
-    if (k > beams) throw invalid('numReturnSequences', `at most numBeams (${beams})`, k);
-    Object.assign(out, { num_beams: beams, do_sample: false });
-  } else {
-    const topK = expectInteger('topK', opts.topK ?? (strategy === 'temperature' ? 0 : 50), { min: 0 });
-    const topP = strategy === 'top-p' ? expectNumber('topP', opts.topP ?? 0.9, { min: 0, max: 1, exclusiveMin: true }) : 1;
-    Object.assign(out, { num_beams: 1, do_sample: true, temperature, top_k: topK, top_p: topP });
-  }
-  return out;
-}
-
-function rows(t: Tensor): number[][] {
-  const [n, m] = t.shape;
-  const data = t.toTypedArray();
-  const out: number[][] = [];
-  for (let i = 0; i < n; i++) {
-    const row = new Array<number>(m);
-    for (let j = 0; j < m; j++) row[j] = Number(data[i * m + j]);
-    out.push(row);
-  }
-  return out;
+  return { ...out, ...nativeDecodingOptions(opts, 5) };
 }
 
 export class Blip2 {
@@ -335,14 +286,13 @@ export class Blip2 {
     let out: CaptionerGeneration = {} as CaptionerGeneration;
     try {
       out = await noGrad(() => this.model.call('generate', { ...this.imageInputs(input), input_ids: prompt }, options));
-      const sequences = rows(out.sequences);
+      const sequences = tensorRows(out.sequences);
       const tokens = sequences.map((row) => {
         const gen = row.slice(1);
         const end = gen.indexOf(this.special.eos);
         return (end >= 0 ? gen.slice(0, end) : gen).filter((id) => id !== this.special.pad);
       });
-      const scores = out.sequences_scores ? Array.from(out.sequences_scores.toFloat32Array()) : rows(out.token_logprobs!).map((r) => r.reduce((a, b) => a + b, 0));
-      return { sequences, tokens, scores, numReturnSequences: options.num_return_sequences as number };
+      return { sequences, tokens, scores: generationScores(out), numReturnSequences: options.num_return_sequences as number };
     } finally {
       prompt?.dispose();
       disposeAll(out);
@@ -367,29 +317,13 @@ export class Blip2 {
     const { prompt: promptText, tokenizer: _t, batchSize: _b, onProgress, ...generate } = opts;
     const prompt = promptText !== undefined && promptText !== '' ? tokenizer.encode(expectString('prompt', promptText)) : undefined;
     blip2NativeGenerateOptions(generate); // validate before decoding any image
-    const recipe = this.preprocessConfig();
-    const captions: string[][] = [];
-    for (let start = 0; start < images.length; start += batchSize) {
-      const chunk = images.slice(start, start + batchSize);
-      const decoded = await Promise.all(
-        chunk.map((img, i) =>
-          (typeof img === 'string' ? loadImage(img) : Promise.resolve(img)).catch((err) => {
-            throw err instanceof RoundtripError ? err : new RoundtripError(`images[${start + i}]: ${err instanceof Error ? err.message : String(err)}`);
-          }),
-        ),
-      );
-      const batch = preprocessBatch(decoded, recipe);
-      const pixels = Tensor.fromTypedArray(batch.data as Float32Array, batch.shape);
-      try {
-        const gen = await this.generate(pixels, { ...generate, prompt });
-        const k = gen.numReturnSequences;
-        for (let i = 0; i < chunk.length; i++) captions.push(gen.tokens.slice(i * k, (i + 1) * k).map((ids) => tokenizer.decode(ids, { skipSpecial: true }).trim()));
-      } finally {
-        pixels.dispose();
-      }
-      onProgress?.(Math.min(start + batchSize, images.length), images.length);
-    }
-    return captions;
+    return captionBatches(images, {
+      batchSize,
+      recipe: this.preprocessConfig(),
+      generate: (pixels) => this.generate(pixels, { ...generate, prompt }),
+      decode: (ids) => tokenizer.decode(ids, { skipSpecial: true }).trim(),
+      onProgress,
+    });
   }
 
   /** The OPT tokenizer of the folder the model was loaded from. */

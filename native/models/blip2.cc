@@ -12,6 +12,7 @@
 //   token_probs  {... as logits}          options {temperature}     -> {probs} [B, T, V] (differentiable)
 //   generate     {pixel_values|image_embeds, input_ids?, attention_mask?}  options: blip2_generate.cc
 #include "models/blip2.h"
+#include "models/generation.h"
 
 #include "nn/checkpoint.h"
 #include "nn/encoder_util.h"
@@ -351,10 +352,7 @@ std::pair<at::Tensor, at::Tensor> Blip2Model::query_outputs(const at::Tensor& em
 }
 
 at::Tensor Blip2Model::ids_input(const TensorMap& in, const std::string& name, const std::string& where) {
-  const at::Tensor& ids = need(in, name, where);
-  if (ids.dim() != 2) throw Error(where + ": " + name + " must be [B, T], got " + shape_str(ids.sizes()));
-  if (at::isFloatingType(ids.scalar_type())) throw Error(where + ": " + name + " must hold integer ids, got a floating tensor");
-  return ids.to(device(), at::kLong);
+  return gen::ids_input(in, name, where, device());
 }
 
 // inputs_embeds = [projected queries | embed_tokens(ids)], mask = [ones(Q) | attention_mask] -> [B, Q+T, V]
@@ -363,15 +361,7 @@ at::Tensor Blip2Model::forward_logits(const TensorMap& in, const std::string& wh
   at::Tensor embeds = image_embeds(in, where);
   if (embeds.size(0) != ids.size(0))
     throw Error(where + ": " + std::to_string(embeds.size(0)) + " images but " + std::to_string(ids.size(0)) + " rows of input_ids");
-  at::Tensor mask;
-  auto mit = in.find("attention_mask");
-  if (mit != in.end()) {
-    mask = mit->second.to(device(), at::kLong);
-    if (mask.sizes() != ids.sizes())
-      throw Error(where + ": attention_mask " + shape_str(mask.sizes()) + " does not match input_ids " + shape_str(ids.sizes()));
-  } else {
-    mask = at::ones_like(ids);
-  }
+  at::Tensor mask = gen::mask_input(in, ids, where).to(at::kLong);
   at::Tensor lang = query_outputs(embeds).second;  // [B, Q, Ht]
   auto& dec = language_model->model->decoder;
   at::Tensor x = at::cat({lang, dec->embed(ids).to(lang.scalar_type())}, 1);
@@ -416,12 +406,8 @@ TensorMap Blip2Model::call(const std::string& method, const TensorMap& in, const
     if (labels.sizes() != ids.sizes())
       throw Error(where + ": labels " + shape_str(labels.sizes()) + " do not match input_ids " + shape_str(ids.sizes()));
     at::Tensor logits = text_logits();
-    const int64_t T = logits.size(1), V = logits.size(2);
-    if (T < 2) throw Error(where + ": input_ids needs at least 2 columns for a shifted loss, got " + shape_str(ids.sizes()));
-    at::Tensor shifted = logits.narrow(1, 0, T - 1).reshape({-1, V}).to(at::kFloat);
-    at::Tensor targets = labels.narrow(1, 1, T - 1).reshape({-1});
-    namespace F = torch::nn::functional;
-    return {{"loss", F::cross_entropy(shifted, targets, F::CrossEntropyFuncOptions().ignore_index(-100).label_smoothing(smoothing))}};
+    if (logits.size(1) < 2) throw Error(where + ": input_ids needs at least 2 columns for a shifted loss, got " + shape_str(ids.sizes()));
+    return {{"loss", gen::shifted_caption_loss(logits, labels, smoothing)}};
   }
   if (method == "generate") return generate(*this, in, options);
   throw Error("blip2: unknown method '" + method + "' (known: vision, queries, logits, loss, token_probs, generate)");

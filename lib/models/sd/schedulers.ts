@@ -1,5 +1,5 @@
 /**
- * Noise schedulers (native, model kind "scheduler"; one C++ file each in native/models/schedulers/): DDPM, DDIM,
+ * Noise schedulers (native, built by the addon's `createScheduler`, not a model kind; one C++ file each in native/models/schedulers/): DDPM, DDIM,
  * PNDM (PRK warm-up / PLMS), Euler, Euler ancestral, Heun, LMS and DPM-Solver(++) multistep, configured from a
  * diffusers scheduler_config.json (every key of the class implemented or refused by name). Steps are addressed by
  * their index in `timesteps`; a run may begin mid-schedule (img2img `strength`).
@@ -73,7 +73,7 @@ export class Scheduler {
   /** Builds a scheduler of `name` from a scheduler_config.json object (its `_class_name` may differ). */
   static async create(name: string, config: Record<string, unknown>): Promise<Scheduler> {
     const resolved = schedulerName(name);
-    return new Scheduler(await NativeModel.create('scheduler', config, { scheduler: resolved === 'dpm++' ? 'dpmsolver' : resolved }), resolved, config);
+    return new Scheduler(await NativeModel.createScheduler(resolved === 'dpm++' ? 'dpmsolver' : resolved, config), resolved, config);
   }
 
   /**
