@@ -270,3 +270,35 @@ describe('roundtrip finetune and bench recon with BLIP-2', () => {
     expect(a.text).toMatch(/L_rec_txt/);
   });
 });
+
+describe('BLIP-2 under CUDA autocast (runs only where libtorch has CUDA)', () => {
+  const cuda = require('../lib/native').native().info().cuda ? test : test.skip;
+  cuda('fp16 and bf16 logits stay close to the fp32 reference; greedy generation and the joint objective run', async () => {
+    const { REFERENCE } = require('./support/paths');
+    const { loadSafetensors } = require('../lib/weights/safetensors');
+    const m = await Blip2.load(blip2Dir, { device: 'cuda' });
+    const gpuSd = await StableDiffusionPipeline.load(sdDir, { device: 'cuda' });
+    const io = await loadSafetensors(path.join(REFERENCE, 'blip2-opt', 'io.safetensors'), { device: 'cuda' });
+    try {
+      for (const mode of ['fp16', 'bf16'] as const) {
+        m.model.setAutocast(mode);
+        const logits = await noGrad(() => m.logits({ pixelValues: io['input.pixel_values'], inputIds: io['input.input_ids'], attentionMask: io['input.attention_mask'] }));
+        // Half precision: about 3 significant digits; the logits of a random OPT are O(10).
+        expect(logits.compare(io['output.logits'], 0.25, 5e-2).bad).toBe(0);
+        const gen = await m.generate(io['input.pixel_values'], { strategy: 'greedy', maxNewTokens: 4 });
+        expect(gen.sequences).toHaveLength(io['input.pixel_values'].shape[0]);
+        gpuSd.setAutocast(mode);
+        const images = { blipImages: pixels(2, 32, 31, -1.8, 2.1).to('cuda'), sdImages: pixels(2, 64, 32).to('cuda') };
+        const c = encodeCaptions({ blip: blip2CaptionTokenizer(m), clip: gpuSd.tokenizer }, CAPTIONS);
+        const { total, terms } = await noGrad(() => JointStep.create({ blip: m, sd: gpuSd, bridge, visionTrainable: false }, objective()).objective({ ...images, captions: c }, { step: 0, seed: 1 }));
+        for (const v of Object.values(terms)) expect(Number.isFinite(v!.item())).toBe(true);
+        disposeAll([logits, total, Object.values(terms), images.blipImages, images.sdImages]);
+        disposeCaptionBatch(c);
+      }
+    } finally {
+      disposeAll(io);
+      m.dispose();
+      gpuSd.dispose();
+    }
+  });
+});
