@@ -24,6 +24,7 @@ import { readTorchFileSync, stateDictOf } from '../weights/torchfile';
 import type { BertTokenizer } from '../tokenizers/bert';
 import type { ClipTokenizer } from '../tokenizers/clip';
 import type { OptTokenizer } from '../tokenizers/opt';
+import { parseJsonText, readJsonFile } from '../json';
 
 export interface BridgeStats {
   captions: number;
@@ -284,11 +285,7 @@ export function loadBridge(file: string): VocabularyBridge {
   if (/\.(pth|pt|bin)$/i.test(file)) {
     raw = readTorchBridge(file);
   } else {
-    try {
-      raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (err) {
-      throw new RoundtripError(`bridge file '${file}': ${err instanceof Error ? err.message : String(err)}`);
-    }
+    raw = readJsonFile(file, { what: 'bridge' });
   }
   const arr = Array.isArray(raw) ? raw : (raw as VocabularyBridge)?.clipToBlip;
   if (!Array.isArray(arr) || !arr.every((x) => Number.isInteger(x) && x >= 0)) {
@@ -315,12 +312,7 @@ export function readCaptions(file: string): string[] {
     throw new RoundtripError(`captions file '${file}': ${err instanceof Error ? err.message : String(err)}`);
   }
   if (!/\.json$/i.test(file)) return body.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
-  let raw: any;
-  try {
-    raw = JSON.parse(body);
-  } catch (err) {
-    throw new RoundtripError(`captions file '${file}': ${err instanceof Error ? err.message : String(err)}`);
-  }
+  const raw = parseJsonText(body, file, { what: 'captions' });
   const items: any[] = Array.isArray(raw) ? raw : Array.isArray(raw?.annotations) ? raw.annotations : [];
   const out: string[] = [];
   for (const item of items) {

@@ -8,6 +8,7 @@ import { RoundtripError, expectString } from '../errors';
 import { DEFAULT_CONFIG, FinetuneConfig, FinetuneResult, SIGNAL_EXIT, finetune, resolveConfig } from '../finetune';
 import { LIMITS } from '../limits';
 import { parse as parseYaml } from 'yaml';
+import { parseJsonText } from '../json';
 
 /** Flag name (camelCase, as yargs gives it) → config key; all config keys are accepted as flags. */
 export const FINETUNE_FLAGS = [
@@ -32,7 +33,7 @@ export function readConfigFile(file: string): Record<string, unknown> {
   }
   let parsed: unknown;
   try {
-    parsed = isYaml ? parseYaml(text) : JSON.parse(text);
+    parsed = isYaml ? parseYaml(text) : parseJsonText(text, `--config ${file}`);
   } catch (err) {
     throw new RoundtripError(`--config ${file}: invalid ${isYaml ? 'YAML' : 'JSON'} (${err instanceof Error ? err.message : String(err)})`);
   }

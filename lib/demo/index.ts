@@ -21,7 +21,7 @@ import { CaptionEvaluation, evaluateCaptions } from '../eval/captions';
 import { FinetuneResult, StepLog } from '../finetune';
 import { ExperimentReport, MetricResult, runExperiment } from '../experiment';
 import { formatInterval } from '../experiment/stats';
-import { readJsonLines } from '../rerank/jsonl';
+import { readJsonLines } from '../json';
 import { TieGainRow } from '../report/ties';
 import { Blip } from '../models/blip';
 import { createProgress } from '../progress';

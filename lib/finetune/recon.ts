@@ -7,6 +7,7 @@
  *
  * Used by `roundtrip bench recon` (losses against checkpoint step) and `roundtrip experiment`.
  */
+import { loadImageCaptions } from '../metrics/annotations';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, invalid } from '../errors';
@@ -41,20 +42,12 @@ export const RECON_TERM_LABELS: Record<ReconTerm, string> = { cap: 'L_cap', sd: 
  * entries naming the same image are merged (the first caption stays first). Keeps the first `n` images.
  */
 export function readHeldOut(file: string, imagesDir: string, n?: number): HeldOutItem[] {
-  const raw = readJsonFile(file);
-  if (!Array.isArray(raw)) throw invalid(`--data ${file}`, 'a JSON array of {image, caption}', raw);
   const byImage = new Map<string, HeldOutItem>();
-  raw.forEach((e: any, i) => {
-    if (!e || typeof e.image !== 'string') throw invalid(`--data ${file} entry ${i}`, 'an object with an "image" path', e);
-    const captions = Array.isArray(e.caption) ? e.caption : Array.isArray(e.captions) ? e.captions : [e.caption];
-    captions.forEach((c: unknown, k: number) => {
-      if (typeof c !== 'string') throw invalid(`--data ${file} entry ${i} caption ${k}`, 'a string', c);
-    });
-    const image = path.resolve(imagesDir, e.image);
+  for (const { image, captions } of loadImageCaptions(file, imagesDir, '--data')) {
     const item = byImage.get(image);
     if (item) item.captions.push(...captions);
     else byImage.set(image, { image, captions: [...captions] });
-  });
+  }
   const items = [...byImage.values()];
   if (items.length === 0) throw new RoundtripError(`--data ${file}: no items`);
   if (n !== undefined) expectInteger('--n', n, { min: 1 });

@@ -4,6 +4,7 @@
  * non-finite-loss handling, JSONL logs, periodic validation (CIDEr) with a best checkpoint, exported
  * partial weights and a final report.
  */
+import { loadImageCaptions } from '../metrics/annotations';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectBoolean, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
@@ -560,7 +561,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   if (dp.isMain) prepareRunFolder(c, print);
   c = withModelImageSizes(c);
   checkFinetuneMemory(c);
-  if (c.threads) (native() as any).setNumThreads(c.threads);
+  if (c.threads) native().setNumThreads(c.threads);
   const items = readAnnotations(c.annotations, c.images, c.limit);
   const microPerEpoch = microBatchesPerEpoch(items.length, c.batchSize, dp.worldSize);
   const stepsPerEpoch = Math.floor(microPerEpoch / c.gradAccum);
@@ -855,15 +856,14 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
 
 /** Greedy captions of the validation subset and their CIDEr-D against the references. */
 async function validate(c: FinetuneConfig, m: Models): Promise<number> {
-  const raw = JSON.parse(fs.readFileSync(c.valAnnotations!, 'utf8')) as { image: string; caption: string | string[] }[];
-  const subset = raw.slice(0, c.valSize);
+  const subset = loadImageCaptions(c.valAnnotations!, c.valImages ?? c.images, '--val-annotations').slice(0, c.valSize);
   const recipe = blipPreprocess(c.blipSize);
   const tok = m.bert;
   const prompt = !c.prompt ? undefined : tok.kind === 'blip2' ? tok.opt.encode(c.prompt.trimEnd()) : tok.encode(c.prompt);
   const candidates: string[] = [];
   for (let i = 0; i < subset.length; i += c.batchSize) {
     const chunk = subset.slice(i, i + c.batchSize);
-    const images = await Promise.all(chunk.map((e) => loadImage(path.resolve(c.valImages ?? c.images, e.image))));
+    const images = await Promise.all(chunk.map((e) => loadImage(e.image)));
     const size = 3 * c.blipSize * c.blipSize;
     const data = new Float32Array(chunk.length * size);
     images.forEach((img, k) => data.set(preprocessImage(img, recipe).data as Float32Array, k * size));
@@ -881,6 +881,6 @@ async function validate(c: FinetuneConfig, m: Models): Promise<number> {
       pixels.dispose();
     }
   }
-  const refs = subset.map((e) => (Array.isArray(e.caption) ? e.caption : [e.caption]).map((s) => preCaption(s)));
+  const refs = subset.map((e) => e.captions.map((s) => preCaption(s)));
   return ciderD(candidates, refs).corpus;
 }

@@ -11,6 +11,7 @@ import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { NativeModel, WeightsReport } from '../model';
 import { Tensor, disposeAll, noGrad } from '../tensor';
+import type { CaptionerGeneration, CaptionerTextInputs } from '../native-methods';
 import { readSafetensorsHeader } from '../weights/safetensors';
 import { hfWeightFiles } from '../weights/files';
 import { blipPreprocess, loadImage, preprocessBatch, RgbImage } from '../image';
@@ -266,7 +267,7 @@ function rows(t: Tensor): number[][] {
 }
 
 export class Blip {
-  readonly model: NativeModel;
+  readonly model: NativeModel<'blip'>;
   /** The parsed BlipConfig. */
   readonly config: any;
   readonly special: BlipSpecialIds;
@@ -274,7 +275,7 @@ export class Blip {
   /** The folder the model was loaded from (its tokenizer is the default for `caption`). */
   dir?: string;
 
-  private constructor(model: NativeModel, config: any) {
+  private constructor(model: NativeModel<'blip'>, config: any) {
     this.model = model;
     this.config = config;
     const text = config?.text_config ?? {};
@@ -358,9 +359,9 @@ export class Blip {
     return { lastHiddenState: out.last_hidden_state, poolerOutput: out.pooler_output };
   }
 
-  private textInputs(input: BlipTextInput, extra: Record<string, Tensor | undefined> = {}): Record<string, Tensor | undefined> {
+  private textInputs(input: BlipTextInput): CaptionerTextInputs {
     if (!input.pixelValues && !input.imageEmbeds) throw new RoundtripError('BLIP decoder: needs pixelValues or imageEmbeds');
-    return { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds, input_ids: input.inputIds, attention_mask: input.attentionMask, ...extra };
+    return { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds, input_ids: input.inputIds, attention_mask: input.attentionMask };
   }
 
   /** Decoder logits [B, T, V] (position t predicts token t+1). */
@@ -375,7 +376,7 @@ export class Blip {
   async loss(input: BlipTextInput & { labels: Tensor }, opts: { labelSmoothing?: number } = {}): Promise<Tensor> {
     const options: Record<string, number> = {};
     if (opts.labelSmoothing !== undefined) options.label_smoothing = expectNumber('labelSmoothing', opts.labelSmoothing, { min: 0, max: 1 });
-    return (await this.model.call('loss', this.textInputs(input, { labels: input.labels }), options)).loss;
+    return (await this.model.call('loss', { ...this.textInputs(input), labels: input.labels }, options)).loss;
   }
 
   /** softmax(logits / temperature) per position [B, T, V], differentiable (soft token bridge). */
@@ -401,7 +402,7 @@ export class Blip {
     const prompt = opts.prompt && opts.prompt.length > 0 ? this.promptTensor(opts.prompt) : undefined;
     const promptLength = 1 + (opts.prompt?.length ?? 0);
     if (promptLength >= (options.max_length as number)) throw invalid('maxLength', `more than the start token + prompt length (${promptLength})`, options.max_length);
-    let out: Record<string, Tensor> = {};
+    let out: CaptionerGeneration = {} as CaptionerGeneration;
     try {
       out = await noGrad(() =>
         this.model.call('generate', { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds, input_ids: prompt }, options),
@@ -414,7 +415,7 @@ export class Blip {
       });
       let scores: number[];
       if (out.sequences_scores) scores = Array.from(out.sequences_scores.toFloat32Array());
-      else scores = rows(out.token_logprobs).map((r) => r.reduce((a, b) => a + b, 0));
+      else scores = rows(out.token_logprobs!).map((r) => r.reduce((a, b) => a + b, 0));
       return { sequences, tokens, scores, promptLength, numReturnSequences: options.num_return_sequences as number };
     } finally {
       prompt?.dispose();

@@ -13,6 +13,7 @@ import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { NativeModel, WeightsReport } from '../model';
 import { Tensor, disposeAll, noGrad } from '../tensor';
+import type { CaptionerGeneration, CaptionerTextInputs } from '../native-methods';
 import { hfWeightFiles } from '../weights/files';
 import { blipPreprocess, loadImage, preprocessBatch, preprocessFromHfConfig, PreprocessConfig, RgbImage } from '../image';
 import { loadOptTokenizer, OptTokenizer } from '../tokenizers/opt';
@@ -210,14 +211,14 @@ function rows(t: Tensor): number[][] {
 }
 
 export class Blip2 {
-  readonly model: NativeModel;
+  readonly model: NativeModel<'blip2'>;
   readonly config: any;
   /** OPT special ids from text_config (EOS is 50118 "\n" in blip2-opt-2.7b, not BOS). */
   readonly special: { bos: number; eos: number; pad: number };
   /** The folder the model was loaded from (tokenizer and preprocessor defaults). */
   dir?: string;
 
-  private constructor(model: NativeModel, config: any) {
+  private constructor(model: NativeModel<'blip2'>, config: any) {
     this.model = model;
     this.config = config;
     const t = config?.text_config ?? {};
@@ -288,13 +289,13 @@ export class Blip2 {
     return { qformerLastHiddenState: out.qformer_last_hidden_state, languageProjection: out.language_projection };
   }
 
-  private imageInputs(input: Blip2ImageInput): Record<string, Tensor | undefined> {
+  private imageInputs(input: Blip2ImageInput): { pixel_values?: Tensor; image_embeds?: Tensor } {
     if (!input.pixelValues && !input.imageEmbeds) throw new RoundtripError('BLIP-2: needs pixelValues or imageEmbeds');
     return { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds };
   }
 
-  private textInputs(input: Blip2TextInput, extra: Record<string, Tensor | undefined> = {}): Record<string, Tensor | undefined> {
-    return { ...this.imageInputs(input), input_ids: input.inputIds, attention_mask: input.attentionMask, ...extra };
+  private textInputs(input: Blip2TextInput): CaptionerTextInputs {
+    return { ...this.imageInputs(input), input_ids: input.inputIds, attention_mask: input.attentionMask };
   }
 
   /** LM logits [B, Q+T, V] over the query and text positions (`textOnly`: the last T, position t predicts t+1). */
@@ -306,7 +307,7 @@ export class Blip2 {
   async loss(input: Blip2TextInput & { labels: Tensor }, opts: { labelSmoothing?: number } = {}): Promise<Tensor> {
     const options: Record<string, number> = {};
     if (opts.labelSmoothing !== undefined) options.label_smoothing = expectNumber('labelSmoothing', opts.labelSmoothing, { min: 0, max: 1 });
-    return (await this.model.call('loss', this.textInputs(input, { labels: input.labels }), options)).loss;
+    return (await this.model.call('loss', { ...this.textInputs(input), labels: input.labels }, options)).loss;
   }
 
   /** softmax(text logits / temperature) [B, T, V], differentiable (the soft token bridge). */
@@ -327,7 +328,7 @@ export class Blip2 {
       const ids = [this.special.bos, ...opts.prompt];
       prompt = Tensor.fromTypedArray(ids, [1, ids.length], 'int64');
     }
-    let out: Record<string, Tensor> = {};
+    let out: CaptionerGeneration = {} as CaptionerGeneration;
     try {
       out = await noGrad(() => this.model.call('generate', { ...this.imageInputs(input), input_ids: prompt }, options));
       const sequences = rows(out.sequences);
@@ -336,7 +337,7 @@ export class Blip2 {
         const end = gen.indexOf(this.special.eos);
         return (end >= 0 ? gen.slice(0, end) : gen).filter((id) => id !== this.special.pad);
       });
-      const scores = out.sequences_scores ? Array.from(out.sequences_scores.toFloat32Array()) : rows(out.token_logprobs).map((r) => r.reduce((a, b) => a + b, 0));
+      const scores = out.sequences_scores ? Array.from(out.sequences_scores.toFloat32Array()) : rows(out.token_logprobs!).map((r) => r.reduce((a, b) => a + b, 0));
       return { sequences, tokens, scores, numReturnSequences: options.num_return_sequences as number };
     } finally {
       prompt?.dispose();

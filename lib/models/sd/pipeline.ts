@@ -13,6 +13,7 @@ import { preprocessImage, sdVaePreprocess } from '../../image/preprocess';
 import { Resample } from '../../image/resample';
 import type { RgbImage } from '../../image/types';
 import { Autocast, NativeModel } from '../../model';
+import type { ModelKind } from '../../native-methods';
 import { Tensor, disposeAll, noGrad } from '../../tensor';
 import { ClipTokenizer } from '../../tokenizers/clip';
 import { loadClipTokenizer } from '../../tokenizers/load';
@@ -118,7 +119,7 @@ export class StableDiffusionPipeline {
     readonly dir: string,
     readonly unet: UNet,
     readonly vae: VAE,
-    readonly textEncoder: NativeModel,
+    readonly textEncoder: NativeModel<'clip'>,
     readonly tokenizer: ClipTokenizer,
     readonly schedulerConfig: Record<string, unknown>,
     /** How each component loaded (wall time including construction; bytes mapped vs copied); folders only. */
@@ -211,21 +212,20 @@ export class StableDiffusionPipeline {
     const files = { unet: findWeightFiles(unetDir), vae: findWeightFiles(vaeDir), textEncoder: findWeightFiles(textDir) };
     const loadTimes: Partial<Record<PipelineComponent, ComponentLoad>> = {};
     // The three components load in parallel, each in one native call (parameters mapped, never initialised).
-    const timed = async (name: PipelineComponent, kind: string, config: object): Promise<NativeModel> => {
+    const timed = async <K extends ModelKind>(name: PipelineComponent, kind: K, config: object): Promise<NativeModel<K>> => {
       const start = performance.now();
       const m = await NativeModel.fromFiles(kind, config, files[name], { device: opts.device });
       const r = m.loadReport!;
       loadTimes[name] = { ms: performance.now() - start, mappedBytes: r.mappedBytes, copiedBytes: r.copiedBytes, file: files[name].join(', ') };
       return m;
     };
-    const settled = await Promise.allSettled([timed('unet', 'unet', unetConfig), timed('vae', 'vae', vaeConfig), timed('textEncoder', 'clip', textConfig)]);
-    const models = settled.map((r) => (r.status === 'fulfilled' ? r.value : undefined));
+    const settled = await Promise.allSettled([timed('unet', 'unet', unetConfig), timed('vae', 'vae', vaeConfig), timed('textEncoder', 'clip', textConfig)] as const);
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
-      models.forEach((m) => m?.dispose());
+      for (const r of settled) if (r.status === 'fulfilled') r.value.dispose();
       throw failed.reason;
     }
-    const [unetModel, vaeModel, text] = models as NativeModel[];
+    const [unetModel, vaeModel, text] = settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as [NativeModel<'unet'>, NativeModel<'vae'>, NativeModel<'clip'>];
     const unet = new UNet(unetModel, unetConfig);
     const vae = new VAE(vaeModel, vaeConfig);
     try {

@@ -6,6 +6,7 @@
  */
 import { expectInteger, expectNumber, invalid } from '../../errors';
 import { NativeModel } from '../../model';
+import type { MethodOptions } from '../../native-methods';
 import { disposeAll, Tensor } from '../../tensor';
 import { readJsonFile } from '../../json';
 
@@ -67,7 +68,7 @@ export interface StepOutput {
 }
 
 export class Scheduler {
-  private constructor(readonly model: NativeModel, readonly name: SchedulerName, readonly config: Record<string, unknown>) {}
+  private constructor(readonly model: NativeModel<'scheduler'>, readonly name: SchedulerName, readonly config: Record<string, unknown>) {}
 
   /** Builds a scheduler of `name` from a scheduler_config.json object (its `_class_name` may differ). */
   static async create(name: string, config: Record<string, unknown>): Promise<Scheduler> {
@@ -82,7 +83,7 @@ export class Scheduler {
    */
   async setTimesteps(steps: number, opts: { seed?: number; begin?: number; strength?: number } = {}): Promise<Schedule> {
     expectInteger('steps', steps, { min: 1 });
-    const o: Record<string, unknown> = { steps, seed: opts.seed ?? 0 };
+    const o: MethodOptions<'scheduler', 'set_timesteps'> = { steps, seed: opts.seed ?? 0 };
     if (opts.strength !== undefined) o.strength = expectNumber('strength', opts.strength, { min: 0, max: 1 });
     else if (opts.begin !== undefined) o.begin = expectInteger('begin', opts.begin, { min: 0 });
     const out = await this.model.call('set_timesteps', {}, o);

@@ -73,7 +73,7 @@ export interface GuidedSampleResult {
 }
 
 export class UNet {
-  constructor(readonly model: NativeModel, readonly config: Record<string, unknown>) {}
+  constructor(readonly model: NativeModel<'unet'>, readonly config: Record<string, unknown>) {}
 
   /** Builds the UNet from a diffusers config object (random weights until loadWeights). */
   static async create(config: Record<string, unknown>, opts: { device?: string } = {}): Promise<UNet> {

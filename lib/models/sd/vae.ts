@@ -33,7 +33,7 @@ export class VAE {
   /** Latent scaling (config `scaling_factor`, default 0.18215). */
   readonly scalingFactor: number;
 
-  constructor(readonly model: NativeModel, readonly config: Record<string, unknown>) {
+  constructor(readonly model: NativeModel<'vae'>, readonly config: Record<string, unknown>) {
     this.scalingFactor = typeof config.scaling_factor === 'number' ? config.scaling_factor : 0.18215;
   }
 
