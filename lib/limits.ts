@@ -84,6 +84,26 @@ export function blipSizes(config: any): { image: number; patch: number; vHidden:
   };
 }
 
+function isBlip2(config: any): boolean {
+  return config?.model_type === 'blip-2' || (Array.isArray(config?.architectures) && config.architectures.some((a: string) => /^Blip2/.test(a)));
+}
+
+/**
+ * BLIP-2 OPT teacher-forced on `batch` captions (≤ 32 tokens after its queries), activations only, as
+ * estimateBlipGenerate counts them: vision tokens (×8 for attention and MLP temporaries), the OPT hidden states of
+ * every layer (×8), and the logits (×3: logits, softmax, gradient); 4.37.2 defaults for missing keys.
+ */
+export function estimateBlip2Activations(config: any, o: { batch: number; imageSize?: number }): number {
+  const v = config?.vision_config ?? {};
+  const t = config?.text_config ?? {};
+  const side = o.imageSize ?? v.image_size ?? 224;
+  const tokens = (side / (v.patch_size ?? 14)) ** 2 + 1;
+  const vision = o.batch * tokens * (v.hidden_size ?? 1408) * 8 * F32 + o.batch * tokens * tokens * 2 * F32;
+  const S = (config?.num_query_tokens ?? 32) + 32;
+  const lm = o.batch * S * (t.hidden_size ?? 768) * 8 * (t.num_hidden_layers ?? 12) * F32;
+  return vision + lm + o.batch * S * (t.vocab_size ?? 50272) * 3 * F32;
+}
+
 /**
  * BLIP generation of `batch` images × `rows` sequences (beams or samples) of `maxLength` tokens: vision
  * activations (×8 for attention and MLP temporaries), the cross-attention keys/values per row and
@@ -128,7 +148,7 @@ export function estimateFinetuneStep(blipConfig: any, unetConfig: any, vaeConfig
   const unetOnly = estimateSdSample(unetConfig, { ...vaeConfig, block_out_channels: [0, ...(vaeConfig?.block_out_channels ?? [128, 256, 512, 512]).slice(1)] }, { batch: o.batch, height: o.sdSize, width: o.sdSize, guidance: false });
   const full = estimateSdSample(unetConfig, vaeConfig, { batch: o.batch, height: o.sdSize, width: o.sdSize, guidance: false });
   const sd = unetOnly * keep + (full - unetOnly);
-  const blip = estimateBlipGenerate(blipConfig, { batch: o.batch, rows: 1, maxLength: 77, imageSize: o.blipSize }) * keep;
+  const blip = (isBlip2(blipConfig) ? estimateBlip2Activations(blipConfig, { batch: o.batch, imageSize: o.blipSize }) : estimateBlipGenerate(blipConfig, { batch: o.batch, rows: 1, maxLength: 77, imageSize: o.blipSize })) * keep;
   const soft = o.batch * 77 * 49408 * 4 * F32;
   return sd + blip + soft;
 }

@@ -11,6 +11,7 @@
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, invalid } from '../errors';
 import type { VocabularyBridge } from '../bridge';
 import type { Blip } from '../models/blip';
+import { Blip2 } from '../models/blip2';
 import type { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { native, NativeJointStepHandle, NativeTensorHandle } from '../native';
 import { Tensor } from '../tensor';
@@ -20,7 +21,8 @@ import { bridgeIndex } from './losses';
 import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, ObjectiveOptions, SCHEDULES, SOFT_FRAMINGS, type JointBatch } from './objective';
 
 export interface JointModels {
-  blip: Blip;
+  /** The captioner: BLIP, or BLIP-2 OPT (its logits on the text positions; the bridge must index OPT ids). */
+  blip: Blip | Blip2;
   sd: StableDiffusionPipeline;
   bridge: VocabularyBridge;
   /** Whether BLIP's vision tower trains (otherwise it runs without a graph). */
@@ -58,7 +60,7 @@ export interface JointStepStats {
 }
 
 
-const cache = new WeakMap<Blip, Map<string, JointStep>>();
+const cache = new WeakMap<Blip | Blip2, Map<string, JointStep>>();
 
 export class JointStep {
   private constructor(private handle: NativeJointStepHandle | undefined, readonly options: ObjectiveOptions) {}
@@ -69,7 +71,11 @@ export class JointStep {
     LOSS_TERMS.forEach((t) => expectNumber(`weights.${t}`, opts.weights[t], { min: 0 }));
     expectOneOf('schedule', opts.schedule, SCHEDULES);
     expectOneOf('softFraming', opts.softFraming ?? 'padded', SOFT_FRAMINGS);
+    const blip2 = blip instanceof Blip2;
     const blipVocab = blip.vocabSize;
+    if (bridge.tokenizer && bridge.tokenizer !== (blip2 ? 'opt' : 'bert')) {
+      throw new RoundtripError(`bridge: it maps CLIP ids to ${bridge.tokenizer === 'opt' ? "BLIP-2's OPT" : "BLIP's WordPiece"} ids, but the captioner is ${blip2 ? 'BLIP-2 (OPT)' : 'BLIP'}; learn one for this captioner (roundtrip bridge build, or leave out --bridge)`);
+    }
     const device = sd.unet.model.device;
     const config = {
       weights: opts.weights,

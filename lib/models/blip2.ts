@@ -88,17 +88,25 @@ export interface Blip2CaptionOptions extends Omit<Blip2GenerateOptions, 'prompt'
 }
 
 /**
- * What finetuning may train in BLIP-2 (the OPT language model stays frozen): the Q-Former cross-attention
- * query projections (default, the analogue of BLIP's cross-attention queries), the language projection, or
- * nothing.
+ * What finetuning may train in BLIP-2; the vision tower and the OPT language model always stay frozen (no
+ * gradient buffers). Published key names:
+ * - `xattn-q` (default, the analogue of BLIP's cross-attention queries): the query projections of the Q-Former's
+ *   cross-attention to the image, `qformer.encoder.layer.{i}.crossattention.attention.query.{weight,bias}` (layers
+ *   with i % cross_attention_frequency == 0);
+ * - `xattn-kv` / `xattn-qkv`: the same layers' `key`/`value` (and `query`) projections;
+ * - `projection`: `language_projection.{weight,bias}` (Q-Former width → OPT width);
+ * - `none`.
  */
-export const BLIP2_TRAINABLE_SETS = ['xattn-q', 'projection', 'none'] as const;
+export const BLIP2_TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'projection', 'none'] as const;
 export type Blip2TrainableSet = (typeof BLIP2_TRAINABLE_SETS)[number];
 
 /** Parameter-name patterns of a trainable set. */
 export function blip2TrainablePatterns(set: Blip2TrainableSet = 'xattn-q'): string[] {
   const s = expectOneOf('trainable set', set, BLIP2_TRAINABLE_SETS);
-  if (s === 'xattn-q') return ['^qformer\\.encoder\\.layer\\.\\d+\\.crossattention\\.attention\\.query\\.(weight|bias)$'];
+  const xattn = (p: string) => `^qformer\\.encoder\\.layer\\.\\d+\\.crossattention\\.attention\\.${p}\\.(weight|bias)$`;
+  if (s === 'xattn-q') return [xattn('query')];
+  if (s === 'xattn-kv') return [xattn('key'), xattn('value')];
+  if (s === 'xattn-qkv') return [xattn('query'), xattn('key'), xattn('value')];
   if (s === 'projection') return ['^language_projection\\.(weight|bias)$'];
   return [];
 }

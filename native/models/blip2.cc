@@ -231,7 +231,9 @@ OptDecoderImpl::OptDecoderImpl(const OptConfig& c) {
 
 at::Tensor OptDecoderImpl::embed(const at::Tensor& ids) {
   const int64_t vocab = embed_tokens->weight.size(0);
-  if (ids.numel() > 0) {
+  // Ids on the CPU are checked here; ids on a device were checked where they entered (ids_input) or come from the
+  // model's own argmax, so no device sync is spent per call.
+  if (ids.numel() > 0 && ids.device().is_cpu()) {
     const auto lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     if (lo < 0 || hi >= vocab)
       throw Error("input_ids: token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
@@ -253,9 +255,11 @@ at::Tensor OptDecoderImpl::forward(const at::Tensor& embeds, const at::Tensor& m
   at::Tensor m = mask2d.to(at::kLong);
   // Positions come from the mask: cumsum(mask)·mask − 1 (padding reads row 1 after the offset 2).
   at::Tensor pos = (m.cumsum(1) * m - 1).narrow(1, past, T);
+  // A position is at most S − 1 (all ones), so S bounds the table row from the host sizes without a device sync
+  // (a left-padded row that would fit with fewer ones is refused too).
   const int64_t max_rows = embed_positions->weight.size(0);
-  if (pos.max().item<int64_t>() + 2 >= max_rows)
-    throw Error("language_model: " + std::to_string(pos.max().item<int64_t>() + 1) + " positions (query tokens + text) exceed text_config.max_position_embeddings " +
+  if (S + 1 >= max_rows)
+    throw Error("language_model: " + std::to_string(S) + " positions (query tokens + text) exceed text_config.max_position_embeddings " +
                 std::to_string(max_rows - 2));
   at::Tensor h = embeds + embed_positions(pos + 2);
   // Causal × padding mask, finfo.min on blocked keys: [R, 1, T, S].
@@ -352,6 +356,14 @@ std::pair<at::Tensor, at::Tensor> Blip2Model::query_outputs(const at::Tensor& em
 }
 
 at::Tensor Blip2Model::ids_input(const TensorMap& in, const std::string& name, const std::string& where) {
+  const at::Tensor& host = need(in, name, where);
+  // Checked before the move (on the host when the caller's ids are there): OptDecoder::embed skips device ids.
+  if (name != "labels" && host.numel() > 0 && !at::isFloatingType(host.scalar_type())) {
+    const int64_t vocab = language_model->model->decoder->embed_tokens->weight.size(0);
+    const auto lo = host.min().item<int64_t>(), hi = host.max().item<int64_t>();
+    if (lo < 0 || hi >= vocab)
+      throw Error(where + ": " + name + " token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+  }
   return gen::ids_input(in, name, where, device());
 }
 
