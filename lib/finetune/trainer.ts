@@ -41,13 +41,21 @@ import { LIMITS, checkMemory, estimateFinetuneStep, expectBounded } from '../lim
 import { DEFAULT_WEIGHT_BOUND, NAN_POLICIES, NanPolicy, checkTensors, guardError, guardStep, lastVerifiedCheckpoint } from '../train/guard';
 import { RunLog } from '../train/runlog';
 
-export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'none'] as const;
+export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'text-decoder', 'none'] as const;
 export type TrainableSet = (typeof TRAINABLE_SETS)[number];
 
-/** Parameter-name patterns of each trainable set (published key names). */
+/**
+ * Parameter-name patterns of each trainable set (published key names). `text-decoder` (BLIP only): every
+ * weight of BLIP's text decoder (embeddings, self- and cross-attention, feed-forward, LM head), the vision
+ * encoder frozen — the largest set short of the whole model, measured against `xattn-q` in docs/EXPERIMENTS.md.
+ */
 export function trainablePatterns(model: 'blip' | 'unet', set: TrainableSet): string[] {
   expectOneOf(`trainable.${model}`, set, TRAINABLE_SETS);
   if (set === 'none') return [];
+  if (set === 'text-decoder') {
+    if (model !== 'blip') throw new RoundtripError(`trainable.${model} 'text-decoder': only BLIP has a text decoder (UNet sets: xattn-q, xattn-kv, xattn-qkv, none)`);
+    return ['^text_decoder\\.'];
+  }
   const parts = set === 'xattn-q' ? ['q'] : set === 'xattn-kv' ? ['k', 'v'] : ['q', 'k', 'v'];
   const blipName: Record<string, string> = { q: 'query', k: 'key', v: 'value' };
   return model === 'blip'
@@ -233,6 +241,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectInteger(k('seed'), c.seed, { min: 0, max: 2 ** 32 - 1 });
   expectOneOf(k('trainable.blip'), c.trainable.blip, TRAINABLE_SETS);
   expectOneOf(k('trainable.unet'), c.trainable.unet, TRAINABLE_SETS);
+  trainablePatterns('unet', c.trainable.unet); // refuses BLIP-only sets by name
   if (c.trainable.blip === 'none' && c.trainable.unet === 'none') throw new RoundtripError(`${source}: both models are frozen (trainable 'none'); nothing to train`);
   expectOneOf(k('objective'), c.objective, OBJECTIVE_PRESETS);
   expectOneOf(k('schedule'), c.schedule, SCHEDULES);
