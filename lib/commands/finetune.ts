@@ -93,7 +93,7 @@ const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: str
   output: ['string', 'Run folder: checkpoints/, log.jsonl, export/, report (required; must be empty unless --resume or --overwrite)'],
   device: ['string', 'cpu, cuda or cuda:N'],
   seed: ['number', 'Seed of the data order, augmentation and noise'],
-  trainableBlip: ['string', 'Captioner tensors trained: xattn-q, xattn-kv, xattn-qkv, none; BLIP-2 also projection (language_projection); its vision tower and OPT always stay frozen'],
+  trainableBlip: ['string', 'Captioner tensors trained: xattn-q, xattn-kv, xattn-qkv, none; BLIP also text-decoder (every text-decoder weight); BLIP-2 also projection (language_projection), its vision tower and OPT always frozen'],
   trainableUnet: ['string', 'UNet tensors trained: xattn-q, xattn-kv, xattn-qkv, none'],
   objective: ['string', 'Loss preset: joint, reconstruction-only, caption-only'],
   lambdaCap: ['number', 'Weight of L_cap (default: from --objective)'],

@@ -10,7 +10,7 @@ import * as path from 'path';
 import { RoundtripError, expectBoolean, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { VocabularyBridge, buildBridge, buildOptBridge, loadBridge, saveBridge } from '../bridge';
 import { Blip } from '../models/blip';
-import { Blip2, blip2TrainablePatterns, isBlip2Config } from '../models/blip2';
+import { Blip2, Blip2TrainableSet, blip2TrainablePatterns, isBlip2Config } from '../models/blip2';
 import { Captioner, CaptionerFamily, captionerFamily, loadCaptioner } from '../models/captioner';
 import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from './blip2';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
@@ -46,19 +46,25 @@ import { DEFAULT_WEIGHT_BOUND, NAN_POLICIES, NanPolicy, checkTensors, guardError
 import { RunLog } from '../train/runlog';
 import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
-export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'projection', 'none'] as const;
+export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'text-decoder', 'projection', 'none'] as const;
 export type TrainableSet = (typeof TRAINABLE_SETS)[number];
 
 /**
- * Parameter-name patterns of each trainable set (published key names). With a BLIP-2 captioner (`family`
- * 'blip2') the captioner's sets are BLIP-2's (`blip2TrainablePatterns`: Q-Former cross-attention, language
- * projection); 'projection' exists only there.
+ * Parameter-name patterns of each trainable set (published key names). `text-decoder` (BLIP only): every
+ * weight of BLIP's text decoder (embeddings, self- and cross-attention, feed-forward, LM head), the vision
+ * encoder frozen — the largest set short of the whole model, measured against `xattn-q` in docs/EXPERIMENTS.md.
+ * With a BLIP-2 captioner (`family` 'blip2') the captioner's sets are BLIP-2's (`blip2TrainablePatterns`:
+ * Q-Former cross-attention, language projection); 'projection' exists only there.
  */
 export function trainablePatterns(model: 'blip' | 'unet', set: TrainableSet, family: CaptionerFamily = 'blip'): string[] {
   expectOneOf(`trainable.${model}`, set, TRAINABLE_SETS);
-  if (model === 'blip' && family === 'blip2') return blip2TrainablePatterns(set);
+  if (model === 'blip' && family === 'blip2') return blip2TrainablePatterns(set as Blip2TrainableSet);
   if (set === 'projection') throw new RoundtripError(`trainable.${model} 'projection': only a BLIP-2 captioner has a language projection (${model === 'blip' ? 'BLIP' : 'the UNet'}: xattn-q, xattn-kv, xattn-qkv, none)`);
   if (set === 'none') return [];
+  if (set === 'text-decoder') {
+    if (model !== 'blip') throw new RoundtripError(`trainable.${model} 'text-decoder': only BLIP has a text decoder (UNet sets: xattn-q, xattn-kv, xattn-qkv, none)`);
+    return ['^text_decoder\\.'];
+  }
   const parts = set === 'xattn-q' ? ['q'] : set === 'xattn-kv' ? ['k', 'v'] : ['q', 'k', 'v'];
   const blipName: Record<string, string> = { q: 'query', k: 'key', v: 'value' };
   return model === 'blip'
@@ -250,6 +256,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectInteger(k('seed'), c.seed, { min: 0, max: 2 ** 32 - 1 });
   expectOneOf(k('trainable.blip'), c.trainable.blip, TRAINABLE_SETS);
   expectOneOf(k('trainable.unet'), c.trainable.unet, TRAINABLE_SETS);
+  trainablePatterns('unet', c.trainable.unet); // refuses BLIP-only sets by name
   if (c.trainable.blip === 'none' && c.trainable.unet === 'none') throw new RoundtripError(`${source}: both models are frozen (trainable 'none'); nothing to train`);
   expectOneOf(k('objective'), c.objective, OBJECTIVE_PRESETS);
   expectOneOf(k('schedule'), c.schedule, SCHEDULES);
