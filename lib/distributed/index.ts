@@ -1,8 +1,8 @@
 /**
  * Data-parallel primitives on PyTorch's c10d (native/dist): one process group per process (TCPStore
  * rendezvous at MASTER_ADDR:MASTER_PORT; Gloo on CPU, NCCL on CUDA builds of libtorch 2.x), in-place
- * collectives on native tensors, and `GradSync`, the bucketed gradient averager a training step calls
- * after backward. Every rank must call the collectives in the same order (as with torch.distributed).
+ * collectives on native tensors, and `GradSync`, the bucketed gradient averager a training step runs
+ * overlapped with backward. Every rank must call the collectives in the same order (as with torch.distributed).
  *
  *   await initDistributed();            // from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (roundtrip launch, torchrun)
  *   await allReduce(t, 'avg');
@@ -182,27 +182,41 @@ export async function checkSameOnAllRanks(what: string, hash: string): Promise<v
 }
 
 export interface GradSyncStats {
-  /** Seconds of the last `finish` (packing, all-reduce, unpacking). */
+  /** Seconds of the last `finish` (launching what backward left, waiting, unpacking): the exposed communication. */
   seconds: number;
-  /** Bytes all-reduced by this rank in the last `finish`. */
+  /** Seconds of the last step with at least one bucket all-reduce in flight (launch to completion). */
+  commSeconds: number;
+  /** The part of `commSeconds` before `finish`, i.e. hidden behind backward. */
+  hiddenSeconds: number;
+  /** Bytes all-reduced by this rank in the last step. */
   bytes: number;
   buckets: number;
+  /** Each bucket's size in bytes, in launch order (last parameters first). */
+  bucketBytes: number[];
+  /** Buckets launched during backward in the last step. */
+  launchedInBackward: number;
+  /** Buckets reduced a second time (a parameter's gradient grew after its bucket was launched). */
+  rereduced: number;
+  overlap: boolean;
 }
 
 /**
- * Averages the gradients of a fixed parameter list across ranks after backward, in flat buckets
- * allocated once (`bucketMB`, default 25 as DDP). Parameters no rank has a gradient for keep none.
- * `extras` (e.g. the step's loss terms) are summed across ranks in the same round.
+ * Averages the gradients of a fixed parameter list across ranks, in flat buckets allocated once, in reverse
+ * parameter order (`bucketMB`, default 25 as DDP; the first bucket at most 1 MiB). Parameters no rank has a
+ * gradient for keep none. `extras` (e.g. the step's loss terms) are summed across ranks in the same round.
+ * With `overlap` (default), the native training step launches each bucket's all-reduce during its last
+ * micro-batch's backward, as soon as the bucket's gradients are accumulated (hooks on the parameters'
+ * gradient accumulators, as c10d::Reducer); `finish` from JS runs after backward.
  */
 export class GradSync {
   private readonly handle: ReturnType<DistAddon['createGradSync']>;
 
-  constructor(params: Tensor[], opts: { bucketMB?: number } = {}) {
+  constructor(params: Tensor[], opts: { bucketMB?: number; overlap?: boolean } = {}) {
     const handles = list(params, 'GradSync params');
     const mb = opts.bucketMB ?? 25;
     if (!(mb > 0)) throw new RoundtripError(`GradSync bucketMB: expected a number > 0, got ${mb}`);
     try {
-      this.handle = addon().createGradSync(handles, JSON.stringify({ bucketBytes: Math.round(mb * 2 ** 20) }));
+      this.handle = addon().createGradSync(handles, JSON.stringify({ bucketBytes: Math.max(1, Math.round(mb * 2 ** 20)), overlap: opts.overlap ?? true }));
     } catch (err) {
       throw new RoundtripError(err instanceof Error ? err.message : String(err));
     }
