@@ -167,8 +167,9 @@ export async function benchDistributed(opts: DistributedBenchOptions = {}): Prom
     const scalingEfficiency = rows[2].samplesPerSecond / rows[0].samplesPerSecond;
     const scalingEfficiencyNoOverlap = rows[1].samplesPerSecond / rows[0].samplesPerSecond;
     const ms = (x: number) => (1000 * x).toFixed(1);
+    const cap = Number(opts.bucketMB ?? base.allReduceBucketMib ?? 25);
     const lines = [
-      `bench distributed: ${threads} threads in total, global batch ${rows[0].globalBatch}, ${steps} timed steps after ${warmup} warm-up, Gloo over 127.0.0.1, buckets ≤ ${opts.bucketMB ?? base.allReduceBucketMib ?? 25} MiB (first ≤ 1 MiB)`,
+      `bench distributed: ${threads} threads in total, global batch ${rows[0].globalBatch}, ${steps} timed steps after ${warmup} warm-up, Gloo over 127.0.0.1, buckets ≤ ${cap} MiB (first ≤ ${Math.min(1, cap)} MiB)`,
       '| variant | s/step | samples/s | all-reduce in flight ms/step | exposed ms/step | hidden by backward | KiB/step | buckets (launched in backward) |',
       '| --- | --- | --- | --- | --- | --- | --- | --- |',
       ...rows.map((r) =>
