@@ -10,7 +10,7 @@
  */
 import { createHash } from 'crypto';
 import { RoundtripError, expectInteger, expectOneOf, expectString } from '../errors';
-import { native } from '../native';
+import { NativeAddon, NativeGradSyncHandle, NativeGradSyncStats, NativeTensorHandle, native } from '../native';
 import { Tensor } from '../tensor';
 import { DEFAULT_MASTER_PORT, DEFAULT_TIMEOUT_SECONDS, DistributedEnv, readDistributedEnv } from './env';
 
@@ -22,19 +22,9 @@ export type ReduceOp = (typeof REDUCE_OPS)[number];
 export const BACKENDS = ['gloo', 'nccl'] as const;
 export type Backend = (typeof BACKENDS)[number];
 
-interface DistAddon {
-  distInit(options: string): Promise<void>;
-  distDestroy(): void;
-  distInfo(): { initialized: boolean; rank: number; worldSize: number; backend: string; available: string[] };
-  distAllReduce(tensors: unknown[], op: string): Promise<void>;
-  distBroadcast(tensors: unknown[], src: number): Promise<void>;
-  distBarrier(timeoutSeconds?: number): Promise<void>;
-  tensorsHash(tensors: unknown[]): Promise<string>;
-  createGradSync(params: unknown[], options: string): { finish(extras: number[]): Promise<number[]>; stats(): GradSyncStats };
-}
 
-function addon(): DistAddon {
-  return native() as unknown as DistAddon;
+function addon(): NativeAddon {
+  return native();
 }
 
 /** Re-throws native errors as RoundtripError (same message). */
@@ -115,7 +105,7 @@ export function isMainProcess(): boolean {
   return rank() === 0;
 }
 
-function list(tensors: Tensor | Tensor[], what: string): unknown[] {
+function list(tensors: Tensor | Tensor[], what: string): NativeTensorHandle[] {
   const ts = Array.isArray(tensors) ? tensors : [tensors];
   ts.forEach((t, i) => {
     if (!(t instanceof Tensor)) throw new RoundtripError(`${what}: entry ${i} is not a Tensor`);
@@ -181,24 +171,7 @@ export async function checkSameOnAllRanks(what: string, hash: string): Promise<v
   }
 }
 
-export interface GradSyncStats {
-  /** Seconds of the last `finish` (launching what backward left, waiting, unpacking): the exposed communication. */
-  seconds: number;
-  /** Seconds of the last step with at least one bucket all-reduce in flight (launch to completion). */
-  commSeconds: number;
-  /** The part of `commSeconds` before `finish`, i.e. hidden behind backward. */
-  hiddenSeconds: number;
-  /** Bytes all-reduced by this rank in the last step. */
-  bytes: number;
-  buckets: number;
-  /** Each bucket's size in bytes, in launch order (last parameters first). */
-  bucketBytes: number[];
-  /** Buckets launched during backward in the last step. */
-  launchedInBackward: number;
-  /** Buckets reduced a second time (a parameter's gradient grew after its bucket was launched). */
-  rereduced: number;
-  overlap: boolean;
-}
+export type GradSyncStats = NativeGradSyncStats;
 
 /**
  * Averages the gradients of a fixed parameter list across ranks, in flat buckets allocated once, in reverse
@@ -209,7 +182,7 @@ export interface GradSyncStats {
  * gradient accumulators, as c10d::Reducer); `finish` from JS runs after backward.
  */
 export class GradSync {
-  private readonly handle: ReturnType<DistAddon['createGradSync']>;
+  private readonly handle: NativeGradSyncHandle;
 
   constructor(params: Tensor[], opts: { bucketMB?: number; overlap?: boolean } = {}) {
     const handles = list(params, 'GradSync params');
@@ -232,7 +205,7 @@ export class GradSync {
   }
 
   /** @internal The native averager (the native training step runs it inside its call). */
-  get nativeHandle(): unknown {
+  get nativeHandle(): NativeGradSyncHandle {
     return this.handle;
   }
 }
