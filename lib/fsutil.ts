@@ -37,25 +37,46 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Writes `data` to `target` atomically (creating the folder). Errors name the target. */
-export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
+/** Appends one record as a JSON line and fsyncs it before returning (a crash loses at most the line in flight). */
+export function appendJsonLine(file: string, record: unknown): void {
+  const fd = fs.openSync(file, 'a');
+  try {
+    fs.writeSync(fd, JSON.stringify(record) + '\n');
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * The one way a file lands: `write(temp)` writes a temporary sibling of `target` (an open handle's worth of work,
+ * or a converter that writes a path), then the temporary file is fsynced, renamed over `target` and the folder
+ * fsynced. On any error the temporary file is removed and an existing `target` is untouched. `what` names the
+ * work in the error ("writing safetensors failed"); `mkdir: false` refuses a missing folder instead of creating it.
+ */
+export async function landFileAtomic<T>(target: string, write: (temp: string) => Promise<T>, opts: { what?: string; mkdir?: boolean } = {}): Promise<T> {
+  const what = opts.what ?? 'cannot write file';
   const dir = path.dirname(path.resolve(target));
   const temp = tempName(target);
-  let handle: fs.promises.FileHandle | undefined;
+  let result: T;
   try {
-    await fs.promises.mkdir(dir, { recursive: true });
-    handle = await fs.promises.open(temp, 'wx');
-    await handle.writeFile(data);
-    await handle.sync();
-    await handle.close();
-    handle = undefined;
+    if (opts.mkdir !== false) await fs.promises.mkdir(dir, { recursive: true });
+    result = await write(temp);
+    const handle = await fs.promises.open(temp, 'r+');
+    await handle.sync().finally(() => handle.close());
     await fs.promises.rename(temp, target);
   } catch (err) {
-    if (handle) await handle.close().catch(() => undefined);
     await fs.promises.rm(temp, { force: true }).catch(() => undefined);
-    throw new RoundtripError(`${target}: cannot write file: ${(err as Error).message}`);
+    if (err instanceof RoundtripError) throw err;
+    throw new RoundtripError(`${target}: ${what}: ${(err as Error).message}`);
   }
   await fsyncDir(dir);
+  return result;
+}
+
+/** Writes `data` to `target` atomically (creating the folder). Errors name the target. */
+export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
+  await landFileAtomic(target, (temp) => fs.promises.writeFile(temp, data, { flag: 'wx' }));
 }
 
 /** Synchronous `writeFileAtomic`; `data` may be several chunks written in order. */

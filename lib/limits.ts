@@ -10,6 +10,7 @@
  */
 import * as os from 'os';
 import { RoundtripError, expectInteger } from './errors';
+import { CONFIG_DEFAULTS, configInt } from './models/config-defaults';
 
 /** Hard ceilings of user-controlled sizes. */
 export const LIMITS = {
@@ -69,17 +70,38 @@ const F32 = 4;
 
 /** BLIP config sizes an estimate needs (Hugging Face BlipConfig). */
 export function blipSizes(config: any): { image: number; patch: number; vHidden: number; vLayers: number; tHidden: number; tLayers: number; vocab: number } {
+  const d = CONFIG_DEFAULTS.blip;
+  const v = (key: string, fallback: number) => configInt(config, ['vision_config', key], fallback, 'BLIP config');
+  const t = (key: string, fallback: number) => configInt(config, ['text_config', key], fallback, 'BLIP config');
+  return {
+    image: v('image_size', d.imageSize),
+    patch: v('patch_size', d.patchSize),
+    vHidden: v('hidden_size', d.visionHidden),
+    vLayers: v('num_hidden_layers', d.visionLayers),
+    tHidden: t('hidden_size', d.textHidden),
+    tLayers: t('num_hidden_layers', d.textLayers),
+    vocab: t('vocab_size', d.vocabSize),
+  };
+}
+
+function isBlip2(config: any): boolean {
+  return config?.model_type === 'blip-2' || (Array.isArray(config?.architectures) && config.architectures.some((a: string) => /^Blip2/.test(a)));
+}
+
+/**
+ * BLIP-2 OPT teacher-forced on `batch` captions (≤ 32 tokens after its queries), activations only, as
+ * estimateBlipGenerate counts them: vision tokens (×8 for attention and MLP temporaries), the OPT hidden states of
+ * every layer (×8), and the logits (×3: logits, softmax, gradient); 4.37.2 defaults for missing keys.
+ */
+export function estimateBlip2Activations(config: any, o: { batch: number; imageSize?: number }): number {
   const v = config?.vision_config ?? {};
   const t = config?.text_config ?? {};
-  return {
-    image: Number(v.image_size ?? 384),
-    patch: Number(v.patch_size ?? 16),
-    vHidden: Number(v.hidden_size ?? 768),
-    vLayers: Number(v.num_hidden_layers ?? 12),
-    tHidden: Number(t.hidden_size ?? 768),
-    tLayers: Number(t.num_hidden_layers ?? 12),
-    vocab: Number(t.vocab_size ?? 30524),
-  };
+  const side = o.imageSize ?? v.image_size ?? 224;
+  const tokens = (side / (v.patch_size ?? 14)) ** 2 + 1;
+  const vision = o.batch * tokens * (v.hidden_size ?? 1408) * 8 * F32 + o.batch * tokens * tokens * 2 * F32;
+  const S = (config?.num_query_tokens ?? 32) + 32;
+  const lm = o.batch * S * (t.hidden_size ?? 768) * 8 * (t.num_hidden_layers ?? 12) * F32;
+  return vision + lm + o.batch * S * (t.vocab_size ?? 50272) * 3 * F32;
 }
 
 /**
@@ -126,7 +148,7 @@ export function estimateFinetuneStep(blipConfig: any, unetConfig: any, vaeConfig
   const unetOnly = estimateSdSample(unetConfig, { ...vaeConfig, block_out_channels: [0, ...(vaeConfig?.block_out_channels ?? [128, 256, 512, 512]).slice(1)] }, { batch: o.batch, height: o.sdSize, width: o.sdSize, guidance: false });
   const full = estimateSdSample(unetConfig, vaeConfig, { batch: o.batch, height: o.sdSize, width: o.sdSize, guidance: false });
   const sd = unetOnly * keep + (full - unetOnly);
-  const blip = estimateBlipGenerate(blipConfig, { batch: o.batch, rows: 1, maxLength: 77, imageSize: o.blipSize }) * keep;
+  const blip = (isBlip2(blipConfig) ? estimateBlip2Activations(blipConfig, { batch: o.batch, imageSize: o.blipSize }) : estimateBlipGenerate(blipConfig, { batch: o.batch, rows: 1, maxLength: 77, imageSize: o.blipSize })) * keep;
   const soft = o.batch * 77 * 49408 * 4 * F32;
   return sd + blip + soft;
 }

@@ -3,7 +3,8 @@
  * Inputs and outputs are named tensors; every call runs off the JS thread and returns a Promise.
  */
 import { RoundtripError, expectBoolean, expectOneOf } from './errors';
-import { FrozenDtypeReport, native, NativeModelHandle, ParameterInfo, WeightsReport } from './native';
+import { FrozenDtypeReport, native, NativeModelHandle, NativeTensorHandle, ParameterInfo, WeightsReport } from './native';
+import type { MethodInputs, MethodName, MethodOptions, MethodOutputs, ModelKind } from './native-methods';
 import { DType, Tensor } from './tensor';
 
 export type { FrozenDtypeReport, ParameterInfo, WeightsReport } from './native';
@@ -37,7 +38,7 @@ export interface CallControl {
   /** Aborts the call at its next step (its memory is freed); the promise rejects with the signal's reason. */
   signal?: AbortSignal;
   /** Other models the call runs, by role (the SD UNet's `sample` decodes with `{ vae }`). */
-  models?: Record<string, NativeModel>;
+  models?: Record<string, NativeModel<ModelKind>>;
 }
 
 /** Mixed precision of model calls: CUDA autocast to bf16/fp16, or full fp32 ("off"). */
@@ -51,7 +52,11 @@ export type Autocast = 'off' | 'bf16' | 'fp16';
 export type FrozenDtype = 'fp32' | 'bf16' | 'fp16';
 export const FROZEN_DTYPES: readonly FrozenDtype[] = ['fp32', 'bf16', 'fp16'];
 
-export class NativeModel {
+/**
+ * A native model of kind `K`; `call` is typed by the kind's row of lib/native-methods.ts (the one declaration of
+ * every native method's inputs, options and outputs).
+ */
+export class NativeModel<K extends ModelKind = ModelKind> {
   /** @internal */
   readonly handle: NativeModelHandle;
   private autocastMode: Autocast = 'off';
@@ -67,17 +72,17 @@ export class NativeModel {
    * model's (a trained tensor copies the pages it writes; the files are never written). Missing keys are errors.
    * `loadReport` tells what was mapped, what copied, and the time taken.
    */
-  static async fromFiles(
-    kind: string,
+  static async fromFiles<K extends ModelKind>(
+    kind: K,
     config: object,
     files: string[],
     opts: { device?: string; load?: Omit<LoadWeightsOptions, 'partial'> } = {},
-  ): Promise<NativeModel> {
+  ): Promise<NativeModel<K>> {
     if (!Array.isArray(files) || files.length === 0 || files.some((f) => typeof f !== 'string')) {
       throw new RoundtripError(`${kind}: expected at least one weight file path, got ${JSON.stringify(files)}`);
     }
     try {
-      return new NativeModel(await native().createModel(kind, JSON.stringify(config), JSON.stringify({ device: opts.device, weights: files, load: opts.load ?? {} })));
+      return new NativeModel<K>(await native().createModel(kind, JSON.stringify(config), JSON.stringify({ device: opts.device, weights: files, load: opts.load ?? {} })));
     } catch (err) {
       throw wrapError(err);
     }
@@ -89,16 +94,32 @@ export class NativeModel {
   }
 
   /** Builds a model of a registered kind from its config object (e.g. a parsed config.json). */
-  static async create(kind: string, config: object, opts: { device?: string; [k: string]: unknown } = {}): Promise<NativeModel> {
+  static async create<K extends ModelKind>(kind: K, config: object, opts: { device?: string; [k: string]: unknown } = {}): Promise<NativeModel<K>> {
+    // Deprecated: a scheduler is not a model kind; `create('scheduler', config, {scheduler})` still builds one.
+    if (kind === 'scheduler') return (await NativeModel.createScheduler(String(opts.scheduler ?? ''), config)) as unknown as NativeModel<K>;
     try {
-      return new NativeModel(await native().createModel(kind, JSON.stringify(config), JSON.stringify(opts)));
+      return new NativeModel<K>(await native().createModel(kind, JSON.stringify(config), JSON.stringify(opts)));
     } catch (err) {
       throw wrapError(err);
     }
   }
 
-  get kind(): string {
-    return this.handle.kind;
+  /**
+   * A noise scheduler (native/models/schedulers/) from a scheduler_config.json object, called like a model
+   * (`set_timesteps`, `scale_model_input`, `step`, `add_noise`, `get_velocity`). `kind`: "ddpm", "ddim", "pndm",
+   * "euler", "euler_ancestral", "heun", "lms", "dpmsolver", or a diffusers class name. Schedulers are not model
+   * kinds; `Scheduler.create` (lib/models/sd/schedulers.ts) is the typed face.
+   */
+  static async createScheduler(kind: string, config: object): Promise<NativeModel<'scheduler'>> {
+    try {
+      return new NativeModel<'scheduler'>(await native().createScheduler(kind, JSON.stringify(config)));
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
+  get kind(): K {
+    return this.handle.kind as K;
   }
   get device(): string {
     return this.handle.device;
@@ -133,13 +154,18 @@ export class NativeModel {
   }
 
   /** Runs a named method of the model; `control` adds per-step progress, an AbortSignal and peer models. */
-  async call(method: string, inputs: Record<string, Tensor | undefined>, options: object = {}, control?: CallControl): Promise<Record<string, Tensor>> {
-    const handles: Record<string, any> = {};
-    for (const [k, t] of Object.entries(inputs)) if (t) handles[k] = t.handle;
+  async call<M extends MethodName<K>>(
+    method: M,
+    inputs: MethodInputs<K, M>,
+    options: MethodOptions<K, M> = {} as MethodOptions<K, M>,
+    control?: CallControl,
+  ): Promise<MethodOutputs<K, M>> {
+    const handles: Record<string, NativeTensorHandle> = {};
+    for (const [k, t] of Object.entries(inputs as Record<string, Tensor | undefined>)) if (t) handles[k] = t.handle;
     const defaults: Record<string, unknown> = {};
     if (this.autocastMode !== 'off') defaults.autocast = this.autocastMode;
     if (this.checkpointing) defaults.gradient_checkpointing = true;
-    const opts = { ...defaults, ...options };
+    const opts = { ...defaults, ...(options as object) };
     const signal = control?.signal;
     if (signal?.aborted) throw signal.reason;
     let out;
@@ -164,7 +190,7 @@ export class NativeModel {
     }
     const result: Record<string, Tensor> = {};
     for (const [k, h] of Object.entries(out)) result[k] = new Tensor(h);
-    return result;
+    return result as MethodOutputs<K, M>;
   }
 
   /** Loads safetensors files by published key names; throws naming missing/mis-shaped/unexpected keys. */

@@ -3,6 +3,7 @@
  * `Tensor`, `NativeModel` and the model classes, which check their arguments first.
  */
 import * as path from 'path';
+import type { NativeCompareResult, TensorOpName } from './native-methods';
 
 export type DType = 'float64' | 'float32' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
 
@@ -121,10 +122,14 @@ export interface NativeAddon {
   TensorHandle: unknown;
   ModelHandle: unknown;
   tensorFromBuffer(data: ArrayBufferView | ArrayBuffer, dtype: DType, shape: number[]): NativeTensorHandle;
-  op(name: string, tensors: NativeTensorHandle[], args?: string): any;
+  op(name: TensorOpName, tensors: NativeTensorHandle[], args?: string): NativeTensorHandle;
+  op(name: 'gradNorm', tensors: NativeTensorHandle[], args?: string): number;
+  op(name: 'compare', tensors: NativeTensorHandle[], args?: string): NativeCompareResult;
   readSafetensorsHeader(file: string): SafetensorsHeaderJson;
   loadSafetensors(file: string, names?: string[] | null, options?: string): Promise<Record<string, NativeTensorHandle>>;
   createModel(kind: string, config: string, options?: string): Promise<NativeModelHandle>;
+  /** A noise scheduler (not a model kind) behind the model call interface. */
+  createScheduler(kind: string, config: string): Promise<NativeModelHandle>;
   modelKinds(): string[];
   info(): NativeInfo;
   setNumThreads(n: number): void;
@@ -136,6 +141,35 @@ export interface NativeAddon {
   memoryStats(): NativeMemoryStats;
   releaseMemory(): void;
   resetPeakMemory(): void;
+  /** AdamW over `params` (native/core/optim.cc); options JSON: lr, beta1, beta2, eps, weightDecay. */
+  createAdamW(params: NativeTensorHandle[], options: string): NativeOptimizerHandle;
+  /** Clips the gradients' global L2 norm in place; returns the norm before clipping. */
+  clipGradNorm(params: NativeTensorHandle[], maxNorm: number): number;
+  /** The joint finetuning step (native/train/joint_handle.cc). */
+  createJointStep(
+    models: { blip: NativeModelHandle; unet: NativeModelHandle; vae: NativeModelHandle; text: NativeModelHandle },
+    bridgeIndex: NativeTensorHandle,
+    config: string,
+    optimizers?: { blip?: NativeOptimizerHandle; unet?: NativeOptimizerHandle },
+  ): NativeJointStepHandle;
+}
+
+export interface NativeOptimizerHandle {
+  step(): Promise<void>;
+  zeroGrad(): void;
+  setLr(lr: number): void;
+  state(): { step: number; expAvg: (NativeTensorHandle | null)[]; expAvgSq: (NativeTensorHandle | null)[] };
+  loadState(step: number, expAvg: (NativeTensorHandle | null)[], expAvgSq: (NativeTensorHandle | null)[]): void;
+}
+
+export interface NativeJointStepHandle {
+  /** The loss terms of one batch, no update (the `jointObjective` path): tensors and numbers by name. */
+  objective(tensors: Record<string, NativeTensorHandle | undefined>, options: string): Promise<Record<string, NativeTensorHandle | number>>;
+  /** One optimizer step over micro-batches; returns its numbers packed (lib/finetune/joint-step.ts unpacks them). */
+  step(tensors: Record<string, NativeTensorHandle | undefined>[], perBatch: string, options: string): Promise<Float32Array>;
+  activeTerms(step: number, micro: number): string[];
+  setGradSync(handle: unknown): void;
+  dispose(): void;
 }
 
 let addon: NativeAddon | undefined;

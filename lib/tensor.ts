@@ -4,6 +4,7 @@
  * by `scope()`, which frees every tensor created inside it except those returned or kept.
  */
 import { DType, NativeTensorHandle, native } from './native';
+import type { NativeTensorOps, TensorOpName } from './native-methods';
 import { RoundtripError, expectOneOf, invalid } from './errors';
 
 export type { DType } from './native';
@@ -87,7 +88,7 @@ export class Tensor {
   }
 
   /** @internal One native op. */
-  static op(name: string, tensors: Tensor[], args?: object): Tensor {
+  static op<N extends TensorOpName>(name: N, tensors: Tensor[], args?: NativeTensorOps[N]): Tensor {
     return new Tensor(native().op(name, tensors.map((t) => t.handle), args ? JSON.stringify(args) : undefined));
   }
 

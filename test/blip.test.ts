@@ -227,6 +227,14 @@ describe('generation', () => {
     expect(s.sequences).toEqual(rowsOf(io['generate.greedy.sequences']));
   });
 
+  it('the shared generation core refuses what BLIP does not implement, by name', async () => {
+    const px = { pixel_values: pixels() };
+    await expect(blip.model.call('generate', px, { max_new_tokens: 5 })).rejects.toThrow(/max_new_tokens is not supported/);
+    await expect(blip.model.call('generate', px, { min_new_tokens: 1 })).rejects.toThrow(/min_new_tokens is not supported/);
+    await expect(blip.model.call('generate', px, { no_repeat_ngram_size: 2 })).rejects.toThrow(/no_repeat_ngram_size/);
+    await expect(blip.model.call('generate', px, { max_length: 0 })).rejects.toThrow(/max_length must be >= 1/);
+  });
+
   it('repetition penalty changes the ids of a long greedy caption', async () => {
     const plain = await blip.generate(pixels(), { strategy: 'greedy', maxLength: 20, minLength: 19 });
     const penal = await blip.generate(pixels(), { strategy: 'greedy', maxLength: 20, minLength: 19, repetitionPenalty: 5 });

@@ -17,7 +17,7 @@ import { saveTensors } from '../lib/weights/save';
 import { disposeCaptionBatch, encodeCaptions, jointObjective, trainablePatterns } from '../lib/finetune';
 import { benchRecon } from '../lib/finetune/bench-recon';
 import { armInterval, bootstrapPlan, kendallTau, kendallTauInterval, meanSamples, pairedDifference, verdict } from '../lib/experiment/stats';
-import { ARMS, QUICK_EXPERIMENT, runExperiment } from '../lib/experiment';
+import { ARMS, QUICK_EXPERIMENT, checkExperimentOptions, runExperiment } from '../lib/experiment';
 import { experimentOptionsFromArgs, parseSettings } from '../lib/commands/experiment';
 import { DATA, ROOT } from './support/paths';
 import { makeTinyBlip, makeTinySd } from './support/tiny-models';
@@ -118,6 +118,12 @@ describe('reconstruction-gradient routes (Appendix I arms)', () => {
         jointObjective({ blip, sd, bridge, visionTrainable: false }, { blipImages, sdImages, captions }, { weights: { cap: 0, recImg: 1, sd: 0, recTxt: 0 }, routes: { recImg: 'blip', recTxt: 'both' }, schedule: 'summed', temperature: 1, softMode: 'probs', recTxtMode: 'x0', labelSmoothing: 0, clipStartId: sd.tokenizer.sotId, clipEndId: sd.tokenizer.eotId, clipPadId: sd.tokenizer.padId }, 0, 0),
       ).rejects.toThrow(/rec_img_route .*gradient checkpointing/);
       sd.unet.model.setGradientCheckpointing(false);
+      // the text-decoder set: every text-decoder weight (embeddings and LM head included), nothing of the vision encoder
+      const dec = blip.model.setTrainable(trainablePatterns('blip', 'text-decoder'));
+      expect(dec.every((n) => n.startsWith('text_decoder.'))).toBe(true);
+      for (const part of ['word_embeddings', 'crossattention.self.query', 'attention.self.key', 'intermediate.dense']) expect(dec.some((n) => n.includes(part))).toBe(true);
+      expect(Object.keys(blip.model.tensors()).filter((n) => n.startsWith('text_decoder.') && !dec.includes(n) && !n.includes('position_ids'))).toEqual([]);
+      expect(() => trainablePatterns('unet', 'text-decoder')).toThrow(/only BLIP has a text decoder/);
     } finally {
       disposeCaptionBatch(captions);
       disposeAll([blipImages, sdImages]);
@@ -187,7 +193,7 @@ describe('roundtrip experiment --quick', () => {
     const md = fs.readFileSync(r.files.markdown, 'utf8');
     expect(md).toContain('Difference to (d)');
     expect(md).toContain(ARMS['f-other'].label);
-    expect(md).toContain('Recipe `default`');
+    expect(md).toContain('Recipe `default`, BLIP settings `pretraining`');
     expect(fs.readFileSync(r.files.svg, 'utf8')).toContain('<circle');
     const t0 = Date.now();
     const again = await runExperiment(opts);
@@ -200,6 +206,13 @@ describe('roundtrip experiment --quick', () => {
     expect(parseSettings(['labelSmoothing=0', 'flipSides=skip', 'blipFlip=false'])).toEqual({ labelSmoothing: 0, flipSides: 'skip', blipFlip: false });
     expect(() => parseSettings(['oops'])).toThrow(/key=value/);
     expect(experimentOptionsFromArgs({ out: 'x', quick: true }).arms).toEqual(QUICK_EXPERIMENT.arms);
+    // BLIP's side defaults to the world BLIP's pretraining recipe; the recipe's own values stay available by name
+    expect(experimentOptionsFromArgs({ out: 'x' }).blipSettings).toBe('pretraining');
+    const o = experimentOptionsFromArgs({ out: 'x', blipSettings: 'recipe', blipTrainable: 'text-decoder' });
+    expect(checkExperimentOptions(o)).toMatchObject({ blipSettings: 'recipe', trainable: { blip: 'text-decoder', unet: 'xattn-q' } });
+    expect(() => checkExperimentOptions(experimentOptionsFromArgs({ out: 'x', blipSettings: 'smooth' }))).toThrow(/--blip-settings/);
+    expect(() => checkExperimentOptions(experimentOptionsFromArgs({ out: 'x', unetTrainable: 'text-decoder' }))).toThrow(/--unet-trainable 'text-decoder'/);
+    expect(() => checkExperimentOptions(experimentOptionsFromArgs({ out: 'x', blipTrainable: 'none' }))).toThrow(/--blip-trainable/);
   });
 });
 

@@ -265,6 +265,13 @@ describe('frozen weights held in bf16/fp16 (CPU)', () => {
     const { runGenerate } = await import('../lib/commands/generate');
     await expect(runGenerate({ model: tmp, prompts: ['x'], out: tmp, frozenDtype: 'bf16', device: 'cuda' } as any)).rejects.toThrow(/--frozen-dtype bf16 is a CPU option/);
     await expect(runGenerate({ model: tmp, prompts: ['x'], out: tmp, frozenDtype: 'bf16', precision: 'bf16' } as any)).rejects.toThrow(/do not combine/);
+    const { resolveConfig } = await import('../lib/finetune/trainer');
+    const base = { blip: blipDir, sd: tmp, annotations: 'a.json', images: tmp, output: tmp, frozenDtype: 'bf16' };
+    expect(resolveConfig(base).frozenDtype).toBe('bf16');
+    expect(() => resolveConfig({ ...base, frozenDtype: 'int8' })).toThrow(/frozenDtype/);
+    expect(() => resolveConfig({ ...base, device: 'cuda' })).toThrow(/frozenDtype bf16 is a CPU option/);
+    expect(() => resolveConfig({ ...base, precision: 'bf16' })).toThrow(/do not combine/);
+    expect(() => resolveConfig({ ...base, blip: path.join(REFERENCE, 'blip2-opt') })).toThrow(/BLIP captioners only/);
   });
 });
 

@@ -590,7 +590,7 @@ describe('Hugging Face preprocessor_config.json', () => {
     await expect(loadHfPreprocessConfig(path.join(dir, 'nope.json'))).rejects.toThrow(/nope\.json: cannot read preprocessor config: file not found/);
     const bad = path.join(dir, 'bad.json');
     await fs.writeFile(bad, '{ not json');
-    await expect(loadHfPreprocessConfig(bad)).rejects.toThrow(/bad\.json: invalid JSON/);
+    await expect(loadHfPreprocessConfig(bad)).rejects.toThrow(/bad\.json:\d+:\d+: not valid JSON/);
   });
 });
 

@@ -214,7 +214,7 @@ describe('annotation loaders', () => {
     expect(() => parseCaptionAnnotations({ annotations: [{ image_id: null, caption: 'a' }] }, 'g.json')).toThrow(/annotations\[0\]\.image_id/);
     const broken = path.join(tmp, 'broken.json');
     fs.writeFileSync(broken, '{not json');
-    expect(() => loadCaptionAnnotations(broken)).toThrow(/broken\.json: expected JSON/);
+    expect(() => loadCaptionAnnotations(broken)).toThrow(/broken\.json:\d+:\d+: not valid JSON/);
     expect(() => loadCaptionAnnotations(path.join(tmp, 'missing.json'))).toThrow(/missing\.json: cannot read/);
   });
 });

@@ -48,7 +48,7 @@ test('the native loop reproduces every scheduler fixture rollout (stand-in model
     for (const run of runs) {
       const spec = config.schedulers[run];
       const kind = schedulerName(spec.class);
-      const sched = await NativeModel.create('scheduler', spec.config, { scheduler: kind === 'dpm++' ? 'dpmsolver' : kind });
+      const sched = await NativeModel.createScheduler(kind === 'dpm++' ? 'dpmsolver' : kind, spec.config);
       const out = await sched.call(
         'sample',
         { latents: io['common.rollout.initial_noise'], fixed_eps: io['common.rollout.fixed_eps'], variance_noise: io[`${run}.rollout.variance_noise`] },

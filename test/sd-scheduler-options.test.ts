@@ -7,6 +7,8 @@
  */
 import * as path from 'path';
 import { readJsonFile } from '../lib/json';
+import { NativeModel } from '../lib/model';
+import { native } from '../lib/native';
 import { Scheduler } from '../lib/models/sd/schedulers';
 import { disposeAll, noGrad, Tensor } from '../lib/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
@@ -28,6 +30,20 @@ function expectClose(what: string, mine: Tensor, ref: Tensor, atol: number, rtol
   const c = mine.compare(ref, atol, rtol);
   if (c.bad) throw new Error(`${what}: ${c.bad}/${c.numel} values off (max |diff| ${c.maxAbs}, atol ${atol}, rtol ${rtol})`);
 }
+
+test('a scheduler is not a model kind: its own native entry, the old create() call still works', async () => {
+  expect(native().modelKinds()).not.toContain('scheduler');
+  await expect(NativeModel.create('unknown-kind', {})).rejects.toThrow(/unknown model kind/);
+  const config = cases.find((c) => c.class === 'DDIMScheduler').config;
+  for (const m of [await NativeModel.createScheduler('ddim', config), await NativeModel.create('scheduler', config, { scheduler: 'ddim' })]) {
+    expect(m.kind).toBe('scheduler');
+    const out = await m.call('set_timesteps', {}, { steps: 4 });
+    expect(out.timesteps.shape).toEqual([4]);
+    disposeAll(Object.values(out));
+    m.dispose();
+  }
+  await expect(NativeModel.createScheduler('nope', {})).rejects.toThrow(/nope/);
+});
 
 test('fixtures cover every option the brief names', () => {
   const configs = cases.map((c) => JSON.stringify(c.config));

@@ -441,7 +441,7 @@ describe('writeWorld', () => {
       await fs.writeFile(path.join(dir, 'world.json'), '{"format": "other"}');
       await expect(readWorld(dir)).rejects.toThrow(/world\.json: format: expected "roundtrip-synthetic-world"/);
       await fs.writeFile(path.join(dir, 'world.json'), '{oops');
-      await expect(readWorld(dir)).rejects.toThrow(/world\.json: not valid JSON/);
+      await expect(readWorld(dir)).rejects.toThrow(/world\.json:\d+:\d+: not valid JSON/);
       // A broken world.json is not an error for writeWorld: it regenerates.
       expect((await writeWorld(dir, { seed: 1, counts, ...quiet })).reused).toBe(false);
       expect(() => imageIdFromPath('images/test/cat.jpg')).toThrow(/image path: expected a world image path/);

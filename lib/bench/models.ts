@@ -10,10 +10,12 @@ import * as path from 'path';
 import { expectOneOf } from '../errors';
 import { writeFileAtomic, writeFolderAtomic } from '../fsutil';
 import { NativeModel } from '../model';
+import type { ModelKind } from '../native-methods';
 import { Blip, blipArchitectureConfig } from '../models/blip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { disposeAll } from '../tensor';
 import { saveTensors } from '../weights/save';
+import { readJsonFile } from '../json';
 
 export const BENCH_SIZES = ['tiny', 'world', 'sd14'] as const;
 export type BenchSize = (typeof BENCH_SIZES)[number];
@@ -85,7 +87,7 @@ export interface BenchModels {
 // Bump when the random folders' layout changes, so stale caches are rebuilt.
 const CACHE_VERSION = 1;
 
-async function writeRandomComponent(dir: string, kind: string, config: object, file: string): Promise<void> {
+async function writeRandomComponent(dir: string, kind: ModelKind, config: object, file: string): Promise<void> {
   const model = await NativeModel.create(kind, config);
   try {
     const tensors = model.tensors();
@@ -147,7 +149,7 @@ export async function benchModels(size: BenchSize, opts: { cacheDir?: string } =
   const dirs = size === 'world' ? { sdDir: WORLD_SD, blipDir: WORLD_BLIP } : await randomModelFolders(size, opts.cacheDir ?? defaultBenchCache());
   let sd: Promise<StableDiffusionPipeline> | undefined;
   let blip: Promise<Blip> | undefined;
-  const unetConfig = JSON.parse(fs.readFileSync(path.join(dirs.sdDir, 'unet', 'config.json'), 'utf8'));
+  const unetConfig = readJsonFile(path.join(dirs.sdDir, 'unet', 'config.json'), { what: 'UNet config', object: true });
   return {
     size,
     ...dirs,

@@ -52,7 +52,7 @@ registerBenchRow({
 /** UNet inputs of the CFG batch: 2 latents at the size's latent side, 77 text tokens. */
 async function unetInputs(m: BenchModels) {
   const p = await m.sd();
-  const cross = Number(p.unet.config.cross_attention_dim ?? 768);
+  const cross = p.unet.crossAttentionDim;
   return { p, x: Tensor.randn([2, 4, m.latentSize, m.latentSize], 1), ehs: Tensor.randn([2, 77, cross], 2), t: scalar(500) };
 }
 
@@ -74,7 +74,7 @@ registerBenchRow({
   setup: async (m) => {
     const p = await m.sd();
     p.unet.model.setTrainable(['attn2\\.to_q\\.weight$']);
-    const cross = Number(p.unet.config.cross_attention_dim ?? 768);
+    const cross = p.unet.crossAttentionDim;
     const latents = Tensor.randn([1, 4, m.latentSize, m.latentSize], 3);
     const noise = Tensor.randn([1, 4, m.latentSize, m.latentSize], 4);
     const ehs = Tensor.randn([1, 77, cross], 5);
@@ -136,7 +136,7 @@ registerBenchRow({
 /** BLIP inputs: `batch` images at the config's size, 16 caption tokens (BOS first). */
 async function blipInputs(m: BenchModels, batch: number) {
   const blip = await m.blip();
-  const side = Number(blip.config?.vision_config?.image_size ?? 384);
+  const side = blip.imageSize;
   return { blip, pixels: Tensor.randn([batch, 3, side, side], 8), inputIds: ids(batch, 16, 1000, 30000, blip.special.bos) };
 }
 
@@ -181,7 +181,7 @@ registerBenchRow({
   unit: 'ms/step',
   setup: async (m) => {
     const p = await m.sd();
-    const cross = Number(p.unet.config.cross_attention_dim ?? 768);
+    const cross = p.unet.crossAttentionDim;
     const latents = Tensor.randn([1, 4, m.latentSize, m.latentSize], 9);
     const cond = Tensor.randn([1, 77, cross], 10);
     const uncond = Tensor.randn([1, 77, cross], 11);

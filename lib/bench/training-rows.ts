@@ -37,7 +37,7 @@ for (const s of STEPS) {
     setup: async (m: BenchModels) => {
       const sd = await m.sd();
       const blip = await m.blip();
-      const blipVocab = Number(blip.config?.text_config?.vocab_size ?? 30524);
+      const blipVocab = blip.vocabSize;
       // Any valid CLIP → BLIP index serves for timing: the work does not depend on which BLIP id a CLIP id takes.
       const bridge: VocabularyBridge = {
         format: 'roundtrip-bridge-v1',
@@ -51,7 +51,7 @@ for (const s of STEPS) {
       // shared models and later rows load fp32 ones again.
       if (s.frozenDtype) await Promise.all([blip.model, sd.unet.model, sd.vae.model, sd.textEncoder].map((x) => x.setFrozenDtype(s.frozenDtype!)));
       const captions: CaptionBatch = encodeCaptions({ blip: loadBertTokenizer(m.blipDir), clip: sd.tokenizer }, [CAPTION]);
-      const side = Number(blip.config?.vision_config?.image_size ?? 384);
+      const side = blip.imageSize;
       const blipImages = Tensor.randn([1, 3, side, side], 21);
       const sdSide = m.latentSize * sd.vaeFactor;
       const sdImages = Tensor.fromTypedArray(Float32Array.from({ length: 3 * sdSide * sdSide }, (_, i) => Math.sin(i * 0.37)), [1, 3, sdSide, sdSide]); // in [-1, 1]

@@ -11,6 +11,11 @@
  * 4. CLIP ids never aligned take the BLIP token with the same text (`dog`, then `##dog`), else `[UNK]`.
  * 5. CLIP's start/end tokens map to BLIP's `[DEC]`/`[SEP]`.
  * Coverage = share of captions whose CLIP ids map, position by position, onto exactly their BLIP ids.
+ *
+ * BLIP-2's OPT byte-level BPE gets a bridge built the same way (`buildOptBridge`): the captioner side's pieces are
+ * the OPT tokens' decoded text, the string fallback looks up the word-initial form (`Ġdog`, then `dog`), unknown ids
+ * take OPT's `<unk>`, CLIP's start/end map to OPT's BOS and to the model's EOS (`text_config.eos_token_id`, "\n" in
+ * blip2-opt-2.7b), and ids the model's vocabulary does not hold are never chosen.
  */
 import * as fs from 'fs';
 import { RoundtripError, invalid } from '../errors';
@@ -18,6 +23,8 @@ import { writeFileAtomicSync } from '../fsutil';
 import { readTorchFileSync, stateDictOf } from '../weights/torchfile';
 import type { BertTokenizer } from '../tokenizers/bert';
 import type { ClipTokenizer } from '../tokenizers/clip';
+import type { OptTokenizer } from '../tokenizers/opt';
+import { parseJsonText, readJsonFile } from '../json';
 
 export interface BridgeStats {
   captions: number;
@@ -37,9 +44,58 @@ export interface VocabularyBridge {
   format: 'roundtrip-bridge-v1';
   clipVocabSize: number;
   blipVocabSize: number;
-  /** clipToBlip[c] = the BLIP id whose probability CLIP id c receives. */
+  /** clipToBlip[c] = the captioner id (BLIP WordPiece, or BLIP-2's OPT BPE) whose probability CLIP id c receives. */
   clipToBlip: number[];
+  /** The captioner vocabulary the ids index: 'bert' (BLIP, also when absent: older files) or 'opt' (BLIP-2). */
+  tokenizer?: BridgeTokenizerKind;
   stats?: BridgeStats;
+}
+
+export type BridgeTokenizerKind = 'bert' | 'opt';
+
+/** What learning a bridge needs from the captioner's tokenizer. */
+interface CaptionerSide {
+  kind: BridgeTokenizerKind;
+  vocabSize: number;
+  unkId: number;
+  startId: number;
+  endId: number;
+  /** Ids without specials, and each id's text without markers. */
+  pieces(caption: string): { pieces: string[]; ids: number[] };
+  /** The id whose token has this text (word-initial form first), if any. */
+  lookup(text: string): number | undefined;
+}
+
+function bertSide(blip: BertTokenizer): CaptionerSide {
+  if (blip.decId === undefined) throw new RoundtripError('bridge: the BLIP tokenizer has no [DEC] token');
+  const cache = new Map<number, string>();
+  return {
+    kind: 'bert',
+    vocabSize: blip.vocabSize,
+    unkId: blip.unkId,
+    startId: blip.decId,
+    endId: blip.sepId,
+    pieces: (caption) => blipPieces(blip, caption, cache),
+    lookup: (text) => blip.tokenToId(text) ?? blip.tokenToId('##' + text),
+  };
+}
+
+function optSide(opt: OptTokenizer, o: { eosId: number; vocabSize: number }): CaptionerSide {
+  const cache = new Map<number, string>();
+  const within = (id: number | undefined) => (id !== undefined && id < o.vocabSize ? id : undefined);
+  return {
+    kind: 'opt',
+    vocabSize: o.vocabSize,
+    unkId: opt.unkId,
+    startId: opt.bosId,
+    endId: o.eosId,
+    pieces: (caption) => {
+      const ids = opt.encode(caption);
+      return { ids, pieces: ids.map((id) => pieceText(cache, id, () => opt.decode([id]).replace(/\s+/g, ''))) };
+    },
+    // byte-level BPE: 'Ġ' marks a leading space (the word-initial form, as CLIP's '</w>' marks the word end)
+    lookup: (text) => within(opt.tokenToId('\u0120' + text)) ?? within(opt.tokenToId(text)),
+  };
 }
 
 interface Span {
@@ -80,13 +136,24 @@ function clipPieces(clip: ClipTokenizer, caption: string, cache: Map<number, str
 
 /** Learns a bridge from captions (see the module comment for the algorithm). */
 export function buildBridge(captions: Iterable<string>, blip: BertTokenizer, clip: ClipTokenizer): VocabularyBridge {
+  return learnBridge(captions, bertSide(blip), clip);
+}
+
+/**
+ * Learns BLIP-2's OPT-BPE → CLIP-BPE bridge from captions, as `buildBridge` does for BLIP: `eosId` is the model's
+ * `text_config.eos_token_id` and `vocabSize` its `text_config.vocab_size` (no id at or above it is chosen).
+ */
+export function buildOptBridge(captions: Iterable<string>, opt: OptTokenizer, clip: ClipTokenizer, o: { eosId: number; vocabSize: number }): VocabularyBridge {
+  return learnBridge(captions, optSide(opt, o), clip);
+}
+
+function learnBridge(captions: Iterable<string>, side: CaptionerSide, clip: ClipTokenizer): VocabularyBridge {
   const pairCounts = new Map<number, Map<number, number>>();
   const tokenized: { c: number[]; b: number[] }[] = [];
   let aligned = 0;
-  const blipCache = new Map<number, string>();
   const clipCache = new Map<number, string>();
   for (const caption of captions) {
-    const b = blipPieces(blip, caption, blipCache);
+    const b = side.pieces(caption);
     const c = clipPieces(clip, caption, clipCache);
     tokenized.push({ c: c.ids, b: b.ids });
     const sb = spans(b.pieces, b.ids);
@@ -97,13 +164,13 @@ export function buildBridge(captions: Iterable<string>, blip: BertTokenizer, cli
     for (const s of sb.spans) byStart.set(s.start, s);
     for (const s of sc.spans) {
       const m = byStart.get(s.start);
-      if (!m || m.end !== s.end) continue;
+      if (!m || m.end !== s.end || m.id >= side.vocabSize) continue;
       let counts = pairCounts.get(s.id);
       if (!counts) pairCounts.set(s.id, (counts = new Map()));
       counts.set(m.id, (counts.get(m.id) ?? 0) + 1);
     }
   }
-  const clipToBlip = new Array<number>(clip.vocabSize).fill(blip.unkId);
+  const clipToBlip = new Array<number>(clip.vocabSize).fill(side.unkId);
   let fromAlignment = 0;
   let fromString = 0;
   for (let c = 0; c < clip.vocabSize; c++) {
@@ -117,15 +184,14 @@ export function buildBridge(captions: Iterable<string>, blip: BertTokenizer, cli
       continue;
     }
     const text = clip.decode([c]).replace(/\s+/g, '');
-    const id = text ? blip.tokenToId(text) ?? blip.tokenToId('##' + text) : undefined;
-    if (id !== undefined && id !== blip.unkId) {
+    const id = text ? side.lookup(text) : undefined;
+    if (id !== undefined && id !== side.unkId) {
       clipToBlip[c] = id;
       fromString++;
     }
   }
-  if (blip.decId === undefined) throw new RoundtripError('bridge: the BLIP tokenizer has no [DEC] token');
-  clipToBlip[clip.sotId] = blip.decId;
-  clipToBlip[clip.eotId] = blip.sepId;
+  clipToBlip[clip.sotId] = side.startId;
+  clipToBlip[clip.eotId] = side.endId;
   let exact = 0;
   for (const { c, b } of tokenized) if (mapsExactly(clipToBlip, c, b)) exact++;
   const stats: BridgeStats = {
@@ -135,9 +201,9 @@ export function buildBridge(captions: Iterable<string>, blip: BertTokenizer, cli
     coverage: tokenized.length ? exact / tokenized.length : 0,
     fromAlignment,
     fromString,
-    unknown: clipToBlip.filter((b) => b === blip.unkId).length,
+    unknown: clipToBlip.filter((b) => b === side.unkId).length,
   };
-  return { format: 'roundtrip-bridge-v1', clipVocabSize: clip.vocabSize, blipVocabSize: blip.vocabSize, clipToBlip, stats };
+  return { format: 'roundtrip-bridge-v1', clipVocabSize: clip.vocabSize, blipVocabSize: side.vocabSize, clipToBlip, tokenizer: side.kind, stats };
 }
 
 /** Do these CLIP ids map, position by position, onto exactly these BLIP ids? */
@@ -148,7 +214,7 @@ export function mapsExactly(clipToBlip: ArrayLike<number>, clipIds: number[], bl
 }
 
 /** Coverage of a bridge on captions (share whose token sequences map exactly). */
-export function bridgeCoverage(bridge: VocabularyBridge, captions: Iterable<string>, blip: BertTokenizer, clip: ClipTokenizer): number {
+export function bridgeCoverage(bridge: VocabularyBridge, captions: Iterable<string>, blip: Pick<BertTokenizer | OptTokenizer, 'encode'>, clip: ClipTokenizer): number {
   let n = 0;
   let exact = 0;
   for (const caption of captions) {
@@ -219,18 +285,16 @@ export function loadBridge(file: string): VocabularyBridge {
   if (/\.(pth|pt|bin)$/i.test(file)) {
     raw = readTorchBridge(file);
   } else {
-    try {
-      raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (err) {
-      throw new RoundtripError(`bridge file '${file}': ${err instanceof Error ? err.message : String(err)}`);
-    }
+    raw = readJsonFile(file, { what: 'bridge' });
   }
   const arr = Array.isArray(raw) ? raw : (raw as VocabularyBridge)?.clipToBlip;
   if (!Array.isArray(arr) || !arr.every((x) => Number.isInteger(x) && x >= 0)) {
     throw new RoundtripError(`bridge file '${file}': expected an array of non-negative integer BLIP ids (or {clipToBlip: [...]})`);
   }
   const blipVocabSize = Array.isArray(raw) ? Math.max(...arr) + 1 : (raw as VocabularyBridge).blipVocabSize;
-  return { format: 'roundtrip-bridge-v1', clipVocabSize: arr.length, blipVocabSize, clipToBlip: arr, stats: Array.isArray(raw) ? undefined : (raw as VocabularyBridge).stats };
+  const tokenizer = Array.isArray(raw) ? undefined : (raw as VocabularyBridge).tokenizer;
+  if (tokenizer !== undefined && tokenizer !== 'bert' && tokenizer !== 'opt') throw new RoundtripError(`bridge file '${file}': "tokenizer" must be "bert" or "opt", got ${JSON.stringify(tokenizer)}`);
+  return { format: 'roundtrip-bridge-v1', clipVocabSize: arr.length, blipVocabSize, clipToBlip: arr, ...(tokenizer ? { tokenizer } : {}), stats: Array.isArray(raw) ? undefined : (raw as VocabularyBridge).stats };
 }
 
 /** Writes a bridge atomically (temp file, fsync, rename). */
@@ -248,12 +312,7 @@ export function readCaptions(file: string): string[] {
     throw new RoundtripError(`captions file '${file}': ${err instanceof Error ? err.message : String(err)}`);
   }
   if (!/\.json$/i.test(file)) return body.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
-  let raw: any;
-  try {
-    raw = JSON.parse(body);
-  } catch (err) {
-    throw new RoundtripError(`captions file '${file}': ${err instanceof Error ? err.message : String(err)}`);
-  }
+  const raw = parseJsonText(body, file, { what: 'captions' });
   const items: any[] = Array.isArray(raw) ? raw : Array.isArray(raw?.annotations) ? raw.annotations : [];
   const out: string[] = [];
   for (const item of items) {

@@ -1,11 +1,12 @@
 /**
- * `roundtrip experiment [--out DIR] [--quick] [--arms a,b,…] [--seeds N] [--steps N] [--recipe default|release]
+ * `roundtrip experiment [--out DIR] [--quick] [--arms a,b,…] [--seeds N] [--steps N] [--recipe default|release] [--blip-settings pretraining|recipe] [--blip-trainable SET]
  * [--set key=value …]`: the finetuning baseline arms on the built-in world with 95 % intervals (see
  * lib/experiment).
  */
 import type { CommandModule } from 'yargs';
 import { RoundtripError } from '../errors';
-import { ARM_NAMES, ArmName, DEFAULT_EXPERIMENT, ExperimentOptions, ExperimentResult, QUICK_EXPERIMENT, formatInterval, runExperiment } from '../experiment';
+import type { TrainableSet } from '../finetune/trainer';
+import { ARM_NAMES, ArmName, BlipSettings, DEFAULT_EXPERIMENT, ExperimentOptions, ExperimentResult, QUICK_EXPERIMENT, formatInterval, runExperiment } from '../experiment';
 
 export interface ExperimentArgs {
   out: string;
@@ -24,6 +25,9 @@ export interface ExperimentArgs {
   sdSteps?: number;
   guidance?: number;
   recipe?: string;
+  blipSettings?: string;
+  blipTrainable?: string;
+  unetTrainable?: string;
   set?: string | string[];
   seed?: number;
   replicates?: number;
@@ -70,6 +74,8 @@ export function experimentOptionsFromArgs(a: ExperimentArgs): ExperimentOptions 
     sdSteps: pick(a.sdSteps, base.sdSteps),
     guidance: pick(a.guidance, base.guidance),
     recipe: pick(a.recipe, base.recipe) as ExperimentOptions['recipe'],
+    blipSettings: pick(a.blipSettings, base.blipSettings) as BlipSettings,
+    trainable: { blip: pick(a.blipTrainable, base.trainable?.blip) as TrainableSet, unet: pick(a.unetTrainable, base.trainable?.unet) as TrainableSet },
     overrides: parseSettings(a.set),
     seed: pick(a.seed, base.seed),
     replicates: pick(a.replicates, base.replicates),
@@ -109,6 +115,9 @@ export const command: CommandModule<{}, any> = {
       .option('sd-steps', { type: 'number', describe: 'DDIM steps of the evaluation images (default 10)' })
       .option('guidance', { type: 'number', describe: 'Guidance of the evaluation images (default 4)' })
       .option('recipe', { type: 'string', describe: "'default' or 'release' (the authors' training details) (default 'default')" })
+      .option('blip-settings', { type: 'string', describe: "BLIP's side: 'pretraining' (the world BLIP's own recipe: label smoothing 0, no crop, no flip) or 'recipe' (the recipe's: label smoothing 0.1, crop, flip) (default 'pretraining')" })
+      .option('blip-trainable', { type: 'string', describe: 'BLIP trainable set where BLIP trains: xattn-q, xattn-kv, xattn-qkv, text-decoder (default xattn-q)' })
+      .option('unet-trainable', { type: 'string', describe: 'UNet trainable set where the UNet trains: xattn-q, xattn-kv, xattn-qkv (default xattn-q)' })
       .option('set', { type: 'string', array: true, describe: 'Finetuning config key=value for every arm, e.g. labelSmoothing=0 blipFlip=false (default: none)' })
       .option('seed', { type: 'number', describe: 'Evaluation seed and first training seed (default 0)' })
       .option('replicates', { type: 'number', describe: 'Bootstrap replicates (default 2000)' })

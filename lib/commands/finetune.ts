@@ -8,6 +8,7 @@ import { RoundtripError, expectString } from '../errors';
 import { DEFAULT_CONFIG, FinetuneConfig, FinetuneResult, SIGNAL_EXIT, finetune, resolveConfig } from '../finetune';
 import { LIMITS } from '../limits';
 import { parse as parseYaml } from 'yaml';
+import { parseJsonText } from '../json';
 
 /** Flag name (camelCase, as yargs gives it) → config key; all config keys are accepted as flags. */
 export const FINETUNE_FLAGS = [
@@ -32,7 +33,7 @@ export function readConfigFile(file: string): Record<string, unknown> {
   }
   let parsed: unknown;
   try {
-    parsed = isYaml ? parseYaml(text) : JSON.parse(text);
+    parsed = isYaml ? parseYaml(text) : parseJsonText(text, `--config ${file}`);
   } catch (err) {
     throw new RoundtripError(`--config ${file}: invalid ${isYaml ? 'YAML' : 'JSON'} (${err instanceof Error ? err.message : String(err)})`);
   }
@@ -79,7 +80,7 @@ export async function runFinetuneCommand(req: FinetuneRequest): Promise<Finetune
 const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: string]> = {
   config: ['string', 'JSON or YAML config (see examples/finetune-coco.json); flags override its keys'],
   recipe: ['string', "Preset of training details: default (this package's) or release (the authors' code; lib/finetune/recipes.ts); keys given override it"],
-  blip: ['string', 'BLIP folder (config.json, model.safetensors, vocab.txt) or pulled alias (required)'],
+  blip: ['string', 'Captioner folder: BLIP (config.json, model.safetensors, vocab.txt) or BLIP-2 OPT (config.json, safetensors or shards, vocab.json + merges.txt), or a pulled alias (required)'],
   sd: ['string', 'diffusers Stable Diffusion folder or pulled alias (required)'],
   bridge: ['string', 'Vocabulary bridge JSON (default: learned from the training captions)'],
   annotations: ['string', 'Karpathy-layout training list [{image, caption, image_id}] (required)'],
@@ -92,7 +93,7 @@ const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: str
   output: ['string', 'Run folder: checkpoints/, log.jsonl, export/, report (required; must be empty unless --resume or --overwrite)'],
   device: ['string', 'cpu, cuda or cuda:N'],
   seed: ['number', 'Seed of the data order, augmentation and noise'],
-  trainableBlip: ['string', 'BLIP tensors trained: xattn-q, xattn-kv, xattn-qkv, none'],
+  trainableBlip: ['string', 'Captioner tensors trained: xattn-q, xattn-kv, xattn-qkv, none; BLIP also text-decoder (every text-decoder weight); BLIP-2 also projection (language_projection), its vision tower and OPT always frozen'],
   trainableUnet: ['string', 'UNet tensors trained: xattn-q, xattn-kv, xattn-qkv, none'],
   objective: ['string', 'Loss preset: joint, reconstruction-only, caption-only'],
   lambdaCap: ['number', 'Weight of L_cap (default: from --objective)'],
@@ -103,7 +104,7 @@ const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: str
   temperature: ['number', 'Soft caption temperature'],
   softMode: ['string', 'Soft caption: probs (the release) or logits'],
   recTxtMode: ['string', 'L_rec_txt estimate: x0 (the paper) or ddpm-step (the release)'],
-  labelSmoothing: ['number', 'Label smoothing of L_cap'],
+  labelSmoothing: ['number', 'Label smoothing of L_cap (BLIP-2 captioner: 0 unless given)'],
   softFraming: ['string', "Soft caption framing: padded (77 rows like SD's ids) or release (BOS + rows + EOS)"],
   clipPadding: ['string', "SD's CLIP ids padded to 77 (max) or to the batch's longest caption (longest, the release)"],
   recTxtNormalize: ['boolean', "CLIP mean/std on L_rec_txt's decoded estimate (--no-rec-txt-normalize: the release's raw pixels)"],
@@ -149,7 +150,7 @@ const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: str
   precision: ['string', 'fp32, or CUDA autocast bf16/fp16'],
   frozenDtype: ['string', 'CPU: frozen weights held in bf16/fp16 and up-cast per op (an approximation: rounded weights, half their memory); trained tensors stay fp32'],
   gradientCheckpointing: ['boolean', 'Recompute UNet/BLIP blocks in backward (less memory)'],
-  prompt: ['string', 'BLIP caption prefix ignored by the loss'],
+  prompt: ['string', 'Caption prefix ignored by the loss (BLIP-2 captioner: none unless given)'],
   cacheLatents: ['boolean', 'Encode each training image with the frozen VAE once (needs no SD crop/flip)'],
 };
 

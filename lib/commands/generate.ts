@@ -13,6 +13,7 @@ import { checkPromptLength } from '../rerank/i2t2i';
 import { readJsonFile } from '../json';
 import * as fs from 'fs';
 import * as path from 'path';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 export interface GenerateArgs {
   /** NHWC UNet/VAE (faster cuDNN convolutions on CUDA). */
@@ -89,7 +90,7 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
   if (fs.existsSync(unetFile) && fs.existsSync(vaeFile)) {
     const unet = readJsonFile(unetFile, { what: 'UNet config' });
     const vae = readJsonFile(vaeFile, { what: 'VAE config' });
-    const side = Number(unet.sample_size ?? 64) * 2 ** (((vae.block_out_channels as unknown[]) ?? [0, 0, 0, 0]).length - 1);
+    const side = configInt(unet, ['sample_size'], CONFIG_DEFAULTS.unet.sampleSize, 'UNet config') * 2 ** (((vae.block_out_channels as unknown[]) ?? [0, 0, 0, 0]).length - 1);
     const [height, width] = [a.height ?? side, a.width ?? side];
     const images = a.prompts.length * a.batch;
     pixels = images * height * width;

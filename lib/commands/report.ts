@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import type { Argv, CommandModule } from 'yargs';
 import { RoundtripError, expectInteger } from '../errors';
-import { fidPreprocess, loadImage, preprocessBatch } from '../image';
+import { fidPreprocess, prefetchBatches } from '../image';
 import { InceptionModel } from '../models/inception';
 import { ImageFeatureFn, Report, ReportOptions, buildReport } from '../report';
 import { Tensor, disposeAll, noGrad } from '../tensor';
@@ -17,9 +17,8 @@ export function inceptionFeatures(model: InceptionModel, batchSize = 16): ImageF
     const logits: Float32Array[] = [];
     const recipe = fidPreprocess();
     await noGrad(async () => {
-      for (let s = 0; s < files.length; s += batchSize) {
-        const images = await Promise.all(files.slice(s, s + batchSize).map((f) => loadImage(f)));
-        const batch = preprocessBatch(images, recipe);
+      if (files.length === 0) return;
+      for await (const { tensor: batch } of prefetchBatches(files, recipe, { batchSize })) {
         const t = Tensor.fromTypedArray(batch.data as Uint8Array, batch.shape, 'uint8');
         try {
           const f = await model.features(t);

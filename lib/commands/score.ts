@@ -4,10 +4,10 @@
  * `roundtrip score --text T --image I`, captions the image with BLIP and compares the caption with
  * the text. `--batch FILE` scores a JSON list of `{image, caption}` or `{text, image}` at once.
  */
-import * as fs from 'fs';
 import type { CommandModule } from 'yargs';
 import { RoundtripError } from '../errors';
 import { CaptionScore, ReconstructionScorer, ScoreOptions, ScoreRequest, TextScore, parseScoreRequests } from '../rerank/score';
+import { readJsonFile } from '../json';
 
 export interface ScoreCommandInput extends ScoreOptions {
   image?: string;
@@ -23,12 +23,7 @@ export async function runScores(input: ScoreCommandInput): Promise<(CaptionScore
   let requests: ScoreRequest[];
   if (input.batch) {
     if (input.caption !== undefined || input.text !== undefined) throw new RoundtripError('score: give either --batch FILE or --image with --caption/--text, not both');
-    let json: unknown;
-    try {
-      json = JSON.parse(fs.readFileSync(input.batch, 'utf8'));
-    } catch (err) {
-      throw new RoundtripError(`--batch: cannot read ${input.batch} as JSON (${(err as Error).message})`);
-    }
+    const json: unknown = readJsonFile(input.batch, { what: '--batch requests' });
     ({ mode, requests } = parseScoreRequests(json, `--batch ${input.batch}`));
   } else {
     if (!input.image) throw new RoundtripError('score: --image is required (or --batch FILE)');

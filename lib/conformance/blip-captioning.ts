@@ -4,20 +4,12 @@
  * gradients `grad.<loss>.<weight>`, and every `generate.<case>.*` listed in case.json → generation.cases.
  */
 import * as path from 'path';
-import { RoundtripError } from '../errors';
 import { Blip } from '../models/blip';
 import { Tensor, noGrad } from '../tensor';
+import { fixtureInput, generateCases, lossesWithGradients } from './captioning';
 import { ConformanceContext, registerConformance } from './registry';
 
-function input(io: Record<string, Tensor>, name: string): Tensor {
-  const t = io[name];
-  if (!t) throw new RoundtripError(`blip-captioning: io.safetensors lacks ${name}`);
-  return t;
-}
-
-function escapeRegex(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
+const input = (io: Record<string, Tensor>, name: string): Tensor => fixtureInput(io, name, 'blip-captioning');
 
 /** Label smoothing of a loss output name: `loss` → config default, `loss_label_smoothing_0.1` → 0.1. */
 function smoothingOf(lossName: string): number | undefined {
@@ -41,44 +33,10 @@ export async function runBlipCaptioning(ctx: ConformanceContext): Promise<Record
       if (names.includes('output.loss_unmasked_labels')) out['output.loss_unmasked_labels'] = await blip.loss({ ...text, labels: text.inputIds }, { labelSmoothing: 0 });
     });
 
-    // Losses with their gradients: only the weights asked for are trainable, fresh for each loss.
+    // Losses with their gradients.
     const lossNames = names.filter((n) => /^output\.loss(_label_smoothing_[0-9.eE+-]+)?$/.test(n)).map((n) => n.slice('output.'.length));
-    for (const lossName of lossNames) {
-      const gradPrefix = `grad.${lossName}.`;
-      const weights = names.filter((n) => n.startsWith(gradPrefix)).map((n) => n.slice(gradPrefix.length));
-      blip.model.setTrainable([]); // drops gradients of the previous loss
-      blip.model.setTrainable(weights.map((w) => `^${escapeRegex(w)}$`));
-      const loss = await blip.loss({ ...text, labels: input(io, 'input.labels') }, { labelSmoothing: smoothingOf(lossName) ?? 0 });
-      out[`output.${lossName}`] = loss;
-      if (weights.length === 0) continue;
-      await loss.backward();
-      const params = blip.model.tensors(weights);
-      for (const w of weights) {
-        const g = params[w]?.grad();
-        if (g) out[`${gradPrefix}${w}`] = g.clone();
-        g?.dispose();
-      }
-      for (const p of Object.values(params)) p.dispose();
-    }
-    blip.model.setTrainable([]);
-
-    // generate() cases, called as case.json records them.
-    const cases: Record<string, any> = caseJson.generation?.cases ?? {};
-    for (const [caseName, spec] of Object.entries(cases)) {
-      const call: string = spec.call ?? '';
-      const idsName = /\binput_ids=input\.([\w.]+)/.exec(call)?.[1];
-      const maskName = /\battention_mask=input\.([\w.]+)/.exec(call)?.[1];
-      const result = await noGrad(() =>
-        blip.model.call(
-          'generate',
-          { pixel_values: pixels, input_ids: idsName ? input(io, `input.${idsName}`) : undefined, attention_mask: maskName ? input(io, `input.${maskName}`) : undefined },
-          spec.kwargs ?? {},
-        ),
-      );
-      out[`generate.${caseName}.sequences`] = result.sequences;
-      if (result.sequences_scores) out[`generate.${caseName}.sequences_scores`] = result.sequences_scores;
-      if (result.token_logprobs) out[`generate.${caseName}.chosen_token_logprobs`] = result.token_logprobs;
-    }
+    await lossesWithGradients(blip.model, names, lossNames, (lossName) => blip.loss({ ...text, labels: input(io, 'input.labels') }, { labelSmoothing: smoothingOf(lossName) ?? 0 }), out);
+    await generateCases(blip.model, caseJson, io, pixels, 'blip-captioning', out);
     return out;
   } finally {
     blip.dispose();

@@ -4,22 +4,14 @@
  * `grad.<loss>.<weight>`, and every `generate.<case>.*` that case.json → generation.cases lists.
  */
 import * as path from 'path';
-import { RoundtripError } from '../errors';
 import { preprocessBatch, preprocessFromHfConfig, RgbImage } from '../image';
 import { readJsonFile } from '../json';
 import { Blip2 } from '../models/blip2';
 import { Tensor, noGrad } from '../tensor';
+import { fixtureInput, generateCases, lossesWithGradients } from './captioning';
 import { ConformanceContext, registerConformance } from './registry';
 
-function input(io: Record<string, Tensor>, name: string): Tensor {
-  const t = io[name];
-  if (!t) throw new RoundtripError(`blip2-opt: io.safetensors lacks ${name}`);
-  return t;
-}
-
-function escapeRegex(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
+const input = (io: Record<string, Tensor>, name: string): Tensor => fixtureInput(io, name, 'blip2-opt');
 
 /** BlipImageProcessor(preprocessor_config.json) on uint8 images [B, H, W, 3]. */
 function processorPixels(dir: string, images: Tensor): Tensor {
@@ -53,43 +45,8 @@ export async function runBlip2Opt(ctx: ConformanceContext): Promise<Record<strin
 
     // Losses with their gradients: `loss` uses input.labels, `loss_unmasked_labels` labels = input_ids.
     const lossNames = names.filter((n) => /^output\.loss(_unmasked_labels)?$/.test(n)).map((n) => n.slice('output.'.length));
-    for (const lossName of lossNames) {
-      const gradPrefix = `grad.${lossName}.`;
-      const weights = names.filter((n) => n.startsWith(gradPrefix)).map((n) => n.slice(gradPrefix.length));
-      model.model.setTrainable([]);
-      model.model.setTrainable(weights.map((w) => `^${escapeRegex(w)}$`));
-      const labels = lossName === 'loss' ? input(io, 'input.labels') : text.inputIds;
-      const loss = await model.loss({ ...text, labels });
-      out[`output.${lossName}`] = loss;
-      if (weights.length === 0) continue;
-      await loss.backward();
-      const params = model.model.tensors(weights);
-      for (const w of weights) {
-        const g = params[w]?.grad();
-        if (g) out[`${gradPrefix}${w}`] = g.clone();
-        g?.dispose();
-      }
-      for (const p of Object.values(params)) p.dispose();
-    }
-    model.model.setTrainable([]);
-
-    // generate() cases, called as case.json records them.
-    const cases: Record<string, any> = caseJson.generation?.cases ?? {};
-    for (const [caseName, spec] of Object.entries(cases)) {
-      const call: string = spec.call ?? '';
-      const idsName = /\binput_ids=input\.([\w.]+)/.exec(call)?.[1];
-      const maskName = /\battention_mask=input\.([\w.]+)/.exec(call)?.[1];
-      const result = await noGrad(() =>
-        model.model.call(
-          'generate',
-          { pixel_values: pixels, input_ids: idsName ? input(io, `input.${idsName}`) : undefined, attention_mask: maskName ? input(io, `input.${maskName}`) : undefined },
-          spec.kwargs ?? {},
-        ),
-      );
-      out[`generate.${caseName}.sequences`] = result.sequences;
-      if (result.sequences_scores) out[`generate.${caseName}.sequences_scores`] = result.sequences_scores;
-      if (result.token_logprobs) out[`generate.${caseName}.chosen_token_logprobs`] = result.token_logprobs;
-    }
+    await lossesWithGradients(model.model, names, lossNames, (lossName) => model.loss({ ...text, labels: lossName === 'loss' ? input(io, 'input.labels') : text.inputIds }), out);
+    await generateCases(model.model, caseJson, io, pixels, 'blip2-opt', out);
     return out;
   } finally {
     model.dispose();

@@ -8,7 +8,7 @@ import { Tensor, noGrad } from '../tensor';
 import { registerConformance, ConformanceContext } from './registry';
 
 /** Runs the soft-path recipe: logits = A@B, P = softmax, encoder, loss = Σ out², backprop to the logits. */
-export async function clipSoftPath(model: NativeModel, A: Tensor, B: Tensor, rowsIndex: Tensor): Promise<Record<string, Tensor>> {
+export async function clipSoftPath(model: NativeModel<'clip'>, A: Tensor, B: Tensor, rowsIndex: Tensor): Promise<Record<string, Tensor>> {
   const [batch, length, rank] = A.shape;
   const vocab = B.shape[1];
   // logits = A @ B by broadcasting (no matmul op is exposed to TS); a leaf, so its gradient can be read.

@@ -6,7 +6,6 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { RoundtripError } from '../errors';
 import { blipCaptionTrainIds, blipCaptionTrainText, blipDecoderInputs, blipItmInputs, loadBertTokenizer, loadClipTokenizer, preCaption } from '../tokenizers';
 import { loadOptTokenizer } from '../tokenizers/opt';
 import { readJsonFile } from '../json';
@@ -20,12 +19,7 @@ type Check = [field: string, mine: (text: string) => unknown, expected: (c: any)
 export function runTokenizerCases(dir: string, vocabDir?: string): CaseResult {
   const started = Date.now();
   const file = path.join(dir, TOKENIZER_CASES_FILE);
-  let fixture: any;
-  try {
-    fixture = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`${file}: ${err instanceof Error ? err.message : String(err)}`);
-  }
+  const fixture = readJsonFile(file, { what: 'tokenizer cases', object: true });
   const vocab = vocabDir ?? path.resolve(dir, '..', '..', 'vocab');
   const clip = loadClipTokenizer(path.join(vocab, 'clip'));
   const bert = loadBertTokenizer(path.join(vocab, 'bert-base-uncased'));

@@ -23,13 +23,13 @@ async function run(ctx: ConformanceContext): Promise<Record<string, Tensor>> {
     await noGrad(async () => {
       for (const c of cases) {
         const px = ctx.io[`input.pixel_values.${c}`];
-        const runs: [string, NativeModel, PosInterpolation][] = [
+        const runs: [string, NativeModel<'vit'>, PosInterpolation][] = [
           ['dino', dino!.native, 'dino'],
           ['hf', hf, 'hf'],
         ];
         for (const [tag, model, interpolation] of runs) {
           const out = await model.call('forward', { pixel_values: px }, { interpolation });
-          for (const k of ['pos_embed', 'last_hidden_state', 'cls']) result[`output.${tag}.${c}.${k}`] = out[k];
+          for (const k of ['pos_embed', 'last_hidden_state', 'cls'] as const) result[`output.${tag}.${c}.${k}`] = out[k];
         }
         result[`output.diff.${c}.cls_dino_minus_hf`] = result[`output.dino.${c}.cls`].sub(result[`output.hf.${c}.cls`]);
         result[`output.diff.${c}.pos_embed_dino_minus_hf`] = result[`output.dino.${c}.pos_embed`].sub(result[`output.hf.${c}.pos_embed`]);

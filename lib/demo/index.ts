@@ -19,9 +19,9 @@ import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { CaptionEvaluation, evaluateCaptions } from '../eval/captions';
 import { FinetuneResult, StepLog } from '../finetune';
-import { ExperimentReport, MetricResult, runExperiment } from '../experiment';
+import { ExperimentReport, MetricResult, WORLD_BLIP_SETTINGS, runExperiment } from '../experiment';
 import { formatInterval } from '../experiment/stats';
-import { readJsonLines } from '../rerank/jsonl';
+import { readJsonLines } from '../json';
 import { TieGainRow } from '../report/ties';
 import { Blip } from '../models/blip';
 import { createProgress } from '../progress';
@@ -53,7 +53,7 @@ export const DEMO_MIN_LENGTH = 5;
  * (label smoothing 0, no random crop, no flip), instead of changing BLIP's input distribution and
  * target under it; the UNet side is unchanged (no crop, no flip).
  */
-export const DEMO_FINETUNE_SETTINGS: Readonly<Record<string, unknown>> = { labelSmoothing: 0, blipMinScale: 1, blipFlip: false };
+export const DEMO_FINETUNE_SETTINGS: Readonly<Record<string, unknown>> = WORLD_BLIP_SETTINGS;
 
 /** A finished finetuning run folder as a FinetuneResult (log.jsonl, export/). */
 export function readFinetuneRun(dir: string): FinetuneResult {
@@ -266,7 +266,7 @@ export async function runDemo(options: DemoOptions, command = 'runDemo()'): Prom
         sdSteps: o.sdSteps,
         guidance: o.guidance,
         recipe: 'default',
-        overrides: { ...DEMO_FINETUNE_SETTINGS },
+        blipSettings: 'pretraining',
         seed: o.seed,
         replicates: o.quick ? 200 : 2000,
         device: o.device,

@@ -16,6 +16,8 @@ import { NativeModel } from '../model';
 import { disposeAll } from '../tensor';
 import { loadSafetensors } from '../weights/safetensors';
 import { writeFolderAtomic } from '../fsutil';
+import { readJsonFile } from '../json';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 /** Package root (lib/demo → root, also from dist/demo). */
 const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
@@ -47,12 +49,12 @@ function complete(dir: string): boolean {
 
 /** World seed and image size recorded by pretrain-world (TRAINING.json), defaulting to seed 0 and the BLIP input size. */
 function trainedWorld(dir: string): { seed: number; size: number } {
-  const blipConfig = JSON.parse(fs.readFileSync(path.join(dir, WORLD_FOLDERS.blip, 'config.json'), 'utf8'));
-  const size = Number(blipConfig?.vision_config?.image_size ?? 64);
+  const blipConfig = readJsonFile(path.join(dir, WORLD_FOLDERS.blip, 'config.json'), { what: 'BLIP config', object: true });
+  const size = configInt(blipConfig, ['vision_config', 'image_size'], CONFIG_DEFAULTS.blip.imageSize, 'BLIP config');
   const training = path.join(dir, WORLD_FOLDERS.blip, TRAINING_FILE);
   let seed = 0;
   if (fs.existsSync(training)) {
-    const record = JSON.parse(fs.readFileSync(training, 'utf8'));
+    const record = readJsonFile(training, { what: 'training record', object: true });
     if (Number.isInteger(record?.world?.seed)) seed = record.world.seed;
   }
   return { seed, size };

@@ -9,7 +9,7 @@
 import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { loadImage } from '../image';
-import { readJsonLines } from '../rerank/jsonl';
+import { readJsonLines } from '../json';
 import { RESULTS_FILE } from '../rerank/run';
 import { ItemRecord } from '../rerank/types';
 import { AttributeAccuracy, DescriptionScore, Scene, attributeAccuracy, parseCaption, sceneFromImage, scoreDescription } from '../world';

@@ -33,6 +33,7 @@ import { Progress, createProgress } from '../progress';
 import { Tensor, noGrad, scope } from '../tensor';
 import { ImageFile, imageSetKey, listImages, pairByName } from './image-sets';
 import { numpyPermutation } from './mt19937';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 export const IMAGE_EVAL_METRICS = ['fid', 'is', 'clip', 'dino'] as const;
 export type ImageEvalMetric = (typeof IMAGE_EVAL_METRICS)[number];
@@ -410,7 +411,7 @@ export async function evaluateImages(opts: EvaluateImagesOptions): Promise<Image
       if (!clip.hasVision) throw new RoundtripError('--clip: this CLIP folder has no vision tower (a text-only model); pass a full CLIPModel folder');
       const vision = clip.config.vision_config ?? {};
       const ppFile = owned ? path.join(opts.clip as string, 'preprocessor_config.json') : undefined;
-      const recipe = ppFile && fs.existsSync(ppFile) ? await loadHfPreprocessConfig(ppFile) : clipPreprocess(vision.image_size ?? 224);
+      const recipe = ppFile && fs.existsSync(ppFile) ? await loadHfPreprocessConfig(ppFile) : clipPreprocess(configInt(vision, ['image_size'], CONFIG_DEFAULTS.clip.imageSize, 'CLIP vision config'));
       const perImage = await pairedDistances('clip', recipe, (px) => clip.encodeImage(px, { variant: clipVariant }));
       result.featurePasses.clip += 2 * pairs.length;
       result.clip = { mean: mean(perImage.map((p) => p.distance)), variant: clipVariant, perImage };

@@ -10,6 +10,8 @@ import { BertModel } from '../models/bert';
 import { ClipModel, EmbeddingVariant, rows } from '../models/clip';
 import { Tensor, noGrad, scope } from '../tensor';
 import { BertTokenizer, ClipTokenizer, Tokenizer, loadBertTokenizer, loadClipTokenizer } from '../tokenizers';
+import { jsonPath, readJsonFile } from '../json';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 /** sentence-transformers' max_seq_length of all-MiniLM-L6-v2, used when the folder has no sentence_bert_config.json. */
 export const SBERT_DEFAULT_MAX_SEQ_LENGTH = 256;
@@ -96,7 +98,8 @@ export async function clipTextEmbeddings(
   texts: readonly string[],
   opts: { variant: EmbeddingVariant; batchSize: number; onTruncated?: (n: number) => void },
 ): Promise<Float32Array[]> {
-  const positions = enc.model.config?.text_config?.max_position_embeddings ?? enc.model.config?.max_position_embeddings ?? 77;
+  const cfg = enc.model.config;
+  const positions = configInt(cfg?.text_config ? cfg.text_config : cfg, ['max_position_embeddings'], CONFIG_DEFAULTS.clip.maxPositionEmbeddings, 'CLIP text config');
   return encodeAll(texts, {
     tokenizer: enc.tokenizer,
     maxLength: Math.min(positions, enc.tokenizer.modelMaxLength),
@@ -126,13 +129,8 @@ export async function loadSbertEncoder(dir: string, opts: { device?: string } = 
   let maxLength = SBERT_DEFAULT_MAX_SEQ_LENGTH;
   const stConfig = path.join(dir, 'sentence_bert_config.json');
   if (fs.existsSync(stConfig)) {
-    let json: { max_seq_length?: unknown };
-    try {
-      json = JSON.parse(fs.readFileSync(stConfig, 'utf8'));
-    } catch (err) {
-      throw new RoundtripError(`${stConfig}: expected JSON, could not parse it (${(err as Error).message})`);
-    }
-    if (json.max_seq_length !== undefined) maxLength = expectInteger(`${stConfig}: max_seq_length`, json.max_seq_length, { min: 2 });
+    const json: { max_seq_length?: unknown } = readJsonFile(stConfig, { what: 'sentence-transformers config', object: true });
+    if (json.max_seq_length !== undefined) maxLength = expectInteger(jsonPath(stConfig, 'max_seq_length'), json.max_seq_length, { min: 2 });
   }
   const model = await BertModel.load(dir, { device: opts.device });
   const positions = model.config?.max_position_embeddings;

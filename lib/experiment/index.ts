@@ -20,7 +20,7 @@ import { RoundtripError, expectBoolean, expectInteger, expectNumber, expectOneOf
 import { buildBridge, loadBridge, saveBridge } from '../bridge';
 import { resolveWorldModels } from '../demo/models';
 import { loadClipTextEncoder } from '../eval/text-embeddings';
-import { FinetuneConfig, finetune, resolveConfig } from '../finetune/trainer';
+import { FinetuneConfig, TRAINABLE_SETS, TrainableSet, finetune, resolveConfig } from '../finetune/trainer';
 import { LossWeights, ReconstructionRoutes } from '../finetune/objective';
 import { RECIPES, RecipeName, recipeLines } from '../finetune/recipes';
 import { writeFileAtomicSync } from '../fsutil';
@@ -62,6 +62,18 @@ export const ARMS: Readonly<Record<ArmName, ArmDef>> = {
   'f-other': { name: 'f-other', label: '(f) Eq. 5, each reconstruction loss updates only the other model (L_rec_img → UNet, L_rec_txt → BLIP)', weights: ALL, trainable: BOTH, routes: { recImg: 'unet', recTxt: 'blip' } },
 };
 
+/** How BLIP's side of every trained arm is set up (see docs/EXPERIMENTS.md, "Why finetuning lowered CIDEr-D"). */
+export const BLIP_SETTINGS = ['pretraining', 'recipe'] as const;
+export type BlipSettings = (typeof BLIP_SETTINGS)[number];
+
+/**
+ * `pretraining`: the world BLIP's own pretraining recipe (weights/world-blip/TRAINING.json: plain cross-entropy
+ * on whole, unflipped images), applied over the finetuning recipe, so that the arms differ from (a) by their
+ * losses and not by a new input distribution and target; with the recipe's label smoothing 0.1, crop and flip
+ * (`recipe`) every finetune lowers CIDEr-D on the world, whatever its losses.
+ */
+export const WORLD_BLIP_SETTINGS: Readonly<Record<string, unknown>> = { labelSmoothing: 0, blipMinScale: 1, blipFlip: false };
+
 export interface ExperimentOptions {
   out: string;
   /** World cache (default <out>/cache). */
@@ -84,7 +96,11 @@ export interface ExperimentOptions {
   sdSteps: number;
   guidance: number;
   recipe: RecipeName;
-  /** Finetuning config keys applied to every arm (after the recipe), e.g. {labelSmoothing: 0}. */
+  /** BLIP's training settings (default 'pretraining': WORLD_BLIP_SETTINGS over the recipe; 'recipe': the recipe's). */
+  blipSettings?: BlipSettings;
+  /** Trainable set of each model in the arms that train it (default xattn-q for both). */
+  trainable?: { blip?: TrainableSet; unet?: TrainableSet };
+  /** Finetuning config keys applied to every arm (after the recipe and blipSettings), e.g. {labelSmoothing: 0.1}. */
   overrides?: Record<string, unknown>;
   /** Seed of the evaluation draws and the first training seed (training seeds are seed … seed + seeds − 1). */
   seed: number;
@@ -95,7 +111,7 @@ export interface ExperimentOptions {
   stream?: ProgressStream;
 }
 
-/** The full run: every arm, 3 seeds, sized to fit 30 minutes on two shared CPU cores (measured in docs). */
+/** The full run: every arm, 3 seeds, sized to fit 30 minutes on two CPU cores (measured in docs/EXPERIMENTS.md). */
 export const DEFAULT_EXPERIMENT: Omit<ExperimentOptions, 'out'> = {
   arms: [...ARM_NAMES],
   seeds: 3,
@@ -107,6 +123,8 @@ export const DEFAULT_EXPERIMENT: Omit<ExperimentOptions, 'out'> = {
   sdSteps: 10,
   guidance: 4,
   recipe: 'default',
+  blipSettings: 'pretraining',
+  trainable: { blip: 'xattn-q', unet: 'xattn-q' },
   seed: 0,
   replicates: 2000,
   device: 'cpu',
@@ -128,7 +146,7 @@ export const QUICK_EXPERIMENT: Omit<ExperimentOptions, 'out'> = {
   quick: true,
 };
 
-export function checkExperimentOptions(o: ExperimentOptions): ExperimentOptions & { cache: string } {
+export function checkExperimentOptions(o: ExperimentOptions): ExperimentOptions & { cache: string; blipSettings: BlipSettings; trainable: { blip: TrainableSet; unet: TrainableSet } } {
   const out = path.resolve(expectString('--out', o.out));
   const cache = path.resolve(o.cache === undefined ? path.join(out, 'cache') : expectString('--cache', o.cache));
   if (!Array.isArray(o.arms) || o.arms.length === 0) throw new RoundtripError(`--arms: expected a list of ${ARM_NAMES.join(', ')}`);
@@ -143,12 +161,16 @@ export function checkExperimentOptions(o: ExperimentOptions): ExperimentOptions 
   expectInteger('--sd-steps', o.sdSteps, { min: 1, max: 1000 });
   expectNumber('--guidance', o.guidance, { min: 0 });
   expectOneOf('--recipe', o.recipe, RECIPES);
+  const blipSettings = expectOneOf('--blip-settings', o.blipSettings ?? 'pretraining', BLIP_SETTINGS);
+  const trainable = { blip: expectOneOf('--blip-trainable', o.trainable?.blip ?? 'xattn-q', TRAINABLE_SETS), unet: expectOneOf('--unet-trainable', o.trainable?.unet ?? 'xattn-q', TRAINABLE_SETS) };
+  if (trainable.blip === 'none' || trainable.unet === 'none') throw new RoundtripError("--blip-trainable/--unet-trainable: 'none' would turn the arms into others; choose the arms with --arms instead");
+  if (trainable.unet === 'text-decoder') throw new RoundtripError("--unet-trainable 'text-decoder': only BLIP has a text decoder");
   expectInteger('--seed', o.seed, { min: 0, max: 0x7fffffff });
   expectInteger('--replicates', o.replicates, { min: 100 });
   expectString('--device', o.device);
   expectBoolean('--quick', o.quick);
   if (o.overrides !== undefined && (typeof o.overrides !== 'object' || o.overrides === null || Array.isArray(o.overrides))) throw new RoundtripError('--set: expected finetuning config keys');
-  return { ...o, out, cache, arms: ARM_NAMES.filter((a) => o.arms.includes(a)) };
+  return { ...o, out, cache, blipSettings, trainable, arms: ARM_NAMES.filter((a) => o.arms.includes(a)) };
 }
 
 /** Per arm, per seed: each metric's per-item samples. */
@@ -279,6 +301,11 @@ export async function runExperiment(options: ExperimentOptions, command = 'runEx
     return out;
   }
 
+  /** The settings every arm shares over its recipe: BLIP's (blipSettings), then the caller's --set keys. */
+  function armSettings(): Record<string, unknown> {
+    return { ...(o.blipSettings === 'pretraining' ? WORLD_BLIP_SETTINGS : {}), ...(o.overrides ?? {}) };
+  }
+
   function armConfig(def: ArmDef, seed: number, dir: string): FinetuneConfig {
     return resolveConfig(
       {
@@ -291,7 +318,7 @@ export async function runExperiment(options: ExperimentOptions, command = 'runEx
         output: dir,
         device: o.device,
         seed,
-        trainable: def.trainable,
+        trainable: { blip: def.trainable.blip === 'none' ? 'none' : o.trainable.blip, unet: def.trainable.unet === 'none' ? 'none' : o.trainable.unet },
         weights: def.weights!,
         routes: def.routes,
         lr: o.lr,
@@ -308,7 +335,7 @@ export async function runExperiment(options: ExperimentOptions, command = 'runEx
         progress: false,
         // the world BLIP was trained and is evaluated without a prompt
         prompt: '',
-        ...(o.overrides ?? {}),
+        ...armSettings(),
       },
       `experiment arm ${def.name}`,
     );
@@ -340,7 +367,7 @@ export async function runExperiment(options: ExperimentOptions, command = 'runEx
     return { key: m.key, label: m.label, higherIsBetter: m.higherIsBetter, arms, vsD, vsA };
   });
 
-  const config0 = trainedArms.length ? resolveConfig({ recipe: o.recipe, blip: 'b', sd: 's', annotations: 'a', images: 'i', output: 'o', ...(o.overrides ?? {}) }) : undefined;
+  const config0 = trainedArms.length ? resolveConfig({ recipe: o.recipe, blip: 'b', sd: 's', annotations: 'a', images: 'i', output: 'o', ...armSettings() }) : undefined;
   const report: ExperimentReport = {
     format: 'roundtrip-experiment-report',
     version: 1,
@@ -426,7 +453,7 @@ function experimentMarkdown(r: ExperimentReport): string {
     '',
     `World: seed ${r.world.seed}, ${r.world.size}×${r.world.size}, ${r.world.train} training images, ${r.world.test} held-out test images (losses on the first ${r.options.lossItems}). Models (${r.models.source}): ${r.models.blip}, ${r.models.sd}. ${r.options.steps} steps per run, seeds ${r.options.seed}…${r.options.seed + r.options.seeds - 1}.`,
     '',
-    `Recipe \`${r.recipe.name}\`${r.options.overrides && Object.keys(r.options.overrides).length ? ` with ${JSON.stringify(r.options.overrides)}` : ''}: ${r.recipe.settings.join('; ')}.`,
+    `Recipe \`${r.recipe.name}\`, BLIP settings \`${r.options.blipSettings ?? 'pretraining'}\`${r.options.blipSettings === 'recipe' ? " (the recipe's)" : ` (the world BLIP's pretraining: ${JSON.stringify(WORLD_BLIP_SETTINGS)})`}${r.options.overrides && Object.keys(r.options.overrides).length ? `, then ${JSON.stringify(r.options.overrides)}` : ''}; trainable sets BLIP \`${r.options.trainable?.blip ?? 'xattn-q'}\`, UNet \`${r.options.trainable?.unet ?? 'xattn-q'}\` where they train: ${r.recipe.settings.join('; ')}.`,
     '',
     '## What the numbers say',
     '',

@@ -7,18 +7,21 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectString } from '../errors';
-import { VocabularyBridge, buildBridge, loadBridge } from '../bridge';
+import { VocabularyBridge, buildBridge, buildOptBridge, loadBridge } from '../bridge';
 import { ClipTextEncoder, clipTextEmbeddings, loadClipTextEncoder } from '../eval/text-embeddings';
 import { batchToImages } from '../image/encode';
 import { deriveSeed } from '../image/random';
 import type { RgbImage } from '../image/types';
 import { ciderD } from '../metrics/cider';
-import { Blip } from '../models/blip';
+import { Blip2 } from '../models/blip2';
+import { Captioner, captionerFamily, loadCaptioner } from '../models/captioner';
+import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from './blip2';
 import { ClipModel, cosineDistance } from '../models/clip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { clipImageEmbedder } from '../rerank/models';
 import { preCaption } from '../tokenizers/blip';
 import { loadBertTokenizer } from '../tokenizers/load';
+import type { BertTokenizer } from '../tokenizers/bert';
 import { writeFileAtomicSync } from '../fsutil';
 import { createProgress, ProgressStream } from '../progress';
 import { ArmStats, Difference, armInterval, bootstrapPlan, formatInterval, meanSamples, pairedDifference } from '../experiment/stats';
@@ -72,8 +75,14 @@ export interface BenchReconResult {
   files?: { json: string; markdown: string; svg: string };
 }
 
-async function taskMetrics(blip: Blip, sd: StableDiffusionPipeline, clip: ClipTextEncoder | undefined, items: readonly HeldOutItem[], o: BenchReconOptions, sizes: { sd: number }): Promise<Record<string, number[]>> {
-  const captions = (await blip.caption(items.map((i) => i.image), { strategy: 'beam', numBeams: 3, maxLength: 30, minLength: 5, batchSize: 8, prompt: o.prompt || undefined })).map((c) => c[0] || '(empty)');
+async function taskMetrics(blip: Captioner, sd: StableDiffusionPipeline, clip: ClipTextEncoder | undefined, items: readonly HeldOutItem[], o: BenchReconOptions, sizes: { sd: number }): Promise<Record<string, number[]>> {
+  const images = items.map((i) => i.image);
+  // BLIP-2 counts lengths in new tokens (transformers 4.37.2): the same 30-token budget, at least 5 tokens.
+  const generated =
+    blip instanceof Blip2
+      ? await blip.caption(images, { strategy: 'beam', numBeams: 3, maxNewTokens: 30, minNewTokens: 5, batchSize: 8, prompt: o.prompt.trimEnd() || undefined })
+      : await blip.caption(images, { strategy: 'beam', numBeams: 3, maxLength: 30, minLength: 5, batchSize: 8, prompt: o.prompt || undefined });
+  const captions = generated.map((c) => c[0] || '(empty)');
   const out: Record<string, number[]> = { cider: ciderD(captions.map((c) => preCaption(c)), items.map((i) => i.captions.map((r) => preCaption(r)))).perImage };
   if (clip) {
     const prompts = items.map((i) => i.captions[0]);
@@ -100,19 +109,22 @@ export async function benchRecon(o: BenchReconOptions): Promise<BenchReconResult
   if (!RECONSTRUCT_TEXT_MODES.includes(o.recTxtMode)) throw new RoundtripError(`--rec-txt-mode: expected ${RECONSTRUCT_TEXT_MODES.join(' or ')}, got '${o.recTxtMode}'`);
   const items = readHeldOut(o.data, o.images ?? path.dirname(path.resolve(o.data)), o.n);
   const checkpoints: ReconCheckpoint[] = [{ name: 'base', step: 0, files: {} }, ...o.checkpoints.map((c, i) => resolveReconCheckpoint(c, i + 1))];
-  const bert = loadBertTokenizer(o.blip);
+  const family = captionerFamily(o.blip);
+  let bert: BertTokenizer | Blip2CaptionTokenizer | undefined = family === 'blip' ? loadBertTokenizer(o.blip) : undefined;
   const clip = o.clip ? await loadClipTextEncoder(o.clip, { device: o.device }) : undefined;
   let bridge: VocabularyBridge | undefined = o.bridge ? loadBridge(o.bridge) : undefined;
   const progress = createProgress({ label: 'bench recon', total: checkpoints.length * items.length, unit: 'item', quiet: o.quiet, stream: o.stream });
   const perItem: Record<string, number[]>[] = [];
   try {
     for (const [k, ck] of checkpoints.entries()) {
-      const blip = await Blip.load(o.blip, { device: o.device, partial: ck.files.blip ? [ck.files.blip] : [] });
+      const blip = await loadCaptioner(o.blip, { device: o.device, partial: ck.files.blip ? [ck.files.blip] : [] });
       const sd = await StableDiffusionPipeline.load(o.sd, { device: o.device, partial: ck.files.unet ? { unet: [ck.files.unet] } : {} });
       try {
-        bridge ??= buildBridge(items.flatMap((i) => i.captions), bert, sd.tokenizer);
-        const sizes = { blip: Number(blip.config?.vision_config?.image_size ?? 384), sd: Number(sd.unet.config.sample_size ?? 64) * sd.vaeFactor };
-        const losses = await heldOutLosses({ blip, sd, bridge, bert }, items, {
+        const tok = (bert ??= blip instanceof Blip2 ? blip2CaptionTokenizer(blip) : loadBertTokenizer(o.blip));
+        const captions = items.flatMap((i) => i.captions);
+        bridge ??= tok.kind === 'blip2' ? buildOptBridge(captions, tok.opt, sd.tokenizer, { eosId: tok.eosId, vocabSize: tok.vocabSize }) : buildBridge(captions, tok, sd.tokenizer);
+        const sizes = { blip: blip.imageSize, sd: sd.unet.sampleSize * sd.vaeFactor };
+        const losses = await heldOutLosses({ blip, sd, bridge, bert: tok }, items, {
           seed: o.seed,
           blipSize: sizes.blip,
           sdSize: sizes.sd,

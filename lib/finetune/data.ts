@@ -4,9 +4,8 @@
  * inputs. Every random choice of item i in epoch e comes from deriveSeed(seed, e, i), so a resumed run
  * sees exactly the batches an uninterrupted one would.
  */
-import * as fs from 'fs';
-import * as path from 'path';
-import { RoundtripError, invalid } from '../errors';
+import { loadImageCaptions } from '../metrics/annotations';
+import { RoundtripError } from '../errors';
 import { loadImage } from '../image/decode';
 import { PreprocessConfig, blipTrainPreprocess, preprocessImage, sdVaePreprocess, validatePreprocessConfig } from '../image/preprocess';
 import { prefetchMap } from '../image/pool';
@@ -24,23 +23,7 @@ export interface TrainItem {
 
 /** Reads a Karpathy-layout annotation file; entries with several captions give one item per caption. */
 export function readAnnotations(file: string, imagesDir: string, limit?: number): TrainItem[] {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`annotations '${file}': ${err instanceof Error ? err.message : String(err)}`);
-  }
-  if (!Array.isArray(raw)) throw invalid(`annotations '${file}'`, 'a JSON array of {image, caption, image_id}', raw);
-  const items: TrainItem[] = [];
-  raw.forEach((e: any, i) => {
-    if (!e || typeof e.image !== 'string') throw invalid(`annotations '${file}' entry ${i}`, 'an object with an "image" path', e);
-    const captions = Array.isArray(e.caption) ? e.caption : [e.caption];
-    captions.forEach((c: unknown, k: number) => {
-      if (typeof c !== 'string') throw invalid(`annotations '${file}' entry ${i} caption ${k}`, 'a string', c);
-      items.push({ image: path.resolve(imagesDir, e.image), caption: c, imageId: String(e.image_id ?? e.img_id ?? e.image) });
-    });
-  });
-  if (items.length === 0) throw new RoundtripError(`annotations '${file}': no items`);
+  const items = loadImageCaptions(file, imagesDir).flatMap((e) => e.captions.map((caption) => ({ image: e.image, caption, imageId: String(e.id) })));
   return limit !== undefined ? items.slice(0, limit) : items;
 }
 

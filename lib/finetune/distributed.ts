@@ -16,10 +16,8 @@ import type { JointStep } from './joint-step';
 import { RunLog } from '../train/runlog';
 import type { NativeModel } from '../model';
 import type { Tensor } from '../tensor';
-import type { BertTokenizer } from '../tokenizers/bert';
-import type { ClipTokenizer } from '../tokenizers/clip';
 import type { TrainItem } from './data';
-import { ItemSlots, disposeCaptionBatch, encodeCaptions } from './losses';
+import { CaptionTokenizers, ItemSlots, disposeCaptionBatch, encodeCaptions } from './losses';
 
 /** Config keys that may differ between ranks (devices, threads, display). */
 const PER_RANK_KEYS = ['device', 'threads', 'progress', 'prefetch'];
@@ -71,7 +69,7 @@ export class DataParallel {
    * Weight of this rank's token-mean terms in its micro-batch: W·n_r/N, with n_r the target tokens of its
    * captions and N those of the global micro-batch (every rank's items), counted the way the loss counts them.
    */
-  tokenScale(tokenizers: { blip: BertTokenizer; clip: ClipTokenizer }, opts: Parameters<typeof encodeCaptions>[2], local: TrainItem[], globalItems: TrainItem[] | undefined): number {
+  tokenScale(tokenizers: CaptionTokenizers, opts: Parameters<typeof encodeCaptions>[2], local: TrainItem[], globalItems: TrainItem[] | undefined): number {
     if (!this.active) return 1;
     if (!globalItems) throw new RoundtripError('internal: a data-parallel micro-batch without its global items');
     const count = (items: TrainItem[]) => {

@@ -10,5 +10,6 @@ export * from './data';
 export * from './trainer';
 export * from './report';
 export * from './recipes';
+export * from './blip2';
 export { benchFinetune } from './bench';
 export type { BenchOptions, BenchResult, BenchRow } from './bench';

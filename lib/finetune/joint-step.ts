@@ -11,8 +11,9 @@
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, invalid } from '../errors';
 import type { VocabularyBridge } from '../bridge';
 import type { Blip } from '../models/blip';
+import { Blip2 } from '../models/blip2';
 import type { StableDiffusionPipeline } from '../models/sd/pipeline';
-import { native } from '../native';
+import { native, NativeJointStepHandle, NativeTensorHandle } from '../native';
 import { Tensor } from '../tensor';
 import type { AdamW } from '../train/optimizer';
 import type { GradSync } from '../distributed';
@@ -20,7 +21,8 @@ import { bridgeIndex } from './losses';
 import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, ObjectiveOptions, SCHEDULES, SOFT_FRAMINGS, type JointBatch } from './objective';
 
 export interface JointModels {
-  blip: Blip;
+  /** The captioner: BLIP, or BLIP-2 OPT (its logits on the text positions; the bridge must index OPT ids). */
+  blip: Blip | Blip2;
   sd: StableDiffusionPipeline;
   bridge: VocabularyBridge;
   /** Whether BLIP's vision tower trains (otherwise it runs without a graph). */
@@ -57,18 +59,11 @@ export interface JointStepStats {
   timings: { forwardMs: number; backwardMs: number; updateMs: number };
 }
 
-interface NativeJointStep {
-  objective(tensors: Record<string, unknown>, options: string): Promise<Record<string, unknown>>;
-  step(tensors: Record<string, unknown>[], perBatch: string, options: string): Promise<Float32Array>;
-  activeTerms(step: number, micro: number): string[];
-  setGradSync(handle: unknown): void;
-  dispose(): void;
-}
 
-const cache = new WeakMap<Blip, Map<string, JointStep>>();
+const cache = new WeakMap<Blip | Blip2, Map<string, JointStep>>();
 
 export class JointStep {
-  private constructor(private handle: NativeJointStep | undefined, readonly options: ObjectiveOptions) {}
+  private constructor(private handle: NativeJointStepHandle | undefined, readonly options: ObjectiveOptions) {}
 
   /** Builds the native objective over the models (and, with `training`, the step's optimizers and clipping). */
   static create(models: JointModels, opts: ObjectiveOptions, training?: JointTraining): JointStep {
@@ -76,7 +71,11 @@ export class JointStep {
     LOSS_TERMS.forEach((t) => expectNumber(`weights.${t}`, opts.weights[t], { min: 0 }));
     expectOneOf('schedule', opts.schedule, SCHEDULES);
     expectOneOf('softFraming', opts.softFraming ?? 'padded', SOFT_FRAMINGS);
-    const blipVocab = Number(blip.config?.text_config?.vocab_size ?? 30524);
+    const blip2 = blip instanceof Blip2;
+    const blipVocab = blip.vocabSize;
+    if (bridge.tokenizer && bridge.tokenizer !== (blip2 ? 'opt' : 'bert')) {
+      throw new RoundtripError(`bridge: it maps CLIP ids to ${bridge.tokenizer === 'opt' ? "BLIP-2's OPT" : "BLIP's WordPiece"} ids, but the captioner is ${blip2 ? 'BLIP-2 (OPT)' : 'BLIP'}; learn one for this captioner (roundtrip bridge build, or leave out --bridge)`);
+    }
     const device = sd.unet.model.device;
     const config = {
       weights: opts.weights,
@@ -94,11 +93,11 @@ export class JointStep {
       clip_end: opts.clipEndId,
       clip_pad: opts.clipPadId,
       vision_trainable: models.visionTrainable,
-      blip_image_size: Number(blip.config?.vision_config?.image_size ?? 384),
+      blip_image_size: blip.imageSize,
       gradient_checkpointing: blip.model.gradientCheckpointing || sd.unet.model.gradientCheckpointing,
       autocast: blip.model.autocast,
       scheduler_config: sd.schedulerConfig,
-      latent_channels: Number(sd.vae.config.latent_channels ?? 4),
+      latent_channels: sd.vae.latentChannels,
       vae_factor: sd.vaeFactor,
       ...(training
         ? {
@@ -113,7 +112,7 @@ export class JointStep {
     const optimizers = training ? { blip: training.optimizers.blip?.nativeHandle, unet: training.optimizers.unet?.nativeHandle } : undefined;
     const models4 = { blip: blip.model.handle, unet: sd.unet.model.handle, vae: sd.vae.model.handle, text: sd.textEncoder.handle };
     try {
-      return new JointStep((native() as any).createJointStep(models4, index.handle, JSON.stringify(config), optimizers), opts);
+      return new JointStep(native().createJointStep(models4, index.handle, JSON.stringify(config), optimizers), opts);
     } catch (err) {
       throw new RoundtripError(err instanceof Error ? err.message : String(err));
     }
@@ -132,7 +131,7 @@ export class JointStep {
     return step;
   }
 
-  private native(): NativeJointStep {
+  private native(): NativeJointStepHandle {
     if (!this.handle) throw new RoundtripError('joint step: disposed');
     return this.handle;
   }
@@ -145,15 +144,21 @@ export class JointStep {
   /** One micro-batch's total and terms, with their graph. */
   async objective(batch: JointBatch, at: { step: number; seed: number; micro?: number }): Promise<{ total: Tensor; terms: Partial<Record<LossTerm, Tensor>> }> {
     const { tensors, options } = batchInputs(batch, at.seed, at.micro ?? 0);
-    let out: Record<string, any>;
+    let out: Record<string, NativeTensorHandle | number>;
     try {
       out = await this.native().objective(tensors, JSON.stringify({ ...options, step: expectInteger('step', at.step, { min: 0 }) }));
     } catch (err) {
       throw new RoundtripError(err instanceof Error ? err.message : String(err));
     }
     const terms: Partial<Record<LossTerm, Tensor>> = {};
-    for (const t of LOSS_TERMS) if (out[t]) terms[t] = new Tensor(out[t]);
-    return { total: new Tensor(out.total), terms };
+    const tensor = (name: string): Tensor | undefined => (typeof out[name] === 'object' ? new Tensor(out[name] as NativeTensorHandle) : undefined);
+    for (const t of LOSS_TERMS) {
+      const v = tensor(t);
+      if (v) terms[t] = v;
+    }
+    const total = tensor('total');
+    if (!total) throw new RoundtripError('joint step: the native objective returned no total');
+    return { total, terms };
   }
 
   /**
@@ -205,9 +210,9 @@ export class JointStep {
   }
 }
 
-function batchInputs(batch: JointBatch, seed: number, micro: number): { tensors: Record<string, unknown>; options: Record<string, unknown> } {
+function batchInputs(batch: JointBatch, seed: number, micro: number): { tensors: Record<string, NativeTensorHandle>; options: Record<string, unknown> } {
   const c = batch.captions;
-  const tensors: Record<string, unknown> = {
+  const tensors: Record<string, NativeTensorHandle> = {
     blip_ids: c.blipIds.handle,
     blip_mask: c.blipMask.handle,
     blip_labels: c.blipLabels.handle,

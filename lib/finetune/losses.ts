@@ -17,6 +17,7 @@
  */
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, invalid } from '../errors';
 import type { Blip, BlipImageInput } from '../models/blip';
+import { Blip2 } from '../models/blip2';
 import type { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { Scheduler } from '../models/sd/schedulers';
 import { CLIP_MEAN, CLIP_STD } from '../image/preprocess';
@@ -27,6 +28,7 @@ import type { BertTokenizer } from '../tokenizers/bert';
 import type { ClipTokenizer } from '../tokenizers/clip';
 import { BLIP_MAX_WORDS, BLIP_PROMPT, blipDecoderInputs, preCaption } from '../tokenizers/blip';
 import { loadBertTokenizer } from '../tokenizers/load';
+import { Blip2CaptionTokenizer, blip2CaptionTokenizer, clipIdRows, encodeBlip2Captions } from './blip2';
 
 /** Default CLIP special ids (SD v1.x tokenizer): start, end; SD pads with the end id. */
 export const CLIP_START_ID = 49406;
@@ -56,7 +58,8 @@ export const CLIP_PADDINGS = ['max', 'longest'] as const;
 export type ClipPadding = (typeof CLIP_PADDINGS)[number];
 
 export interface CaptionTokenizers {
-  blip: BertTokenizer;
+  /** The captioner's side: BLIP's WordPiece, or BLIP-2's OPT tokenizer with its model's EOS (lib/finetune/blip2.ts). */
+  blip: BertTokenizer | Blip2CaptionTokenizer;
   clip: ClipTokenizer;
 }
 
@@ -70,11 +73,15 @@ export function encodeCaptions(
   opts: { prompt?: string; maxWords?: number; clipPadding?: ClipPadding } = {},
 ): CaptionBatch {
   if (!Array.isArray(captions) || captions.length === 0) throw invalid('captions', 'a non-empty array of strings', captions);
+  if (tokenizers.blip.kind === 'blip2') {
+    return encodeBlip2Captions(tokenizers.blip, clipIdRows(tokenizers.clip, expectOneOf('clipPadding', opts.clipPadding ?? 'max', CLIP_PADDINGS)), captions, opts);
+  }
+  const blip = tokenizers.blip;
   const prompt = opts.prompt ?? BLIP_PROMPT;
   const maxWords = opts.maxWords ?? BLIP_MAX_WORDS;
   const texts = captions.map((c) => preCaption(c, maxWords));
-  const promptLength = blipDecoderInputs(tokenizers.blip, [prompt]).inputIds[0].length - 1;
-  const enc = blipDecoderInputs(tokenizers.blip, texts.map((t) => prompt + t));
+  const promptLength = blipDecoderInputs(blip, [prompt]).inputIds[0].length - 1;
+  const enc = blipDecoderInputs(blip, texts.map((t) => prompt + t));
   const B = texts.length;
   const T = enc.inputIds[0].length;
   const ids = new BigInt64Array(B * T);
@@ -118,8 +125,12 @@ export function disposeCaptionBatch(batch: CaptionBatch): void {
 const blipTokenizers = new WeakMap<Blip, BertTokenizer>();
 
 /** Captions as a batch: strings are tokenised with the BLIP folder's vocab and SD's CLIP tokenizer. */
-function asBatch(captions: CaptionBatch | readonly string[], blip: Blip | undefined, sd: StableDiffusionPipeline | undefined): { batch: CaptionBatch; owned: boolean } {
+function asBatch(captions: CaptionBatch | readonly string[], blip: Blip | Blip2 | undefined, sd: StableDiffusionPipeline | undefined): { batch: CaptionBatch; owned: boolean } {
   if (!Array.isArray(captions)) return { batch: captions as CaptionBatch, owned: false };
+  if (blip instanceof Blip2) {
+    if (!sd) throw new RoundtripError('captions given as strings need the SD pipeline (for its CLIP tokenizer); pass a CaptionBatch (encodeCaptions) instead');
+    return { batch: encodeCaptions({ blip: blip2CaptionTokenizer(blip), clip: sd.tokenizer }, captions as string[], { prompt: '' }), owned: true };
+  }
   let bert: BertTokenizer | undefined = blip ? blipTokenizers.get(blip) : undefined;
   if (!bert) {
     if (!blip?.dir) throw new RoundtripError('captions given as strings need a BLIP model loaded from a folder with vocab.txt; pass a CaptionBatch (encodeCaptions) instead');
@@ -144,11 +155,15 @@ export interface CaptionLossOptions {
   sd?: StableDiffusionPipeline;
 }
 
-/** L_cap: BLIP's captioning loss, prompt positions and padding ignored (-100). */
-export async function captionLoss(blip: Blip, images384: BlipImages, captions: CaptionBatch | readonly string[], opts: CaptionLossOptions = {}): Promise<Tensor> {
-  const labelSmoothing = expectNumber('labelSmoothing', opts.labelSmoothing ?? 0.1, { min: 0, max: 1 });
+/**
+ * L_cap: BLIP's captioning loss, prompt positions and padding ignored (-100). BLIP-2: 4.37.2's loss on the text
+ * positions (default label smoothing 0 there).
+ */
+export async function captionLoss(blip: Blip | Blip2, images384: BlipImages, captions: CaptionBatch | readonly string[], opts: CaptionLossOptions = {}): Promise<Tensor> {
+  const labelSmoothing = expectNumber('labelSmoothing', opts.labelSmoothing ?? (blip instanceof Blip2 ? 0 : 0.1), { min: 0, max: 1 });
   const { batch, owned } = asBatch(captions, blip, opts.sd);
   try {
+    if (blip instanceof Blip2) return await blip.loss({ ...blipInput(images384), inputIds: batch.blipIds, attentionMask: batch.blipMask, labels: batch.blipLabels }, { labelSmoothing });
     return await blip.loss({ ...blipInput(images384), inputIds: batch.blipIds, attentionMask: batch.blipMask, labels: batch.blipLabels }, { labelSmoothing });
   } finally {
     if (owned) disposeCaptionBatch(batch);
@@ -224,7 +239,7 @@ function oneHotRow(id: number, vocab: number, device: string): Tensor {
  * the bridge (`P[:, :, c] = P_blip[:, :, clipToBlip[c]]`), framed like SD's id path: a one-hot start row,
  * the caption rows, a one-hot end row, one-hot pad rows up to `length`. Differentiable in BLIP's weights.
  */
-export async function softCaption(blip: Blip, images: BlipImages, captions: CaptionBatch | readonly string[], bridge: VocabularyBridge, opts: SoftCaptionOptions = {}): Promise<Tensor> {
+export async function softCaption(blip: Blip | Blip2, images: BlipImages, captions: CaptionBatch | readonly string[], bridge: VocabularyBridge, opts: SoftCaptionOptions = {}): Promise<Tensor> {
   const temperature = expectNumber('temperature', opts.temperature ?? 1, { min: 0, exclusiveMin: true });
   const mode = expectOneOf('mode', opts.mode ?? 'probs', SOFT_CAPTION_MODES);
   const length = expectInteger('length', opts.length ?? 77, { min: 3 });
@@ -243,14 +258,14 @@ export async function softCaption(blip: Blip, images: BlipImages, captions: Capt
       // Row t predicts token t+1: caption token j (0-based) sits at promptLength + j.
       const first = batch.promptLength - 1;
       const take = Math.min(rows, T - first);
-      const blipVocab = Number(blip.config?.text_config?.vocab_size ?? 30524);
+      const blipVocab = blip.vocabSize;
       const index = bridgeIndex(bridge, device, blipVocab);
       let body: Tensor;
       if (mode === 'probs') {
         const probs = await blip.tokenProbs(input, { temperature });
         body = Tensor.op('indexSelect', [probs.narrow(1, first, take), index], { dim: 2 });
       } else {
-        const logits = await blip.logits(input);
+        const logits = blip instanceof Blip2 ? await blip.logits(input, { textOnly: true }) : await blip.logits(input);
         body = Tensor.op('indexSelect', [logits.narrow(1, first, take), index], { dim: 2 }).div(temperature).softmax(-1);
       }
       // Rows past a caption's end become end (then pad) rows, as SD's id path has them.
@@ -337,7 +352,7 @@ export async function encodeLatents(sd: StableDiffusionPipeline, images512: Tens
   const [B, , H, W] = images512.shape;
   const f = sd.vaeFactor;
   if (H % f !== 0 || W % f !== 0) throw invalid('images512', `a height and width divisible by ${f}`, `${H}×${W}`);
-  const channels = Number(sd.vae.config.latent_channels ?? 4);
+  const channels = sd.vae.latentChannels;
   return noGrad(() =>
     scope(async () => {
       const noise = posteriorNoise(sd, B, [channels, H / f, W / f], seed, slots);
@@ -559,10 +574,10 @@ async function cleanEstimate(sd: StableDiffusionPipeline, d: DenoiseResult, mode
  * L_rec_txt: BLIP's captioning loss on SD's one-step estimate of the clean image (decoded by the VAE,
  * resized and normalised for BLIP), against the input captions. Gradients reach the UNet through ε̂.
  */
-export async function reconstructTextLoss(sd: StableDiffusionPipeline, blip: Blip, images512: Tensor, captions: CaptionBatch | readonly string[], opts: ReconstructTextOptions = {}): Promise<Tensor> {
+export async function reconstructTextLoss(sd: StableDiffusionPipeline, blip: Blip | Blip2, images512: Tensor, captions: CaptionBatch | readonly string[], opts: ReconstructTextOptions = {}): Promise<Tensor> {
   const mode = expectOneOf('mode', opts.mode ?? 'x0', RECONSTRUCT_TEXT_MODES);
   const seed = opts.seed ?? 0;
-  const size = expectInteger('blipImageSize', opts.blipImageSize ?? Number(blip.config?.vision_config?.image_size ?? 384), { min: 1 });
+  const size = expectInteger('blipImageSize', opts.blipImageSize ?? blip.imageSize, { min: 1 });
   const { batch, owned } = asBatch(captions, blip, sd);
   try {
     return await scope(async () => {

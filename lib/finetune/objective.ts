@@ -9,6 +9,7 @@
 import { expectNumber, expectOneOf } from '../errors';
 import type { VocabularyBridge } from '../bridge';
 import type { Blip } from '../models/blip';
+import type { Blip2 } from '../models/blip2';
 import type { StableDiffusionPipeline } from '../models/sd/pipeline';
 import type { Tensor } from '../tensor';
 import type { CaptionBatch, ItemSlots, ReconstructTextMode, SoftCaptionMode } from './losses';
@@ -99,7 +100,7 @@ export function activeTerms(opts: ObjectiveOptions, step: number, micro = 0): Lo
  * optimizer step (the 'alternating-micro' schedule).
  */
 export async function jointObjective(
-  models: { blip: Blip; sd: StableDiffusionPipeline; bridge: VocabularyBridge; visionTrainable: boolean },
+  models: { blip: Blip | Blip2; sd: StableDiffusionPipeline; bridge: VocabularyBridge; visionTrainable: boolean },
   batch: JointBatch,
   opts: ObjectiveOptions,
   step: number,

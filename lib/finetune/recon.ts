@@ -7,19 +7,24 @@
  *
  * Used by `roundtrip bench recon` (losses against checkpoint step) and `roundtrip experiment`.
  */
+import { loadImageCaptions } from '../metrics/annotations';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, invalid } from '../errors';
 import type { VocabularyBridge } from '../bridge';
-import type { Blip } from '../models/blip';
+import { Blip2 } from '../models/blip2';
+import type { Captioner } from '../models/captioner';
 import type { StableDiffusionPipeline } from '../models/sd/pipeline';
 import type { BertTokenizer } from '../tokenizers/bert';
+import type { Blip2CaptionTokenizer } from './blip2';
+import { JointStep } from './joint-step';
+import type { ObjectiveOptions } from './objective';
 import { loadImage } from '../image/decode';
 import { blipPreprocess, preprocessImage, sdVaePreprocess } from '../image/preprocess';
 import { deriveSeed } from '../image/random';
 import { readJsonFile } from '../json';
 import { Tensor, disposeAll, noGrad } from '../tensor';
-import { RECONSTRUCT_TEXT_MODES, ReconstructTextMode, SOFT_CAPTION_MODES, SoftCaptionMode, captionLoss, disposeCaptionBatch, encodeCaptions, reconstructImageLoss, reconstructTextLoss, sdDenoise, softCaption } from './losses';
+import { CaptionBatch, RECONSTRUCT_TEXT_MODES, ReconstructTextMode, SOFT_CAPTION_MODES, SoftCaptionMode, captionLoss, disposeCaptionBatch, encodeCaptions, encodeLatents, reconstructImageLoss, reconstructTextLoss, sdDenoise, softCaption } from './losses';
 
 /** A held-out image with its reference captions (the first is the one the losses use). */
 export interface HeldOutItem {
@@ -36,20 +41,12 @@ export const RECON_TERM_LABELS: Record<ReconTerm, string> = { cap: 'L_cap', sd: 
  * entries naming the same image are merged (the first caption stays first). Keeps the first `n` images.
  */
 export function readHeldOut(file: string, imagesDir: string, n?: number): HeldOutItem[] {
-  const raw = readJsonFile(file);
-  if (!Array.isArray(raw)) throw invalid(`--data ${file}`, 'a JSON array of {image, caption}', raw);
   const byImage = new Map<string, HeldOutItem>();
-  raw.forEach((e: any, i) => {
-    if (!e || typeof e.image !== 'string') throw invalid(`--data ${file} entry ${i}`, 'an object with an "image" path', e);
-    const captions = Array.isArray(e.caption) ? e.caption : Array.isArray(e.captions) ? e.captions : [e.caption];
-    captions.forEach((c: unknown, k: number) => {
-      if (typeof c !== 'string') throw invalid(`--data ${file} entry ${i} caption ${k}`, 'a string', c);
-    });
-    const image = path.resolve(imagesDir, e.image);
+  for (const { image, captions } of loadImageCaptions(file, imagesDir, '--data')) {
     const item = byImage.get(image);
     if (item) item.captions.push(...captions);
     else byImage.set(image, { image, captions: [...captions] });
-  });
+  }
   const items = [...byImage.values()];
   if (items.length === 0) throw new RoundtripError(`--data ${file}: no items`);
   if (n !== undefined) expectInteger('--n', n, { min: 1 });
@@ -74,9 +71,12 @@ export interface ReconOptions {
 
 export type ReconLosses = Record<ReconTerm, number[]>;
 
-/** Per item (batch 1, so each value is that item's loss) the four terms, without graphs. */
+/**
+ * Per item (batch 1, so each value is that item's loss) the four terms, without graphs. A BLIP-2 captioner (with
+ * its `Blip2CaptionTokenizer`) is measured through the native joint objective (`nativeItemLosses`) on the same draws.
+ */
 export async function heldOutLosses(
-  models: { blip: Blip; sd: StableDiffusionPipeline; bridge: VocabularyBridge; bert: BertTokenizer },
+  models: { blip: Captioner; sd: StableDiffusionPipeline; bridge: VocabularyBridge; bert: BertTokenizer | Blip2CaptionTokenizer },
   items: readonly HeldOutItem[],
   opts: ReconOptions,
 ): Promise<ReconLosses> {
@@ -106,20 +106,25 @@ export async function heldOutLosses(
       const seed = deriveSeed(opts.seed, i);
       const owned: Tensor[] = [blipPixels, sdPixels];
       try {
-        const cap = await captionLoss(blip, blipPixels, captions, { labelSmoothing });
-        owned.push(cap);
-        const P = await softCaption(blip, blipPixels, captions, bridge, { temperature: opts.temperature ?? 1, mode: softMode, startId: sd.tokenizer.sotId, endId: sd.tokenizer.eotId, padId: sd.tokenizer.padId });
-        owned.push(P);
-        const recImg = await reconstructImageLoss(sd, sdPixels, P, { seed });
-        owned.push(recImg);
-        const d = await sdDenoise(sd, sdPixels, captions, { seed });
-        owned.push(d.loss, d.prediction, d.noisy, d.timesteps, d.latents);
-        const recTxt = await reconstructTextLoss(sd, blip, sdPixels, captions, { mode: recTxtMode, denoised: d, labelSmoothing, seed, blipImageSize: opts.blipSize });
-        owned.push(recTxt);
-        out.cap.push(cap.item());
-        out.sd.push(d.loss.item());
-        out.recImg.push(recImg.item());
-        out.recTxt.push(recTxt.item());
+        if (blip instanceof Blip2) {
+          const v = await nativeItemLosses({ blip, sd, bridge }, blipPixels, sdPixels, captions, seed, { labelSmoothing, softMode, recTxtMode, temperature: opts.temperature ?? 1 });
+          for (const t of RECON_TERMS) out[t].push(v[t]);
+        } else {
+          const cap = await captionLoss(blip, blipPixels, captions, { labelSmoothing });
+          owned.push(cap);
+          const P = await softCaption(blip, blipPixels, captions, bridge, { temperature: opts.temperature ?? 1, mode: softMode, startId: sd.tokenizer.sotId, endId: sd.tokenizer.eotId, padId: sd.tokenizer.padId });
+          owned.push(P);
+          const recImg = await reconstructImageLoss(sd, sdPixels, P, { seed });
+          owned.push(recImg);
+          const d = await sdDenoise(sd, sdPixels, captions, { seed });
+          owned.push(d.loss, d.prediction, d.noisy, d.timesteps, d.latents);
+          const recTxt = await reconstructTextLoss(sd, blip, sdPixels, captions, { mode: recTxtMode, denoised: d, labelSmoothing, seed, blipImageSize: opts.blipSize });
+          owned.push(recTxt);
+          out.cap.push(cap.item());
+          out.sd.push(d.loss.item());
+          out.recImg.push(recImg.item());
+          out.recTxt.push(recTxt.item());
+        }
       } finally {
         disposeAll(owned);
         disposeCaptionBatch(captions);
@@ -128,6 +133,41 @@ export async function heldOutLosses(
     }
   });
   return out;
+}
+
+/**
+ * One item's four terms through the native joint objective (lib/finetune/joint-step.ts), on the draws the loss-term
+ * calls above use for `seed`: the VAE posterior noise of `seed`, and L_rec_img and L_sd each denoised with the
+ * timestep and noise of `seed` (the native step draws term k's pass from its seed + k, so each call is offset to
+ * land on `seed`); L_rec_txt reuses the L_sd pass as the objective does. Any captioner the step takes; BLIP-2 uses it.
+ */
+async function nativeItemLosses(
+  models: { blip: Captioner; sd: StableDiffusionPipeline; bridge: VocabularyBridge },
+  blipPixels: Tensor,
+  sdPixels: Tensor,
+  captions: CaptionBatch,
+  seed: number,
+  o: { labelSmoothing: number; softMode: SoftCaptionMode; recTxtMode: ReconstructTextMode; temperature: number },
+): Promise<Record<ReconTerm, number>> {
+  const { sd } = models;
+  const base = { schedule: 'summed', temperature: o.temperature, softMode: o.softMode, recTxtMode: o.recTxtMode, labelSmoothing: o.labelSmoothing, clipStartId: sd.tokenizer.sotId, clipEndId: sd.tokenizer.eotId, clipPadId: sd.tokenizer.padId } as const;
+  const captionSide: ObjectiveOptions = { ...base, weights: { cap: 1, recImg: 1, sd: 0, recTxt: 0 } };
+  const sdSide: ObjectiveOptions = { ...base, weights: { cap: 0, recImg: 0, sd: 1, recTxt: 1 } };
+  const latents = await encodeLatents(sd, sdPixels, seed);
+  const out: Partial<Record<ReconTerm, number>> = {};
+  try {
+    for (const [opts, offset] of [[captionSide, 1], [sdSide, 2]] as const) {
+      const r = await JointStep.cached({ ...models, visionTrainable: false }, opts).objective({ blipImages: blipPixels, sdImages: sdPixels, captions, latents }, { step: 0, seed: (seed - offset) >>> 0 });
+      try {
+        for (const [t, v] of Object.entries(r.terms)) out[t as ReconTerm] = v!.item();
+      } finally {
+        disposeAll([r.total, ...Object.values(r.terms)]);
+      }
+    }
+  } finally {
+    latents.dispose();
+  }
+  return out as Record<ReconTerm, number>;
 }
 
 /** One measured model pair: the base models, or the base models with a checkpoint's trained tensors. */

@@ -4,11 +4,15 @@
  * non-finite-loss handling, JSONL logs, periodic validation (CIDEr) with a best checkpoint, exported
  * partial weights and a final report.
  */
+import { loadImageCaptions } from '../metrics/annotations';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectBoolean, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
-import { VocabularyBridge, buildBridge, loadBridge, saveBridge } from '../bridge';
+import { VocabularyBridge, buildBridge, buildOptBridge, loadBridge, saveBridge } from '../bridge';
 import { Blip } from '../models/blip';
+import { Blip2, Blip2TrainableSet, blip2TrainablePatterns, isBlip2Config } from '../models/blip2';
+import { Captioner, CaptionerFamily, captionerFamily, loadCaptioner } from '../models/captioner';
+import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from './blip2';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { FROZEN_DTYPES, FrozenDtype, NativeModel } from '../model';
 import { native } from '../native';
@@ -22,8 +26,8 @@ import { loadBertTokenizer } from '../tokenizers/load';
 import { BertTokenizer } from '../tokenizers/bert';
 import { BLIP_PROMPT, blipDecodeCaption, preCaption } from '../tokenizers/blip';
 import { ciderD } from '../metrics/cider';
-import { blipPreprocess, preprocessImage } from '../image/preprocess';
-import { loadImage } from '../image/decode';
+import { blipPreprocess } from '../image/preprocess';
+import { prefetchBatches } from '../image/pool';
 import { deriveSeed } from '../image/random';
 import { CLIP_PADDINGS, ClipPadding, LatentCache, SOFT_CAPTION_MODES, RECONSTRUCT_TEXT_MODES, disposeCaptionBatch, CaptionBatch } from './losses';
 import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, ObjectiveOptions, ReconstructionRoutes, SCHEDULES, SOFT_FRAMINGS, SoftFraming, activeTerms, presetWeights } from './objective';
@@ -40,14 +44,27 @@ import { checkOutputDir, cleanTempLeftovers, describeWriteError } from '../fsuti
 import { LIMITS, checkMemory, estimateFinetuneStep, expectBounded } from '../limits';
 import { DEFAULT_WEIGHT_BOUND, NAN_POLICIES, NanPolicy, checkTensors, guardError, guardStep, lastVerifiedCheckpoint } from '../train/guard';
 import { RunLog } from '../train/runlog';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
-export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'none'] as const;
+export const TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'text-decoder', 'projection', 'none'] as const;
 export type TrainableSet = (typeof TRAINABLE_SETS)[number];
 
-/** Parameter-name patterns of each trainable set (published key names). */
-export function trainablePatterns(model: 'blip' | 'unet', set: TrainableSet): string[] {
+/**
+ * Parameter-name patterns of each trainable set (published key names). `text-decoder` (BLIP only): every
+ * weight of BLIP's text decoder (embeddings, self- and cross-attention, feed-forward, LM head), the vision
+ * encoder frozen — the largest set short of the whole model, measured against `xattn-q` in docs/EXPERIMENTS.md.
+ * With a BLIP-2 captioner (`family` 'blip2') the captioner's sets are BLIP-2's (`blip2TrainablePatterns`:
+ * Q-Former cross-attention, language projection); 'projection' exists only there.
+ */
+export function trainablePatterns(model: 'blip' | 'unet', set: TrainableSet, family: CaptionerFamily = 'blip'): string[] {
   expectOneOf(`trainable.${model}`, set, TRAINABLE_SETS);
+  if (model === 'blip' && family === 'blip2') return blip2TrainablePatterns(set as Blip2TrainableSet);
+  if (set === 'projection') throw new RoundtripError(`trainable.${model} 'projection': only a BLIP-2 captioner has a language projection (${model === 'blip' ? 'BLIP' : 'the UNet'}: xattn-q, xattn-kv, xattn-qkv, none)`);
   if (set === 'none') return [];
+  if (set === 'text-decoder') {
+    if (model !== 'blip') throw new RoundtripError(`trainable.${model} 'text-decoder': only BLIP has a text decoder (UNet sets: xattn-q, xattn-kv, xattn-qkv, none)`);
+    return ['^text_decoder\\.'];
+  }
   const parts = set === 'xattn-q' ? ['q'] : set === 'xattn-kv' ? ['k', 'v'] : ['q', 'k', 'v'];
   const blipName: Record<string, string> = { q: 'query', k: 'key', v: 'value' };
   return model === 'blip'
@@ -231,11 +248,18 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   } as FinetuneConfig;
   const k = (name: string) => `${source} '${name}'`;
   for (const name of ['blip', 'sd', 'annotations', 'images', 'output'] as const) expectString(k(name), c[name]);
+  // BLIP-2's own training (LAVIS, transformers 4.37.2): no caption prompt and no label smoothing unless the caller
+  // sets them (a recipe's label smoothing is BLIP's training detail).
+  if (finetuneCaptionerFamily(c.blip) === 'blip2') {
+    if (partial.prompt === undefined) c.prompt = '';
+    if (partial.labelSmoothing === undefined) c.labelSmoothing = 0;
+  }
   if (c.bridge !== undefined) expectString(k('bridge'), c.bridge);
   expectString(k('device'), c.device);
   expectInteger(k('seed'), c.seed, { min: 0, max: 2 ** 32 - 1 });
   expectOneOf(k('trainable.blip'), c.trainable.blip, TRAINABLE_SETS);
   expectOneOf(k('trainable.unet'), c.trainable.unet, TRAINABLE_SETS);
+  trainablePatterns('unet', c.trainable.unet); // refuses BLIP-only sets by name
   if (c.trainable.blip === 'none' && c.trainable.unet === 'none') throw new RoundtripError(`${source}: both models are frozen (trainable 'none'); nothing to train`);
   expectOneOf(k('objective'), c.objective, OBJECTIVE_PRESETS);
   expectOneOf(k('schedule'), c.schedule, SCHEDULES);
@@ -288,6 +312,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   if (expectOneOf(k('frozenDtype'), c.frozenDtype, FROZEN_DTYPES) !== 'fp32') {
     if (c.device !== 'cpu') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype} is a CPU option (device ${c.device}: use precision)`);
     if (c.precision !== 'fp32') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype} and precision ${c.precision} do not combine (precision is CUDA autocast)`);
+    if (finetuneCaptionerFamily(c.blip) === 'blip2') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype}: BLIP captioners only (${c.blip} is BLIP-2)`);
   }
   expectBoolean(k('gradientCheckpointing'), c.gradientCheckpointing);
   expectBoolean(k('cacheLatents'), c.cacheLatents);
@@ -330,6 +355,15 @@ function objectiveOptions(c: FinetuneConfig, weights: LossWeights, clip = { star
   };
 }
 
+/** The captioner family of a config's `blip` folder (or pulled alias); BLIP when it cannot be read yet. */
+export function finetuneCaptionerFamily(blip: string): CaptionerFamily {
+  try {
+    return captionerFamily(resolveModelPath(blip));
+  } catch {
+    return 'blip';
+  }
+}
+
 /** One JSONL log row. */
 export interface StepLog {
   step: number;
@@ -370,7 +404,7 @@ export interface FinetuneHooks {
   /** Called after each optimizer step with the log row (after the guard passed it). */
   afterStep?: (log: StepLog) => void | Promise<void>;
   /** Called right after each optimizer update, before the guard (tests corrupt weights here). */
-  afterUpdate?: (step: number, models: { blip: Blip; sd: StableDiffusionPipeline }) => void | Promise<void>;
+  afterUpdate?: (step: number, models: { blip: Captioner; sd: StableDiffusionPipeline }) => void | Promise<void>;
   /** Set to stop after the current step as SIGINT does. */
   stopSignal?: { stop: boolean };
   /** Log line sink (default stderr when progress is on). */
@@ -378,10 +412,12 @@ export interface FinetuneHooks {
 }
 
 interface Models {
-  blip: Blip;
+  /** BLIP or BLIP-2 (OPT), from the folder's config.json. */
+  blip: Captioner;
   sd: StableDiffusionPipeline;
   bridge: VocabularyBridge;
-  bert: BertTokenizer;
+  /** The captioner's caption tokenizer: BLIP's WordPiece or BLIP-2's OPT BPE with the model's EOS. */
+  bert: BertTokenizer | Blip2CaptionTokenizer;
   blipTrainable: string[];
   unetTrainable: string[];
 }
@@ -390,7 +426,8 @@ interface Models {
 export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promise<Models> {
   // Config files may name pulled aliases as well as folders.
   c = { ...c, blip: resolveModelPath(c.blip), sd: resolveModelPath(c.sd) };
-  const blip = await Blip.load(c.blip, { device: c.device });
+  const family = captionerFamily(c.blip);
+  const blip = await loadCaptioner(c.blip, { device: c.device });
   let sd: StableDiffusionPipeline;
   try {
     sd = await StableDiffusionPipeline.load(c.sd, { device: c.device });
@@ -398,12 +435,20 @@ export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promis
     blip.dispose();
     throw err;
   }
-  const bert = loadBertTokenizer(c.blip);
+  let bert: BertTokenizer | Blip2CaptionTokenizer;
+  try {
+    bert = blip instanceof Blip2 ? blip2CaptionTokenizer(blip) : loadBertTokenizer(c.blip);
+  } catch (err) {
+    blip.dispose();
+    sd.dispose();
+    throw err;
+  }
   let bridge: VocabularyBridge;
   if (c.bridge) bridge = loadBridge(c.bridge);
   else {
     if (!items) throw new RoundtripError('no bridge file and no captions to learn one from');
-    bridge = buildBridge(items.map((i) => i.caption), bert, sd.tokenizer);
+    const captions = items.map((i) => i.caption);
+    bridge = bert.kind === 'blip2' ? buildOptBridge(captions, bert.opt, sd.tokenizer, { eosId: bert.eosId, vocabSize: bert.vocabSize }) : buildBridge(captions, bert, sd.tokenizer);
     if (isMainProcess()) saveBridge(path.join(c.output, 'bridge.json'), bridge);
   }
   if (bridge.clipToBlip.length !== sd.tokenizer.vocabSize) throw new RoundtripError(`bridge: ${bridge.clipToBlip.length} CLIP ids, the SD tokenizer has ${sd.tokenizer.vocabSize}`);
@@ -418,9 +463,17 @@ export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promis
       throw err;
     }
   }
-  const blipTrainable = blip.model.setTrainable(trainablePatterns('blip', c.trainable.blip));
+  let blipPatterns: string[];
+  try {
+    blipPatterns = trainablePatterns('blip', c.trainable.blip, family);
+  } catch (err) {
+    blip.dispose();
+    sd.dispose();
+    throw err;
+  }
+  const blipTrainable = blip.model.setTrainable(blipPatterns);
   const unetTrainable = sd.unet.model.setTrainable(trainablePatterns('unet', c.trainable.unet));
-  if (c.trainable.blip !== 'none' && blipTrainable.length === 0) throw new RoundtripError(`trainable.blip '${c.trainable.blip}': no BLIP parameter matches ${trainablePatterns('blip', c.trainable.blip).join(', ')}`);
+  if (c.trainable.blip !== 'none' && blipTrainable.length === 0) throw new RoundtripError(`trainable.blip '${c.trainable.blip}': no ${family === 'blip2' ? 'BLIP-2' : 'BLIP'} parameter matches ${blipPatterns.join(', ')}`);
   if (c.trainable.unet !== 'none' && unetTrainable.length === 0) throw new RoundtripError(`trainable.unet '${c.trainable.unet}': no UNet parameter matches ${trainablePatterns('unet', c.trainable.unet).join(', ')}`);
   if (c.frozenDtype !== 'fp32') {
     // After the trainable sets are chosen: those stay fp32, everything else is held reduced.
@@ -468,8 +521,8 @@ export function modelImageSizes(blipDir: string, sdDir: string): { sdSize: numbe
   const unetCfg = readJsonFile(path.join(sd, 'unet', 'config.json'), { what: 'UNet config', object: true });
   const vaeCfg = readJsonFile(path.join(sd, 'vae', 'config.json'), { what: 'VAE config', object: true });
   const factor = 2 ** (((vaeCfg.block_out_channels as unknown[]) ?? [0, 0, 0, 0]).length - 1);
-  const sample = Number(unetCfg.sample_size ?? 64);
-  const blipSize = Number(blipCfg.vision_config?.image_size ?? 384);
+  const sample = configInt(unetCfg, ['sample_size'], CONFIG_DEFAULTS.unet.sampleSize, 'UNet config');
+  const blipSize = configInt(blipCfg, ['vision_config', 'image_size'], isBlip2Config(blipCfg) ? CONFIG_DEFAULTS.blip2.imageSize : CONFIG_DEFAULTS.blip.imageSize, 'BLIP config');
   return { sdSize: sample * factor, blipSize };
 }
 
@@ -534,7 +587,7 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   if (dp.isMain) prepareRunFolder(c, print);
   c = withModelImageSizes(c);
   checkFinetuneMemory(c);
-  if (c.threads) (native() as any).setNumThreads(c.threads);
+  if (c.threads) native().setNumThreads(c.threads);
   const items = readAnnotations(c.annotations, c.images, c.limit);
   const microPerEpoch = microBatchesPerEpoch(items.length, c.batchSize, dp.worldSize);
   const stepsPerEpoch = Math.floor(microPerEpoch / c.gradAccum);
@@ -829,25 +882,26 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
 
 /** Greedy captions of the validation subset and their CIDEr-D against the references. */
 async function validate(c: FinetuneConfig, m: Models): Promise<number> {
-  const raw = JSON.parse(fs.readFileSync(c.valAnnotations!, 'utf8')) as { image: string; caption: string | string[] }[];
-  const subset = raw.slice(0, c.valSize);
+  const subset = loadImageCaptions(c.valAnnotations!, c.valImages ?? c.images, '--val-annotations').slice(0, c.valSize);
   const recipe = blipPreprocess(c.blipSize);
-  const prompt = c.prompt ? m.bert.encode(c.prompt) : undefined;
+  const tok = m.bert;
+  const prompt = !c.prompt ? undefined : tok.kind === 'blip2' ? tok.opt.encode(c.prompt.trimEnd()) : tok.encode(c.prompt);
   const candidates: string[] = [];
-  for (let i = 0; i < subset.length; i += c.batchSize) {
-    const chunk = subset.slice(i, i + c.batchSize);
-    const images = await Promise.all(chunk.map((e) => loadImage(path.resolve(c.valImages ?? c.images, e.image))));
-    const size = 3 * c.blipSize * c.blipSize;
-    const data = new Float32Array(chunk.length * size);
-    images.forEach((img, k) => data.set(preprocessImage(img, recipe).data as Float32Array, k * size));
-    const pixels = Tensor.fromTypedArray(data, [chunk.length, 3, c.blipSize, c.blipSize]);
+  for await (const { tensor: batch } of prefetchBatches(subset.map((e) => e.image), recipe, { batchSize: c.batchSize })) {
+    const pixels = Tensor.fromTypedArray(batch.data as Float32Array, batch.shape);
     try {
-      const gen = await noGrad(() => m.blip.generate(pixels, { strategy: 'greedy', maxLength: 20, minLength: 5, prompt }));
-      for (const row of gen.sequences) candidates.push(blipDecodeCaption(m.bert, row));
+      if (m.blip instanceof Blip2 && tok.kind === 'blip2') {
+        // BLIP-2 (4.37.2 counting): up to 20 new tokens, at least 5; the OPT text decoded without specials.
+        const gen = await m.blip.generate(pixels, { strategy: 'greedy', maxNewTokens: 20, minNewTokens: 5, prompt });
+        for (const ids of gen.tokens) candidates.push(tok.opt.decode(ids, { skipSpecial: true }).trim());
+      } else if (m.blip instanceof Blip && tok.kind !== 'blip2') {
+        const gen = await noGrad(() => (m.blip as Blip).generate(pixels, { strategy: 'greedy', maxLength: 20, minLength: 5, prompt }));
+        for (const row of gen.sequences) candidates.push(blipDecodeCaption(tok, row));
+      }
     } finally {
       pixels.dispose();
     }
   }
-  const refs = subset.map((e) => (Array.isArray(e.caption) ? e.caption : [e.caption]).map((s) => preCaption(s)));
+  const refs = subset.map((e) => e.captions.map((s) => preCaption(s)));
   return ciderD(candidates, refs).corpus;
 }

@@ -12,7 +12,7 @@ import { aliasForRepo, MODEL_ALIASES, REFUSED_REPOS, REPO_ID, type HubAlias, typ
 import { defaultModelDir, hubEndpoint, readToken, type HubToken } from './config';
 import { downloadFile } from './download';
 import { HubError } from './errors';
-import { fsyncDir } from './fsutil';
+import { landFileAtomic } from '../fsutil';
 import { HubHttp, type HubRequest } from './http';
 import { manifestFilesPresent, readManifest, writeManifest, type ManifestFile, type PullManifest } from './manifest';
 import { isWeightFile, selectRepoFiles, type TreeFile } from './select';
@@ -313,16 +313,9 @@ async function sha256OfFile(file: string): Promise<string> {
  */
 export async function convertDownloadedWeights(dir: string, inputName: string, outputName: string, convert: SafetensorsConverter): Promise<ManifestFile> {
   const output = path.join(dir, outputName);
-  const temp = path.join(dir, `.${outputName}.converting`);
-  await fs.promises.rm(temp, { force: true });
   try {
-    await convert(path.join(dir, inputName), temp);
-    const handle = await fs.promises.open(temp, 'r');
-    await handle.sync().finally(() => handle.close());
-    await fs.promises.rename(temp, output);
-    await fsyncDir(dir);
+    await landFileAtomic(output, (temp) => convert(path.join(dir, inputName), temp));
   } catch (err) {
-    await fs.promises.rm(temp, { force: true });
     const message = err instanceof Error ? err.message : String(err);
     throw new RoundtripError(`${path.join(dir, inputName)}: conversion to safetensors failed: ${message}`);
   }

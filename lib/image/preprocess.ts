@@ -18,7 +18,6 @@
  * RandAugment → rescale → normalise. That is the order of transformers' processors and of the torchvision
  * pipelines used by BLIP, DINO and the diffusers training scripts.
  */
-import { promises as fs } from 'fs';
 import { RoundtripError, describe, expectBoolean, expectInteger, expectNumber, expectOneOf, invalid } from '../errors';
 import { Resample, parseResample } from './resample';
 import { resize } from './resample';
@@ -26,6 +25,7 @@ import { Rng, deriveSeed } from './random';
 import { centerCropRect, crop, flipHorizontal, randomCropRect, randomResizedCropRect, shortestEdgeSize } from './transform';
 import { Float32Tensor, ImageTensor, RgbImage, Uint8Tensor, assertRgbImage } from './types';
 import { RandAugmentConfig, blipRandAugment, randAugment, validateRandAugment } from './randaugment';
+import { readJsonFileAsync } from '../json';
 
 export type Triple = [number, number, number];
 
@@ -551,18 +551,5 @@ export function preprocessFromHfConfig(json: unknown, source = 'preprocessor_con
 
 /** Reads a `preprocessor_config.json` file; errors name the file. */
 export async function loadHfPreprocessConfig(path: string): Promise<PreprocessConfig> {
-  let text: string;
-  try {
-    text = await fs.readFile(path, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new RoundtripError(`${path}: cannot read preprocessor config: ${code === 'ENOENT' ? 'file not found' : (error as Error).message}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (error) {
-    throw new RoundtripError(`${path}: invalid JSON: ${(error as Error).message}`);
-  }
-  return preprocessFromHfConfig(json, path);
+  return preprocessFromHfConfig(await readJsonFileAsync(path, { what: 'preprocessor config' }), path);
 }

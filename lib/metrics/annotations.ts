@@ -1,5 +1,5 @@
 /**
- * Loaders for COCO-style caption files:
+ * The one reader of caption annotation files (evaluation, reranking, finetuning data, held-out sets):
  * - Karpathy layout (BLIP/LAVIS): `[{image: "val2014/COCO_val2014_000000391895.jpg", caption: str | [str, …]}]`;
  *   the image id is `image_id` or `img_id` when present, else the number at the end of the
  *   file name (391895, as BLIP's evaluation derives it), else the image path itself.
@@ -7,8 +7,9 @@
  * - Results layout (what a captioner writes and cocoeval's `loadRes` reads): `[{image_id, caption}]`.
  * Errors name the file, the entry index and the key at fault.
  */
-import * as fs from 'fs';
+import * as path from 'path';
 import { RoundtripError, describe } from '../errors';
+import { readJsonFile } from '../json';
 
 export type ImageId = number | string;
 export type AnnotationLayout = 'karpathy' | 'coco' | 'results';
@@ -19,21 +20,18 @@ export interface CaptionAnnotations {
   references: Map<ImageId, string[]>;
   /** image id → image path, where the file names images (Karpathy layout). */
   imagePaths: Map<ImageId, string>;
+  /** The file's entries in order: one per Karpathy entry (an image may repeat), one per image in COCO layout. */
+  entries: AnnotationEntry[];
 }
 
-function readJson(file: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new RoundtripError(`${file}: cannot read caption file: ${(err as Error).message}`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new RoundtripError(`${file}: expected JSON, could not parse it (${(err as Error).message})`);
-  }
+export interface AnnotationEntry {
+  id: ImageId;
+  /** The image path as the file gives it (relative to the image folder); Karpathy layout only. */
+  image?: string;
+  captions: string[];
 }
+
+const readJson = (file: string): unknown => readJsonFile(file, { what: 'caption file' });
 
 function isId(v: unknown): v is ImageId {
   return (typeof v === 'number' && Number.isFinite(v)) || (typeof v === 'string' && v !== '');
@@ -72,6 +70,7 @@ export function parseCaptionAnnotations(json: unknown, source = 'annotations'): 
   const layout = detectLayout(json, source);
   const references = new Map<ImageId, string[]>();
   const imagePaths = new Map<ImageId, string>();
+  const entries: AnnotationEntry[] = [];
   const add = (id: ImageId, caption: unknown, where: string): void => {
     if (typeof caption !== 'string') throw fail(source, where, 'a caption string', caption);
     let list = references.get(id);
@@ -80,16 +79,18 @@ export function parseCaptionAnnotations(json: unknown, source = 'annotations'): 
   };
   if (layout === 'karpathy') {
     (json as unknown[]).forEach((e, i) => {
-      const entry = e as { image?: unknown; caption?: unknown; image_id?: unknown; img_id?: unknown };
+      const entry = e as { image?: unknown; caption?: unknown; captions?: unknown; image_id?: unknown; img_id?: unknown };
       if (!entry || typeof entry !== 'object') throw fail(source, `entry ${i}`, 'an object {image, caption}', e);
       if (typeof entry.image !== 'string' || entry.image === '') throw fail(source, `entry ${i}.image`, 'an image path string', entry.image);
       const id = karpathyImageId(entry)!;
       imagePaths.set(id, entry.image);
-      const caps = entry.caption;
-      if (Array.isArray(caps)) {
-        if (caps.length === 0) throw fail(source, `entry ${i}.caption`, 'at least one caption', caps);
-        caps.forEach((c, j) => add(id, c, `entry ${i}.caption[${j}]`));
-      } else add(id, caps, `entry ${i}.caption`);
+      // `captions` is the plural some held-out lists use.
+      const key = entry.caption === undefined && entry.captions !== undefined ? 'captions' : 'caption';
+      const caps = entry[key];
+      const captions = Array.isArray(caps) ? caps : [caps];
+      if (captions.length === 0) throw fail(source, `entry ${i}.${key}`, 'at least one caption', caps);
+      captions.forEach((c, j) => add(id, c, Array.isArray(caps) ? `entry ${i}.${key}[${j}]` : `entry ${i}.${key}`));
+      entries.push({ id, image: entry.image, captions: captions as string[] });
     });
   } else if (layout === 'coco') {
     const anns = (json as { annotations: unknown[] }).annotations;
@@ -99,15 +100,26 @@ export function parseCaptionAnnotations(json: unknown, source = 'annotations'): 
       if (!isId(ann.image_id)) throw fail(source, `annotations[${i}].image_id`, 'an image id (number or string)', ann.image_id);
       add(ann.image_id, ann.caption, `annotations[${i}].caption`);
     });
+    for (const [id, captions] of references) entries.push({ id, captions });
   } else {
     throw new RoundtripError(`${source}: this is a results file ([{image_id, caption}]); reference annotations must be in Karpathy or COCO ground-truth layout`);
   }
-  return { layout, references, imagePaths };
+  return { layout, references, imagePaths, entries };
 }
 
 /** Loads reference captions from a Karpathy-layout or COCO ground-truth file. */
 export function loadCaptionAnnotations(file: string): CaptionAnnotations {
   return parseCaptionAnnotations(readJson(file), file);
+}
+
+/**
+ * The entries of a Karpathy-layout file (`[{image, caption: str | [str]}]`, training, validation and held-out
+ * lists), in file order, with image paths resolved against `imagesDir`. `flag` names the file's role in errors.
+ */
+export function loadImageCaptions(file: string, imagesDir: string, flag = 'annotations'): Required<AnnotationEntry>[] {
+  const ann = parseCaptionAnnotations(readJsonFile(file, { what: flag }), `${flag} ${file}`);
+  if (ann.layout !== 'karpathy') throw new RoundtripError(`${flag} ${file}: expected the Karpathy layout [{image, caption}], got the ${ann.layout} layout`);
+  return ann.entries.map((e) => ({ id: e.id, image: path.resolve(imagesDir, e.image!), captions: e.captions }));
 }
 
 /** Candidate captions from parsed JSON in results layout (`[{image_id, caption}]`); one per image. */

@@ -15,6 +15,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { RoundtripError, invalid } from '../errors';
+import { readJsonFile } from '../json';
 
 /** Default folder searched for the jars. */
 export const JAR_CACHE_DIR = path.join(os.homedir(), '.cache', 'roundtrip', 'jars');
@@ -244,12 +245,7 @@ export async function spiceScore<K>(
     const input = ids.map((id) => ({ image_id: id, test: candidates.get(id)!, refs: references.get(id)! }));
     fs.writeFileSync(inFile, JSON.stringify(input, null, 2));
     await runToExit(java, ['-jar', `-Xmx${opts.maxHeap ?? '8G'}`, jar, inFile, '-cache', cacheDir, '-out', outFile, '-subset', '-silent'], path.dirname(jar));
-    let results: unknown;
-    try {
-      results = JSON.parse(fs.readFileSync(outFile, 'utf8'));
-    } catch (err) {
-      throw new RoundtripError(`SPICE output ${outFile}: expected JSON, could not parse it (${(err as Error).message})`);
-    }
+    const results: unknown = readJsonFile(outFile, { what: 'SPICE output' });
     if (!Array.isArray(results)) throw invalid('SPICE output', 'a JSON array of {image_id, scores}', results);
     const byId = new Map<string, Record<string, SpiceCategoryScores>>();
     const allF: number[] = [];

@@ -4,12 +4,13 @@
  */
 import { invalid } from '../errors';
 import { NativeModel } from '../model';
+import type { MethodOutputs } from '../native-methods';
 import { Tensor } from '../tensor';
 import { loadHfModel, meanCosineDistance, pick, readConfig, rows } from './clip';
 
 export class BertModel {
   private constructor(
-    readonly native: NativeModel,
+    readonly native: NativeModel<'bert'>,
     readonly config: any,
   ) {}
 
@@ -20,7 +21,7 @@ export class BertModel {
   }
 
   /** All outputs: last_hidden_state, pooler_output, cls, mean_pooled, sentence_embedding. */
-  async encode(inputIds: Tensor, attentionMask?: Tensor, tokenTypeIds?: Tensor): Promise<Record<string, Tensor>> {
+  async encode(inputIds: Tensor, attentionMask?: Tensor, tokenTypeIds?: Tensor): Promise<MethodOutputs<'bert', 'encode'>> {
     return this.native.call('encode', { input_ids: inputIds, attention_mask: attentionMask, token_type_ids: tokenTypeIds });
   }
 

@@ -6,20 +6,23 @@
  * (DalleFlamingo's `--unfreeze_blip xattn_q` layout). Generation (greedy, beam search, sampling) runs in
  * one native call per batch.
  */
+import { CONFIG_DEFAULTS, configInt } from './config-defaults';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { NativeModel, WeightsReport } from '../model';
 import { Tensor, disposeAll, noGrad } from '../tensor';
+import type { CaptionerGeneration, CaptionerTextInputs } from '../native-methods';
 import { readSafetensorsHeader } from '../weights/safetensors';
 import { hfWeightFiles } from '../weights/files';
-import { blipPreprocess, loadImage, preprocessBatch, RgbImage } from '../image';
+import { blipPreprocess, RgbImage } from '../image';
 import { loadTokenizer } from '../tokenizers';
 import { readJsonFile } from '../json';
+import { captionBatches, DECODING_STRATEGIES, DecodingOptions, DecodingStrategy, generationScores, nativeDecodingOptions, tensorRows } from './decoding';
 
-/** Decoding strategies of `Blip.generate`. */
-export const BLIP_STRATEGIES = ['greedy', 'beam', 'top-p', 'top-k', 'temperature'] as const;
-export type BlipStrategy = (typeof BLIP_STRATEGIES)[number];
+/** Decoding strategies of `Blip.generate` (lib/models/decoding.ts, shared with BLIP-2). */
+export const BLIP_STRATEGIES = DECODING_STRATEGIES;
+export type BlipStrategy = DecodingStrategy;
 
 /** Token ids BLIP generation uses (transformers' BLIP: EOS is [SEP], start is [DEC]). */
 export interface BlipSpecialIds {
@@ -29,35 +32,14 @@ export interface BlipSpecialIds {
   cls: number;
 }
 
-export interface BlipGenerateOptions {
-  /** Default 'beam'. */
-  strategy?: BlipStrategy;
+export interface BlipGenerateOptions extends DecodingOptions {
   /** Beams for 'beam'; default 3. */
   numBeams?: number;
   /** Length limits; both count the start token(s) and the prompt, as transformers does. Defaults 20 / 5. */
   maxLength?: number;
   minLength?: number;
-  /** Nucleus mass for 'top-p'; default 0.9. */
-  topP?: number;
-  /**
-   * k for 'top-k' (default 50). 'top-p' also applies transformers' default top-k of 50 (as
-   * `generate(do_sample=True, top_p=…)` does); pass 0 to disable it.
-   */
-  topK?: number;
-  /** Softmax temperature for the sampling strategies; default 1. */
-  temperature?: number;
-  /** transformers' repetition penalty (divides positive logits, multiplies negative ones); default 1. */
-  repetitionPenalty?: number;
-  /** Beam score = sum log p / generated_length ** lengthPenalty; default 1. */
-  lengthPenalty?: number;
-  /** Beam search stopping rule as in transformers; default false. */
-  earlyStopping?: boolean | 'never';
-  /** Sequences per image: sampled independently, or the best K beams (K ≤ numBeams). Default 1. */
-  numReturnSequences?: number;
   /** Prompt token ids without special tokens (e.g. `tokenizer.encode('a picture of')`). */
   prompt?: number[];
-  /** Seed of the sampling generator; the same seed gives the same samples. */
-  seed?: number;
 }
 
 /** Result of `Blip.generate`, rows ordered image-major (image i's K sequences are rows i·K … i·K+K-1). */
@@ -221,52 +203,21 @@ export function blipArchitectureConfig(size: BlipSize): object {
 
 /** Native generate() options for a strategy, validated; exported for the CLI and tests. */
 export function blipNativeGenerateOptions(opts: BlipGenerateOptions = {}): Record<string, unknown> {
-  const strategy = expectOneOf('strategy', opts.strategy ?? 'beam', BLIP_STRATEGIES);
   const maxLength = expectInteger('maxLength', opts.maxLength ?? 20, { min: 2 });
   const minLength = expectInteger('minLength', opts.minLength ?? 5, { min: 0 });
-  const k = expectInteger('numReturnSequences', opts.numReturnSequences ?? 1, { min: 1 });
-  const out: Record<string, unknown> = {
-    max_length: maxLength,
-    min_length: minLength,
-    num_return_sequences: k,
-    repetition_penalty: expectNumber('repetitionPenalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }),
-    length_penalty: expectNumber('lengthPenalty', opts.lengthPenalty ?? 1),
-  };
-  if (opts.earlyStopping !== undefined) {
-    if (opts.earlyStopping !== true && opts.earlyStopping !== false && opts.earlyStopping !== 'never') throw invalid('earlyStopping', 'true, false or "never"', opts.earlyStopping);
-    out.early_stopping = opts.earlyStopping;
-  }
-  if (opts.seed !== undefined) out.seed = expectInteger('seed', opts.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
-  const temperature = expectNumber('temperature', opts.temperature ?? 1, { min: 0, exclusiveMin: true });
-  if (strategy === 'greedy') {
-    if (k !== 1) throw invalid('numReturnSequences', '1 for greedy decoding (use beam or a sampling strategy for several)', k);
-    Object.assign(out, { num_beams: 1, do_sample: false });
-  } else if (strategy === 'beam') {
-    const beams = expectInteger('numBeams', opts.numBeams ?? 3, { min: 1 });
-    if (k > beams) throw invalid('numReturnSequences', `at most numBeams (${beams})`, k);
-    Object.assign(out, { num_beams: beams, do_sample: false });
-  } else {
-    const topK = expectInteger('topK', opts.topK ?? (strategy === 'temperature' ? 0 : 50), { min: 0 });
-    const topP = strategy === 'top-p' ? expectNumber('topP', opts.topP ?? 0.9, { min: 0, max: 1, exclusiveMin: true }) : 1;
-    Object.assign(out, { num_beams: 1, do_sample: true, temperature, top_k: topK, top_p: topP });
-  }
-  return out;
-}
-
-function rows(t: Tensor): number[][] {
-  const [n, m] = t.shape;
-  const data = t.toTypedArray();
-  const out: number[][] = [];
-  for (let i = 0; i < n; i++) {
-    const row = new Array<number>(m);
-    for (let j = 0; j < m; j++) row[j] = Number(data[i * m + j]);
-    out.push(row);
-  }
-  return out;
+  return { max_length: maxLength, min_length: minLength, ...nativeDecodingOptions(opts, 3) };
 }
 
 export class Blip {
-  readonly model: NativeModel;
+  /** The vision tower's input side (config `vision_config.image_size`). */
+  get imageSize(): number {
+    return configInt(this.config, ['vision_config', 'image_size'], CONFIG_DEFAULTS.blip.imageSize, 'BLIP config');
+  }
+  get vocabSize(): number {
+    return configInt(this.config, ['text_config', 'vocab_size'], CONFIG_DEFAULTS.blip.vocabSize, 'BLIP config');
+  }
+
+  readonly model: NativeModel<'blip'>;
   /** The parsed BlipConfig. */
   readonly config: any;
   readonly special: BlipSpecialIds;
@@ -274,7 +225,7 @@ export class Blip {
   /** The folder the model was loaded from (its tokenizer is the default for `caption`). */
   dir?: string;
 
-  private constructor(model: NativeModel, config: any) {
+  private constructor(model: NativeModel<'blip'>, config: any) {
     this.model = model;
     this.config = config;
     const text = config?.text_config ?? {};
@@ -358,9 +309,9 @@ export class Blip {
     return { lastHiddenState: out.last_hidden_state, poolerOutput: out.pooler_output };
   }
 
-  private textInputs(input: BlipTextInput, extra: Record<string, Tensor | undefined> = {}): Record<string, Tensor | undefined> {
+  private textInputs(input: BlipTextInput): CaptionerTextInputs {
     if (!input.pixelValues && !input.imageEmbeds) throw new RoundtripError('BLIP decoder: needs pixelValues or imageEmbeds');
-    return { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds, input_ids: input.inputIds, attention_mask: input.attentionMask, ...extra };
+    return { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds, input_ids: input.inputIds, attention_mask: input.attentionMask };
   }
 
   /** Decoder logits [B, T, V] (position t predicts token t+1). */
@@ -375,7 +326,7 @@ export class Blip {
   async loss(input: BlipTextInput & { labels: Tensor }, opts: { labelSmoothing?: number } = {}): Promise<Tensor> {
     const options: Record<string, number> = {};
     if (opts.labelSmoothing !== undefined) options.label_smoothing = expectNumber('labelSmoothing', opts.labelSmoothing, { min: 0, max: 1 });
-    return (await this.model.call('loss', this.textInputs(input, { labels: input.labels }), options)).loss;
+    return (await this.model.call('loss', { ...this.textInputs(input), labels: input.labels }, options)).loss;
   }
 
   /** softmax(logits / temperature) per position [B, T, V], differentiable (soft token bridge). */
@@ -387,7 +338,7 @@ export class Blip {
   /** Decoder start ids for a prompt: [CLS] prompt [SEP]; generate replaces [CLS] by BOS and drops [SEP]. */
   private promptTensor(prompt: number[]): Tensor {
     if (!Array.isArray(prompt)) throw invalid('prompt', 'an array of token ids', prompt);
-    const vocab = this.config?.text_config?.vocab_size ?? 30524;
+    const vocab = this.vocabSize;
     prompt.forEach((id, i) => expectInteger(`prompt[${i}]`, id, { min: 0, max: vocab - 1 }));
     const ids = [this.special.cls, ...prompt, this.special.sep];
     return Tensor.fromTypedArray(ids, [1, ids.length], 'int64');
@@ -401,21 +352,18 @@ export class Blip {
     const prompt = opts.prompt && opts.prompt.length > 0 ? this.promptTensor(opts.prompt) : undefined;
     const promptLength = 1 + (opts.prompt?.length ?? 0);
     if (promptLength >= (options.max_length as number)) throw invalid('maxLength', `more than the start token + prompt length (${promptLength})`, options.max_length);
-    let out: Record<string, Tensor> = {};
+    let out: CaptionerGeneration = {} as CaptionerGeneration;
     try {
       out = await noGrad(() =>
         this.model.call('generate', { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds, input_ids: prompt }, options),
       );
-      const sequences = rows(out.sequences);
+      const sequences = tensorRows(out.sequences);
       const tokens = sequences.map((row) => {
         const gen = row.slice(promptLength);
         const end = gen.indexOf(this.special.sep);
         return end >= 0 ? gen.slice(0, end) : gen.filter((id) => id !== this.special.pad);
       });
-      let scores: number[];
-      if (out.sequences_scores) scores = Array.from(out.sequences_scores.toFloat32Array());
-      else scores = rows(out.token_logprobs).map((r) => r.reduce((a, b) => a + b, 0));
-      return { sequences, tokens, scores, promptLength, numReturnSequences: options.num_return_sequences as number };
+      return { sequences, tokens, scores: generationScores(out), promptLength, numReturnSequences: options.num_return_sequences as number };
     } finally {
       prompt?.dispose();
       disposeAll(out);
@@ -431,29 +379,17 @@ export class Blip {
     if (!Array.isArray(images)) throw invalid('images', 'an array of image paths or RGB images', images);
     const tokenizer = opts.tokenizer ?? this.defaultTokenizer();
     const batchSize = expectInteger('batchSize', opts.batchSize ?? 8, { min: 1 });
-    const size = expectInteger('imageSize', opts.imageSize ?? this.config?.vision_config?.image_size ?? 384, { min: 1 });
+    const size = expectInteger('imageSize', opts.imageSize ?? this.imageSize, { min: 1 });
     const { prompt: promptText, tokenizer: _t, batchSize: _b, imageSize: _s, onProgress, ...generate } = opts;
     const prompt = promptText !== undefined ? tokenizer.encode(expectString('prompt', promptText)) : undefined;
     blipNativeGenerateOptions(generate); // validate before decoding any image
-    const recipe = blipPreprocess(size);
-    const captions: string[][] = [];
-    for (let start = 0; start < images.length; start += batchSize) {
-      const chunk = images.slice(start, start + batchSize);
-      const decoded = await Promise.all(chunk.map((img, i) => (typeof img === 'string' ? loadImage(img) : Promise.resolve(img)).catch((err) => {
-        throw err instanceof RoundtripError ? err : new RoundtripError(`images[${start + i}]: ${err instanceof Error ? err.message : String(err)}`);
-      })));
-      const batch = preprocessBatch(decoded, recipe);
-      const pixels = Tensor.fromTypedArray(batch.data as Float32Array, batch.shape);
-      try {
-        const gen = await this.generate(pixels, { ...generate, prompt });
-        const k = gen.numReturnSequences;
-        for (let i = 0; i < chunk.length; i++) captions.push(gen.tokens.slice(i * k, (i + 1) * k).map((ids) => tokenizer.decode(ids, { skipSpecial: true })));
-      } finally {
-        pixels.dispose();
-      }
-      onProgress?.(Math.min(start + batchSize, images.length), images.length);
-    }
-    return captions;
+    return captionBatches(images, {
+      batchSize,
+      recipe: blipPreprocess(size),
+      generate: (pixels) => this.generate(pixels, { ...generate, prompt }),
+      decode: (ids) => tokenizer.decode(ids, { skipSpecial: true }),
+      onProgress,
+    });
   }
 
   private defaultTokenizer(): CaptionTokenizer {

@@ -8,23 +8,24 @@
  * Memory: blip2-opt-2.7b has 3,744,679,936 parameters: ~15 GB in fp32 on the CPU (plus activations);
  * on CUDA use `model.setAutocast('fp16'|'bf16')` or load fp16/bf16 weights converted to the model dtype.
  */
+import { CONFIG_DEFAULTS, configInt } from './config-defaults';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { NativeModel, WeightsReport } from '../model';
 import { Tensor, disposeAll, noGrad } from '../tensor';
+import type { CaptionerGeneration, CaptionerTextInputs } from '../native-methods';
 import { hfWeightFiles } from '../weights/files';
-import { blipPreprocess, loadImage, preprocessBatch, preprocessFromHfConfig, PreprocessConfig, RgbImage } from '../image';
+import { blipPreprocess, preprocessFromHfConfig, PreprocessConfig, RgbImage } from '../image';
 import { loadOptTokenizer, OptTokenizer } from '../tokenizers/opt';
 import { readJsonFile } from '../json';
-import { BLIP_STRATEGIES, BlipStrategy, CaptionTokenizer } from './blip';
+import { CaptionTokenizer } from './blip';
+import { captionBatches, DECODING_STRATEGIES, DecodingOptions, generationScores, nativeDecodingOptions, tensorRows } from './decoding';
 
-/** Decoding strategies: the same set as BLIP's. */
-export const BLIP2_STRATEGIES = BLIP_STRATEGIES;
+/** Decoding strategies: the same set as BLIP's (lib/models/decoding.ts). */
+export const BLIP2_STRATEGIES = DECODING_STRATEGIES;
 
-export interface Blip2GenerateOptions {
-  /** Default 'beam'. */
-  strategy?: BlipStrategy;
+export interface Blip2GenerateOptions extends DecodingOptions {
   /** Beams for 'beam'; default 5 (LAVIS' captioning setting). */
   numBeams?: number;
   /**
@@ -37,21 +38,8 @@ export interface Blip2GenerateOptions {
   minLength?: number;
   /** EOS is blocked until this many tokens were generated; default 1 (no empty captions). */
   minNewTokens?: number;
-  /** Nucleus mass for 'top-p'; default 0.9. */
-  topP?: number;
-  /** k for 'top-k' (default 50); 'top-p' also applies transformers' default top-k of 50 (0 disables it). */
-  topK?: number;
-  /** Softmax temperature of the sampling strategies; default 1. */
-  temperature?: number;
-  repetitionPenalty?: number;
-  /** Beam score = sum log p / generated_length ** lengthPenalty; default 1. */
-  lengthPenalty?: number;
-  earlyStopping?: boolean | 'never';
-  /** Sequences per image: sampled independently, or the best K beams (K ≤ numBeams). Default 1. */
-  numReturnSequences?: number;
   /** Prompt token ids without BOS (BOS is put first, as the OPT tokenizer does). */
   prompt?: number[];
-  seed?: number;
 }
 
 /** Result of `Blip2.generate`, rows image-major (image i's K sequences are rows i·K … i·K+K-1). */
@@ -100,17 +88,25 @@ export interface Blip2CaptionOptions extends Omit<Blip2GenerateOptions, 'prompt'
 }
 
 /**
- * What finetuning may train in BLIP-2 (the OPT language model stays frozen): the Q-Former cross-attention
- * query projections (default, the analogue of BLIP's cross-attention queries), the language projection, or
- * nothing.
+ * What finetuning may train in BLIP-2; the vision tower and the OPT language model always stay frozen (no
+ * gradient buffers). Published key names:
+ * - `xattn-q` (default, the analogue of BLIP's cross-attention queries): the query projections of the Q-Former's
+ *   cross-attention to the image, `qformer.encoder.layer.{i}.crossattention.attention.query.{weight,bias}` (layers
+ *   with i % cross_attention_frequency == 0);
+ * - `xattn-kv` / `xattn-qkv`: the same layers' `key`/`value` (and `query`) projections;
+ * - `projection`: `language_projection.{weight,bias}` (Q-Former width → OPT width);
+ * - `none`.
  */
-export const BLIP2_TRAINABLE_SETS = ['xattn-q', 'projection', 'none'] as const;
+export const BLIP2_TRAINABLE_SETS = ['xattn-q', 'xattn-kv', 'xattn-qkv', 'projection', 'none'] as const;
 export type Blip2TrainableSet = (typeof BLIP2_TRAINABLE_SETS)[number];
 
 /** Parameter-name patterns of a trainable set. */
 export function blip2TrainablePatterns(set: Blip2TrainableSet = 'xattn-q'): string[] {
   const s = expectOneOf('trainable set', set, BLIP2_TRAINABLE_SETS);
-  if (s === 'xattn-q') return ['^qformer\\.encoder\\.layer\\.\\d+\\.crossattention\\.attention\\.query\\.(weight|bias)$'];
+  const xattn = (p: string) => `^qformer\\.encoder\\.layer\\.\\d+\\.crossattention\\.attention\\.${p}\\.(weight|bias)$`;
+  if (s === 'xattn-q') return [xattn('query')];
+  if (s === 'xattn-kv') return [xattn('key'), xattn('value')];
+  if (s === 'xattn-qkv') return [xattn('query'), xattn('key'), xattn('value')];
   if (s === 'projection') return ['^language_projection\\.(weight|bias)$'];
   return [];
 }
@@ -120,13 +116,16 @@ export function blip2TrainablePatterns(set: Blip2TrainableSet = 'xattn-q'): stri
  * counted once (3,744,679,936 for blip2-opt-2.7b). Lets commands check memory before allocating anything.
  */
 export function blip2ParameterCount(config: any): number {
+  const d = CONFIG_DEFAULTS.blip2;
   const v = config?.vision_config ?? {};
-  const q = config?.qformer_config ?? {};
   const t = config?.text_config ?? {};
-  const Hv = v.hidden_size ?? 1408, Iv = v.intermediate_size ?? 6144, Lv = v.num_hidden_layers ?? 39, S = v.image_size ?? 224, p = v.patch_size ?? 14;
-  const Hq = q.hidden_size ?? 768, Iq = q.intermediate_size ?? 3072, Lq = q.num_hidden_layers ?? 12, f = q.cross_attention_frequency ?? 2;
-  const Ht = t.hidden_size ?? 768, F = t.ffn_dim ?? 3072, Lt = t.num_hidden_layers ?? 12, V = t.vocab_size ?? 50272, P = t.max_position_embeddings ?? 2048;
-  const Q = config?.num_query_tokens ?? 32;
+  const vi = (key: string, fallback: number) => configInt(config, ['vision_config', key], fallback, 'BLIP-2 config');
+  const qi = (key: string, fallback: number) => configInt(config, ['qformer_config', key], fallback, 'BLIP-2 config');
+  const ti = (key: string, fallback: number) => configInt(config, ['text_config', key], fallback, 'BLIP-2 config');
+  const Hv = vi('hidden_size', d.visionHidden), Iv = vi('intermediate_size', d.visionIntermediate), Lv = vi('num_hidden_layers', d.visionLayers), S = vi('image_size', d.imageSize), p = vi('patch_size', d.patchSize);
+  const Hq = qi('hidden_size', d.qformerHidden), Iq = qi('intermediate_size', d.qformerIntermediate), Lq = qi('num_hidden_layers', d.qformerLayers), f = qi('cross_attention_frequency', d.crossAttentionFrequency);
+  const Ht = ti('hidden_size', d.textHidden), F = ti('ffn_dim', d.textFfn), Lt = ti('num_hidden_layers', d.textLayers), V = ti('vocab_size', d.vocabSize), P = ti('max_position_embeddings', d.maxPositions);
+  const Q = configInt(config, ['num_query_tokens'], d.numQueryTokens, 'BLIP-2 config');
   const N = Math.floor(S / p) ** 2;
   const lin = (i: number, o: number, bias = true) => i * o + (bias ? o : 0);
   const vision = Hv + lin(3 * p * p, Hv) + (N + 1) * Hv + 2 * Hv + Lv * (4 * Hv + lin(Hv, 3 * Hv, v.qkv_bias ?? true) + lin(Hv, Hv) + lin(Hv, Iv) + lin(Iv, Hv));
@@ -144,9 +143,10 @@ export function blip2ParameterCount(config: any): number {
 
 /** Bytes a BLIP-2 caption batch needs in fp32: the weights, the OPT KV cache of every row, and a step's logits. */
 export function estimateBlip2Generate(config: any, o: { batch: number; rows: number; tokens: number }): number {
-  const t = config?.text_config ?? {};
-  const Ht = t.hidden_size ?? 768, Lt = t.num_hidden_layers ?? 12, V = t.vocab_size ?? 50272;
-  const R = o.batch * o.rows, S = (config?.num_query_tokens ?? 32) + o.tokens + 1;
+  const d = CONFIG_DEFAULTS.blip2;
+  const t = (key: string, fallback: number) => configInt(config, ['text_config', key], fallback, 'BLIP-2 config');
+  const Ht = t('hidden_size', d.textHidden), Lt = t('num_hidden_layers', d.textLayers), V = t('vocab_size', d.vocabSize);
+  const R = o.batch * o.rows, S = configInt(config, ['num_query_tokens'], d.numQueryTokens, 'BLIP-2 config') + o.tokens + 1;
   return 4 * (blip2ParameterCount(config) + 2 * Lt * R * S * Ht + 4 * R * V);
 }
 
@@ -157,59 +157,31 @@ export function isBlip2Config(config: any): boolean {
 
 /** Native generate() options for a strategy, validated; exported for the CLI and tests. */
 export function blip2NativeGenerateOptions(opts: Blip2GenerateOptions = {}): Record<string, unknown> {
-  const strategy = expectOneOf('strategy', opts.strategy ?? 'beam', BLIP2_STRATEGIES);
-  const k = expectInteger('numReturnSequences', opts.numReturnSequences ?? 1, { min: 1 });
   const out: Record<string, unknown> = {
     min_length: expectInteger('minLength', opts.minLength ?? 0, { min: 0 }),
     min_new_tokens: expectInteger('minNewTokens', opts.minNewTokens ?? 1, { min: 0 }),
-    num_return_sequences: k,
-    repetition_penalty: expectNumber('repetitionPenalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }),
-    length_penalty: expectNumber('lengthPenalty', opts.lengthPenalty ?? 1),
   };
   if (opts.maxLength !== undefined && opts.maxNewTokens === undefined) out.max_length = expectInteger('maxLength', opts.maxLength, { min: 2 });
   else out.max_new_tokens = expectInteger('maxNewTokens', opts.maxNewTokens ?? 30, { min: 1 });
-  if (opts.earlyStopping !== undefined) {
-    if (opts.earlyStopping !== true && opts.earlyStopping !== false && opts.earlyStopping !== 'never') throw invalid('earlyStopping', 'true, false or "never"', opts.earlyStopping);
-    out.early_stopping = opts.earlyStopping;
-  }
-  if (opts.seed !== undefined) out.seed = expectInteger('seed', opts.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
-  const temperature = expectNumber('temperature', opts.temperature ?? 1, { min: 0, exclusiveMin: true });
-  if (strategy === 'greedy') {
-    if (k !== 1) throw invalid('numReturnSequences', '1 for greedy decoding (use beam or a sampling strategy for several)', k);
-    Object.assign(out, { num_beams: 1, do_sample: false });
-  } else if (strategy === 'beam') {
-    const beams = expectInteger('numBeams', opts.numBeams ?? 5, { min: 1 });
-    if (k > beams) throw invalid('numReturnSequences', `at most numBeams (${beams})`, k);
-    Object.assign(out, { num_beams: beams, do_sample: false });
-  } else {
-    const topK = expectInteger('topK', opts.topK ?? (strategy === 'temperature' ? 0 : 50), { min: 0 });
-    const topP = strategy === 'top-p' ? expectNumber('topP', opts.topP ?? 0.9, { min: 0, max: 1, exclusiveMin: true }) : 1;
-    Object.assign(out, { num_beams: 1, do_sample: true, temperature, top_k: topK, top_p: topP });
-  }
-  return out;
-}
-
-function rows(t: Tensor): number[][] {
-  const [n, m] = t.shape;
-  const data = t.toTypedArray();
-  const out: number[][] = [];
-  for (let i = 0; i < n; i++) {
-    const row = new Array<number>(m);
-    for (let j = 0; j < m; j++) row[j] = Number(data[i * m + j]);
-    out.push(row);
-  }
-  return out;
+  return { ...out, ...nativeDecodingOptions(opts, 5) };
 }
 
 export class Blip2 {
-  readonly model: NativeModel;
+  get imageSize(): number {
+    return configInt(this.config, ['vision_config', 'image_size'], CONFIG_DEFAULTS.blip2.imageSize, 'BLIP-2 config');
+  }
+  get vocabSize(): number {
+    return configInt(this.config, ['text_config', 'vocab_size'], CONFIG_DEFAULTS.blip2.vocabSize, 'BLIP-2 config');
+  }
+
+  readonly model: NativeModel<'blip2'>;
   readonly config: any;
   /** OPT special ids from text_config (EOS is 50118 "\n" in blip2-opt-2.7b, not BOS). */
   readonly special: { bos: number; eos: number; pad: number };
   /** The folder the model was loaded from (tokenizer and preprocessor defaults). */
   dir?: string;
 
-  private constructor(model: NativeModel, config: any) {
+  private constructor(model: NativeModel<'blip2'>, config: any) {
     this.model = model;
     this.config = config;
     const t = config?.text_config ?? {};
@@ -280,13 +252,13 @@ export class Blip2 {
     return { qformerLastHiddenState: out.qformer_last_hidden_state, languageProjection: out.language_projection };
   }
 
-  private imageInputs(input: Blip2ImageInput): Record<string, Tensor | undefined> {
+  private imageInputs(input: Blip2ImageInput): { pixel_values?: Tensor; image_embeds?: Tensor } {
     if (!input.pixelValues && !input.imageEmbeds) throw new RoundtripError('BLIP-2: needs pixelValues or imageEmbeds');
     return { pixel_values: input.imageEmbeds ? undefined : input.pixelValues, image_embeds: input.imageEmbeds };
   }
 
-  private textInputs(input: Blip2TextInput, extra: Record<string, Tensor | undefined> = {}): Record<string, Tensor | undefined> {
-    return { ...this.imageInputs(input), input_ids: input.inputIds, attention_mask: input.attentionMask, ...extra };
+  private textInputs(input: Blip2TextInput): CaptionerTextInputs {
+    return { ...this.imageInputs(input), input_ids: input.inputIds, attention_mask: input.attentionMask };
   }
 
   /** LM logits [B, Q+T, V] over the query and text positions (`textOnly`: the last T, position t predicts t+1). */
@@ -298,7 +270,7 @@ export class Blip2 {
   async loss(input: Blip2TextInput & { labels: Tensor }, opts: { labelSmoothing?: number } = {}): Promise<Tensor> {
     const options: Record<string, number> = {};
     if (opts.labelSmoothing !== undefined) options.label_smoothing = expectNumber('labelSmoothing', opts.labelSmoothing, { min: 0, max: 1 });
-    return (await this.model.call('loss', this.textInputs(input, { labels: input.labels }), options)).loss;
+    return (await this.model.call('loss', { ...this.textInputs(input), labels: input.labels }, options)).loss;
   }
 
   /** softmax(text logits / temperature) [B, T, V], differentiable (the soft token bridge). */
@@ -314,22 +286,21 @@ export class Blip2 {
     let prompt: Tensor | undefined;
     if (opts.prompt && opts.prompt.length > 0) {
       if (!Array.isArray(opts.prompt)) throw invalid('prompt', 'an array of token ids', opts.prompt);
-      const vocab = this.config?.text_config?.vocab_size ?? 50272;
+      const vocab = this.vocabSize;
       opts.prompt.forEach((id, i) => expectInteger(`prompt[${i}]`, id, { min: 0, max: vocab - 1 }));
       const ids = [this.special.bos, ...opts.prompt];
       prompt = Tensor.fromTypedArray(ids, [1, ids.length], 'int64');
     }
-    let out: Record<string, Tensor> = {};
+    let out: CaptionerGeneration = {} as CaptionerGeneration;
     try {
       out = await noGrad(() => this.model.call('generate', { ...this.imageInputs(input), input_ids: prompt }, options));
-      const sequences = rows(out.sequences);
+      const sequences = tensorRows(out.sequences);
       const tokens = sequences.map((row) => {
         const gen = row.slice(1);
         const end = gen.indexOf(this.special.eos);
         return (end >= 0 ? gen.slice(0, end) : gen).filter((id) => id !== this.special.pad);
       });
-      const scores = out.sequences_scores ? Array.from(out.sequences_scores.toFloat32Array()) : rows(out.token_logprobs).map((r) => r.reduce((a, b) => a + b, 0));
-      return { sequences, tokens, scores, numReturnSequences: options.num_return_sequences as number };
+      return { sequences, tokens, scores: generationScores(out), numReturnSequences: options.num_return_sequences as number };
     } finally {
       prompt?.dispose();
       disposeAll(out);
@@ -340,7 +311,7 @@ export class Blip2 {
   preprocessConfig(): PreprocessConfig {
     const file = this.dir ? path.join(this.dir, 'preprocessor_config.json') : undefined;
     if (file && fs.existsSync(file)) return preprocessFromHfConfig(readJsonFile(file, { object: true }), file);
-    return blipPreprocess(this.config?.vision_config?.image_size ?? 224);
+    return blipPreprocess(this.imageSize);
   }
 
   /**
@@ -354,29 +325,13 @@ export class Blip2 {
     const { prompt: promptText, tokenizer: _t, batchSize: _b, onProgress, ...generate } = opts;
     const prompt = promptText !== undefined && promptText !== '' ? tokenizer.encode(expectString('prompt', promptText)) : undefined;
     blip2NativeGenerateOptions(generate); // validate before decoding any image
-    const recipe = this.preprocessConfig();
-    const captions: string[][] = [];
-    for (let start = 0; start < images.length; start += batchSize) {
-      const chunk = images.slice(start, start + batchSize);
-      const decoded = await Promise.all(
-        chunk.map((img, i) =>
-          (typeof img === 'string' ? loadImage(img) : Promise.resolve(img)).catch((err) => {
-            throw err instanceof RoundtripError ? err : new RoundtripError(`images[${start + i}]: ${err instanceof Error ? err.message : String(err)}`);
-          }),
-        ),
-      );
-      const batch = preprocessBatch(decoded, recipe);
-      const pixels = Tensor.fromTypedArray(batch.data as Float32Array, batch.shape);
-      try {
-        const gen = await this.generate(pixels, { ...generate, prompt });
-        const k = gen.numReturnSequences;
-        for (let i = 0; i < chunk.length; i++) captions.push(gen.tokens.slice(i * k, (i + 1) * k).map((ids) => tokenizer.decode(ids, { skipSpecial: true }).trim()));
-      } finally {
-        pixels.dispose();
-      }
-      onProgress?.(Math.min(start + batchSize, images.length), images.length);
-    }
-    return captions;
+    return captionBatches(images, {
+      batchSize,
+      recipe: this.preprocessConfig(),
+      generate: (pixels) => this.generate(pixels, { ...generate, prompt }),
+      decode: (ids) => tokenizer.decode(ids, { skipSpecial: true }).trim(),
+      onProgress,
+    });
   }
 
   /** The OPT tokenizer of the folder the model was loaded from. */

@@ -10,6 +10,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectOneOf, invalid } from '../errors';
 import { LoadWeightsOptions, NativeModel } from '../model';
+import type { MethodOutputs, ModelKind } from '../native-methods';
 import { Tensor } from '../tensor';
 import { readJsonFile } from '../json';
 
@@ -26,7 +27,7 @@ export function weightFiles(dir: string): string[] {
 }
 
 /** Creates a native model of `kind` from a folder's config.json and loads its safetensors weights. */
-export async function loadHfModel(kind: string, dir: string, opts: { device?: string; config?: any; weights?: LoadWeightsOptions } = {}): Promise<NativeModel> {
+export async function loadHfModel<K extends ModelKind>(kind: K, dir: string, opts: { device?: string; config?: any; weights?: LoadWeightsOptions } = {}): Promise<NativeModel<K>> {
   const config = opts.config ?? readConfig(dir);
   const model = await NativeModel.create(kind, config, { device: opts.device ?? 'cpu' });
   try {
@@ -47,7 +48,7 @@ export type ClipTextInput = { inputIds: Tensor; attentionMask?: Tensor } | { sof
 
 export class ClipModel {
   private constructor(
-    readonly native: NativeModel,
+    readonly native: NativeModel<'clip'>,
     readonly config: any,
   ) {}
 
@@ -58,7 +59,7 @@ export class ClipModel {
   }
 
   /** Wraps an already created native "clip" model. */
-  static wrap(native: NativeModel, config: any): ClipModel {
+  static wrap(native: NativeModel<'clip'>, config: any): ClipModel {
     if (native.kind !== 'clip') throw invalid('native model kind', '"clip"', native.kind);
     return new ClipModel(native, config);
   }
@@ -69,7 +70,7 @@ export class ClipModel {
   }
 
   /** Raw "text" outputs: last_hidden_state, pooler_output (+ text_embeds[_unnormalized] with a projection). */
-  async text(input: ClipTextInput): Promise<Record<string, Tensor>> {
+  async text(input: ClipTextInput): Promise<MethodOutputs<'clip', 'text'>> {
     if ('softTokens' in input && input.softTokens) return this.native.call('text', { soft_tokens: input.softTokens, input_ids: input.inputIds });
     const ids = (input as { inputIds?: Tensor }).inputIds;
     if (!ids) throw invalid('CLIP text input', '{inputIds} or {softTokens}', input);
@@ -77,7 +78,7 @@ export class ClipModel {
   }
 
   /** Raw "vision" outputs: last_hidden_state, pooler_output, image_embeds[_unnormalized]. */
-  async vision(pixelValues: Tensor): Promise<Record<string, Tensor>> {
+  async vision(pixelValues: Tensor): Promise<MethodOutputs<'clip', 'vision'>> {
     return this.native.call('vision', { pixel_values: pixelValues });
   }
 
@@ -105,10 +106,10 @@ export class ClipModel {
 }
 
 /** Keeps one output and disposes the others. */
-export function pick(out: Record<string, Tensor>, name: string): Tensor {
-  const t = out[name];
+export function pick<O extends object>(out: O, name: keyof O & string): Tensor {
+  const t = (out as Record<string, Tensor | undefined>)[name];
   if (!t) throw new RoundtripError(`model output '${name}' is missing (got ${Object.keys(out).join(', ')})`);
-  for (const [k, v] of Object.entries(out)) if (k !== name) v.dispose();
+  for (const [k, v] of Object.entries(out as Record<string, Tensor>)) if (k !== name) v.dispose();
   return t;
 }
 

@@ -7,10 +7,10 @@
  * the same names), or the fixtures' deterministic formula weights (`inceptionFormulaWeights`), installed
  * with the model's "set_tensors" method so no file is written.
  */
-import * as fs from 'fs';
 import { RoundtripError, expectBoolean, expectString, invalid } from '../errors';
 import { NativeModel } from '../model';
 import { Tensor, disposeAll } from '../tensor';
+import { jsonPath, readJsonFile } from '../json';
 
 /** One tensor of a weight layout. */
 export interface TensorLayout {
@@ -107,14 +107,9 @@ export function inceptionFormulaWeights(tag: string, layout: readonly TensorLayo
 
 /** Reads a real-weights-layout.json ({keys: [{name, shape}]}). */
 export function readInceptionLayout(file: string): TensorLayout[] {
-  let json: any;
-  try {
-    json = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`${file}: cannot read the weight layout (${err instanceof Error ? err.message : String(err)})`);
-  }
-  if (!Array.isArray(json?.keys)) throw invalid(`${file}: keys`, 'an array of {name, shape}', json?.keys);
-  return json.keys.map((k: any) => ({ name: expectString(`${file}: key name`, k?.name), shape: k.shape as number[] }));
+  const json = readJsonFile(file, { what: 'weight layout', object: true });
+  if (!Array.isArray(json.keys)) throw invalid(jsonPath(file, 'keys'), 'an array of {name, shape}', json.keys);
+  return json.keys.map((k: any, i: number) => ({ name: expectString(jsonPath(file, 'keys', i, 'name'), k?.name), shape: k.shape as number[] }));
 }
 
 /** Features of a batch of images. */
@@ -126,7 +121,7 @@ export interface InceptionFeatures {
 }
 
 export class InceptionModel {
-  private constructor(readonly native: NativeModel) {}
+  private constructor(readonly native: NativeModel<'inception'>) {}
 
   /** An inception network with untrained weights (load or set weights before use). */
   static async create(opts: { device?: string } = {}): Promise<InceptionModel> {

@@ -91,7 +91,7 @@ export function dinoConfigFromTensors(tensors: Record<string, Tensor>, numHeads:
 
 export class VitModel {
   private constructor(
-    readonly native: NativeModel,
+    readonly native: NativeModel<'vit'>,
     readonly config: any,
   ) {}
 

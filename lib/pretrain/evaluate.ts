@@ -43,7 +43,7 @@ function indices(n: number, limit?: number): number[] {
   return Array.from({ length: Math.min(n, limit ?? n) }, (_, i) => i);
 }
 
-export async function evaluateClip(clip: NativeModel, tokenizer: ClipTokenizer, test: SplitData, size: number, opts: { limit?: number; batch?: number } = {}): Promise<ClipMetrics> {
+export async function evaluateClip(clip: NativeModel<'clip'>, tokenizer: ClipTokenizer, test: SplitData, size: number, opts: { limit?: number; batch?: number } = {}): Promise<ClipMetrics> {
   const idx = indices(test.entries.length, opts.limit);
   const batch = opts.batch ?? 64;
   const images: Float32Array[] = [];

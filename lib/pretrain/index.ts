@@ -334,7 +334,7 @@ export async function pretrainWorld(options: PretrainOptions): Promise<PretrainR
 }
 
 /** SD's text_encoder file: the CLIP text tower's tensors under CLIPTextModel names (`text_model.*`). */
-async function saveTextTower(clip: NativeModel, file: string, dtype: 'float16' | 'float32'): Promise<void> {
+async function saveTextTower(clip: NativeModel<'clip'>, file: string, dtype: 'float16' | 'float32'): Promise<void> {
   const names = clip.parameters().map((p) => p.name).filter((n) => n.startsWith('text_model.'));
   const { saveTensors } = await import('../weights/save');
   const tensors = clip.tensors(names);

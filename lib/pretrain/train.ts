@@ -115,7 +115,7 @@ export function clipIds(tokenizer: ClipTokenizer, texts: readonly string[]): Ten
   return idsTensor(texts.map((t) => tokenizer.sd77(t).ids));
 }
 
-export async function trainClip(clip: NativeModel, tokenizer: ClipTokenizer, train: SplitData, size: number, s: LoopSettings): Promise<LoopResult> {
+export async function trainClip(clip: NativeModel<'clip'>, tokenizer: ClipTokenizer, train: SplitData, size: number, s: LoopSettings): Promise<LoopResult> {
   const sampler = new BatchSampler(train.entries.length, s.batch, deriveSeed(s.seed, 1), s.fixedBatch);
   const params = clip.tensors(clip.setTrainable(['.*']));
   return trainLoop('clip', params, s, async () => {
@@ -216,7 +216,7 @@ export function latentScalingFactor(latents: LatentSet, seed: number): number {
 }
 
 /** CLIP last_hidden_state [B, 77, D] of texts, without gradients (the text tower is frozen for the UNet). */
-export async function encodeTexts(clip: NativeModel, tokenizer: ClipTokenizer, texts: readonly string[]): Promise<Tensor> {
+export async function encodeTexts(clip: NativeModel<'clip'>, tokenizer: ClipTokenizer, texts: readonly string[]): Promise<Tensor> {
   return noGrad(async () => {
     const ids = clipIds(tokenizer, texts);
     const out = await clip.call('text', { input_ids: ids });
@@ -228,7 +228,7 @@ export async function encodeTexts(clip: NativeModel, tokenizer: ClipTokenizer, t
 
 export interface UnetTrainInputs {
   unet: UNet;
-  clip: NativeModel;
+  clip: NativeModel<'clip'>;
   tokenizer: ClipTokenizer;
   train: SplitData;
   latents: LatentSet;

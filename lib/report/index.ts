@@ -3,7 +3,6 @@
  * Markdown), the rank analysis of Figures 3/4 (data JSON + one SVG per quality metric) and an HTML
  * gallery. Several folders (shards of one run) are merged first.
  */
-import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../fsutil';

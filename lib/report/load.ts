@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, invalid } from '../errors';
-import { readJsonLines } from '../rerank/jsonl';
+import { readJsonFile, readJsonLines } from '../json';
 import { MANIFEST_FILE, RESULTS_FILE } from '../rerank/run';
 import { ItemRecord, RunManifest, RunSettings } from '../rerank/types';
 
@@ -32,12 +32,7 @@ export function loadRuns(dirs: readonly string[]): LoadedRuns {
     const dir = path.resolve(d);
     const manifestFile = path.join(dir, MANIFEST_FILE);
     if (!fs.existsSync(manifestFile)) throw new RoundtripError(`${dir}: not a rerank output folder (no ${MANIFEST_FILE})`);
-    let manifest: RunManifest;
-    try {
-      manifest = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as RunManifest;
-    } catch (err) {
-      throw new RoundtripError(`${manifestFile}: not valid JSON (${(err as Error).message})`);
-    }
+    const manifest = readJsonFile(manifestFile, { what: 'rerank manifest', object: true }) as RunManifest;
     if (!settings) settings = manifest.settings;
     else if (settingsKey(settings) !== settingsKey(manifest.settings)) {
       throw new RoundtripError(`${dir}: its settings (${MANIFEST_FILE}) differ from ${sources[0].dir}'s; only shards of one run can be merged`);

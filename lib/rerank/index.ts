@@ -5,7 +5,8 @@
  */
 export * from './types';
 export * from './data';
-export * from './jsonl';
+export { readJsonLines } from '../json';
+export { appendJsonLine } from '../fsutil';
 export * from './models';
 export * from './run';
 export { rerankI2t2i, blipCaptionOptions, captionScores, checkPromptLength } from './i2t2i';

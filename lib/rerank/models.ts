@@ -14,6 +14,7 @@ import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { VitModel } from '../models/vit';
 import { Tensor, noGrad, scope } from '../tensor';
 import { SdSettings } from './types';
+import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 /** Maps decoded images to embedding vectors. */
 export interface ImageEmbedder {
@@ -39,7 +40,7 @@ async function embedWith(images: readonly RgbImage[], recipe: ReturnType<typeof 
 /** CLIP image embeddings at the model's own input size (projected or pooled). */
 export function clipImageEmbedder(clip: ClipModel, variant: EmbeddingVariant): ImageEmbedder {
   if (!clip.hasVision) throw new RoundtripError('--clip: image similarity needs a full CLIP model with a vision tower');
-  const size = clip.config?.vision_config?.image_size ?? 224;
+  const size = configInt(clip.config, ['vision_config', 'image_size'], CONFIG_DEFAULTS.clip.imageSize, 'CLIP config');
   const recipe = clipPreprocess(size);
   return { name: 'clip', embed: (images) => embedWith(images, recipe, (p) => clip.encodeImage(p, { variant })) };
 }

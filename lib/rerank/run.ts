@@ -14,11 +14,10 @@ import { Rng, deriveSeed } from '../image/random';
 import { BLIP_STRATEGIES } from '../models/blip';
 import { SCHEDULER_NAMES } from '../models/sd/schedulers';
 import { DataItem, Dataset, DatasetOptions, Shard, loadDataset, parseShard, selectItems } from './data';
-import { checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../fsutil';
-import { readJsonFile } from '../json';
+import { appendJsonLine, checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../fsutil';
 import { LIMITS, checkMemory, estimateBlipGenerate, estimateSdSample, expectBounded } from '../limits';
 import { createProgress } from '../progress';
-import { appendJsonLine, readJsonLines } from './jsonl';
+import { readJsonFile, readJsonLines } from '../json';
 import { BlipSettings, Direction, IMAGE_SIMILARITIES, ItemRecord, RunManifest, RunSettings, SdSettings, Similarity, TEXT_SIMILARITIES } from './types';
 
 export const RESULTS_FILE = 'results.jsonl';
@@ -282,7 +281,7 @@ export function openRunFolder(direction: Direction, opts: RerankOptions): RunFol
   fs.mkdirSync(dir, { recursive: true });
   const manifestFile = path.join(dir, MANIFEST_FILE);
   if (fs.existsSync(manifestFile)) {
-    const old = JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as RunManifest;
+    const old = readJsonFile(manifestFile, { what: 'rerank manifest', object: true }) as RunManifest;
     if (comparable(old.settings) !== comparable(settings)) {
       throw new RoundtripError(`--out: ${dir} holds results of other settings (see ${manifestFile}); use another folder or the same settings to resume`);
     }

@@ -11,7 +11,7 @@ import { RoundtripError } from '../errors';
 import { ClipTextEncoder, SbertEncoder, clipTextEmbeddings, loadClipTextEncoder, loadSbertEncoder, sbertEmbeddings } from '../eval/text-embeddings';
 import { loadImage } from '../image';
 import { WordVectors, captionWmd, loadNltkStopwords, loadWordVectors } from '../metrics/wmd';
-import { Captioner, loadCaptioner } from '../models/captioner';
+import { loadCaptioner } from '../models/captioner';
 import { cosineDistance } from '../models/clip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { blipCaptionOptions, checkPromptLength } from './i2t2i';

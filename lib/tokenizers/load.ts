@@ -10,6 +10,7 @@ import { BertTokenizer, parseVocabTxt } from './bert';
 import { ClipTokenizer, OPENAI_MERGE_COUNT, openaiVocab, parseMerges } from './clip';
 import { Tokenizer, TokenizerKind } from './types';
 import { loadOptTokenizer } from './opt';
+import { readJsonFile } from '../json';
 
 export const BERT_VOCAB_FILE = 'vocab.txt';
 export const CLIP_VOCAB_FILE = 'vocab.json';
@@ -37,14 +38,7 @@ function readText(file: string): string {
   }
 }
 
-function readJson(file: string): unknown {
-  const text = readText(file);
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new RoundtripError(`tokenizer file ${file}: expected valid JSON, got a parse error (${(err as Error).message})`);
-  }
-}
+const readJson = (file: string): unknown => readJsonFile(file, { what: 'tokenizer file' });
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -19,6 +19,7 @@ import { describeWriteError, fsyncDirSync, writeFileAtomicSync } from '../fsutil
 import { loadSafetensors } from '../weights/safetensors';
 import { saveTensors } from '../weights/save';
 import { Tensor, disposeAll } from '../tensor';
+import { readJsonFile } from '../json';
 
 export interface OptimizerStateData {
   step: number;
@@ -111,12 +112,7 @@ export function resolveCheckpoint(spec: string, runDir: string): string {
 
 /** Reads a checkpoint folder back. */
 export async function loadCheckpoint(dir: string): Promise<CheckpointData> {
-  let state: any;
-  try {
-    state = JSON.parse(fs.readFileSync(path.join(dir, 'state.json'), 'utf8'));
-  } catch (err) {
-    throw new RoundtripError(`checkpoint ${dir}: unreadable state.json (${err instanceof Error ? err.message : String(err)})`);
-  }
+  const state = readJsonFile(path.join(dir, 'state.json'), { what: 'checkpoint state', object: true });
   const tensors: CheckpointData['tensors'] = {};
   for (const model of state.models as string[]) tensors[model] = await loadSafetensors(path.join(dir, `${model}.safetensors`));
   const moments = await loadSafetensors(path.join(dir, 'optimizer.safetensors'));

@@ -18,7 +18,7 @@ import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { checkpointsDir, listCheckpoints } from './checkpoint';
 import { native } from '../native';
-import { Tensor, disposeAll } from '../tensor';
+import { Tensor } from '../tensor';
 
 export const NAN_POLICIES = ['stop', 'skip-batch', 'lower-lr'] as const;
 export type NanPolicy = (typeof NAN_POLICIES)[number];
@@ -92,7 +92,7 @@ export function checkTensors(step: number, tensors: Record<string, Tensor>, boun
 /** Per-tensor gradient norms, to name the tensor behind a bad gradient norm (only on a trip: one read per tensor). */
 export function worstGradient(tensors: Record<string, Tensor>): { name: string; norm: number } | undefined {
   for (const [name, t] of Object.entries(tensors)) {
-    const norm = (native() as any).op('gradNorm', [t.handle], '{}') as number;
+    const norm = native().op('gradNorm', [t.handle], '{}');
     if (!Number.isFinite(norm)) return { name, norm };
   }
   return undefined;

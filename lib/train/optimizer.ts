@@ -1,6 +1,6 @@
 /** AdamW over a model's trainable tensors (one native call per step), with global-norm clipping. */
 import { RoundtripError } from '../errors';
-import { native } from '../native';
+import { native, NativeOptimizerHandle } from '../native';
 import { Tensor } from '../tensor';
 import type { OptimizerStateData } from './checkpoint';
 
@@ -12,16 +12,9 @@ export interface AdamWOptions {
   weightDecay?: number;
 }
 
-interface NativeOptimizer {
-  step(): Promise<void>;
-  zeroGrad(): void;
-  setLr(lr: number): void;
-  state(): { step: number; expAvg: any[]; expAvgSq: any[] };
-  loadState(step: number, expAvg: any[], expAvgSq: any[]): void;
-}
 
 export class AdamW {
-  private readonly handle: NativeOptimizer;
+  private readonly handle: NativeOptimizerHandle;
   readonly names: string[];
   readonly params: Tensor[];
 
@@ -30,14 +23,14 @@ export class AdamW {
     this.names = Object.keys(params);
     this.params = Object.values(params);
     try {
-      this.handle = (native() as any).createAdamW(this.params.map((p) => p.handle), JSON.stringify(opts));
+      this.handle = native().createAdamW(this.params.map((p) => p.handle), JSON.stringify(opts));
     } catch (err) {
       throw new RoundtripError(err instanceof Error ? err.message : String(err));
     }
   }
 
   /** The native optimizer, for native training steps that update with it (lib/finetune/joint-step.ts). */
-  get nativeHandle(): unknown {
+  get nativeHandle(): NativeOptimizerHandle {
     return this.handle;
   }
 
@@ -52,7 +45,7 @@ export class AdamW {
   }
   /** Clips the gradients' global L2 norm to `maxNorm`; returns the norm before clipping. */
   clipGradNorm(maxNorm: number): number {
-    return (native() as any).clipGradNorm(this.params.map((p) => p.handle), maxNorm);
+    return native().clipGradNorm(this.params.map((p) => p.handle), maxNorm);
   }
   exportState(): OptimizerStateData {
     const s = this.handle.state();

@@ -9,9 +9,8 @@
  * one, never a partial one, and a failed write leaves any existing target untouched.
  */
 import * as fs from 'fs';
-import * as path from 'path';
-import * as crypto from 'crypto';
 import { RoundtripError, expectString, invalid } from '../errors';
+import { landFileAtomic } from '../fsutil';
 import { DTYPE_SIZES } from './torchfile';
 
 /** One tensor to write. Give its bytes either directly (`data`) or as a lazy producer (`read`). */
@@ -105,20 +104,6 @@ async function writeAll(handle: fs.promises.FileHandle, buffer: Uint8Array, posi
   }
 }
 
-/** fsyncs a directory so that a rename in it is durable; some platforms cannot open directories, which is fine. */
-async function syncDirectory(dir: string): Promise<void> {
-  let handle: fs.promises.FileHandle | undefined;
-  try {
-    handle = await fs.promises.open(dir, 'r');
-    await handle.sync();
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EISDIR' && code !== 'EINVAL' && code !== 'EPERM' && code !== 'EACCES') throw err;
-  } finally {
-    await handle?.close();
-  }
-}
-
 /**
  * Writes a safetensors file atomically.
  * @param file target path; its directory must exist.
@@ -150,49 +135,39 @@ export async function writeSafetensors(
   }
   const header = safetensorsHeader(planned, metadata);
 
-  const dir = path.dirname(path.resolve(file));
-  const temp = path.join(dir, `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`);
-  let handle: fs.promises.FileHandle | undefined;
-  try {
-    handle = await fs.promises.open(temp, 'wx');
-    const out = handle;
-    // Small tensors (biases, norms) are coalesced into one buffer so each does not cost a write call.
-    const chunk = Buffer.allocUnsafeSlow(COALESCE_BYTES);
-    let chunkLength = 0;
-    let position = 0;
-    const flush = async (): Promise<void> => {
-      await writeAll(out, chunk.subarray(0, chunkLength), position);
-      position += chunkLength;
-      chunkLength = 0;
-    };
-    const append = async (data: Uint8Array): Promise<void> => {
-      if (data.byteLength > COALESCE_BYTES / 4) {
-        await flush();
-        await writeAll(out, data, position);
-        position += data.byteLength;
-        return;
+  return landFileAtomic(file, async (temp) => {
+    const out = await fs.promises.open(temp, 'wx');
+    try {
+      // Small tensors (biases, norms) are coalesced into one buffer so each does not cost a write call.
+      const chunk = Buffer.allocUnsafeSlow(COALESCE_BYTES);
+      let chunkLength = 0;
+      let position = 0;
+      const flush = async (): Promise<void> => {
+        await writeAll(out, chunk.subarray(0, chunkLength), position);
+        position += chunkLength;
+        chunkLength = 0;
+      };
+      const append = async (data: Uint8Array): Promise<void> => {
+        if (data.byteLength > COALESCE_BYTES / 4) {
+          await flush();
+          await writeAll(out, data, position);
+          position += data.byteLength;
+          return;
+        }
+        if (chunkLength + data.byteLength > COALESCE_BYTES) await flush();
+        chunk.set(data, chunkLength);
+        chunkLength += data.byteLength;
+      };
+      await append(header);
+      for (const p of planned) {
+        const data = p.entry.data ?? (await p.entry.read!());
+        checkBytes(data, p.byteLength, p.entry.name, file);
+        await append(data);
       }
-      if (chunkLength + data.byteLength > COALESCE_BYTES) await flush();
-      chunk.set(data, chunkLength);
-      chunkLength += data.byteLength;
-    };
-    await append(header);
-    for (const p of planned) {
-      const data = p.entry.data ?? (await p.entry.read!());
-      checkBytes(data, p.byteLength, p.entry.name, file);
-      await append(data);
+      await flush();
+      return { tensors: planned.length, bytes: position };
+    } finally {
+      await out.close();
     }
-    await flush();
-    await handle.sync();
-    await handle.close();
-    handle = undefined;
-    await fs.promises.rename(temp, file);
-    await syncDirectory(dir);
-    return { tensors: planned.length, bytes: position };
-  } catch (err) {
-    await handle?.close().catch(() => undefined);
-    await fs.promises.rm(temp, { force: true }).catch(() => undefined);
-    if (err instanceof RoundtripError) throw err;
-    throw new RoundtripError(`${file}: writing safetensors failed: ${(err as Error).message}`);
-  }
+  }, { what: 'writing safetensors failed', mkdir: false });
 }

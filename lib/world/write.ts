@@ -24,6 +24,7 @@ import { CAPTIONS_PER_IMAGE, captionScene } from './captions';
 import { MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, renderScene } from './render';
 import { ColorShape, SPLITS, Scene, Split, generateScene, heldOutPairs, pairPools, validateScene } from './scene';
 import { PALETTE } from './vocabulary';
+import { readJsonFileAsync } from '../json';
 
 /** Bumped whenever scenes, rendering or captions change for a given seed (invalidates written worlds). */
 export const WORLD_GENERATOR_VERSION = 1;
@@ -203,19 +204,7 @@ async function exists(file: string): Promise<boolean> {
 export async function readWorld(dir: string): Promise<WorldManifest> {
   expectString('world folder', dir);
   const file = path.join(dir, WORLD_MANIFEST);
-  let text: string;
-  try {
-    text = await fs.readFile(file, 'utf8');
-  } catch (error) {
-    throw new RoundtripError(`${file}: cannot read the world manifest: ${(error as Error).message}`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (error) {
-    throw new RoundtripError(`${file}: not valid JSON: ${(error as Error).message}`);
-  }
-  if (value === null || typeof value !== 'object') throw invalid(file, 'a world manifest object', value);
+  const value: unknown = await readJsonFileAsync(file, { what: 'the world manifest', object: true });
   const manifest = value as WorldManifest;
   if (manifest.format !== WORLD_FORMAT) throw invalid(`${file}: format`, JSON.stringify(WORLD_FORMAT), manifest.format);
   expectInteger(`${file}: version`, manifest.version, { min: 1 });

@@ -90,6 +90,22 @@ std::shared_ptr<Model> create_model(const std::string& kind, const json& config,
   return it->second(config, options);
 }
 
+std::map<std::string, ModelFactory>& components() {
+  static std::map<std::string, ModelFactory> r;
+  return r;
+}
+
+bool register_component(const std::string& name, ModelFactory factory) {
+  components()[name] = std::move(factory);
+  return true;
+}
+
+std::shared_ptr<Model> create_component(const std::string& name, const json& config, const json& options) {
+  auto it = components().find(name);
+  if (it == components().end()) throw Error("no native component '" + name + "' in this build");
+  return it->second(config, options);
+}
+
 std::shared_ptr<Model> create_model_from_files(const std::string& kind, const json& config, const json& options,
                                               const std::vector<std::string>& files, const json& load_options, json* report) {
   const auto t0 = std::chrono::steady_clock::now();

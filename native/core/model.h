@@ -41,6 +41,10 @@ using ModelFactory = std::function<std::shared_ptr<Model>(const json& config, co
 bool register_model(const std::string& kind, ModelFactory factory);
 std::shared_ptr<Model> create_model(const std::string& kind, const json& config, const json& options);
 std::vector<std::string> model_kinds();
+// Components with a model's call interface but no weights, which are not model kinds (the noise scheduler):
+// each has its own JS entry point (`createScheduler`), and `modelKinds()` does not list them.
+bool register_component(const std::string& name, ModelFactory factory);
+std::shared_ptr<Model> create_component(const std::string& name, const json& config, const json& options);
 // Builds a model whose parameters come from `files` (load_weights with every parameter required): parameters are
 // not randomly initialised first, and on CPU they are views of the mapped files. `report` receives load_weights'
 // report plus constructMs and loadMs.

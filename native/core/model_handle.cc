@@ -335,6 +335,25 @@ Napi::Value CreateModel(const Napi::CallbackInfo& info) {
   });
 }
 
+// createScheduler(kind, configJson) -> Promise<ModelHandle>: a noise scheduler (kind "ddpm", ..., or a diffusers
+// class name) from a scheduler_config.json object, called like a model (set_timesteps, step, ...); not a model kind.
+Napi::Value CreateScheduler(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    std::string kind = arg_string(info, 0, "kind");
+    json config = arg_json(info, 1, "config");
+    return run_async(info.Env(), [kind, config]() -> Finisher {
+      auto model = create_component("scheduler", config, json{{"scheduler", kind}});
+      return [model](Napi::Env env) -> Napi::Value {
+        Napi::Object o = ModelHandle::ctor.New({});
+        auto* h = Napi::ObjectWrap<ModelHandle>::Unwrap(o);
+        h->model = model;
+        h->kind = "scheduler";
+        return o;
+      };
+    });
+  });
+}
+
 std::shared_ptr<Model> model_from_js(const Napi::Value& v, const std::string& what) {
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(ModelHandle::ctor.Value())) throw Error(what + ": expected a native model handle");
   auto* h = Napi::ObjectWrap<ModelHandle>::Unwrap(v.As<Napi::Object>());
@@ -346,6 +365,7 @@ void InitModelHandle(Napi::Env env, Napi::Object exports) {
   ModelHandle::Init(env, exports);
   CancelToken::Init(env, exports);
   exports.Set("createModel", Napi::Function::New(env, CreateModel));
+  exports.Set("createScheduler", Napi::Function::New(env, CreateScheduler));
   exports.Set("modelKinds", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 return json_to_js(info.Env(), model_kinds());
               }));

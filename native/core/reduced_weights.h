@@ -3,7 +3,7 @@
 //
 // What is held: every frozen floating parameter with >= 2 dims (matrices, convolution kernels, embeddings), i.e.
 // nearly all of a model's bytes; 1-D tensors (biases, norm scales) and trained tensors stay fp32. What is
-// computed: fp32. linear, conv2d, embedding and matmul meeting a reduced-precision weight and an fp32 input
+// computed: fp32. linear, addmm, conv2d, embedding and matmul meeting a reduced-precision weight and an fp32 input
 // up-cast the weight for that one op (the fp32 copy is freed right after; libtorch 1.13's CPU kernels have no
 // mixed-dtype path), so the only error is the weights' rounding (bf16: 8 significant bits, fp16: 11). Their
 // backward up-casts again instead of keeping the fp32 copy, so training does not hold the copies either.

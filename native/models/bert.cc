@@ -1,19 +1,20 @@
 // BERT (transformers BertModel with pooler; sentence-transformers/all-MiniLM-L6-v2 layout), kind "bert".
+// encoder.layer.{i} is nn::BertLayer (nn/bert_layers.h), the layer BLIP's text decoder is built from.
 //
 // Method "encode": {input_ids [B,T], attention_mask [B,T] (default ones), token_type_ids [B,T] (default
 // zeros)} -> last_hidden_state [B,T,H] (padded positions computed, not zeroed), pooler_output [B,H],
 // cls [B,H], mean_pooled [B,H] (attention-mask mean, sentence-transformers Pooling) and
 // sentence_embedding [B,H] (mean_pooled / max(‖·‖₂, 1e-12): all-MiniLM-L6-v2's encode()).
+#include "nn/bert_layers.h"
 #include "nn/encoder_util.h"
 #include "nn/layers.h"
 
 namespace rt {
 namespace {
 
-struct BertConfig {
-  int64_t vocab = 30522, hidden = 768, intermediate = 3072, heads = 12, layers = 12, positions = 512, type_vocab = 2;
-  double eps = 1e-12;
-  std::string act = "gelu";
+// BertConfig: the encoder sizes (enc::EncoderSizes, BertConfig's defaults) and the embedding tables.
+struct BertConfig : enc::EncoderSizes {
+  int64_t vocab = 30522, positions = 512, type_vocab = 2;
 };
 
 struct BertEmbeddings : torch::nn::Module {
@@ -27,68 +28,11 @@ struct BertEmbeddings : torch::nn::Module {
   }
 };
 
-struct BertSelfAttention : torch::nn::Module {
-  torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr};
-  explicit BertSelfAttention(int64_t hidden) {
-    query = register_module("query", enc::linear(hidden, hidden));
-    key = register_module("key", enc::linear(hidden, hidden));
-    value = register_module("value", enc::linear(hidden, hidden));
-  }
-};
-
-// dense + residual + LayerNorm (post-LN), used after attention and after the MLP.
-struct BertOutput : torch::nn::Module {
-  torch::nn::Linear dense{nullptr};
-  torch::nn::LayerNorm LayerNorm{nullptr};
-  BertOutput(int64_t in, int64_t hidden, double eps) {
-    dense = register_module("dense", enc::linear(in, hidden));
-    LayerNorm = register_module("LayerNorm", enc::layer_norm(hidden, eps));
-  }
-  at::Tensor forward(const at::Tensor& h, const at::Tensor& residual) { return LayerNorm(dense(h) + residual); }
-};
-
-struct BertAttention : torch::nn::Module {
-  std::shared_ptr<BertSelfAttention> self;
-  std::shared_ptr<BertOutput> output;
-  int64_t heads;
-  double scale;
-  explicit BertAttention(const BertConfig& c) : heads(c.heads), scale(1.0 / std::sqrt(double(c.hidden / c.heads))) {
-    self = register_module("self", std::make_shared<BertSelfAttention>(c.hidden));
-    output = register_module("output", std::make_shared<BertOutput>(c.hidden, c.hidden, c.eps));
-  }
-  // x: [B, T, H], mask [B, 1, 1, T] -> [B, T, H]
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask) {
-    auto q = nn::split_heads(self->query(x), heads), k = nn::split_heads(self->key(x), heads), v = nn::split_heads(self->value(x), heads);
-    return output->forward(nn::merge_heads(nn::attention(q, k, v, mask, scale)), x);
-  }
-};
-
-struct BertIntermediate : torch::nn::Module {
-  torch::nn::Linear dense{nullptr};
-  BertIntermediate(int64_t hidden, int64_t inter) { dense = register_module("dense", enc::linear(hidden, inter)); }
-};
-
-struct BertLayer : torch::nn::Module {
-  std::shared_ptr<BertAttention> attention;
-  std::shared_ptr<BertIntermediate> intermediate;
-  std::shared_ptr<BertOutput> output;
-  std::string act;
-  explicit BertLayer(const BertConfig& c) : act(c.act) {
-    attention = register_module("attention", std::make_shared<BertAttention>(c));
-    intermediate = register_module("intermediate", std::make_shared<BertIntermediate>(c.hidden, c.intermediate));
-    output = register_module("output", std::make_shared<BertOutput>(c.intermediate, c.hidden, c.eps));
-  }
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& mask) {
-    at::Tensor a = attention->forward(x, mask);
-    return output->forward(nn::activation(act, intermediate->dense(a)), a);
-  }
-};
-
 struct BertEncoder : torch::nn::Module {
   torch::nn::ModuleList layer;
   explicit BertEncoder(const BertConfig& c) {
     layer = register_module("layer", torch::nn::ModuleList());
-    for (int64_t i = 0; i < c.layers; ++i) layer->push_back(std::make_shared<BertLayer>(c));
+    for (int64_t i = 0; i < c.layers; ++i) layer->push_back(nn::BertLayer(c.hidden, c.intermediate, c.heads, c.eps, c.act));
   }
 };
 
@@ -106,18 +50,12 @@ struct BertModel : Model {
   explicit BertModel(const json& c) {
     if (!c.is_object()) throw Error("bert: the config must be a JSON object");
     const std::string w = "bert config";
+    static_cast<enc::EncoderSizes&>(cfg) = enc::encoder_sizes(c, {}, w);
     cfg.vocab = enc::cfg_positive(c, "vocab_size", 30522, w);
-    cfg.hidden = enc::cfg_positive(c, "hidden_size", 768, w);
-    cfg.intermediate = enc::cfg_positive(c, "intermediate_size", 3072, w);
-    cfg.heads = enc::cfg_positive(c, "num_attention_heads", 12, w);
-    cfg.layers = enc::cfg_int(c, "num_hidden_layers", 12, w);
     cfg.positions = enc::cfg_positive(c, "max_position_embeddings", 512, w);
     cfg.type_vocab = enc::cfg_positive(c, "type_vocab_size", 2, w);
-    cfg.eps = enc::cfg_double(c, "layer_norm_eps", 1e-12, w);
-    cfg.act = enc::checked_act(enc::cfg_string(c, "hidden_act", "gelu", w), w);
     const std::string pet = enc::cfg_string(c, "position_embedding_type", "absolute", w);
     if (pet != "absolute") throw Error(w + ": position_embedding_type '" + pet + "' is not supported (only 'absolute')");
-    enc::check_heads(cfg.hidden, cfg.heads, w);
     embeddings = register_module("embeddings", std::make_shared<BertEmbeddings>(cfg));
     encoder = register_module("encoder", std::make_shared<BertEncoder>(cfg));
     pooler = register_module("pooler", std::make_shared<BertPooler>(cfg.hidden));
@@ -152,7 +90,7 @@ struct BertModel : Model {
     x = embeddings->LayerNorm(x + embeddings->position_embeddings->weight.narrow(0, 0, T).unsqueeze(0));  // [B, T, H]
     const at::Tensor maskf = mask.to(x.scalar_type());
     at::Tensor additive = ((1.0 - maskf) * nn::mask_min(x.scalar_type())).view({B, 1, 1, T});
-    for (auto& l : *encoder->layer) x = l->as<BertLayer>()->forward(x, additive);
+    for (auto& l : *encoder->layer) x = l->as<nn::BertLayerImpl>()->forward(x, additive);  // [B, T, H]
     at::Tensor cls = x.select(1, 0);
     at::Tensor pooled = at::tanh(pooler->dense(cls));
     at::Tensor m = maskf.unsqueeze(-1);  // [B, T, 1]

@@ -13,6 +13,7 @@
 #include "core/reduced_weights.h"
 #include "nn/checkpoint.h"
 #include "models/blip.h"
+#include "models/generation.h"
 
 namespace rt {
 namespace blip {
@@ -166,15 +167,8 @@ at::Tensor TextEmbeddingsImpl::forward(const at::Tensor& ids, int64_t past) {
   return LayerNorm(word_embeddings(ids) + position_embeddings(pos).unsqueeze(0));
 }
 
-TextLayerImpl::TextLayerImpl(const TextConfig& c) {
-  attention = register_module("attention", nn::BertAttention(c.hidden, c.hidden, c.heads, c.eps));
-  crossattention = register_module("crossattention", nn::BertAttention(c.hidden, c.encoder_hidden, c.heads, c.eps));
-  intermediate = register_module("intermediate", nn::BertIntermediate(c.hidden, c.intermediate, c.act));
-  output = register_module("output", nn::BertAddNorm(c.intermediate, c.hidden, c.eps));
-}
-// x: [B, T, H]; self_mask additive [B, 1, T, past+T]; kv holds this layer's cache -> [B, T, H]
-at::Tensor TextLayerImpl::forward(const at::Tensor& x, const at::Tensor& self_mask, LayerKV& kv, bool cache) {
-  auto [k, v] = attention->self->keys_values(x);
+at::Tensor text_layer_forward(nn::BertLayerImpl& layer, const at::Tensor& x, const at::Tensor& self_mask, LayerKV& kv, bool cache) {
+  auto [k, v] = layer.attention->self->keys_values(x);
   if (kv.self_k.defined()) {
     k = at::cat({kv.self_k, k}, 2);
     v = at::cat({kv.self_v, v}, 2);
@@ -183,15 +177,13 @@ at::Tensor TextLayerImpl::forward(const at::Tensor& x, const at::Tensor& self_ma
     kv.self_k = k;
     kv.self_v = v;
   }
-  at::Tensor h = attention(x, k, v, self_mask);
   // The image mask is all ones, so cross-attention needs no additive mask.
-  h = crossattention(h, kv.cross_k, kv.cross_v, at::Tensor());
-  return output(intermediate(h), h);
+  return layer.forward(x, k, v, self_mask, kv.cross_k, kv.cross_v, at::Tensor());
 }
 
 TextEncoderImpl::TextEncoderImpl(const TextConfig& c) {
   layer = register_module("layer", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.layers; ++i) layer->push_back(TextLayer(c));
+  for (int64_t i = 0; i < c.layers; ++i) layer->push_back(nn::BertLayer(c.hidden, c.intermediate, c.heads, c.eps, c.act, c.encoder_hidden));
 }
 
 TextModelImpl::TextModelImpl(const TextConfig& c) {
@@ -232,7 +224,7 @@ at::Tensor TextDecoderImpl::self_mask(const at::Tensor& mask2d, int64_t T, at::S
 DecoderCache TextDecoderImpl::start_cache(const at::Tensor& image_embeds, int64_t repeat) {
   DecoderCache cache;
   for (auto& m : *bert->encoder->layer) {
-    auto* layer = m->as<TextLayerImpl>();
+    auto* layer = m->as<nn::BertLayerImpl>();
     auto [k, v] = layer->crossattention->self->keys_values(image_embeds);
     if (repeat > 1) {
       k = k.repeat_interleave(repeat, 0);
@@ -252,18 +244,18 @@ at::Tensor TextDecoderImpl::hidden(const at::Tensor& ids, const at::Tensor& mask
   at::Tensor mask = self_mask(mask2d, T, x.scalar_type());
   size_t i = 0;
   for (auto& m : *bert->encoder->layer) {
-    auto* layer = m->as<TextLayerImpl>();
+    auto* layer = m->as<nn::BertLayerImpl>();
     LayerKV& kv = cache.layers[i++];
     if (checkpointing && !keep) {
       // Inputs: hidden states, mask and this layer's cross keys/values (trainable with xattn-kv).
       x = rt::nn::checkpoint(
           [layer](const std::vector<at::Tensor>& v) {
             LayerKV tmp{at::Tensor(), at::Tensor(), v[2], v[3]};
-            return layer->forward(v[0], v[1], tmp, false);
+            return text_layer_forward(*layer, v[0], v[1], tmp, false);
           },
           {x, mask, kv.cross_k, kv.cross_v});
     } else {
-      x = layer->forward(x, mask, kv, keep);
+      x = text_layer_forward(*layer, x, mask, kv, keep);
     }
   }
   if (keep) cache.past += T;
@@ -327,10 +319,7 @@ at::ScalarType BlipModel::param_dtype() const {
 }
 
 at::Tensor BlipModel::ids_input(const TensorMap& in, const std::string& name, const std::string& where) {
-  const at::Tensor& ids = need(in, name, where);
-  if (ids.dim() != 2) throw Error(where + ": " + name + " must be [B, T], got " + shape_str(ids.sizes()));
-  if (at::isFloatingType(ids.scalar_type())) throw Error(where + ": " + name + " must hold integer ids, got a floating tensor");
-  return ids.to(device(), at::kLong);
+  return gen::ids_input(in, name, where, device());
 }
 
 // Decoder logits over every position for teacher-forced input_ids: [B, T, V].
@@ -339,15 +328,7 @@ at::Tensor BlipModel::forward_logits(const TensorMap& in, const std::string& whe
   at::Tensor embeds = image_embeds(in, where);
   if (embeds.size(0) != ids.size(0))
     throw Error(where + ": " + std::to_string(embeds.size(0)) + " images but " + std::to_string(ids.size(0)) + " rows of input_ids");
-  at::Tensor mask;
-  auto mit = in.find("attention_mask");
-  if (mit != in.end()) {
-    mask = mit->second.to(device());
-    if (mask.sizes() != ids.sizes())
-      throw Error(where + ": attention_mask " + shape_str(mask.sizes()) + " does not match input_ids " + shape_str(ids.sizes()));
-  } else {
-    mask = at::ones_like(ids);
-  }
+  at::Tensor mask = gen::mask_input(in, ids, where);
   DecoderCache cache = text_decoder->start_cache(embeds, 1);
   return text_decoder->logits(text_decoder->hidden(ids, mask, cache, /*keep=*/false));
 }
@@ -378,13 +359,8 @@ TensorMap BlipModel::call(const std::string& method, const TensorMap& in, const 
     at::Tensor logits = forward_logits(in, where);
     if (labels.sizes() != logits.sizes().slice(0, 2))
       throw Error(where + ": labels " + shape_str(labels.sizes()) + " do not match input_ids " + shape_str(logits.sizes().slice(0, 2)));
-    const int64_t T = logits.size(1), V = logits.size(2);
     // Position t predicts token t+1: CE(logits[:, :-1], labels[:, 1:]), mean over non-ignored targets.
-    at::Tensor shifted = logits.narrow(1, 0, T - 1).reshape({-1, V}).to(at::kFloat);
-    at::Tensor targets = labels.narrow(1, 1, T - 1).reshape({-1});
-    namespace F = torch::nn::functional;
-    at::Tensor loss = F::cross_entropy(shifted, targets, F::CrossEntropyFuncOptions().ignore_index(-100).label_smoothing(smoothing));
-    return {{"loss", loss}};
+    return {{"loss", gen::shifted_caption_loss(logits, labels, smoothing)}};
   }
   if (method == "generate") return generate(*this, in, options);
   throw Error("blip: unknown method '" + method + "' (known: vision, positions, logits, loss, token_probs, generate)");

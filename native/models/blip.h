@@ -99,14 +99,10 @@ struct TextEmbeddingsImpl : torch::nn::Module {
 };
 TORCH_MODULE(TextEmbeddings);
 
-struct TextLayerImpl : torch::nn::Module {
-  nn::BertAttention attention{nullptr}, crossattention{nullptr};
-  nn::BertIntermediate intermediate{nullptr};
-  nn::BertAddNorm output{nullptr};
-  explicit TextLayerImpl(const TextConfig& c);
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& self_mask, LayerKV& kv, bool cache);
-};
-TORCH_MODULE(TextLayer);
+// text_decoder.bert.encoder.layer.{i}: nn::BertLayer with crossattention over the image embeddings.
+// x: [B, T, H]; self_mask additive [B, 1, T, past+T]; kv holds this layer's cache (appended when `cache`)
+// -> [B, T, H]
+at::Tensor text_layer_forward(nn::BertLayerImpl& layer, const at::Tensor& x, const at::Tensor& self_mask, LayerKV& kv, bool cache);
 
 struct TextEncoderImpl : torch::nn::Module {
   torch::nn::ModuleList layer{nullptr};

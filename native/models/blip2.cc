@@ -12,6 +12,7 @@
 //   token_probs  {... as logits}          options {temperature}     -> {probs} [B, T, V] (differentiable)
 //   generate     {pixel_values|image_embeds, input_ids?, attention_mask?}  options: blip2_generate.cc
 #include "models/blip2.h"
+#include "models/generation.h"
 
 #include "nn/checkpoint.h"
 #include "nn/encoder_util.h"
@@ -230,7 +231,9 @@ OptDecoderImpl::OptDecoderImpl(const OptConfig& c) {
 
 at::Tensor OptDecoderImpl::embed(const at::Tensor& ids) {
   const int64_t vocab = embed_tokens->weight.size(0);
-  if (ids.numel() > 0) {
+  // Ids on the CPU are checked here; ids on a device were checked where they entered (ids_input) or come from the
+  // model's own argmax, so no device sync is spent per call.
+  if (ids.numel() > 0 && ids.device().is_cpu()) {
     const auto lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     if (lo < 0 || hi >= vocab)
       throw Error("input_ids: token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
@@ -252,9 +255,11 @@ at::Tensor OptDecoderImpl::forward(const at::Tensor& embeds, const at::Tensor& m
   at::Tensor m = mask2d.to(at::kLong);
   // Positions come from the mask: cumsum(mask)·mask − 1 (padding reads row 1 after the offset 2).
   at::Tensor pos = (m.cumsum(1) * m - 1).narrow(1, past, T);
+  // A position is at most S − 1 (all ones), so S bounds the table row from the host sizes without a device sync
+  // (a left-padded row that would fit with fewer ones is refused too).
   const int64_t max_rows = embed_positions->weight.size(0);
-  if (pos.max().item<int64_t>() + 2 >= max_rows)
-    throw Error("language_model: " + std::to_string(pos.max().item<int64_t>() + 1) + " positions (query tokens + text) exceed text_config.max_position_embeddings " +
+  if (S + 1 >= max_rows)
+    throw Error("language_model: " + std::to_string(S) + " positions (query tokens + text) exceed text_config.max_position_embeddings " +
                 std::to_string(max_rows - 2));
   at::Tensor h = embeds + embed_positions(pos + 2);
   // Causal × padding mask, finfo.min on blocked keys: [R, 1, T, S].
@@ -351,10 +356,15 @@ std::pair<at::Tensor, at::Tensor> Blip2Model::query_outputs(const at::Tensor& em
 }
 
 at::Tensor Blip2Model::ids_input(const TensorMap& in, const std::string& name, const std::string& where) {
-  const at::Tensor& ids = need(in, name, where);
-  if (ids.dim() != 2) throw Error(where + ": " + name + " must be [B, T], got " + shape_str(ids.sizes()));
-  if (at::isFloatingType(ids.scalar_type())) throw Error(where + ": " + name + " must hold integer ids, got a floating tensor");
-  return ids.to(device(), at::kLong);
+  const at::Tensor& host = need(in, name, where);
+  // Checked before the move (on the host when the caller's ids are there): OptDecoder::embed skips device ids.
+  if (name != "labels" && host.numel() > 0 && !at::isFloatingType(host.scalar_type())) {
+    const int64_t vocab = language_model->model->decoder->embed_tokens->weight.size(0);
+    const auto lo = host.min().item<int64_t>(), hi = host.max().item<int64_t>();
+    if (lo < 0 || hi >= vocab)
+      throw Error(where + ": " + name + " token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+  }
+  return gen::ids_input(in, name, where, device());
 }
 
 // inputs_embeds = [projected queries | embed_tokens(ids)], mask = [ones(Q) | attention_mask] -> [B, Q+T, V]
@@ -363,15 +373,7 @@ at::Tensor Blip2Model::forward_logits(const TensorMap& in, const std::string& wh
   at::Tensor embeds = image_embeds(in, where);
   if (embeds.size(0) != ids.size(0))
     throw Error(where + ": " + std::to_string(embeds.size(0)) + " images but " + std::to_string(ids.size(0)) + " rows of input_ids");
-  at::Tensor mask;
-  auto mit = in.find("attention_mask");
-  if (mit != in.end()) {
-    mask = mit->second.to(device(), at::kLong);
-    if (mask.sizes() != ids.sizes())
-      throw Error(where + ": attention_mask " + shape_str(mask.sizes()) + " does not match input_ids " + shape_str(ids.sizes()));
-  } else {
-    mask = at::ones_like(ids);
-  }
+  at::Tensor mask = gen::mask_input(in, ids, where).to(at::kLong);
   at::Tensor lang = query_outputs(embeds).second;  // [B, Q, Ht]
   auto& dec = language_model->model->decoder;
   at::Tensor x = at::cat({lang, dec->embed(ids).to(lang.scalar_type())}, 1);
@@ -416,12 +418,8 @@ TensorMap Blip2Model::call(const std::string& method, const TensorMap& in, const
     if (labels.sizes() != ids.sizes())
       throw Error(where + ": labels " + shape_str(labels.sizes()) + " do not match input_ids " + shape_str(ids.sizes()));
     at::Tensor logits = text_logits();
-    const int64_t T = logits.size(1), V = logits.size(2);
-    if (T < 2) throw Error(where + ": input_ids needs at least 2 columns for a shifted loss, got " + shape_str(ids.sizes()));
-    at::Tensor shifted = logits.narrow(1, 0, T - 1).reshape({-1, V}).to(at::kFloat);
-    at::Tensor targets = labels.narrow(1, 1, T - 1).reshape({-1});
-    namespace F = torch::nn::functional;
-    return {{"loss", F::cross_entropy(shifted, targets, F::CrossEntropyFuncOptions().ignore_index(-100).label_smoothing(smoothing))}};
+    if (logits.size(1) < 2) throw Error(where + ": input_ids needs at least 2 columns for a shifted loss, got " + shape_str(ids.sizes()));
+    return {{"loss", gen::shifted_caption_loss(logits, labels, smoothing)}};
   }
   if (method == "generate") return generate(*this, in, options);
   throw Error("blip2: unknown method '" + method + "' (known: vision, queries, logits, loss, token_probs, generate)");

@@ -132,9 +132,9 @@ TensorMap sample_and_decode(const EpsModel& eps, const TensorMap& in, const json
 
 namespace {
 
-// A scheduler as a model kind, so TypeScript holds a handle and steps stay native:
-//   create('scheduler', schedulerConfig, {scheduler: 'ddim'}) then set_timesteps / scale_model_input / step /
-//   add_noise / get_velocity.
+// A scheduler behind a model's call interface, so TypeScript holds a handle and steps stay native (not a model
+// kind: the addon's createScheduler('ddim', schedulerConfig) builds it), then set_timesteps / scale_model_input /
+// step / add_noise / get_velocity.
 struct SchedulerModel : Model {
   std::unique_ptr<Scheduler> sched;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
@@ -211,7 +211,8 @@ struct SchedulerModel : Model {
   }
 };
 
-const bool registered = register_model("scheduler", [](const json& c, const json& o) { return std::make_shared<SchedulerModel>(c, o); });
+// Not a model kind: created by the addon's createScheduler (options {scheduler: kind}).
+const bool registered = register_component("scheduler", [](const json& c, const json& o) { return std::make_shared<SchedulerModel>(c, o); });
 
 }  // namespace
 }  // namespace rt::sd

@@ -8,71 +8,57 @@
 // The original facebookresearch/dino layout (blocks.{i}.attn.qkv fused, ...) is converted to these names
 // in TypeScript (lib/models/vit.ts) and installed with the "set_tensors" method; a file-level rename table
 // cannot split the fused qkv rows.
+#include "nn/bert_layers.h"
 #include "nn/encoder_util.h"
 #include "nn/layers.h"
 
 namespace rt {
 namespace {
 
-struct VitConfig {
-  int64_t hidden = 768, intermediate = 3072, heads = 12, layers = 12, image_size = 224, patch = 16, channels = 3;
-  double eps = 1e-12;
-  std::string act = "gelu";
+// ViTConfig: the encoder sizes (enc::EncoderSizes, ViTConfig's defaults), the patch grid and qkv_bias.
+struct VitConfig : enc::EncoderSizes {
+  int64_t image_size = 224, patch = 16, channels = 3;
   bool qkv_bias = true;
 };
 
-struct VitSelfAttention : torch::nn::Module {
-  torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr};
-  explicit VitSelfAttention(const VitConfig& c) {
-    query = register_module("query", enc::linear(c.hidden, c.hidden, c.qkv_bias));
-    key = register_module("key", enc::linear(c.hidden, c.hidden, c.qkv_bias));
-    value = register_module("value", enc::linear(c.hidden, c.hidden, c.qkv_bias));
-  }
-};
-
+// `attention`: `attention.{query,key,value}` (nn/bert_layers.h's projections; no mask) + `output.dense`.
 struct VitSelfOutput : torch::nn::Module {
   torch::nn::Linear dense{nullptr};
-  explicit VitSelfOutput(int64_t hidden) { dense = register_module("dense", enc::linear(hidden, hidden)); }
+  VitSelfOutput(int64_t in, int64_t out) { dense = register_module("dense", enc::linear(in, out)); }
 };
 
 struct VitAttention : torch::nn::Module {
-  std::shared_ptr<VitSelfAttention> attention;
+  nn::BertSelfAttention attention{nullptr};
   std::shared_ptr<VitSelfOutput> output;
-  int64_t heads;
-  double scale;
-  explicit VitAttention(const VitConfig& c) : heads(c.heads), scale(1.0 / std::sqrt(double(c.hidden / c.heads))) {
-    attention = register_module("attention", std::make_shared<VitSelfAttention>(c));
-    output = register_module("output", std::make_shared<VitSelfOutput>(c.hidden));
+  explicit VitAttention(const VitConfig& c) {
+    attention = register_module("attention", nn::BertSelfAttention(c.hidden, c.hidden, c.heads, c.qkv_bias));
+    output = register_module("output", std::make_shared<VitSelfOutput>(c.hidden, c.hidden));
   }
   // x: [B, T, D] -> [B, T, D]
   at::Tensor forward(const at::Tensor& x) {
-    auto q = nn::split_heads(attention->query(x), heads), k = nn::split_heads(attention->key(x), heads),
-         v = nn::split_heads(attention->value(x), heads);
-    return output->dense(nn::merge_heads(nn::attention(q, k, v, at::Tensor(), scale)));
+    auto [k, v] = attention->keys_values(x);
+    return output->dense(attention->attend(x, k, v, at::Tensor()));
   }
 };
 
-struct VitDense : torch::nn::Module {
-  torch::nn::Linear dense{nullptr};
-  VitDense(int64_t in, int64_t out) { dense = register_module("dense", enc::linear(in, out)); }
-};
-
-// Pre-LN block: x += attn(LN_before(x)); x += output.dense(act(intermediate.dense(LN_after(x)))).
+// Pre-LN block: x += attn(LN_before(x)); x += output.dense(intermediate(LN_after(x))), `intermediate` being
+// BERT's dense + activation (nn::BertIntermediate).
 struct VitLayer : torch::nn::Module {
   std::shared_ptr<VitAttention> attention;
-  std::shared_ptr<VitDense> intermediate, output;
+  nn::BertIntermediate intermediate{nullptr};
+  std::shared_ptr<VitSelfOutput> output;
   torch::nn::LayerNorm layernorm_before{nullptr}, layernorm_after{nullptr};
-  std::string act;
-  explicit VitLayer(const VitConfig& c) : act(c.act) {
+  explicit VitLayer(const VitConfig& c) {
     attention = register_module("attention", std::make_shared<VitAttention>(c));
-    intermediate = register_module("intermediate", std::make_shared<VitDense>(c.hidden, c.intermediate));
-    output = register_module("output", std::make_shared<VitDense>(c.intermediate, c.hidden));
+    intermediate = register_module("intermediate", nn::BertIntermediate(c.hidden, c.intermediate, c.act));
+    output = register_module("output", std::make_shared<VitSelfOutput>(c.intermediate, c.hidden));
     layernorm_before = register_module("layernorm_before", enc::layer_norm(c.hidden, c.eps));
     layernorm_after = register_module("layernorm_after", enc::layer_norm(c.hidden, c.eps));
   }
+  // x: [B, T, D] -> [B, T, D]
   at::Tensor forward(at::Tensor x) {
     x = x + attention->forward(layernorm_before(x));
-    return x + output->dense(nn::activation(act, intermediate->dense(layernorm_after(x))));
+    return x + output->dense(intermediate(layernorm_after(x)));
   }
 };
 
@@ -111,17 +97,11 @@ struct VitModel : Model {
   explicit VitModel(const json& c) {
     if (!c.is_object()) throw Error("vit: the config must be a JSON object");
     const std::string w = "vit config";
-    cfg.hidden = enc::cfg_positive(c, "hidden_size", 768, w);
-    cfg.intermediate = enc::cfg_positive(c, "intermediate_size", 3072, w);
-    cfg.heads = enc::cfg_positive(c, "num_attention_heads", 12, w);
-    cfg.layers = enc::cfg_int(c, "num_hidden_layers", 12, w);
+    static_cast<enc::EncoderSizes&>(cfg) = enc::encoder_sizes(c, {}, w);
+    cfg.qkv_bias = enc::cfg_bool(c, "qkv_bias", true, w);
     cfg.image_size = enc::cfg_positive(c, "image_size", 224, w);
     cfg.patch = enc::cfg_positive(c, "patch_size", 16, w);
     cfg.channels = enc::cfg_positive(c, "num_channels", 3, w);
-    cfg.eps = enc::cfg_double(c, "layer_norm_eps", 1e-12, w);
-    cfg.act = enc::checked_act(enc::cfg_string(c, "hidden_act", "gelu", w), w);
-    cfg.qkv_bias = enc::cfg_bool(c, "qkv_bias", true, w);
-    enc::check_heads(cfg.hidden, cfg.heads, w);
     grid = cfg.image_size / cfg.patch;
     if (grid < 1) throw Error(w + ": image_size " + std::to_string(cfg.image_size) + " is smaller than patch_size " + std::to_string(cfg.patch));
     embeddings = register_module("embeddings", std::make_shared<VitEmbeddings>(cfg, grid));

@@ -62,6 +62,25 @@ inline std::string checked_act(const std::string& name, const std::string& where
   throw Error(where + ": unsupported hidden_act '" + name + "' (supported: gelu, quick_gelu, relu, silu)");
 }
 
+// The sizes a BERT-style encoder config holds (transformers' key names), read and checked (known activation,
+// heads dividing the width); `defaults` are the model's for missing keys.
+struct EncoderSizes {
+  int64_t hidden = 768, intermediate = 3072, heads = 12, layers = 12;
+  double eps = 1e-12;
+  std::string act = "gelu";
+};
+inline EncoderSizes encoder_sizes(const json& c, const EncoderSizes& defaults, const std::string& where) {
+  EncoderSizes s;
+  s.hidden = cfg_positive(c, "hidden_size", defaults.hidden, where);
+  s.intermediate = cfg_positive(c, "intermediate_size", defaults.intermediate, where);
+  s.heads = cfg_positive(c, "num_attention_heads", defaults.heads, where);
+  s.layers = cfg_int(c, "num_hidden_layers", defaults.layers, where);
+  s.eps = cfg_double(c, "layer_norm_eps", defaults.eps, where);
+  s.act = checked_act(cfg_string(c, "hidden_act", defaults.act, where), where);
+  check_heads(s.hidden, s.heads, where);
+  return s;
+}
+
 inline torch::nn::Linear linear(int64_t in, int64_t out, bool bias = true) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }

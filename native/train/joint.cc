@@ -9,6 +9,7 @@
 
 #include "core/autocast.h"
 #include "core/reduced_weights.h"
+#include "models/blip2.h"
 
 namespace rt::train {
 
@@ -178,11 +179,13 @@ at::Tensor JointObjective::vision_embeds(const at::Tensor& pixels) {
   return run();
 }
 
-// x: image embeddings [B, N, D] -> teacher-forced decoder logits [B, T, V].
+// x: image embeddings [B, N, D] -> teacher-forced decoder logits [B, T, V]. The captioner is BLIP or BLIP-2 OPT (its
+// kind read from the model): BLIP-2 runs Q-Former, projection and OPT and keeps the text positions of its
+// [B, Q+T, V] logits, so for either captioner row t predicts text token t+1.
 at::Tensor JointObjective::blip_logits(const at::Tensor& embeds, const MicroBatch& mb) {
-  return models.blip
-      ->call("logits", {{"image_embeds", embeds}, {"input_ids", mb.blip_ids}, {"attention_mask", mb.blip_mask}}, JointCallOptions(cfg))
-      .at("logits");
+  json o = JointCallOptions(cfg);
+  if (dynamic_cast<blip2::Blip2Model*>(models.blip.get())) o["text_only"] = true;
+  return models.blip->call("logits", {{"image_embeds", embeds}, {"input_ids", mb.blip_ids}, {"attention_mask", mb.blip_mask}}, o).at("logits");
 }
 
 // L_cap from logits [B, T, V]: CE(logits[:, :-1], labels[:, 1:]), -100 ignored, label smoothing (blip.cc "loss").

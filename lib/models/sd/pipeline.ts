@@ -13,6 +13,7 @@ import { preprocessImage, sdVaePreprocess } from '../../image/preprocess';
 import { Resample } from '../../image/resample';
 import type { RgbImage } from '../../image/types';
 import { Autocast, FrozenDtype, NativeModel } from '../../model';
+import type { ModelKind } from '../../native-methods';
 import { Tensor, disposeAll, noGrad } from '../../tensor';
 import { ClipTokenizer } from '../../tokenizers/clip';
 import { loadClipTokenizer } from '../../tokenizers/load';
@@ -123,7 +124,7 @@ export class StableDiffusionPipeline {
     readonly dir: string,
     readonly unet: UNet,
     readonly vae: VAE,
-    readonly textEncoder: NativeModel,
+    readonly textEncoder: NativeModel<'clip'>,
     readonly tokenizer: ClipTokenizer,
     readonly schedulerConfig: Record<string, unknown>,
     /** How each component loaded (wall time including construction; bytes mapped vs copied); folders only. */
@@ -226,21 +227,20 @@ export class StableDiffusionPipeline {
     const files = { unet: findWeightFiles(unetDir), vae: findWeightFiles(vaeDir), textEncoder: findWeightFiles(textDir) };
     const loadTimes: Partial<Record<PipelineComponent, ComponentLoad>> = {};
     // The three components load in parallel, each in one native call (parameters mapped, never initialised).
-    const timed = async (name: PipelineComponent, kind: string, config: object): Promise<NativeModel> => {
+    const timed = async <K extends ModelKind>(name: PipelineComponent, kind: K, config: object): Promise<NativeModel<K>> => {
       const start = performance.now();
       const m = await NativeModel.fromFiles(kind, config, files[name], { device: opts.device });
       const r = m.loadReport!;
       loadTimes[name] = { ms: performance.now() - start, mappedBytes: r.mappedBytes, copiedBytes: r.copiedBytes, file: files[name].join(', ') };
       return m;
     };
-    const settled = await Promise.allSettled([timed('unet', 'unet', unetConfig), timed('vae', 'vae', vaeConfig), timed('textEncoder', 'clip', textConfig)]);
-    const models = settled.map((r) => (r.status === 'fulfilled' ? r.value : undefined));
+    const settled = await Promise.allSettled([timed('unet', 'unet', unetConfig), timed('vae', 'vae', vaeConfig), timed('textEncoder', 'clip', textConfig)] as const);
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
-      models.forEach((m) => m?.dispose());
+      for (const r of settled) if (r.status === 'fulfilled') r.value.dispose();
       throw failed.reason;
     }
-    const [unetModel, vaeModel, text] = models as NativeModel[];
+    const [unetModel, vaeModel, text] = settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as [NativeModel<'unet'>, NativeModel<'vae'>, NativeModel<'clip'>];
     const unet = new UNet(unetModel, unetConfig);
     const vae = new VAE(vaeModel, vaeConfig);
     try {
@@ -306,7 +306,7 @@ export class StableDiffusionPipeline {
     const steps = expectInteger('steps', opts.steps ?? 50, { min: 1, max: 1000 });
     const guidance = expectNumber('guidance', opts.guidance ?? 7.5);
     const factor = this.vaeFactor;
-    const sampleSize = Number(this.unet.config.sample_size ?? 64);
+    const sampleSize = this.unet.sampleSize;
     let height = expectInteger('height', opts.height ?? sampleSize * factor, { min: factor });
     let width = expectInteger('width', opts.width ?? sampleSize * factor, { min: factor });
     if (height % factor !== 0) throw invalid('height', `a multiple of ${factor}`, height);
@@ -321,7 +321,7 @@ export class StableDiffusionPipeline {
     if (seeds.length !== all.length) throw invalid('seed', `${all.length} seeds (one per image)`, `${seeds.length}`);
     seeds.forEach((s, i) => expectInteger(`seed[${i}]`, s, { min: 0 }));
 
-    const latentChannels = Number(this.unet.config.in_channels ?? 4);
+    const latentChannels = this.unet.inChannels;
     // img2img (StableDiffusionImg2ImgPipeline): the init image sets the size unless height/width are given.
     const img2img = opts.initImage === undefined ? undefined : await this.img2imgInput(opts.initImage, opts.strength ?? 0.8, opts.height, opts.width);
     if (img2img) [height, width] = [img2img.pixels.shape[2], img2img.pixels.shape[3]];
@@ -398,7 +398,7 @@ export class StableDiffusionPipeline {
    * latents (sample·scale) to its first timestep: add_noise(init, noise, t_begin).
    */
   private async img2imgLatents(pixels: Tensor, seeds: number[]): Promise<{ init: Tensor; noise: Tensor }> {
-    const C = Number(this.vae.config.latent_channels ?? 4);
+    const C = this.vae.latentChannels;
     const [h, w] = [pixels.shape[2] / this.vaeFactor, pixels.shape[3] / this.vaeFactor];
     const inits: Tensor[] = [];
     const noises: Tensor[] = [];

@@ -1,11 +1,12 @@
 /**
- * Noise schedulers (native, model kind "scheduler"; one C++ file each in native/models/schedulers/): DDPM, DDIM,
+ * Noise schedulers (native, built by the addon's `createScheduler`, not a model kind; one C++ file each in native/models/schedulers/): DDPM, DDIM,
  * PNDM (PRK warm-up / PLMS), Euler, Euler ancestral, Heun, LMS and DPM-Solver(++) multistep, configured from a
  * diffusers scheduler_config.json (every key of the class implemented or refused by name). Steps are addressed by
  * their index in `timesteps`; a run may begin mid-schedule (img2img `strength`).
  */
 import { expectInteger, expectNumber, invalid } from '../../errors';
 import { NativeModel } from '../../model';
+import type { MethodOptions } from '../../native-methods';
 import { disposeAll, Tensor } from '../../tensor';
 import { readJsonFile } from '../../json';
 
@@ -67,12 +68,12 @@ export interface StepOutput {
 }
 
 export class Scheduler {
-  private constructor(readonly model: NativeModel, readonly name: SchedulerName, readonly config: Record<string, unknown>) {}
+  private constructor(readonly model: NativeModel<'scheduler'>, readonly name: SchedulerName, readonly config: Record<string, unknown>) {}
 
   /** Builds a scheduler of `name` from a scheduler_config.json object (its `_class_name` may differ). */
   static async create(name: string, config: Record<string, unknown>): Promise<Scheduler> {
     const resolved = schedulerName(name);
-    return new Scheduler(await NativeModel.create('scheduler', config, { scheduler: resolved === 'dpm++' ? 'dpmsolver' : resolved }), resolved, config);
+    return new Scheduler(await NativeModel.createScheduler(resolved === 'dpm++' ? 'dpmsolver' : resolved, config), resolved, config);
   }
 
   /**
@@ -82,7 +83,7 @@ export class Scheduler {
    */
   async setTimesteps(steps: number, opts: { seed?: number; begin?: number; strength?: number } = {}): Promise<Schedule> {
     expectInteger('steps', steps, { min: 1 });
-    const o: Record<string, unknown> = { steps, seed: opts.seed ?? 0 };
+    const o: MethodOptions<'scheduler', 'set_timesteps'> = { steps, seed: opts.seed ?? 0 };
     if (opts.strength !== undefined) o.strength = expectNumber('strength', opts.strength, { min: 0, max: 1 });
     else if (opts.begin !== undefined) o.begin = expectInteger('begin', opts.begin, { min: 0 });
     const out = await this.model.call('set_timesteps', {}, o);

@@ -1,6 +1,7 @@
 /**
  * UNet2DConditionModel (SD v1.x) in the native core, model kind "unet". Config: diffusers unet/config.json.
  */
+import { CONFIG_DEFAULTS, configInt } from '../config-defaults';
 import { NativeModel } from '../../model';
 import type { VAE, DecodeOptions } from './vae';
 import { Tensor } from '../../tensor';
@@ -73,7 +74,19 @@ export interface GuidedSampleResult {
 }
 
 export class UNet {
-  constructor(readonly model: NativeModel, readonly config: Record<string, unknown>) {}
+  constructor(readonly model: NativeModel<'unet'>, readonly config: Record<string, unknown>) {}
+
+  /** Latent side the model was trained at (config `sample_size`). */
+  get sampleSize(): number {
+    return configInt(this.config, ['sample_size'], CONFIG_DEFAULTS.unet.sampleSize, 'unet config');
+  }
+  get inChannels(): number {
+    return configInt(this.config, ['in_channels'], CONFIG_DEFAULTS.unet.inChannels, 'unet config');
+  }
+  /** Width of the text embeddings the cross-attention reads. */
+  get crossAttentionDim(): number {
+    return configInt(this.config, ['cross_attention_dim'], CONFIG_DEFAULTS.unet.crossAttentionDim, 'unet config');
+  }
 
   /** Builds the UNet from a diffusers config object (random weights until loadWeights). */
   static async create(config: Record<string, unknown>, opts: { device?: string } = {}): Promise<UNet> {

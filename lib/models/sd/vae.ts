@@ -2,6 +2,7 @@
  * AutoencoderKL (SD v1.x) in the native core, model kind "vae". Config: diffusers vae/config.json.
  * Accepts both the current (`to_q`…) and the legacy (`query`…) mid-block attention names.
  */
+import { CONFIG_DEFAULTS, configInt } from '../config-defaults';
 import { expectBoolean } from '../../errors';
 import { NativeModel } from '../../model';
 import { Tensor } from '../../tensor';
@@ -33,7 +34,11 @@ export class VAE {
   /** Latent scaling (config `scaling_factor`, default 0.18215). */
   readonly scalingFactor: number;
 
-  constructor(readonly model: NativeModel, readonly config: Record<string, unknown>) {
+  get latentChannels(): number {
+    return configInt(this.config, ['latent_channels'], CONFIG_DEFAULTS.vae.latentChannels, 'vae config');
+  }
+
+  constructor(readonly model: NativeModel<'vae'>, readonly config: Record<string, unknown>) {
     this.scalingFactor = typeof config.scaling_factor === 'number' ? config.scaling_factor : 0.18215;
   }
 

@@ -269,6 +269,17 @@ std::vector<double> SigmaScheduler::spaced_timesteps(int64_t n) const {
   return ts;
 }
 
+void SigmaScheduler::spaced_sigmas(int64_t n, bool karras, std::vector<double>& ts, std::vector<double>& sg) const {
+  ts = spaced_timesteps(n);
+  sg.clear();
+  for (double t : ts) sg.push_back(interp(t, table_));
+  if (karras) {
+    sg = karras_sigmas(sg.back(), sg.front(), n);
+    ts.clear();
+    for (double s : sg) ts.push_back(sigma_to_t(s, log_table_));
+  }
+}
+
 void SigmaScheduler::finish_schedule(const std::vector<float>& ts, std::vector<float> sg) {
   sg.push_back(0.0f);
   timesteps = float_tensor(ts);

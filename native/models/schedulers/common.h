@@ -115,6 +115,10 @@ class SigmaScheduler : public AlphaScheduler {
  protected:
   // The float timesteps of the configured spacing, descending (float32 values, as float64).
   std::vector<double> spaced_timesteps(int64_t n) const;
+  // The spaced timesteps and their σ interpolated over the table, descending; with `karras`, Karras σ between
+  // the first and last of those (Karras et al. 2022, Eq. 5) and the timesteps mapped back from them
+  // (diffusers' _sigma_to_t), as Heun and LMS compute them.
+  void spaced_sigmas(int64_t n, bool karras, std::vector<double>& ts, std::vector<double>& sg) const;
   // Stores timesteps/sigmas (σ list without the trailing 0, which is appended) and init_noise_sigma.
   void finish_schedule(const std::vector<float>& ts, std::vector<float> sg);
   std::vector<float> table_;       // σ per training timestep (float32)

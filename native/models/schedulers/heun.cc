@@ -28,13 +28,8 @@ class Heun : public SigmaScheduler {
   std::string kind() const override { return "heun"; }
 
   void compute_timesteps(int64_t n) override {
-    std::vector<double> ts = spaced_timesteps(n), sg;
-    for (double t : ts) sg.push_back(interp(t, table_));
-    if (karras_) {
-      sg = karras_sigmas(sg.back(), sg.front(), n);
-      ts.clear();
-      for (double s : sg) ts.push_back(sigma_to_t(s, log_table_));
-    }
+    std::vector<double> ts, sg;
+    spaced_sigmas(n, karras_, ts, sg);
     // Interleave: σ [σ0, σ1, σ1, ..., σ_{n−1}, σ_{n−1}, 0], t [t0, t1, t1, ..., t_{n−1}, t_{n−1}].
     std::vector<float> tf{static_cast<float>(ts[0])}, sf{static_cast<float>(sg[0])};
     for (size_t k = 1; k < ts.size(); ++k) {

@@ -49,13 +49,8 @@ class LMS : public SigmaScheduler {
   std::string kind() const override { return "lms"; }
 
   void compute_timesteps(int64_t n) override {
-    std::vector<double> ts = spaced_timesteps(n), sg;
-    for (double t : ts) sg.push_back(interp(t, table_));
-    if (karras_) {
-      sg = karras_sigmas(sg.back(), sg.front(), n);
-      ts.clear();
-      for (double s : sg) ts.push_back(sigma_to_t(s, log_table_));
-    }
+    std::vector<double> ts, sg;
+    spaced_sigmas(n, karras_, ts, sg);
     std::vector<float> tf(ts.begin(), ts.end()), sf(sg.begin(), sg.end());
     finish_schedule(tf, sf);
   }
