@@ -12,6 +12,8 @@ export { Blip } from './models/blip';
 export { Blip2 } from './models/blip2';
 export { loadCaptioner } from './models/captioner';
 export type { Captioner } from './models/captioner';
+export { load, detectKind, LOADABLE_KINDS, LOAD_DTYPES } from './models/load';
+export type { LoadOptions, LoadableKind, LoadedModels, LoadDtype } from './models/load';
 export { StableDiffusionPipeline, UNet, VAE, Scheduler } from './models/sd';
 export { ClipModel } from './models/clip';
 export { VitModel } from './models/vit';

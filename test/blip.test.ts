@@ -305,6 +305,13 @@ describe('errors', () => {
     expect(() => blipNativeGenerateOptions({ strategy: 'greedy', numReturnSequences: 2 })).toThrow(/greedy/);
   });
 
+  it('the API and the CLI default to the same beams: K captions alone raise the beam count to K', () => {
+    expect(blipNativeGenerateOptions({ strategy: 'beam' }).num_beams).toBe(3);
+    expect(blipNativeGenerateOptions({ strategy: 'beam', numReturnSequences: 5 })).toMatchObject({ num_beams: 5, num_return_sequences: 5 });
+    const cli = captionOptions({ images: ['a.png'], model: 'm', k: 5 });
+    expect(blipNativeGenerateOptions(cli)).toMatchObject({ num_beams: 5, num_return_sequences: 5 });
+  });
+
   it('CLI options: --k < 1 and unknown strategies are named', () => {
     expect(() => captionOptions({ images: ['a.png'], model: 'm', k: 0 })).toThrow(/--k/);
     expect(() => captionOptions({ images: ['a.png'], model: 'm', strategy: 'nucleus' })).toThrow(/--strategy/);

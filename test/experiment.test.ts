@@ -324,6 +324,19 @@ describe('roundtrip sweep', () => {
     expect(fs.readFileSync(r.files.markdown, 'utf8')).toContain('| K (candidates) |');
     await expect(runSweep({ out, what: 'beam', k: 2, items: 3, sdSteps: 2, guidance: 4, repeats: 2, seed: 0, device: 'cpu', quiet: true })).rejects.toThrow(/--what/);
   });
+
+  test('decoding sweeps (Appendices B/C): each value reaches BLIP as its strategy and setting', async () => {
+    const { runSweep } = require('../lib/experiment/sweep');
+    const out = path.join(root, 'sweep-decoding');
+    for (const [what, values, key, strategy] of [['temperature', [0.7, 1.5], 'temperature', 'temperature'], ['top-k', [5], 'topK', 'top-k'], ['top-p', [0.5], 'topP', 'top-p']] as const) {
+      const r = await runSweep({ out: path.join(out, what), weights: path.join(ROOT, 'weights'), what, values: [...values], k: 2, items: 2, sdSteps: 2, guidance: 4, repeats: 2, seed: 0, device: 'cpu', quiet: true });
+      expect(r.points.map((p: any) => p.value)).toEqual(values);
+      for (const v of values) {
+        const run = JSON.parse(fs.readFileSync(path.join(out, what, 'runs', `${what}-${v}`, 'run.json'), 'utf8'));
+        expect(run.settings.blip).toMatchObject({ strategy, [key]: v });
+      }
+    }
+  });
 });
 
 describe('roundtrip validate-score', () => {

@@ -10,6 +10,7 @@ import { FROZEN_DTYPES, FrozenDtype } from '../model';
 import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer } from '../models/blip';
 import { Blip2, Blip2CaptionOptions, estimateBlip2Generate } from '../models/blip2';
 import { captionerFamily } from '../models/captioner';
+import { DEFAULT_BEAMS, beamCount } from '../models/decoding';
 import { createProgress } from '../progress';
 import { LIMITS, checkMemory, estimateBlipGenerate, expectBounded } from '../limits';
 import { readJsonFile } from '../json';
@@ -52,10 +53,11 @@ export interface CaptionResult {
 }
 
 /** Checks a request and returns the caption options; throws RoundtripError naming the bad flag. */
-export function captionOptions(req: CaptionRequest): BlipCaptionOptions {
+export function captionOptions(req: CaptionRequest, defaultBeams: number = DEFAULT_BEAMS.blip): BlipCaptionOptions {
   const strategy: BlipStrategy = expectOneOf('--strategy', req.strategy ?? 'beam', BLIP_STRATEGIES);
   const k = expectBounded('--k', req.k ?? 1, LIMITS.k);
-  const numBeams = req.numBeams !== undefined ? expectBounded('--num-beams', req.numBeams, LIMITS.beams) : strategy === 'beam' ? Math.max(3, k) : undefined;
+  // The API's default (decoding.beamCount), made explicit so the memory check below counts the same beams.
+  const numBeams = req.numBeams !== undefined ? expectBounded('--num-beams', req.numBeams, LIMITS.beams) : strategy === 'beam' ? beamCount(undefined, k, defaultBeams) : undefined;
   if (strategy === 'greedy' && k !== 1) throw invalid('--k', '1 with --strategy greedy (use beam or a sampling strategy for several captions)', k);
   if (strategy === 'beam' && numBeams !== undefined && k > numBeams) throw invalid('--k', `at most --num-beams (${numBeams})`, k);
   const opts: BlipCaptionOptions = { strategy, numReturnSequences: k, numBeams };
@@ -74,8 +76,7 @@ export function captionOptions(req: CaptionRequest): BlipCaptionOptions {
 
 /** BLIP-2 caption options of a request: the BLIP flags, BLIP-2's own defaults (beam 5, 30 new tokens). */
 export function blip2CaptionOptions(req: CaptionRequest): Blip2CaptionOptions {
-  const { numBeams, ...blip } = captionOptions({ ...req, numBeams: req.numBeams ?? ((req.strategy ?? 'beam') === 'beam' ? Math.max(5, req.k ?? 1) : undefined) });
-  const opts: Blip2CaptionOptions = { ...blip, numBeams };
+  const opts: Blip2CaptionOptions = captionOptions(req, DEFAULT_BEAMS.blip2);
   if (req.maxNewTokens !== undefined) opts.maxNewTokens = expectBounded('--max-new-tokens', req.maxNewTokens, LIMITS.tokens);
   return opts;
 }
@@ -83,7 +84,7 @@ export function blip2CaptionOptions(req: CaptionRequest): Blip2CaptionOptions {
 async function captionWithBlip2(req: CaptionRequest): Promise<CaptionResult[]> {
   const opts = blip2CaptionOptions(req);
   const batch = Math.min(req.images.length, opts.batchSize ?? 4);
-  const rows = opts.strategy === 'beam' ? (opts.numBeams ?? 5) : (opts.numReturnSequences ?? 1);
+  const rows = opts.strategy === 'beam' ? (opts.numBeams ?? DEFAULT_BEAMS.blip2) : (opts.numReturnSequences ?? 1);
   const tokens = opts.maxNewTokens ?? opts.maxLength ?? 30;
   const config = readJsonFile(path.join(req.model, 'config.json'), { what: 'BLIP-2 config' });
   checkMemory(`caption: BLIP-2 weights + --batch-size ${batch} × ${opts.strategy === 'beam' ? `--num-beams ${rows}` : `--k ${rows}`} × ${tokens} tokens`, estimateBlip2Generate(config, { batch, rows, tokens }), 'use a machine with more memory (blip2-opt-2.7b needs about 15 GB in fp32) or lower --k/--num-beams or --batch-size');
@@ -107,7 +108,7 @@ export function checkCaptionMemory(model: string, images: number, opts: BlipCapt
   const file = path.join(model, 'config.json');
   if (!fs.existsSync(file)) return; // Blip.load names the missing file.
   const batch = Math.min(images, opts.batchSize ?? 8);
-  const rows = opts.strategy === 'beam' ? (opts.numBeams ?? 3) : (opts.numReturnSequences ?? 1);
+  const rows = opts.strategy === 'beam' ? (opts.numBeams ?? DEFAULT_BEAMS.blip) : (opts.numReturnSequences ?? 1);
   const bytes = estimateBlipGenerate(readJsonFile(file, { what: 'BLIP config' }), { batch, rows, maxLength: opts.maxLength ?? 20 });
   checkMemory(`caption: --batch-size ${batch} × ${opts.strategy === 'beam' ? `--num-beams ${rows}` : `--k ${rows}`} × --max-length ${opts.maxLength ?? 20}`, bytes, 'lower --k/--num-beams or --batch-size');
 }

@@ -18,7 +18,7 @@ import { hfWeightFiles } from '../weights/files';
 import { blipPreprocess, RgbImage } from '../image';
 import { loadTokenizer } from '../tokenizers';
 import { readJsonFile } from '../json';
-import { captionBatches, DECODING_STRATEGIES, DecodingOptions, DecodingStrategy, generationScores, nativeDecodingOptions, tensorRows } from './decoding';
+import { captionBatches, DECODING_STRATEGIES, DEFAULT_BEAMS, DecodingOptions, DecodingStrategy, generationScores, nativeDecodingOptions, tensorRows } from './decoding';
 
 /** Decoding strategies of `Blip.generate` (lib/models/decoding.ts, shared with BLIP-2). */
 export const BLIP_STRATEGIES = DECODING_STRATEGIES;
@@ -205,7 +205,7 @@ export function blipArchitectureConfig(size: BlipSize): object {
 export function blipNativeGenerateOptions(opts: BlipGenerateOptions = {}): Record<string, unknown> {
   const maxLength = expectInteger('maxLength', opts.maxLength ?? 20, { min: 2 });
   const minLength = expectInteger('minLength', opts.minLength ?? 5, { min: 0 });
-  return { max_length: maxLength, min_length: minLength, ...nativeDecodingOptions(opts, 3) };
+  return { max_length: maxLength, min_length: minLength, ...nativeDecodingOptions(opts, DEFAULT_BEAMS.blip) };
 }
 
 export class Blip {

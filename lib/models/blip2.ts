@@ -20,7 +20,7 @@ import { blipPreprocess, preprocessFromHfConfig, PreprocessConfig, RgbImage } fr
 import { loadOptTokenizer, OptTokenizer } from '../tokenizers/opt';
 import { readJsonFile } from '../json';
 import { CaptionTokenizer } from './blip';
-import { captionBatches, DECODING_STRATEGIES, DecodingOptions, generationScores, nativeDecodingOptions, tensorRows } from './decoding';
+import { captionBatches, DECODING_STRATEGIES, DEFAULT_BEAMS, DecodingOptions, generationScores, nativeDecodingOptions, tensorRows } from './decoding';
 
 /** Decoding strategies: the same set as BLIP's (lib/models/decoding.ts). */
 export const BLIP2_STRATEGIES = DECODING_STRATEGIES;
@@ -163,7 +163,7 @@ export function blip2NativeGenerateOptions(opts: Blip2GenerateOptions = {}): Rec
   };
   if (opts.maxLength !== undefined && opts.maxNewTokens === undefined) out.max_length = expectInteger('maxLength', opts.maxLength, { min: 2 });
   else out.max_new_tokens = expectInteger('maxNewTokens', opts.maxNewTokens ?? 30, { min: 1 });
-  return { ...out, ...nativeDecodingOptions(opts, 5) };
+  return { ...out, ...nativeDecodingOptions(opts, DEFAULT_BEAMS.blip2) };
 }
 
 export class Blip2 {

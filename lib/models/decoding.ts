@@ -41,9 +41,20 @@ export interface DecodingOptions {
   seed?: number;
 }
 
+/** Beams of beam search when `numBeams` is not given: BLIP's generate() default 3, BLIP-2's 5. */
+export const DEFAULT_BEAMS = { blip: 3, blip2: 5 } as const;
+
+/**
+ * Beams a beam search runs: `numBeams`, or the family's default raised to the number of sequences asked for
+ * (K captions need K beams), so `numReturnSequences: 5` alone works as `--k 5` does.
+ */
+export function beamCount(numBeams: number | undefined, numReturnSequences: number | undefined, defaultBeams: number): number {
+  return numBeams ?? Math.max(defaultBeams, numReturnSequences ?? 1);
+}
+
 /**
  * The native generate() options of the strategy options, validated (lengths excluded: the family adds them).
- * `defaultBeams`: the family's beam count when `numBeams` is not given.
+ * `defaultBeams`: the family's beam count when neither `numBeams` nor more sequences than it are asked for.
  */
 export function nativeDecodingOptions(opts: DecodingOptions, defaultBeams: number): Record<string, unknown> {
   const strategy = expectOneOf('strategy', opts.strategy ?? 'beam', DECODING_STRATEGIES);
@@ -63,7 +74,7 @@ export function nativeDecodingOptions(opts: DecodingOptions, defaultBeams: numbe
     if (k !== 1) throw invalid('numReturnSequences', '1 for greedy decoding (use beam or a sampling strategy for several)', k);
     Object.assign(out, { num_beams: 1, do_sample: false });
   } else if (strategy === 'beam') {
-    const beams = expectInteger('numBeams', opts.numBeams ?? defaultBeams, { min: 1 });
+    const beams = expectInteger('numBeams', beamCount(opts.numBeams, k, defaultBeams), { min: 1 });
     if (k > beams) throw invalid('numReturnSequences', `at most numBeams (${beams})`, k);
     Object.assign(out, { num_beams: beams, do_sample: false });
   } else {

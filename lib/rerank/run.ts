@@ -12,6 +12,7 @@ import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
 import { Rng, deriveSeed } from '../image/random';
 import { BLIP_STRATEGIES } from '../models/blip';
+import { DEFAULT_BEAMS, beamCount } from '../models/decoding';
 import { SCHEDULER_NAMES } from '../models/sd/schedulers';
 import { DataItem, Dataset, DatasetOptions, Shard, loadDataset, parseShard, selectItems } from './data';
 import { appendJsonLine, checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../fsutil';
@@ -164,7 +165,7 @@ function blipSettings(direction: Direction, opts: RerankOptions, k: number): Bli
   const minLength = expectInteger('--min-length', opts.minLength ?? 5, { min: 0 });
   if (direction === 't2i2t') {
     // the paper captions each generated image with beam search (3 beams)
-    const numBeams = expectBounded('--num-beams', opts.numBeams ?? 3, LIMITS.beams);
+    const numBeams = expectBounded('--num-beams', opts.numBeams ?? DEFAULT_BEAMS.blip, LIMITS.beams);
     return { strategy: 'beam', numBeams, repetitionPenalty: expectNumber('--repetition-penalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }), maxLength, minLength };
   }
   const strategy = expectOneOf('--strategy', opts.strategy ?? 'top-p', BLIP_STRATEGIES);
@@ -176,7 +177,7 @@ function blipSettings(direction: Direction, opts: RerankOptions, k: number): Bli
   else if (opts.topK !== undefined) s.topK = expectInteger('--top-k', opts.topK, { min: 0 });
   if (strategy === 'temperature') s.temperature = expectNumber('--temperature', opts.temperature ?? 0.7, { min: 0, exclusiveMin: true });
   if (strategy === 'beam') {
-    s.numBeams = expectBounded('--num-beams', opts.numBeams ?? Math.max(3, k), LIMITS.beams);
+    s.numBeams = expectBounded('--num-beams', beamCount(opts.numBeams, k, DEFAULT_BEAMS.blip), LIMITS.beams);
     if (k > s.numBeams) throw invalid('--k', `at most --num-beams (${s.numBeams}) with beam search`, k);
   }
   if (strategy === 'greedy' && k !== 1) throw invalid('--k', '1 with --strategy greedy (greedy decoding gives one caption)', k);
