@@ -152,7 +152,44 @@ export interface NativeAddon {
     config: string,
     optimizers?: { blip?: NativeOptimizerHandle; unet?: NativeOptimizerHandle },
   ): NativeJointStepHandle;
+  // c10d data parallelism (native/dist/dist_napi.cc); collectives run in JS call order on every rank.
+  /** Joins the process group; options JSON: rank, worldSize, masterAddr, masterPort, timeoutSeconds, backend, glooThreads, agentStore. */
+  distInit(options: string): Promise<void>;
+  distDestroy(): void;
+  distInfo(): { initialized: boolean; rank: number; worldSize: number; backend: string; available: string[] };
+  distAllReduce(tensors: NativeTensorHandle[], op: string): Promise<void>;
+  distBroadcast(tensors: NativeTensorHandle[], src: number): Promise<void>;
+  distBarrier(timeoutSeconds?: number): Promise<void>;
+  tensorsHash(tensors: NativeTensorHandle[]): Promise<string>;
+  /** Bucketed gradient averaging over fixed parameters; options JSON: bucketBytes, overlap. */
+  createGradSync(params: NativeTensorHandle[], options: string): NativeGradSyncHandle;
 }
+
+export interface NativeGradSyncHandle {
+  /** Launches what backward left, waits, unpacks; `extras` are summed across ranks in the same round. */
+  finish(extras: number[]): Promise<number[]>;
+  stats(): NativeGradSyncStats;
+}
+
+export interface NativeGradSyncStats {
+  /** Seconds of the last `finish` (launching what backward left, waiting, unpacking): the exposed communication. */
+  seconds: number;
+  /** Seconds of the last step with at least one bucket all-reduce in flight (launch to completion). */
+  commSeconds: number;
+  /** The part of `commSeconds` before `finish`, i.e. hidden behind backward. */
+  hiddenSeconds: number;
+  /** Bytes all-reduced by this rank in the last step. */
+  bytes: number;
+  buckets: number;
+  /** Each bucket's size in bytes, in launch order (last parameters first). */
+  bucketBytes: number[];
+  /** Buckets launched during backward in the last step. */
+  launchedInBackward: number;
+  /** Buckets reduced a second time (a parameter's gradient grew after its bucket was launched). */
+  rereduced: number;
+  overlap: boolean;
+}
+
 
 export interface NativeOptimizerHandle {
   step(): Promise<void>;
@@ -168,7 +205,7 @@ export interface NativeJointStepHandle {
   /** One optimizer step over micro-batches; returns its numbers packed (lib/finetune/joint-step.ts unpacks them). */
   step(tensors: Record<string, NativeTensorHandle | undefined>[], perBatch: string, options: string): Promise<Float32Array>;
   activeTerms(step: number, micro: number): string[];
-  setGradSync(handle: unknown): void;
+  setGradSync(handle: NativeGradSyncHandle | null): void;
   dispose(): void;
 }
 

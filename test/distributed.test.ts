@@ -16,7 +16,7 @@ import { disposeAll } from '../lib/tensor';
 import { native } from '../lib/native';
 import { rerankI2t2i, RerankOptions, ItemRecord, readJsonLines } from '../lib/rerank';
 import { saveRgbPng } from '../lib/image';
-import { DATA, ROOT } from './support/paths';
+import { DATA, METRICS, REFERENCE, ROOT, VOCAB } from './support/paths';
 import { makeTinyBlip, makeTinyClip, makeTinySd } from './support/tiny-models';
 
 jest.setTimeout(600000);
@@ -296,17 +296,37 @@ function writeConfig(file: string, c: Record<string, unknown>): string {
 multi('data-parallel finetuning', () => {
   const singles: Record<string, string> = {};
 
+  // summed: `roundtrip launch`, one 25 MiB bucket, gradient checkpointing: BLIP's text decoder runs in two
+  // checkpointed calls (cap and recTxt), so its trained tensors' gradients are accumulated twice in one backward and
+  // the first step's bucket, launched after the first, is reduced again. alternating: the ranks started directly with
+  // the torch.distributed variables (as torchrun or a scheduler starts them), 1 KiB buckets (several all-reduces
+  // launched during backward, in order).
   for (const schedule of ['summed', 'alternating'] as const) {
-    test(`2 processes × batch 1 equal 1 process × batch 2 (${schedule}, accumulation 2): losses every step and weights after 5 steps`, async () => {
+    const direct = schedule === 'alternating';
+    const extra = { gradientCheckpointing: true };
+    test(`2 processes × batch 1 equal 1 process × batch 2 (${schedule}, accumulation 2, checkpointing, ${direct ? 'started without the launcher, 1 KiB buckets' : 'launcher, one bucket re-reduced at step 1'}): losses every step and weights after 5 steps`, async () => {
       const one = path.join(root, `ft-1-${schedule}`);
       // threads 1, as each rank has: thread count changes float summation order.
-      await finetune(resolveConfig(await ftConfig(one, { batchSize: 2, schedule, threads: 1 })) as FinetuneConfig);
+      await finetune(resolveConfig(await ftConfig(one, { batchSize: 2, schedule, threads: 1, ...extra })) as FinetuneConfig);
       singles[schedule] = one;
       const two = path.join(root, `ft-2-${schedule}`);
       const port = await freePort();
-      const r = await run(['launch', '--nproc', '2', '--master-port', String(port), '--', 'finetune', '--config', writeConfig(path.join(root, `ft-${schedule}.json`), await ftConfig(two, { batchSize: 1, schedule, progress: true }))]);
-      expect(r.err).toContain('[rank 0] finetune: 2 processes; global batch 1 per rank × 2 ranks × 2 accumulation = 4 samples per step');
-      expect(r.code).toBe(0);
+      if (direct) {
+        const cfg = writeConfig(path.join(root, `ft-${schedule}.json`), await ftConfig(two, { batchSize: 1, schedule, progress: true, allReduceBucketMib: 1 / 1024, ...extra }));
+        const env = (rank: number) => ({ WORLD_SIZE: '2', RANK: String(rank), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), ROUNDTRIP_DIST_TIMEOUT: '120' });
+        const [r0, r1] = await Promise.all([run(['finetune', '--config', cfg], env(0)), run(['finetune', '--config', cfg], env(1))]);
+        expect(r0.err).toContain('finetune: 2 processes; global batch 1 per rank × 2 ranks × 2 accumulation = 4 samples per step');
+        expect([r0.code, r1.code]).toEqual([0, 0]);
+        const ar = logLosses(two).map((l: any) => l.allReduce);
+        expect(ar[0].buckets).toBeGreaterThan(2);
+        for (const a of ar) expect(a.launchedInBackward).toBeGreaterThan(0);
+      } else {
+        const r = await run(['launch', '--nproc', '2', '--master-port', String(port), '--', 'finetune', '--config', writeConfig(path.join(root, `ft-${schedule}.json`), await ftConfig(two, { batchSize: 1, schedule, progress: true, ...extra }))]);
+        expect(r.err).toContain('[rank 0] finetune: 2 processes; global batch 1 per rank × 2 ranks × 2 accumulation = 4 samples per step');
+        expect(r.code).toBe(0);
+        const ar = logLosses(two).map((l: any) => l.allReduce);
+        expect(ar.map((a: any) => a.rereduced)).toEqual([1, 0, 0, 0, 0]);
+      }
       const a = logLosses(one);
       const b = logLosses(two);
       expect(b).toHaveLength(5);
@@ -327,7 +347,7 @@ multi('data-parallel finetuning', () => {
     expect(singles.summed).toBeDefined();
     const dir = path.join(root, 'ft-killed');
     const port = await freePort();
-    const cfg = writeConfig(path.join(root, 'ft-killed.json'), await ftConfig(dir, { batchSize: 1, schedule: 'summed', checkpointEvery: 1, maxSteps: 5 }));
+    const cfg = writeConfig(path.join(root, 'ft-killed.json'), await ftConfig(dir, { batchSize: 1, schedule: 'summed', checkpointEvery: 1, maxSteps: 5, gradientCheckpointing: true }));
     // Ranks started as torchrun would (no launcher): the survivor must notice by itself.
     const env = (rank: number) => ({ WORLD_SIZE: '2', RANK: String(rank), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), ROUNDTRIP_DIST_TIMEOUT: '60' });
     let victim: ChildProcess | undefined;
@@ -351,7 +371,7 @@ multi('data-parallel finetuning', () => {
     const state = JSON.parse(fs.readFileSync(path.join(dir, 'checkpoints', latest, 'state.json'), 'utf8'));
     expect(state).toMatchObject({ worldSize: 2, batchSize: 1, samplesSeen: expect.any(Number) });
     // Resume in one process with the same global micro-batch (batch 2).
-    await finetune(resolveConfig(await ftConfig(dir, { batchSize: 2, schedule: 'summed', checkpointEvery: 1, maxSteps: 5, resume: 'latest', threads: 1 })) as FinetuneConfig);
+    await finetune(resolveConfig(await ftConfig(dir, { batchSize: 2, schedule: 'summed', checkpointEvery: 1, maxSteps: 5, resume: 'latest', threads: 1, gradientCheckpointing: true })) as FinetuneConfig);
     expect(maxDiff(await exported(singles.summed), await exported(dir))).toBeLessThanOrEqual(1e-6);
     // A resume with another global micro-batch is refused by name.
     await expect(finetune(resolveConfig(await ftConfig(dir, { batchSize: 1, maxSteps: 6, resume: 'latest' })) as FinetuneConfig)).rejects.toThrow(/global micro-batch \(batchSize × processes\)/);
@@ -395,5 +415,98 @@ multi('reranking split by rank', () => {
     for (const x of b) for (const c of x.candidates) expect(fs.existsSync(path.join(two, c.image))).toBe(true);
     expect(JSON.parse(fs.readFileSync(path.join(two, 'run.json'), 'utf8')).shard).toEqual({ index: 0, count: 1 });
     expect(r.out).toMatch(/report: /);
+  });
+});
+
+// ---- evaluation: split by rank, the same output as one process ----
+
+/** torchrun on PATH (Debian's python3-torch); its defaults crash under Python 3.11 (see the test). */
+const torchrun = ['/usr/bin/torchrun', '/usr/local/bin/torchrun'].find((f) => fs.existsSync(f));
+
+multi('evaluation split by rank', () => {
+  test('eval images (fid, is, clip) under the launcher writes the single-process JSON', async () => {
+    const dir = path.join(root, 'ev-img');
+    const gen = path.join(dir, 'gen');
+    const ref = path.join(dir, 'ref');
+    fs.mkdirSync(gen, { recursive: true });
+    fs.mkdirSync(ref, { recursive: true });
+    // 7 pairs, one of another size: batch 2 gives 4 Inception batches per set, split 2 + 2 between the ranks.
+    for (let i = 0; i < 7; i++) {
+      const w = i === 5 ? 44 : 36;
+      for (const [d, seed] of [[gen, 100 + i], [ref, 10 + i]] as const) {
+        const data = new Uint8Array(w * w * 3).map((_, k) => (k * (seed % 13 + 2) + seed * 7 + (k >> 5)) % 256);
+        await saveRgbPng(path.join(d, `im${i}.png`), { data, width: w, height: w });
+      }
+    }
+    const tag = JSON.parse(fs.readFileSync(path.join(REFERENCE, 'inception-fid', 'case.json'), 'utf8')).weights.formula.tag;
+    const flags = (out: string) => ['eval', 'images', '--generated', gen, '--reference', ref, '--metrics', 'fid,is,clip', '--inception', `formula:${tag}`, '--fid-feature', '64', '--is-splits', '2', '--clip', path.join(REFERENCE, 'clip-vit'), '--batch', '2', '--no-cache', '--json', '--out', out];
+    const one = path.join(dir, 'one.json');
+    const r1 = await run(flags(one));
+    expect(r1.code).toBe(0);
+    const two = path.join(dir, 'two.json');
+    const r2 = await run(['launch', '--nproc', '2', '--threads', '1', '--master-port', String(await freePort()), '--', ...flags(two)]);
+    expect(r2.code).toBe(0);
+    const a = JSON.parse(fs.readFileSync(one, 'utf8'));
+    expect(a.fid.value).toBeGreaterThan(0);
+    expect(a.clip.perImage).toHaveLength(7);
+    expect(JSON.parse(fs.readFileSync(two, 'utf8'))).toEqual(a);
+    // Rank 0 alone printed the result.
+    expect(r2.out.match(/"featurePasses"/g)).toHaveLength(1);
+  });
+
+  test('eval captions (bleu, cider, wmd, clip-text, sbert): two "nodes" (--nnodes 2 on loopback) and torchrun give the single-process JSON', async () => {
+    const dir = path.join(root, 'ev-cap');
+    fs.mkdirSync(dir, { recursive: true });
+    const fixture = JSON.parse(fs.readFileSync(path.join(METRICS, 'coco_caption_metrics.json'), 'utf8'));
+    const images = fixture.images.slice(0, 9);
+    const results = path.join(dir, 'results.json');
+    fs.writeFileSync(results, JSON.stringify(images.map((im: any, i: number) => ({ image_id: im.image_id, caption: i === 0 ? im.references[0] : im.candidates[0] }))));
+    const annotations = path.join(dir, 'ann.json');
+    fs.writeFileSync(annotations, JSON.stringify(images.map((im: any) => ({ image: `val2014/COCO_val2014_${String(im.image_id).padStart(12, '0')}.jpg`, caption: im.references }))));
+    const clipDir = path.join(dir, 'clip');
+    const sbertDir = path.join(dir, 'sbert');
+    fs.mkdirSync(clipDir);
+    fs.mkdirSync(sbertDir);
+    for (const f of ['config.json', 'model.safetensors']) fs.symlinkSync(path.join(REFERENCE, 'clip-vit', f), path.join(clipDir, f));
+    for (const f of ['vocab.json', 'merges.txt']) fs.symlinkSync(path.join(VOCAB, 'clip', f), path.join(clipDir, f));
+    for (const f of ['config.json', 'model.safetensors']) fs.symlinkSync(path.join(REFERENCE, 'bert-minilm', f), path.join(sbertDir, f));
+    fs.symlinkSync(path.join(VOCAB, 'bert-base-uncased', 'vocab.txt'), path.join(sbertDir, 'vocab.txt'));
+    const flags = (out: string) => ['eval', 'captions', '--results', results, '--annotations', annotations, '--metrics', 'bleu,cider,wmd,clip-text,sbert', '--glove', path.join(METRICS, 'wmd_embeddings_208x20.glove.txt'), '--clip', clipDir, '--sbert', sbertDir, '--batch', '4', '--json', '--out', out];
+    const one = path.join(dir, 'one.json');
+    expect((await run(flags(one))).code).toBe(0);
+    const a = JSON.parse(fs.readFileSync(one, 'utf8'));
+    expect(a.perImage).toHaveLength(9);
+    expect(a.corpus.CLIP_text_distance).toBeGreaterThan(0);
+    // Two launchers, one per "node", each with one process: node 1 joins node 0's master over 127.0.0.1.
+    const nodes = path.join(dir, 'nodes.json');
+    const port = await freePort();
+    const node = (r: number) => run(['launch', '--nnodes', '2', '--node-rank', String(r), '--nproc', '1', '--threads', '1', '--master-addr', '127.0.0.1', '--master-port', String(port), '--', ...flags(nodes)], {}, { timeoutMs: 120000 });
+    const [n0, n1] = await Promise.all([node(0), node(1)]);
+    expect([n0.code, n1.code]).toEqual([0, 0]);
+    expect(n0.err).toContain('world size 2');
+    expect(JSON.parse(fs.readFileSync(nodes, 'utf8'))).toEqual(a);
+    if (!torchrun) {
+      console.warn('torchrun not installed: the torchrun run of this test is skipped');
+      return;
+    }
+    // Real torchrun (torch 1.13's elastic agent hosts the store; rank 0 joins it). Its default --redirects/--tee "0"
+    // parse to None under Python 3.11 (IntFlag iteration skips NONE) and crash it; "1" (stdout) parses.
+    const viaTorchrun = path.join(dir, 'torchrun.json');
+    const tr = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const child = spawn(torchrun, ['--nproc_per_node', '2', '--redirects', '1', '--tee', '1', '--master_addr', '127.0.0.1', '--master_port', String(port + 0), '--no_python', process.execPath, CLI, ...flags(viaTorchrun)], {
+        env: { ...process.env, ROUNDTRIP_THREADS: '1' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      child.stdout!.on('data', (d) => (out += d));
+      child.stderr!.on('data', (d) => (out += d));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 120000);
+      child.on('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code, out });
+      });
+    });
+    expect({ code: tr.code, tail: tr.code === 0 ? '' : tr.out.slice(-2000) }).toEqual({ code: 0, tail: '' });
+    expect(JSON.parse(fs.readFileSync(viaTorchrun, 'utf8'))).toEqual(a);
   });
 });

@@ -90,7 +90,10 @@ export const command: CommandModule<{}, any> = {
       // The finetune flags given (if any) describe the workload; default: the world models (see lib/distributed/bench.ts).
       const config: Record<string, unknown> = argv.config ? readConfigFile(argv.config) : {};
       for (const k of ['blip', 'sd', 'annotations', 'images', 'bridge', 'sdSize', 'blipSize', 'gradAccum', 'schedule', 'prompt', 'device', 'limit']) if (argv[k] !== undefined) config[k] = argv[k];
-      const d = await benchDistributed({ config, nproc: argv.nproc, threads: argv.threads, batchSize: argv.batchSize, steps: argv.steps, warmup: argv.warmup, masterPort: argv.masterPort });
+      if (argv.gradientCheckpointing !== undefined) config.gradientCheckpointing = argv.gradientCheckpointing;
+      if (argv.trainableBlip !== undefined || argv.trainableUnet !== undefined)
+        config.trainable = { ...((config.trainable as object) ?? {}), ...(argv.trainableBlip !== undefined ? { blip: argv.trainableBlip } : {}), ...(argv.trainableUnet !== undefined ? { unet: argv.trainableUnet } : {}) };
+      const d = await benchDistributed({ config, nproc: argv.nproc, threads: argv.threads, batchSize: argv.batchSize, steps: argv.steps, warmup: argv.warmup, masterPort: argv.masterPort, bucketMB: argv.allReduceBucketMib });
       process.stdout.write(argv.json ? JSON.stringify(d, null, 2) + '\n' : d.text);
       return;
     }

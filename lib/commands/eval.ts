@@ -20,20 +20,10 @@ import {
   parseImageMetrics,
 } from '../eval';
 import { expectInteger, expectOneOf, expectString } from '../errors';
-import { readDistributedEnv } from '../distributed/env';
+import { EvalSplit, evalSplitFromEnvironment, isMainRank } from '../eval/distributed';
 import { EmbeddingVariant } from '../models/clip';
 import { FrechetForm } from '../metrics';
 
-/**
- * Under `roundtrip launch` / torchrun, evaluation runs whole on rank 0 (the same output as one process);
- * the other ranks say so and stop. Splitting it by rank is not implemented.
- */
-function otherRank(what: string): boolean {
-  const env = readDistributedEnv();
-  if (!env || env.rank === 0) return false;
-  process.stderr.write(`${what}: runs on rank 0 only (rank ${env.rank} of ${env.worldSize} has nothing to do)\n`);
-  return true;
-}
 
 /** JSON text where non-finite numbers (an infinite WMD) stay visible as "Infinity" / "NaN" strings. */
 export function toJson(value: unknown): string {
@@ -55,6 +45,8 @@ export interface EvalCaptionsArgs {
   java?: string;
   batch?: number;
   device?: string;
+  /** Under `roundtrip launch` / torchrun: this rank's share (lib/eval/distributed.ts); only rank 0 writes. */
+  split?: EvalSplit;
 }
 
 /** Runs `eval captions`: returns the evaluation and the text to print; writes --out atomically. */
@@ -70,7 +62,9 @@ export async function runEvalCaptions(args: EvalCaptionsArgs): Promise<{ evaluat
     java: args.java,
     batchSize: args.batch === undefined ? undefined : expectInteger('--batch', args.batch, { min: 1 }),
     device: args.device,
+    split: args.split,
   });
+  if (!isMainRank(args.split)) return { evaluation, output: '' };
   const perImage = evaluation.perImage.map((p) => ({ image_id: p.image_id, caption: p.caption, ...p.scores }));
   const json = toJson({ ...evaluation, perImage });
   if (args.out !== undefined) await writeFileAtomic(expectString('--out', args.out), Buffer.from(json, 'utf8'));
@@ -97,6 +91,8 @@ export interface EvalImagesArgs {
   cacheDir?: string;
   device?: string;
   progress?: boolean;
+  /** Under `roundtrip launch` / torchrun: this rank's share (lib/eval/distributed.ts); only rank 0 writes. */
+  split?: EvalSplit;
 }
 
 /** Runs `eval images`: returns the evaluation and the text to print; writes --out atomically. */
@@ -118,7 +114,9 @@ export async function runEvalImages(args: EvalImagesArgs): Promise<{ evaluation:
     cacheDir: args.cacheDir,
     device: args.device,
     progress: args.progress,
+    split: args.split,
   });
+  if (!isMainRank(args.split)) return { evaluation, output: '' };
   const json = toJson(evaluation);
   if (args.out !== undefined) await writeFileAtomic(expectString('--out', args.out), Buffer.from(json, 'utf8'));
   return { evaluation, output: args.json ? json : formatImageEvaluation(evaluation) };
@@ -144,8 +142,10 @@ const captionsCommand: CommandModule<{}, any> = {
       .option('batch', { type: 'number', default: 64, describe: 'Texts per model call (clip-text, sbert)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' }),
   handler: async (argv) => {
-    if (otherRank('eval')) return;
+    // Under roundtrip launch / torchrun the ranks share the work; rank 0 prints and writes --out.
+    const split = await evalSplitFromEnvironment();
     const { output } = await runEvalCaptions({
+      split,
       results: argv.results,
       annotations: argv.annotations,
       metrics: argv.metrics,
@@ -188,8 +188,9 @@ const imagesCommand: CommandModule<{}, any> = {
       .option('cache-dir', { type: 'string', describe: 'FID statistics cache (default $ROUNDTRIP_HOME/fid or ~/.cache/roundtrip/fid)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' }),
   handler: async (argv) => {
-    if (otherRank('eval')) return;
+    const split = await evalSplitFromEnvironment();
     const { output } = await runEvalImages({
+      split,
       generated: argv.generated,
       reference: argv.reference,
       metrics: argv.metrics,

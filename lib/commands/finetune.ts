@@ -18,7 +18,7 @@ export const FINETUNE_FLAGS = [
   'blipMinScale', 'prefetch', 'checkpointEvery', 'keepLast', 'resume', 'progress', 'threads', 'precision', 'frozenDtype', 'gradientCheckpointing', 'cacheLatents', 'prompt',
   'overwrite', 'nanPolicy', 'nanRetries', 'nanLrFactor', 'weightBound',
   'softFraming', 'clipPadding', 'recTxtNormalize', 'clipMode', 'blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip',
-  'recipe', 'blipFlip', 'blipRandAugment', 'flipSides',
+  'recipe', 'blipFlip', 'blipRandAugment', 'flipSides', 'allReduceBucketMib', 'allReduceOverlap',
 ] as const;
 
 /** Reads a config file: `.yaml`/`.yml` as YAML, anything else as JSON. */
@@ -147,6 +147,8 @@ const HELP: Record<string, [type: 'string' | 'number' | 'boolean', describe: str
   weightBound: ['number', 'Largest RMS a trained tensor may reach before the guard trips'],
   progress: ['boolean', 'Progress bar and step lines on stderr'],
   threads: ['number', "Intra-op CPU threads (default: libtorch's)"],
+  allReduceBucketMib: ['number', 'Data-parallel: gradient bucket size in MiB (default 25, as DDP; the first bucket at most 1 MiB)'],
+  allReduceOverlap: ['boolean', 'Data-parallel: all-reduce gradient buckets during backward as they become ready (default true; --no-all-reduce-overlap: after backward)'],
   precision: ['string', 'fp32, or CUDA autocast bf16/fp16'],
   frozenDtype: ['string', 'CPU: frozen weights held in bf16/fp16 and up-cast per op (an approximation: rounded weights, half their memory); trained tensors stay fp32'],
   gradientCheckpointing: ['boolean', 'Recompute UNet/BLIP blocks in backward (less memory)'],

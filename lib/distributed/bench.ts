@@ -1,8 +1,10 @@
 /**
  * `roundtrip bench distributed`: the same finetuning on the same cores split two ways, one process with
  * T threads (batch b·W) against W processes with T/W threads each (batch b, gradients all-reduced over
- * Gloo): step time, samples/s, all-reduce time and bytes per step, and the scaling efficiency
- * (samples/s of the W processes ÷ samples/s of the one). Default workload: the shipped world models on
+ * Gloo), the latter once with the all-reduce after backward and once overlapped with it: step time,
+ * samples/s, the all-reduce's time in flight per step, how much of it stayed exposed after backward (and
+ * so how much backward hid), bytes per step, and the scaling efficiency (samples/s of the W processes ÷
+ * samples/s of the one). Default workload: the shipped world models on
  * a small generated world (as `roundtrip demo`), or any finetune config (`--config`, flags).
  */
 import { spawn } from 'child_process';
@@ -14,6 +16,7 @@ import { readJsonFile, readJsonLines } from '../json';
 import { WORLD_FILES, writeWorld } from '../world';
 import { DEFAULT_WEIGHTS_DIR } from '../demo/models';
 import { checkPortFree } from './launch';
+import type { AllReduceStats } from '../finetune/distributed';
 import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 export interface DistributedBenchOptions {
@@ -30,6 +33,8 @@ export interface DistributedBenchOptions {
   masterPort?: number;
   /** Scratch folder (default: a temporary one, removed at the end). */
   workDir?: string;
+  /** Gradient bucket size in MiB (default: the config's allReduceBucketMib, else 25 as DDP). */
+  bucketMB?: number;
 }
 
 export interface DistributedBenchRow {
@@ -39,14 +44,25 @@ export interface DistributedBenchRow {
   globalBatch: number;
   secondsPerStep: number;
   samplesPerSecond: number;
+  /** All-reduce overlapped with backward (null: one process, nothing to reduce). */
+  overlap: boolean | null;
+  /** Seconds per step with a bucket all-reduce in flight. */
   allReduceSecondsPerStep: number;
+  /** Seconds per step after backward until the gradients were averaged (not hidden). */
+  exposedSecondsPerStep: number;
+  /** Fraction of the in-flight time that fell during backward. */
+  hiddenFraction: number;
   allReduceBytesPerStep: number;
+  buckets: number;
+  bucketsLaunchedInBackward: number;
 }
 
 export interface DistributedBenchResult {
   rows: DistributedBenchRow[];
-  /** samples/s with nproc processes ÷ samples/s with one (same cores). */
+  /** samples/s with nproc processes (all-reduce overlapped) ÷ samples/s with one (same cores). */
   scalingEfficiency: number;
+  /** The same with the all-reduce after backward. */
+  scalingEfficiencyNoOverlap: number;
   text: string;
 }
 
@@ -61,17 +77,24 @@ function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number 
   });
 }
 
-/** Mean step time after the warm-up steps, and mean all-reduce time/bytes, from a run's log.jsonl. */
-function readTimings(logFile: string, warmup: number): { seconds: number; arSeconds: number; arBytes: number } {
-  const rows = readJsonLines<{ loss?: number; time?: number; allReduce?: { seconds: number; bytes: number } }>(logFile).filter((r) => typeof r.loss === 'number' && typeof r.time === 'number');
+type Timings = { seconds: number; arSeconds: number; exposed: number; hidden: number; arBytes: number; buckets: number; inBackward: number };
+
+/** Mean step time after the warm-up steps, and mean all-reduce numbers, from a run's log.jsonl. */
+function readTimings(logFile: string, warmup: number): Timings {
+  const rows = readJsonLines<{ loss?: number; time?: number; allReduce?: AllReduceStats }>(logFile).filter((r) => typeof r.loss === 'number' && typeof r.time === 'number');
   const timed = rows.slice(warmup);
   if (timed.length < 2) throw new RoundtripError(`bench distributed: ${logFile} has ${rows.length} steps, too few to time`);
   const seconds = (timed[timed.length - 1].time! - timed[0].time!) / (timed.length - 1);
   const ar = timed.slice(1);
+  const avg = (f: (s: AllReduceStats) => number) => ar.reduce((a, r) => a + (r.allReduce ? f(r.allReduce) : 0), 0) / ar.length;
   return {
     seconds,
-    arSeconds: ar.reduce((a, r) => a + (r.allReduce?.seconds ?? 0), 0) / ar.length,
-    arBytes: ar.reduce((a, r) => a + (r.allReduce?.bytes ?? 0), 0) / ar.length,
+    arSeconds: avg((s) => s.commSeconds),
+    exposed: avg((s) => s.seconds),
+    hidden: avg((s) => s.hiddenSeconds),
+    arBytes: avg((s) => s.bytes),
+    buckets: avg((s) => s.buckets),
+    inBackward: avg((s) => s.launchedInBackward),
   };
 }
 
@@ -105,17 +128,20 @@ export async function benchDistributed(opts: DistributedBenchOptions = {}): Prom
         prompt: '',
       };
     }
-    const common = { ...base, maxSteps: warmup + steps, epochs: 1000, checkpointEvery: 0, validateEvery: 0, progress: false, threads: undefined };
+    if (opts.bucketMB !== undefined && !(opts.bucketMB > 0)) throw new RoundtripError(`--all-reduce-bucket-mib: expected a number > 0, got ${opts.bucketMB}`);
+    const common = { ...base, maxSteps: warmup + steps, epochs: 1000, checkpointEvery: 0, validateEvery: 0, progress: false, threads: undefined, ...(opts.bucketMB !== undefined ? { allReduceBucketMib: opts.bucketMB } : {}) };
     const variants = [
-      { name: `1 process × ${threads} threads`, processes: 1, tpp: threads, batch: b * nproc },
-      { name: `${nproc} processes × ${threads / nproc} thread(s)`, processes: nproc, tpp: threads / nproc, batch: b },
+      { name: `1 process × ${threads} threads`, processes: 1, tpp: threads, batch: b * nproc, overlap: null },
+      { name: `${nproc} processes × ${threads / nproc} thread(s), all-reduce after backward`, processes: nproc, tpp: threads / nproc, batch: b, overlap: false },
+      { name: `${nproc} processes × ${threads / nproc} thread(s), overlapped`, processes: nproc, tpp: threads / nproc, batch: b, overlap: true },
     ];
     const rows: DistributedBenchRow[] = [];
     for (const v of variants) {
-      const out = path.join(work, `run-${v.processes}`);
+      const tag = `${v.processes}-${v.overlap === null ? 'single' : v.overlap ? 'overlap' : 'after'}`;
+      const out = path.join(work, `run-${tag}`);
       fs.rmSync(out, { recursive: true, force: true });
-      const cfgFile = path.join(work, `config-${v.processes}.json`);
-      fs.writeFileSync(cfgFile, JSON.stringify({ ...common, output: out, batchSize: v.batch }));
+      const cfgFile = path.join(work, `config-${tag}.json`);
+      fs.writeFileSync(cfgFile, JSON.stringify({ ...common, output: out, batchSize: v.batch, ...(v.overlap === null ? {} : { allReduceOverlap: v.overlap }) }));
       const env = { ROUNDTRIP_THREADS: String(v.tpp), OMP_NUM_THREADS: String(v.tpp), OPENBLAS_NUM_THREADS: String(v.tpp) };
       const args = v.processes === 1 ? ['finetune', '--config', cfgFile] : ['launch', '--nproc', String(v.processes), '--threads', String(v.tpp), '--master-port', String(port), '--', 'finetune', '--config', cfgFile];
       const r = await runCli(args, env);
@@ -129,19 +155,31 @@ export async function benchDistributed(opts: DistributedBenchOptions = {}): Prom
         globalBatch,
         secondsPerStep: t.seconds,
         samplesPerSecond: globalBatch / t.seconds,
+        overlap: v.overlap,
         allReduceSecondsPerStep: t.arSeconds,
+        exposedSecondsPerStep: t.exposed,
+        hiddenFraction: t.arSeconds > 0 ? t.hidden / t.arSeconds : 0,
         allReduceBytesPerStep: t.arBytes,
+        buckets: t.buckets,
+        bucketsLaunchedInBackward: t.inBackward,
       });
     }
-    const scalingEfficiency = rows[1].samplesPerSecond / rows[0].samplesPerSecond;
+    const scalingEfficiency = rows[2].samplesPerSecond / rows[0].samplesPerSecond;
+    const scalingEfficiencyNoOverlap = rows[1].samplesPerSecond / rows[0].samplesPerSecond;
+    const ms = (x: number) => (1000 * x).toFixed(1);
+    const cap = Number(opts.bucketMB ?? base.allReduceBucketMib ?? 25);
     const lines = [
-      `bench distributed: ${threads} threads in total, global batch ${rows[0].globalBatch}, ${steps} timed steps after ${warmup} warm-up, Gloo over 127.0.0.1`,
-      '| variant | s/step | samples/s | all-reduce ms/step | all-reduce KiB/step |',
-      '| --- | --- | --- | --- | --- |',
-      ...rows.map((r) => `| ${r.name} | ${r.secondsPerStep.toFixed(3)} | ${r.samplesPerSecond.toFixed(2)} | ${r.processes > 1 ? (1000 * r.allReduceSecondsPerStep).toFixed(2) : '–'} | ${r.processes > 1 ? (r.allReduceBytesPerStep / 1024).toFixed(1) : '–'} |`),
-      `scaling efficiency (samples/s of ${nproc} processes ÷ 1 process, same cores): ${(100 * scalingEfficiency).toFixed(1)}%`,
+      `bench distributed: ${threads} threads in total, global batch ${rows[0].globalBatch}, ${steps} timed steps after ${warmup} warm-up, Gloo over 127.0.0.1, buckets ≤ ${cap} MiB (first ≤ ${Math.min(1, cap)} MiB)`,
+      '| variant | s/step | samples/s | all-reduce in flight ms/step | exposed ms/step | hidden by backward | KiB/step | buckets (launched in backward) |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- |',
+      ...rows.map((r) =>
+        r.processes > 1
+          ? `| ${r.name} | ${r.secondsPerStep.toFixed(3)} | ${r.samplesPerSecond.toFixed(2)} | ${ms(r.allReduceSecondsPerStep)} | ${ms(r.exposedSecondsPerStep)} | ${(100 * r.hiddenFraction).toFixed(0)}% | ${(r.allReduceBytesPerStep / 1024).toFixed(1)} | ${r.buckets.toFixed(0)} (${r.bucketsLaunchedInBackward.toFixed(1)}) |`
+          : `| ${r.name} | ${r.secondsPerStep.toFixed(3)} | ${r.samplesPerSecond.toFixed(2)} | – | – | – | – | – |`,
+      ),
+      `scaling efficiency (samples/s of ${nproc} processes ÷ 1 process, same cores): ${(100 * scalingEfficiency).toFixed(1)}% overlapped, ${(100 * scalingEfficiencyNoOverlap).toFixed(1)}% with the all-reduce after backward`,
     ];
-    return { rows, scalingEfficiency, text: lines.join('\n') + '\n' };
+    return { rows, scalingEfficiency, scalingEfficiencyNoOverlap, text: lines.join('\n') + '\n' };
   } finally {
     if (cleanup) fs.rmSync(work, { recursive: true, force: true });
   }

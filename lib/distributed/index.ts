@@ -1,8 +1,8 @@
 /**
  * Data-parallel primitives on PyTorch's c10d (native/dist): one process group per process (TCPStore
  * rendezvous at MASTER_ADDR:MASTER_PORT; Gloo on CPU, NCCL on CUDA builds of libtorch 2.x), in-place
- * collectives on native tensors, and `GradSync`, the bucketed gradient averager a training step calls
- * after backward. Every rank must call the collectives in the same order (as with torch.distributed).
+ * collectives on native tensors, and `GradSync`, the bucketed gradient averager a training step runs
+ * overlapped with backward. Every rank must call the collectives in the same order (as with torch.distributed).
  *
  *   await initDistributed();            // from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (roundtrip launch, torchrun)
  *   await allReduce(t, 'avg');
@@ -10,7 +10,7 @@
  */
 import { createHash } from 'crypto';
 import { RoundtripError, expectInteger, expectOneOf, expectString } from '../errors';
-import { native } from '../native';
+import { NativeAddon, NativeGradSyncHandle, NativeGradSyncStats, NativeTensorHandle, native } from '../native';
 import { Tensor } from '../tensor';
 import { DEFAULT_MASTER_PORT, DEFAULT_TIMEOUT_SECONDS, DistributedEnv, readDistributedEnv } from './env';
 
@@ -22,19 +22,9 @@ export type ReduceOp = (typeof REDUCE_OPS)[number];
 export const BACKENDS = ['gloo', 'nccl'] as const;
 export type Backend = (typeof BACKENDS)[number];
 
-interface DistAddon {
-  distInit(options: string): Promise<void>;
-  distDestroy(): void;
-  distInfo(): { initialized: boolean; rank: number; worldSize: number; backend: string; available: string[] };
-  distAllReduce(tensors: unknown[], op: string): Promise<void>;
-  distBroadcast(tensors: unknown[], src: number): Promise<void>;
-  distBarrier(timeoutSeconds?: number): Promise<void>;
-  tensorsHash(tensors: unknown[]): Promise<string>;
-  createGradSync(params: unknown[], options: string): { finish(extras: number[]): Promise<number[]>; stats(): GradSyncStats };
-}
 
-function addon(): DistAddon {
-  return native() as unknown as DistAddon;
+function addon(): NativeAddon {
+  return native();
 }
 
 /** Re-throws native errors as RoundtripError (same message). */
@@ -115,7 +105,7 @@ export function isMainProcess(): boolean {
   return rank() === 0;
 }
 
-function list(tensors: Tensor | Tensor[], what: string): unknown[] {
+function list(tensors: Tensor | Tensor[], what: string): NativeTensorHandle[] {
   const ts = Array.isArray(tensors) ? tensors : [tensors];
   ts.forEach((t, i) => {
     if (!(t instanceof Tensor)) throw new RoundtripError(`${what}: entry ${i} is not a Tensor`);
@@ -181,28 +171,25 @@ export async function checkSameOnAllRanks(what: string, hash: string): Promise<v
   }
 }
 
-export interface GradSyncStats {
-  /** Seconds of the last `finish` (packing, all-reduce, unpacking). */
-  seconds: number;
-  /** Bytes all-reduced by this rank in the last `finish`. */
-  bytes: number;
-  buckets: number;
-}
+export type GradSyncStats = NativeGradSyncStats;
 
 /**
- * Averages the gradients of a fixed parameter list across ranks after backward, in flat buckets
- * allocated once (`bucketMB`, default 25 as DDP). Parameters no rank has a gradient for keep none.
- * `extras` (e.g. the step's loss terms) are summed across ranks in the same round.
+ * Averages the gradients of a fixed parameter list across ranks, in flat buckets allocated once, in reverse
+ * parameter order (`bucketMB`, default 25 as DDP; the first bucket at most 1 MiB). Parameters no rank has a
+ * gradient for keep none. `extras` (e.g. the step's loss terms) are summed across ranks in the same round.
+ * With `overlap` (default), the native training step launches each bucket's all-reduce during its last
+ * micro-batch's backward, as soon as the bucket's gradients are accumulated (hooks on the parameters'
+ * gradient accumulators, as c10d::Reducer); `finish` from JS runs after backward.
  */
 export class GradSync {
-  private readonly handle: ReturnType<DistAddon['createGradSync']>;
+  private readonly handle: NativeGradSyncHandle;
 
-  constructor(params: Tensor[], opts: { bucketMB?: number } = {}) {
+  constructor(params: Tensor[], opts: { bucketMB?: number; overlap?: boolean } = {}) {
     const handles = list(params, 'GradSync params');
     const mb = opts.bucketMB ?? 25;
     if (!(mb > 0)) throw new RoundtripError(`GradSync bucketMB: expected a number > 0, got ${mb}`);
     try {
-      this.handle = addon().createGradSync(handles, JSON.stringify({ bucketBytes: Math.round(mb * 2 ** 20) }));
+      this.handle = addon().createGradSync(handles, JSON.stringify({ bucketBytes: Math.max(1, Math.round(mb * 2 ** 20)), overlap: opts.overlap ?? true }));
     } catch (err) {
       throw new RoundtripError(err instanceof Error ? err.message : String(err));
     }
@@ -218,7 +205,7 @@ export class GradSync {
   }
 
   /** @internal The native averager (the native training step runs it inside its call). */
-  get nativeHandle(): unknown {
+  get nativeHandle(): NativeGradSyncHandle {
     return this.handle;
   }
 }

@@ -16,6 +16,9 @@
  * Embedding metrics use the raw captions (not PTB-tokenised). Every distinct text is encoded once,
  * in batches. Results: one caption per image id, every id must be in the annotations, and empty
  * captions are an error (never silently scored).
+ *
+ * Under `roundtrip launch` / torchrun (`split`), the text embeddings (by whole batches) and WMD (by image)
+ * are split among the ranks and gathered (./distributed.ts); rank 0 runs the COCO metrics and writes.
  */
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectOneOf, invalid } from '../errors';
@@ -37,6 +40,7 @@ import {
 } from '../metrics';
 import { EmbeddingVariant, cosineDistance } from '../models/clip';
 import { ClipTextEncoder, SbertEncoder, clipTextEmbeddings, loadClipTextEncoder, loadSbertEncoder, sbertEmbeddings } from './text-embeddings';
+import { EvalSplit, gatherValues, isMainRank, ownedItems } from './distributed';
 
 export const CAPTION_EVAL_METRICS = ['bleu', 'meteor', 'rouge', 'cider', 'spice', 'wmd', 'clip-text', 'sbert'] as const;
 export type CaptionEvalMetric = (typeof CAPTION_EVAL_METRICS)[number];
@@ -77,6 +81,11 @@ export interface EvaluateCaptionsOptions {
   device?: string;
   /** Texts per model call (default 64). */
   batchSize?: number;
+  /**
+   * Several processes share the embedding passes and WMD (./distributed.ts); every rank must call with the
+   * same arguments. Only rank 0's result is complete.
+   */
+  split?: EvalSplit;
 }
 
 export interface CaptionEvaluation {
@@ -184,8 +193,10 @@ export async function evaluateCaptions(results: CaptionResultsInput, annotations
   const perImage = ids.map((id) => ({ image_id: id, caption: candidates.get(id)!, scores: {} as Record<string, number> }));
   const settings: CaptionEvaluation['settings'] = {};
 
+  const split = opts.split;
   const coco = metrics.filter((m) => m in COCO_METRIC).map((m) => COCO_METRIC[m]);
-  if (coco.length > 0) {
+  // Corpus-level statistics (and Java's METEOR/SPICE over the whole set): rank 0 only.
+  if (coco.length > 0 && isMainRank(split)) {
     const subsetRefs = new Map(ids.map((id) => [id, refs.get(id)!]));
     const scored = await scoreCaptions(candidates, subsetRefs, {
       metrics: coco,
@@ -208,12 +219,10 @@ export async function evaluateCaptions(results: CaptionResultsInput, annotations
     const stopwords = opts.stopwords ?? loadNltkStopwords();
     settings.glove = typeof opts.glove === 'string' ? path.resolve(opts.glove) : `${wv.words.length} × ${wv.dim} vectors`;
     settings.stopwords = stopwords.size;
-    const infinite: ImageId[] = [];
-    const values = ids.map((id, i) => {
-      const d = captionWmd(wv, candTexts[i], refs.get(id)!, { stopwords }).mean;
-      if (!Number.isFinite(d)) infinite.push(id);
-      return d;
-    });
+    const owned = ownedItems(ids.length, 1, split);
+    const local = owned.map((i) => captionWmd(wv, candTexts[i], refs.get(ids[i])!, { stopwords }).mean);
+    const values = await gatherValues(ids.length, owned, local, split);
+    const infinite = ids.filter((_, i) => !Number.isFinite(values[i]));
     values.forEach((v, i) => (perImage[i].scores[WMD_KEY] = v));
     corpus[WMD_KEY] = mean(values);
     if (infinite.length > 0) {
@@ -233,7 +242,7 @@ export async function evaluateCaptions(results: CaptionResultsInput, annotations
     try {
       settings.clipVariant = clipVariant;
       settings.clipModel = enc.source;
-      const vecs = await clipTextEmbeddings(enc, [...candTexts, ...flatRefs], { variant: clipVariant, batchSize, onTruncated: truncWarn('CLIP text') });
+      const vecs = await clipTextEmbeddings(enc, [...candTexts, ...flatRefs], { variant: clipVariant, batchSize, onTruncated: truncWarn('CLIP text'), split });
       const values = perImageMeans(ids, refs, vecs.slice(0, ids.length), vecs.slice(ids.length), cosineDistance);
       values.forEach((v, i) => (perImage[i].scores[CLIP_TEXT_KEY] = v));
       corpus[CLIP_TEXT_KEY] = mean(values);
@@ -247,7 +256,7 @@ export async function evaluateCaptions(results: CaptionResultsInput, annotations
     const enc = owned ? await loadSbertEncoder(opts.sbert as string, { device: opts.device }) : (opts.sbert as SbertEncoder);
     try {
       settings.sbertModel = enc.source;
-      const vecs = await sbertEmbeddings(enc, [...candTexts, ...flatRefs], { batchSize, onTruncated: truncWarn('SBERT') });
+      const vecs = await sbertEmbeddings(enc, [...candTexts, ...flatRefs], { batchSize, onTruncated: truncWarn('SBERT'), split });
       const values = perImageMeans(ids, refs, vecs.slice(0, ids.length), vecs.slice(ids.length), (a, b) => 1 - cosineDistance(a, b));
       values.forEach((v, i) => (perImage[i].scores[SBERT_KEY] = v));
       corpus[SBERT_KEY] = mean(values);

@@ -18,6 +18,8 @@
  * - FID statistics of every image set are cached under `$ROUNDTRIP_HOME/fid` (or
  *   `~/.cache/roundtrip/fid`), keyed by file names + sizes + mtimes + model id + feature layer,
  *   so repeated evaluations against the same reference folder skip its features.
+ * - Under `roundtrip launch` / torchrun (`split`), the feature passes are split by whole batches among the
+ *   ranks and gathered (./distributed.ts); rank 0 computes the numbers, writes the cache and the output.
  */
 import { createHash } from 'crypto';
 import * as fs from 'fs';
@@ -33,6 +35,7 @@ import { Progress, createProgress } from '../progress';
 import { Tensor, noGrad, scope } from '../tensor';
 import { ImageFile, imageSetKey, listImages, pairByName } from './image-sets';
 import { numpyPermutation } from './mt19937';
+import { EvalSplit, gatherRows, isMainRank, ownedItems } from './distributed';
 import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 
 export const IMAGE_EVAL_METRICS = ['fid', 'is', 'clip', 'dino'] as const;
@@ -87,6 +90,11 @@ export interface EvaluateImagesOptions {
   device?: string;
   /** Progress bars on stderr (default true; ROUNDTRIP_QUIET silences them). */
   progress?: boolean;
+  /**
+   * Several processes share the feature passes (./distributed.ts); every rank must call with the same
+   * options. Only rank 0's result is complete: the others stop after their share of the work.
+   */
+  split?: EvalSplit;
 }
 
 export type CacheStatus = 'hit' | 'miss' | 'off' | 'file';
@@ -276,6 +284,8 @@ export async function evaluateImages(opts: EvaluateImagesOptions): Promise<Image
   const dinoSize = expectInteger('--dino-size', opts.dinoSize ?? 384, { min: 1 });
   const dinoInterpolation = expectOneOf('--dino-interpolation', opts.dinoInterpolation ?? 'dino', ['dino', 'hf'] as const);
   const cacheDir = opts.cacheDir ?? fidCacheDir();
+  const split = opts.split;
+  const main = isMainRank(split);
 
   const needsInception = metrics.includes('fid') || metrics.includes('is');
   const paired = metrics.includes('clip') || metrics.includes('dino');
@@ -319,24 +329,45 @@ export async function evaluateImages(opts: EvaluateImagesOptions): Promise<Image
       const modelId = `${PIPELINE_ID}/${inception.id}`;
       const statsFor = async (files: ImageFile[], label: string, wantLogits: boolean): Promise<{ stats?: FidStatistics; logits?: Float32Array; classes: number; cache: CacheStatus }> => {
         const cacheFile = path.join(cacheDir, `${imageSetKey(files, modelId, layer)}.fidstats`);
+        let cached: FidStatistics | undefined;
         if (useCache && !wantLogits && fs.existsSync(cacheFile)) {
           try {
-            return { stats: loadFidStatistics(cacheFile), classes: 0, cache: 'hit' };
+            cached = loadFidStatistics(cacheFile);
           } catch {
             // unreadable cache entry (e.g. an interrupted older version): recompute and overwrite it
           }
         }
+        if (split) {
+          // The ranks take the same path (their caches may differ across machines): all hit, or all compute.
+          const hits = new Float64Array([cached ? 1 : 0]);
+          await split.sum(hits);
+          if (hits[0] !== split.worldSize) cached = undefined;
+        }
+        if (cached) return { stats: cached, classes: 0, cache: 'hit' };
         if (files.length < 2 && metrics.includes('fid')) throw new RoundtripError(`FID needs at least 2 images in ${label} (a covariance), found ${files.length}`);
-        const progress = progressFor(`inception ${label}`, files.length, showProgress);
-        let out;
+        const owned = ownedItems(files.length, batchSize, split);
+        const progress = progressFor(`inception ${label}`, owned.length, showProgress && main);
+        let out: { features: Float32Array; dim: number; logits?: Float32Array; classes: number };
         try {
-          out = await inceptionFeatures(inception.model, files, { layer, logits: wantLogits, batchSize, progress });
+          out = owned.length ? await inceptionFeatures(inception.model, owned.map((i) => files[i]), { layer, logits: wantLogits, batchSize, progress }) : { features: new Float32Array(0), dim: 0, classes: 0 };
         } finally {
           progress?.done();
         }
+        if (split) {
+          const table = (flat: Float32Array | undefined, dim: number) => Array.from({ length: owned.length }, (_, j) => flat!.subarray(j * dim, (j + 1) * dim));
+          const flatten = (rs: Float32Array[]) => {
+            const d = rs.length ? rs[0].length : 0;
+            const f = new Float32Array(rs.length * d);
+            rs.forEach((r, i) => f.set(r, i * d));
+            return { f, d };
+          };
+          const feats = flatten(await gatherRows(files.length, owned, table(out.features, out.dim), split));
+          const logits = wantLogits ? flatten(await gatherRows(files.length, owned, table(out.logits, out.classes), split)) : undefined;
+          out = { features: feats.f, dim: feats.d, logits: logits?.f, classes: logits?.d ?? 0 };
+        }
         result.featurePasses.inception += files.length;
         let stats: FidStatistics | undefined;
-        if (metrics.includes('fid')) {
+        if (metrics.includes('fid') && main) {
           stats = fidStatistics(out.features, files.length, out.dim);
           if (useCache) saveFidStatistics(cacheFile, stats, { modelId, feature: layer, folder: path.dirname(files[0].path), images: files.length });
         }
@@ -344,23 +375,25 @@ export async function evaluateImages(opts: EvaluateImagesOptions): Promise<Image
       };
 
       const gen = await statsFor(generated, 'generated', metrics.includes('is'));
-      if (metrics.includes('is')) {
+      if (metrics.includes('is') && main) {
         const n = generated.length;
         const r = inceptionScore(gen.logits!, n, gen.classes, { splits: isSplits, permutation: isShuffle ? numpyPermutation(n, 2020) : undefined });
         result.is = { mean: r.mean, std: r.std, splits: isSplits, shuffle: isShuffle, perSplit: r.perSplit };
       }
+      let refOf: { refStats: FidStatistics; refCache: CacheStatus } | undefined;
       if (metrics.includes('fid')) {
-        let refStats: FidStatistics;
-        let refCache: CacheStatus;
         if (referenceStatsFile) {
-          refStats = loadFidStatistics(referenceStatsFile);
-          refCache = 'file';
+          const refStats = loadFidStatistics(referenceStatsFile);
+          refOf = { refStats, refCache: 'file' };
           result.reference = { statsFile: path.resolve(referenceStatsFile), images: refStats.count };
         } else {
           const r = await statsFor(referenceFiles!, 'reference', false);
-          refStats = r.stats!;
-          refCache = r.cache;
+          refOf = { refStats: r.stats!, refCache: r.cache };
         }
+      }
+      // The other ranks only contributed their share of the features.
+      if (metrics.includes('fid') && main) {
+        const { refStats, refCache } = refOf!;
         if (refStats.dim !== gen.stats!.dim) {
           throw new RoundtripError(`--reference: the statistics have dimension ${refStats.dim}, the generated features ${gen.stats!.dim} (feature layer ${layer}); use statistics of the same layer`);
         }
@@ -394,13 +427,15 @@ export async function evaluateImages(opts: EvaluateImagesOptions): Promise<Image
   // ---- paired embedding distances
   const pairedDistances = async (label: string, recipe: PreprocessConfig, embed: (pixels: Tensor) => Promise<Tensor>): Promise<{ file: string; distance: number }[]> => {
     const paths = [...pairs.map((p) => p.generated.path), ...pairs.map((p) => p.reference.path)];
-    const progress = progressFor(label, paths.length, showProgress);
+    const owned = ownedItems(paths.length, batchSize, split);
+    const progress = progressFor(label, owned.length, showProgress && main);
     let vecs: Float32Array[];
     try {
-      vecs = await imageEmbeddings(paths, recipe, batchSize, embed, progress);
+      vecs = owned.length ? await imageEmbeddings(owned.map((i) => paths[i]), recipe, batchSize, embed, progress) : [];
     } finally {
       progress?.done();
     }
+    vecs = await gatherRows(paths.length, owned, vecs, split);
     return pairs.map((p, i) => ({ file: p.generated.name, distance: cosineDistance(vecs[i], vecs[pairs.length + i]) }));
   };
 

@@ -3,6 +3,7 @@
  * and SBERT sentence embeddings (all-MiniLM-L6-v2: mean pooling + L2 normalisation). Each
  * distinct text is encoded once; rows come back as float32 vectors in input order.
  */
+import { EvalSplit, gatherRows, ownedItems } from './distributed';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger } from '../errors';
@@ -53,15 +54,20 @@ interface EncodeArgs {
   run: (inputIds: Tensor, attentionMask: Tensor) => Promise<Tensor>;
   /** Called with the number of texts truncated to maxLength. */
   onTruncated?: (count: number) => void;
+  /** Several processes share the batches (./distributed.ts). */
+  split?: EvalSplit;
 }
 
 async function encodeAll(texts: readonly string[], args: EncodeArgs): Promise<Float32Array[]> {
   expectInteger('batchSize', args.batchSize, { min: 1 });
   const { unique, index } = dedupe(texts);
-  const vectors: Float32Array[] = new Array(unique.length);
+  let vectors: Float32Array[] = new Array(unique.length);
   let truncated = 0;
+  // Whole batches per rank (batch k on rank k mod W): every batch is padded as one process pads it.
+  const owned = ownedItems(unique.length, args.batchSize, args.split);
   await noGrad(async () => {
     for (let start = 0; start < unique.length; start += args.batchSize) {
+      if (args.split && Math.floor(start / args.batchSize) % args.split.worldSize !== args.split.rank) continue;
       const batch = unique.slice(start, start + args.batchSize);
       const enc = args.tokenizer.encodeBatch(batch, { padding: 'longest', maxLength: args.maxLength, truncation: true });
       truncated += enc.truncated.filter(Boolean).length;
@@ -72,6 +78,12 @@ async function encodeAll(texts: readonly string[], args: EncodeArgs): Promise<Fl
       });
     }
   });
+  if (args.split) {
+    vectors = await gatherRows(unique.length, owned, owned.map((i) => vectors[i]), args.split);
+    const t = new Float64Array([truncated]);
+    await args.split.sum(t);
+    truncated = t[0];
+  }
   if (truncated > 0) args.onTruncated?.(truncated);
   return Array.from(index, (k) => vectors[k]);
 }
@@ -96,7 +108,7 @@ export async function loadClipTextEncoder(dir: string, opts: { device?: string }
 export async function clipTextEmbeddings(
   enc: ClipTextEncoder,
   texts: readonly string[],
-  opts: { variant: EmbeddingVariant; batchSize: number; onTruncated?: (n: number) => void },
+  opts: { variant: EmbeddingVariant; batchSize: number; onTruncated?: (n: number) => void; split?: EvalSplit },
 ): Promise<Float32Array[]> {
   const cfg = enc.model.config;
   const positions = configInt(cfg?.text_config ? cfg.text_config : cfg, ['max_position_embeddings'], CONFIG_DEFAULTS.clip.maxPositionEmbeddings, 'CLIP text config');
@@ -106,6 +118,7 @@ export async function clipTextEmbeddings(
     batchSize: opts.batchSize,
     run: (inputIds, attentionMask) => enc.model.encodeText({ inputIds, attentionMask }, { variant: opts.variant }),
     onTruncated: opts.onTruncated,
+    split: opts.split,
   });
 }
 
@@ -139,12 +152,13 @@ export async function loadSbertEncoder(dir: string, opts: { device?: string } = 
 }
 
 /** Normalised SBERT sentence embeddings of `texts`. */
-export async function sbertEmbeddings(enc: SbertEncoder, texts: readonly string[], opts: { batchSize: number; onTruncated?: (n: number) => void }): Promise<Float32Array[]> {
+export async function sbertEmbeddings(enc: SbertEncoder, texts: readonly string[], opts: { batchSize: number; onTruncated?: (n: number) => void; split?: EvalSplit }): Promise<Float32Array[]> {
   return encodeAll(texts, {
     tokenizer: enc.tokenizer,
     maxLength: enc.maxLength,
     batchSize: opts.batchSize,
     run: (inputIds, attentionMask) => enc.model.sentenceEmbedding(inputIds, attentionMask),
     onTruncated: opts.onTruncated,
+    split: opts.split,
   });
 }

@@ -1,7 +1,8 @@
 /**
  * Data-parallel finetuning (the trainer's side of lib/distributed): joins the group the launcher set up,
  * checks that every rank holds the same config and weights (hashes), broadcasts the trained tensors from
- * rank 0, and averages gradients and loss terms once per optimizer step (GradSync).
+ * rank 0, and averages gradients and loss terms once per optimizer step (GradSync, overlapped with the last
+ * micro-batch's backward).
  *
  * Exactness: with the DistributedSampler split, rank r's item j of a micro-batch is item j·W + r of the
  * global micro-batch a single process with batch b·W would see, and draws its noise under that index
@@ -21,6 +22,20 @@ import { CaptionTokenizers, ItemSlots, disposeCaptionBatch, encodeCaptions } fro
 
 /** Config keys that may differ between ranks (devices, threads, display). */
 const PER_RANK_KEYS = ['device', 'threads', 'progress', 'prefetch'];
+
+/** One step's gradient all-reduce as the run log records it (per rank; see GradSyncStats). */
+export interface AllReduceStats {
+  /** Exposed: seconds after backward until the averaged gradients were in place. */
+  seconds: number;
+  /** Seconds with a bucket all-reduce in flight, and the part of them during backward. */
+  commSeconds: number;
+  hiddenSeconds: number;
+  bytes: number;
+  buckets: number;
+  /** Buckets launched during backward, and buckets reduced a second time. */
+  launchedInBackward: number;
+  rereduced: number;
+}
 
 export class DataParallel {
   private gradSync?: GradSync;
@@ -53,7 +68,7 @@ export class DataParallel {
    * then the trained tensors broadcast from rank 0, and the gradient averager handed to the training step
    * (which runs it between the micro-batches' backward and clipping).
    */
-  async start(config: object, models: NativeModel[], trained: Tensor[], step: JointStep): Promise<void> {
+  async start(config: { allReduceBucketMib?: number; allReduceOverlap?: boolean }, models: NativeModel[], trained: Tensor[], step: JointStep): Promise<void> {
     if (!this.active) return;
     const shared = Object.fromEntries(Object.entries(config).filter(([k]) => !PER_RANK_KEYS.includes(k)));
     await checkSameOnAllRanks('the finetune config', jsonHash(shared));
@@ -61,7 +76,7 @@ export class DataParallel {
     for (const m of models) all.push(...Object.values(m.tensors()));
     await checkSameOnAllRanks('the model weights', await tensorsHash(all));
     await broadcast(trained, 0);
-    this.gradSync = new GradSync(trained);
+    this.gradSync = new GradSync(trained, { bucketMB: config.allReduceBucketMib, overlap: config.allReduceOverlap });
     step.setGradSync(this.gradSync);
   }
 
@@ -89,11 +104,14 @@ export class DataParallel {
     return N > 0 ? (this.worldSize * count(local)) / N : 1;
   }
 
-  /** Last step's all-reduce seconds and bytes (per rank). */
-  lastStats(): { seconds: number; bytes: number } {
-    if (!this.gradSync) return { seconds: 0, bytes: 0 };
+  /**
+   * Last step's gradient all-reduce (per rank): `seconds` not hidden behind backward (exposed), `commSeconds`
+   * with an all-reduce in flight, `hiddenSeconds` of those during backward, and the bytes.
+   */
+  lastStats(): AllReduceStats {
+    if (!this.gradSync) return { seconds: 0, commSeconds: 0, hiddenSeconds: 0, bytes: 0, buckets: 0, launchedInBackward: 0, rereduced: 0 };
     const s = this.gradSync.stats();
-    return { seconds: s.seconds, bytes: s.bytes };
+    return { seconds: s.seconds, commSeconds: s.commSeconds, hiddenSeconds: s.hiddenSeconds, bytes: s.bytes, buckets: s.buckets, launchedInBackward: s.launchedInBackward, rereduced: s.rereduced };
   }
 }
 

@@ -34,7 +34,7 @@ import { GRADIENT_ROUTES, LOSS_TERMS, LossTerm, LossWeights, OBJECTIVE_PRESETS, 
 import type { JointBatch } from './objective';
 import { CLIP_MODES, ClipMode, JointStep } from './joint-step';
 import { FLIP_SIDES, FlipSides, TrainItem, encodeViewCaptions, epochBatches, microBatchesPerEpoch, readAnnotations } from './data';
-import { DataParallel, SilentRunLog } from './distributed';
+import { AllReduceStats, DataParallel, SilentRunLog } from './distributed';
 import { isMainProcess } from '../distributed';
 import { RECIPES, RecipeName, recipeSettings } from './recipes';
 import { writeReport } from './report';
@@ -171,6 +171,10 @@ export interface FinetuneConfig {
   progress: boolean;
   /** Intra-op threads for the native core (default: libtorch's). */
   threads?: number;
+  /** Data-parallel runs: gradient bucket size in MiB (default 25, as DDP's bucket_cap_mb; the first bucket ≤ 1 MiB). */
+  allReduceBucketMib?: number;
+  /** Data-parallel runs: all-reduce each bucket during backward as soon as its gradients are ready (default true). */
+  allReduceOverlap?: boolean;
 }
 
 export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' | 'images' | 'output'> = {
@@ -230,7 +234,7 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
 /** Merges a partial config over the defaults and checks every key (errors name the key). */
 export function resolveConfig(partial: Record<string, unknown>, source = 'config'): FinetuneConfig {
   if (!partial || typeof partial !== 'object' || Array.isArray(partial)) throw invalid(source, 'an object', partial);
-  const known = new Set([...Object.keys(DEFAULT_CONFIG), 'blip', 'sd', 'bridge', 'annotations', 'images', 'limit', 'valAnnotations', 'valImages', 'output', 'weights', 'maxSteps', 'resume', 'threads', 'blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip', '$comment', 'comment']);
+  const known = new Set([...Object.keys(DEFAULT_CONFIG), 'blip', 'sd', 'bridge', 'annotations', 'images', 'limit', 'valAnnotations', 'valImages', 'output', 'weights', 'maxSteps', 'resume', 'threads', 'blipWeightDecay', 'unetWeightDecay', 'blipClip', 'unetClip', 'allReduceBucketMib', 'allReduceOverlap', '$comment', 'comment']);
   for (const k of Object.keys(partial)) if (!known.has(k)) throw new RoundtripError(`${source}: unknown key '${k}' (known: ${[...known].filter((x) => !x.includes('omment')).sort().join(', ')})`);
   // defaults < the recipe's settings < the caller's keys
   const recipe = expectOneOf(`${source} 'recipe'`, partial.recipe ?? DEFAULT_CONFIG.recipe, RECIPES);
@@ -321,6 +325,8 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
     throw new RoundtripError(`${source}: cacheLatents needs the same SD images every epoch; turn off sdRandomCrop and sdFlip`);
   }
   expectInteger(k('prefetch'), c.prefetch, { min: 1 });
+  if (c.allReduceBucketMib !== undefined) expectNumber(k('allReduceBucketMib'), c.allReduceBucketMib, { min: 1e-6 });
+  if (c.allReduceOverlap !== undefined) expectBoolean(k('allReduceOverlap'), c.allReduceOverlap);
   expectInteger(k('checkpointEvery'), c.checkpointEvery, { min: 0 });
   expectInteger(k('keepLast'), c.keepLast, { min: 1 });
   expectInteger(k('valSize'), c.valSize, { min: 1 });
@@ -376,8 +382,8 @@ export interface StepLog {
   stepsPerSecond: number;
   rssMB: number;
   time: number;
-  /** Data-parallel runs: this step's gradient all-reduce (seconds, bytes sent per rank). */
-  allReduce?: { seconds: number; bytes: number };
+  /** Data-parallel runs: this step's gradient all-reduce (exposed seconds after backward, seconds in flight, of those hidden behind backward, bytes per rank). */
+  allReduce?: AllReduceStats;
 }
 
 export interface FinetuneResult {

@@ -1,7 +1,9 @@
 // c10d process group, ordered collectives and the bucketed gradient averager (see dist.h).
 #include "dist/dist.h"
 
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <optional>
 
 #include "core/common.h"
@@ -10,6 +12,9 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #endif
 #if defined(RT_DIST_NCCL)
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -308,11 +313,167 @@ void barrier(uint64_t ticket, double timeout_seconds) {
   wait_all(*g, works, "barrier");
 }
 
-GradSync::GradSync(std::vector<at::Tensor> params, int64_t bucket_bytes) : params_(std::move(params)) {
+namespace {
+using Clock = std::chrono::steady_clock;
+
+// Total length of the union of [start, end] intervals, and of its part before `cut`.
+std::pair<double, double> union_length(std::vector<std::pair<double, double>> iv, double cut) {
+  std::sort(iv.begin(), iv.end());
+  double total = 0, before = 0, s = 0, e = -1;
+  auto close = [&] {
+    if (e > s) {
+      total += e - s;
+      before += std::max(0.0, std::min(e, cut) - s);
+    }
+  };
+  for (auto& [a, b] : iv) {
+    if (b < a) continue;
+    if (a > e) {
+      close();
+      s = a;
+      e = b;
+    } else e = std::max(e, b);
+  }
+  close();
+  return {total, before};
+}
+}  // namespace
+
+// Everything the gradient-ready hooks touch; they hold it weakly, so a destroyed GradSync turns them into no-ops.
+struct GradSync::State {
+  std::mutex m;
+  GradSync* owner = nullptr;
+  bool armed = false;
+  std::optional<Turn> turn;  // the step's collective turn, from arm()/finish() until everything is issued
+  std::shared_ptr<Group> g;
+  int64_t key = 0;
+  std::vector<size_t> bucket_of;  // parameter -> bucket
+  std::vector<int> fired, expected;  // per parameter: accumulator firings this backward, and how many to wait for
+  std::map<int64_t, std::vector<int>> learned;  // graph key -> firings seen
+  std::vector<int> pending;  // per bucket: parameters still to fire
+  std::vector<char> launched, stale;
+  size_t next = 0;  // buckets launch in order: the next one to launch
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;  // kept alive: the hooks live on them
+  std::vector<uintptr_t> hook_keys;
+  // Timing: [launch, completion] of each bucket all-reduce, seconds since t0 (completion from the work's future).
+  std::mutex tm;
+  std::vector<std::pair<double, double>> intervals;
+  Clock::time_point t0;
+  int64_t bytes = 0, in_backward = 0, rereduced = 0;
+
+  double now() const { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+  // Starts a step's bookkeeping (m held).
+  void begin(uint64_t ticket, int64_t graph_key) {
+    turn.emplace(ticket);
+    g = group("gradient all-reduce");
+    key = graph_key;
+    const size_t P = bucket_of.size(), B = owner->buckets_.size();
+    fired.assign(P, 0);
+    auto it = learned.find(key);
+    if (it != learned.end()) expected = it->second;
+    else {
+      expected.assign(P, 0);
+      for (size_t i = 0; i < P; ++i) expected[i] = accumulators[i] ? 1 : 0;
+    }
+    pending.assign(B, 0);
+    for (size_t i = 0; i < P; ++i)
+      if (expected[i] > 0) pending[bucket_of[i]]++;
+    launched.assign(B, 0);
+    stale.assign(B, 0);
+    works.assign(B, {});
+    next = 0;
+    t0 = Clock::now();
+    {
+      std::lock_guard<std::mutex> lock(tm);
+      intervals.clear();
+    }
+    bytes = in_backward = rereduced = 0;
+  }
+
+  // Packs bucket b from the current gradients (zeros for none) and starts its all-reduce (m and the turn held).
+  void launch(size_t b) {
+    at::NoGradGuard no_grad;
+    auto& bk = owner->buckets_[b];
+    for (size_t k = 0; k < bk.params.size(); ++k) {
+      at::Tensor slot = bk.flat.narrow(0, bk.offsets[k], bk.offsets[k + 1] - bk.offsets[k]);
+      const at::Tensor& grad = owner->params_[bk.params[k]].grad();
+      if (grad.defined()) slot.view(owner->params_[bk.params[k]].sizes()).copy_(grad);
+      else slot.zero_();
+    }
+    size_t slot;
+    {
+      std::lock_guard<std::mutex> lock(tm);
+      slot = intervals.size();
+      intervals.emplace_back(now(), -1.0);
+    }
+    c10d::AllreduceOptions o;
+    std::vector<at::Tensor> one{bk.flat};
+    c10::intrusive_ptr<c10d::Work> w;
+    try {
+      w = g->pg->allreduce(one, o);
+    } catch (const std::exception& e) {
+      collective_failed(*g, "gradient all-reduce", e);
+    }
+    try {
+      // The completion time, for the in-flight measure (a backend without futures leaves it to finish()).
+      std::weak_ptr<State> self = owner->state_;
+      w->getFuture()->addCallback([self, slot](c10::ivalue::Future&) {
+        if (auto st = self.lock()) {
+          std::lock_guard<std::mutex> lock(st->tm);
+          if (slot < st->intervals.size() && st->intervals[slot].second < 0) st->intervals[slot].second = st->now();
+        }
+      });
+    } catch (const std::exception&) {
+    }
+    works[b] = w;
+    launched[b] = 1;
+    bytes += bk.flat.numel() * bk.flat.element_size();
+  }
+
+  // Launches the ready buckets at the front, in order (m held, armed).
+  void advance() {
+    while (next < pending.size() && pending[next] == 0) {
+      launch(next++);
+      in_backward++;
+    }
+  }
+
+  // Gradient-ready hook of parameter i (autograd's thread).
+  void fire(size_t i) {
+    std::lock_guard<std::mutex> lock(m);
+    if (!armed || !owner) return;
+    const size_t b = bucket_of[i];
+    if (++fired[i] > expected[i]) {
+      // More firings than expected (a recompute): a launched bucket holds a partial gradient.
+      if (launched[b]) stale[b] = 1;
+      return;
+    }
+    if (fired[i] == expected[i] && --pending[b] == 0) advance();
+  }
+};
+
+namespace {
+struct ReadyHook : torch::autograd::FunctionPostHook {
+  ReadyHook(std::weak_ptr<GradSync::State> s, size_t i) : st(std::move(s)), index(i) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) override {
+    if (auto s = st.lock()) s->fire(index);
+    return outputs;
+  }
+  std::weak_ptr<GradSync::State> st;
+  size_t index;
+};
+}  // namespace
+
+GradSync::GradSync(std::vector<at::Tensor> params, int64_t bucket_bytes, bool overlap) : params_(std::move(params)), overlap_(overlap) {
   if (bucket_bytes < 1) throw Error("GradSync: bucket size " + std::to_string(bucket_bytes) + " bytes is not >= 1");
-  // Buckets in parameter order, split by device/dtype and size; each flat buffer is allocated once.
-  std::vector<size_t> order(params_.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  // Buckets in reverse parameter order (the order backward produces gradients), split by device/dtype and size;
+  // the first one small (DDP: 1 MiB) so the first all-reduce starts early. Each flat buffer is allocated once.
+  const int64_t first_bytes = std::min<int64_t>(bucket_bytes, int64_t(1) << 20);
+  state_ = std::make_shared<State>();
+  state_->owner = this;
+  state_->bucket_of.assign(params_.size(), 0);
   Bucket cur;
   int64_t cur_bytes = 0;
   auto flush = [&](const at::Tensor& like) {
@@ -323,53 +484,127 @@ GradSync::GradSync(std::vector<at::Tensor> params, int64_t bucket_bytes) : param
     cur_bytes = 0;
   };
   const at::Tensor* prev = nullptr;
-  for (size_t i : order) {
+  for (size_t k = params_.size(); k-- > 0;) {
+    const size_t i = k;
     const at::Tensor& p = params_[i];
     if (!at::isFloatingType(p.scalar_type())) throw Error("GradSync: parameter " + std::to_string(i) + " is " + dtype_name(p.scalar_type()) + ", not floating point");
     const int64_t bytes = p.numel() * p.element_size();
-    if (prev && (prev->device() != p.device() || prev->scalar_type() != p.scalar_type() || cur_bytes + bytes > bucket_bytes)) flush(*prev);
+    const int64_t cap = buckets_.empty() ? first_bytes : bucket_bytes;
+    if (prev && (prev->device() != p.device() || prev->scalar_type() != p.scalar_type() || cur_bytes + bytes > cap)) flush(*prev);
     if (cur.offsets.empty()) cur.offsets.push_back(0);
+    state_->bucket_of[i] = buckets_.size();
     cur.params.push_back(i);
     cur.offsets.push_back(cur.offsets.back() + p.numel());
     cur_bytes += bytes;
     prev = &p;
   }
   if (prev) flush(*prev);
+  state_->accumulators.assign(params_.size(), nullptr);
+  state_->hook_keys.assign(params_.size(), 0);
+  if (!overlap_) return;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const at::Tensor& p = params_[i];
+    if (!p.requires_grad() || !p.is_leaf()) continue;  // never gets a gradient of its own
+    auto acc = torch::autograd::impl::grad_accumulator(p);
+    if (!acc) continue;
+    state_->hook_keys[i] = acc->add_post_hook(std::make_unique<ReadyHook>(state_, i));
+    state_->accumulators[i] = std::move(acc);
+  }
 }
 
-std::shared_ptr<void> GradSync::reduce(at::Tensor& small, uint64_t ticket) {
-  std::optional<Turn> turn(std::in_place, ticket);
-  at::NoGradGuard no_grad;
-  std::shared_ptr<Group> g = group("gradient all-reduce");
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  const auto t0 = std::chrono::steady_clock::now();
-  int64_t bytes = small.numel() * small.element_size();
-  c10d::AllreduceOptions o;
+GradSync::~GradSync() {
+  std::lock_guard<std::mutex> lock(state_->m);
+  state_->owner = nullptr;
+  state_->armed = false;
+  state_->turn.reset();
+  for (size_t i = 0; i < state_->accumulators.size(); ++i)
+    if (state_->accumulators[i]) state_->accumulators[i]->del_post_hook(state_->hook_keys[i]);
+}
+
+std::vector<int64_t> GradSync::bucket_sizes() const {
+  std::vector<int64_t> out;
+  for (auto& b : buckets_) out.push_back(b.flat.numel() * b.flat.element_size());
+  return out;
+}
+
+void GradSync::arm(uint64_t ticket, int64_t graph_key) {
+  if (!overlap_) return;
+  std::lock_guard<std::mutex> lock(state_->m);
+  if (state_->armed) throw Error("GradSync: armed twice without finish()");
+  state_->begin(ticket, graph_key);
+  state_->armed = true;
   try {
-    {
-      std::vector<at::Tensor> one{small};
-      works.push_back(g->pg->allreduce(one, o));
-    }
-    // Each bucket's all-reduce starts once it is packed: Gloo reduces one while the next is copied.
-    for (auto& b : buckets_) {
-      for (size_t k = 0; k < b.params.size(); ++k) {
-        at::Tensor slot = b.flat.narrow(0, b.offsets[k], b.offsets[k + 1] - b.offsets[k]);
-        const at::Tensor& grad = params_[b.params[k]].grad();
-        if (grad.defined()) slot.view(params_[b.params[k]].sizes()).copy_(grad);
-        else slot.zero_();
-      }
-      std::vector<at::Tensor> one{b.flat};
-      works.push_back(g->pg->allreduce(one, o));
-      bytes += b.flat.numel() * b.flat.element_size();
-    }
-  } catch (const std::exception& e) {
-    collective_failed(*g, "gradient all-reduce", e);
+    state_->advance();  // buckets with nothing to wait for (learned: no gradient in this graph)
+  } catch (...) {
+    state_->armed = false;
+    state_->turn.reset();
+    throw;
   }
-  turn.reset();
-  wait_all(*g, works, "gradient all-reduce");
-  last_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  last_bytes = bytes;
-  return g;
+}
+
+void GradSync::abandon(uint64_t ticket) {
+  std::unique_lock<std::mutex> lock(state_->m);
+  if (state_->turn) {
+    state_->armed = false;
+    state_->turn.reset();
+    return;
+  }
+  lock.unlock();
+  pass_turn(ticket);
+}
+
+// Launches what is left (all buckets when not armed), re-reduces stale buckets, then `small`; waits; returns
+// with the buckets summed (not yet unpacked) and `small` summed in place.
+at::Tensor GradSync::finish_impl(at::Tensor small, uint64_t ticket) {
+  State& st = *state_;
+  std::unique_lock<std::mutex> lock(st.m);
+  const bool was_armed = st.armed;
+  st.armed = false;
+  std::vector<c10::intrusive_ptr<c10d::Work>> rest;
+  double t_finish = 0;
+  try {
+    if (!was_armed) st.begin(ticket, 0);
+    t_finish = st.now();
+    for (size_t b = st.next; b < buckets_.size(); ++b) st.launch(b);
+    st.next = buckets_.size();
+    for (size_t b = 0; b < buckets_.size(); ++b) {
+      if (!st.stale[b]) continue;
+      // The launched all-reduce read a partial gradient: reduce the bucket again once it is done.
+      try {
+        st.works[b]->wait();
+      } catch (const std::exception& e) {
+        collective_failed(*st.g, "gradient all-reduce", e);
+      }
+      st.launch(b);
+      st.rereduced++;
+    }
+    if (was_armed) st.learned[st.key] = st.fired;
+    std::vector<at::Tensor> one{small};
+    rest.push_back(st.g->pg->allreduce(one, c10d::AllreduceOptions()));
+    st.bytes += small.numel() * small.element_size();
+  } catch (const std::exception& e) {
+    st.turn.reset();
+    if (dynamic_cast<const Error*>(&e)) throw;
+    collective_failed(*st.g, "gradient all-reduce", e);
+  }
+  st.turn.reset();
+  auto g = st.g;
+  for (auto& w : st.works) rest.push_back(w);
+  lock.unlock();
+  wait_all(*g, rest, "gradient all-reduce");
+  const double t_end = st.now();
+  {
+    std::lock_guard<std::mutex> tl(st.tm);
+    for (auto& iv : st.intervals)
+      if (iv.second < 0) iv.second = t_end;  // no completion callback: counted to the end
+    auto [total, before] = union_length(st.intervals, t_finish);
+    last_comm_seconds = total;
+    last_hidden_seconds = before;
+  }
+  last_bytes = st.bytes;
+  last_launched_in_backward = st.in_backward;
+  last_rereduced = st.rereduced;
+  return small;
 }
 
 void GradSync::unpack(const std::function<bool(size_t)>& give_missing, int world) {
@@ -390,6 +625,7 @@ void GradSync::unpack(const std::function<bool(size_t)>& give_missing, int world
 
 std::vector<double> GradSync::finish(const std::vector<double>& extras, uint64_t ticket) {
   std::lock_guard<std::mutex> lock(mutex_);
+  const auto t0 = Clock::now();
   // Extras, then one presence count per parameter (who has a gradient), in float64 on the first parameter's
   // device (NCCL reduces device memory only).
   at::Tensor small;
@@ -399,19 +635,21 @@ std::vector<double> GradSync::finish(const std::vector<double>& extras, uint64_t
     for (auto& p : params_) host.push_back(p.grad().defined() ? 1.0 : 0.0);
     small = at::tensor(host, at::TensorOptions().dtype(at::kDouble)).to(dev);
   } catch (...) {
-    Turn pass(ticket);  // later collectives must not wait for this one
+    abandon(ticket);  // later collectives must not wait for this one
     throw;
   }
-  auto g = std::static_pointer_cast<Group>(reduce(small, ticket));
+  finish_impl(small, ticket);
   at::Tensor counts = small.to(at::kCPU);
   const double* c = counts.data_ptr<double>();
   const size_t n = extras.size();
-  unpack([&](size_t i) { return c[n + i] > 0; }, g->config.world_size);
+  unpack([&](size_t i) { return c[n + i] > 0; }, group("gradient all-reduce")->config.world_size);
+  last_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return std::vector<double>(c, c + n);
 }
 
 at::Tensor GradSync::finish(const at::Tensor& extras, uint64_t ticket) {
   std::lock_guard<std::mutex> lock(mutex_);
+  const auto t0 = Clock::now();
   at::Tensor small;
   try {
     const at::Device dev = params_.empty() ? extras.device() : params_[0].device();
@@ -419,11 +657,12 @@ at::Tensor GradSync::finish(const at::Tensor& extras, uint64_t ticket) {
     for (auto& p : params_) counts.push_back(p.grad().defined() ? 1.0 : 0.0);
     small = at::cat({extras.detach().reshape({-1}).to(dev, at::kDouble), at::tensor(counts, at::TensorOptions().dtype(at::kDouble)).to(dev)});
   } catch (...) {
-    Turn pass(ticket);
+    abandon(ticket);
     throw;
   }
-  auto g = std::static_pointer_cast<Group>(reduce(small, ticket));
-  unpack([](size_t) { return false; }, g->config.world_size);
+  finish_impl(small, ticket);
+  unpack([](size_t) { return false; }, group("gradient all-reduce")->config.world_size);
+  last_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return small;
 }
 
@@ -447,10 +686,15 @@ void pass_turn(uint64_t) {}
 void all_reduce(std::vector<at::Tensor>, Op, uint64_t) { refuse("allReduce"); }
 void broadcast(std::vector<at::Tensor>, int, uint64_t) { refuse("broadcast"); }
 void barrier(uint64_t, double) { refuse("barrier"); }
-GradSync::GradSync(std::vector<at::Tensor>, int64_t) { refuse("GradSync"); }
+struct GradSync::State {};
+GradSync::GradSync(std::vector<at::Tensor>, int64_t, bool) { refuse("GradSync"); }
+GradSync::~GradSync() = default;
+std::vector<int64_t> GradSync::bucket_sizes() const { return {}; }
+void GradSync::arm(uint64_t, int64_t) { refuse("GradSync"); }
+void GradSync::abandon(uint64_t) {}
 std::vector<double> GradSync::finish(const std::vector<double>&, uint64_t) { refuse("GradSync"); }
 at::Tensor GradSync::finish(const at::Tensor&, uint64_t) { refuse("GradSync"); }
-std::shared_ptr<void> GradSync::reduce(at::Tensor&, uint64_t) { refuse("GradSync"); }
+at::Tensor GradSync::finish_impl(at::Tensor, uint64_t) { refuse("GradSync"); }
 void GradSync::unpack(const std::function<bool(size_t)>&, int) { refuse("GradSync"); }
 
 #endif

@@ -57,25 +57,56 @@ void barrier(uint64_t ticket, double timeout_seconds = 0);
 // A 64-bit FNV-1a hash of the tensors' bytes, shapes and dtypes (rank agreement checks).
 std::string tensors_hash(const std::vector<at::Tensor>& tensors);
 
-// Averages the gradients of a fixed list of parameters across ranks: grads are packed into a few
-// flat buckets (allocated once, per device and dtype, at most `bucket_bytes` each), every bucket's
-// all-reduce is started as soon as it is packed (Gloo works on one while the next is packed), then
-// each is unpacked ÷ world size. A parameter with no gradient on any rank keeps none (AdamW skips
-// it, as in one process); one with a gradient on some ranks only gets zeros from the others.
-// `extras` (losses, flags) ride along in one small float64 all-reduce and come back summed.
+// Averages the gradients of a fixed list of parameters across ranks, as PyTorch DDP's c10d::Reducer does:
+// the parameters are grouped into flat buckets (allocated once, per device and dtype) in REVERSE order
+// (backward produces the last layers' gradients first), the first bucket at most min(1 MiB, `bucket_bytes`)
+// and the others at most `bucket_bytes` (DDP's first-bucket and bucket_cap_mb defaults). With `overlap`,
+// gradient-ready hooks on the parameters' gradient accumulators pack a bucket as soon as all of its
+// parameters are accumulated during the backward pass the caller arm()s (the last micro-batch's: earlier
+// micro-batches only accumulate, like DDP's no_sync), and launch its asynchronous all-reduce while backward
+// goes on; buckets launch strictly in bucket order, so every rank issues the same collectives in the same
+// order. finish() launches what backward left (parameters it did not reach), waits for all, and unpacks
+// each bucket ÷ world size. Without overlap (or when not armed) finish() packs and launches every bucket
+// after backward. A parameter with no gradient on any rank keeps none (AdamW skips it, as in one process).
+// `extras` (losses, flags) ride along in one small float64 all-reduce after the buckets, summed.
+//
+// A parameter used by several checkpointed blocks gets its gradient accumulated once per recompute: its
+// accumulator fires more than once per backward. Each parameter's expected number of firings is learned per
+// graph key (the caller's: the active loss terms); a firing after its bucket was launched marks the bucket
+// stale, and finish() reduces it again once the launched all-reduce is done (ranks run the same graph, so
+// they re-reduce the same buckets). The next step with that key then waits for every firing.
 class GradSync {
  public:
-  GradSync(std::vector<at::Tensor> params, int64_t bucket_bytes);
-  // One step: averages grads, returns the extras summed over ranks.
+  GradSync(std::vector<at::Tensor> params, int64_t bucket_bytes, bool overlap = true);
+  ~GradSync();
+  // One step without overlap: averages grads, returns the extras summed over ranks.
   std::vector<double> finish(const std::vector<double>& extras, uint64_t ticket);
   // The same inside a native training step, without a host sync: `extras` (a 1-D tensor on the parameters'
   // device) comes back summed, followed by one count per parameter of the ranks that had a gradient. Here a
   // parameter without a local gradient keeps none; the caller checks the counts are all 0 or W.
   at::Tensor finish(const at::Tensor& extras, uint64_t ticket);
-  // Last step's wall time in the collective part and the bytes all-reduced (per rank).
+  // Overlap: the next backward (until finish) launches buckets as their gradients become ready. Takes the
+  // collective turn of `ticket` (held until finish() has issued everything). No-op without overlap.
+  void arm(uint64_t ticket, int64_t graph_key);
+  // A step failed between arm() (or the ticket's issue) and finish(): gives up the turn so later collectives
+  // are not blocked (the other ranks then fail in their all-reduce, naming it).
+  void abandon(uint64_t ticket);
+  bool overlap() const { return overlap_; }
+
+  // Last step: wall seconds of finish() (after backward: launching what was left, waiting, unpacking) — the
+  // communication time backward did not hide; seconds with at least one bucket all-reduce in flight (from its
+  // launch to its completion, as the backend reports it), and the part of those that fell before finish();
+  // bytes all-reduced (per rank, re-reductions included); buckets launched during backward; stale re-reductions.
   double last_seconds = 0;
+  double last_comm_seconds = 0;
+  double last_hidden_seconds = 0;
   int64_t last_bytes = 0;
+  int64_t last_launched_in_backward = 0;
+  int64_t last_rereduced = 0;
   int64_t bucket_count() const { return static_cast<int64_t>(buckets_.size()); }
+  std::vector<int64_t> bucket_sizes() const;
+
+  struct State;  // shared with the hooks (dist.cc)
 
  private:
   struct Bucket {
@@ -83,12 +114,13 @@ class GradSync {
     std::vector<size_t> params;  // indices into params_
     std::vector<int64_t> offsets;
   };
-  // Packs and all-reduces every bucket and `small` (in place), then waits; grads are not touched yet.
-  std::shared_ptr<void> reduce(at::Tensor& small, uint64_t ticket);
-  // Copies the averaged buckets into the grads; a parameter without one gets it only if give_missing(i).
+  // Launches what is left, waits; `small` comes back summed, the buckets summed but not yet unpacked.
+  at::Tensor finish_impl(at::Tensor small, uint64_t ticket);
   void unpack(const std::function<bool(size_t)>& give_missing, int world);
   std::vector<at::Tensor> params_;
   std::vector<Bucket> buckets_;
+  bool overlap_ = true;
+  std::shared_ptr<State> state_;
   std::mutex mutex_;
 };
 

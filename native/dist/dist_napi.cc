@@ -138,20 +138,29 @@ class GradSyncHandle : public Napi::ObjectWrap<GradSyncHandle> {
       });
     });
   }
-  // stats() -> {seconds, bytes, buckets} of the last finish()
+  // stats() -> {seconds, commSeconds, hiddenSeconds, bytes, buckets, bucketBytes, launchedInBackward, rereduced, overlap}
+  // of the last step
   Napi::Value Stats(const Napi::CallbackInfo& info) {
-    json j = {{"seconds", s->last_seconds}, {"bytes", s->last_bytes}, {"buckets", s->bucket_count()}};
+    json j = {{"seconds", s->last_seconds},
+              {"commSeconds", s->last_comm_seconds},
+              {"hiddenSeconds", s->last_hidden_seconds},
+              {"bytes", s->last_bytes},
+              {"buckets", s->bucket_count()},
+              {"bucketBytes", s->bucket_sizes()},
+              {"launchedInBackward", s->last_launched_in_backward},
+              {"rereduced", s->last_rereduced},
+              {"overlap", s->overlap()}};
     return json_to_js(info.Env(), j);
   }
 };
 Napi::FunctionReference GradSyncHandle::ctor;
 
-// createGradSync(params, optionsJson{bucketBytes}) -> GradSyncHandle
+// createGradSync(params, optionsJson{bucketBytes, overlap}) -> GradSyncHandle
 Napi::Value CreateGradSync(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     auto params = handles(info[0], "createGradSync(params)");
     json o = arg_json(info, 1, "options");
-    auto s = std::make_shared<dist::GradSync>(params, opt<int64_t>(o, "bucketBytes", int64_t(25) << 20));
+    auto s = std::make_shared<dist::GradSync>(params, opt<int64_t>(o, "bucketBytes", int64_t(25) << 20), opt<bool>(o, "overlap", true));
     Napi::Object h = GradSyncHandle::ctor.New({});
     Napi::ObjectWrap<GradSyncHandle>::Unwrap(h)->s = s;
     return h;

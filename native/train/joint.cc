@@ -472,7 +472,8 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
   auto ms_since = [](clock::time_point t) { return std::chrono::duration<float, std::milli>(clock::now() - t).count(); };
   float forward_ms = 0, backward_ms = 0;
   try {
-    for (const MicroBatch& mb : batches) {
+    for (size_t m = 0; m < batches.size(); ++m) {
+      const MicroBatch& mb = batches[m];
       auto t0 = clock::now();
       TensorMap r = forward(mb, step);
       forward_ms += ms_since(t0);
@@ -487,12 +488,20 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
           term_sums[t] = term_sums[t].defined() ? term_sums[t] + v : v;
         }
       }
+      // Data-parallel with overlap: the last micro-batch's backward launches each gradient bucket's all-reduce as
+      // soon as the bucket is complete (earlier micro-batches only accumulate, like DDP's no_sync). The graph key
+      // (its active terms) tells GradSync which parameters to wait for.
+      if (dist && dist->sync && m + 1 == batches.size()) {
+        int64_t key = 0;
+        for (int t : active_terms(step, mb.micro)) key |= int64_t(1) << t;
+        dist->sync->arm(dist->ticket, key);
+      }
       t0 = clock::now();
       (accum > 1 ? total / accum : total).backward();
       backward_ms += ms_since(t0);
     }
   } catch (...) {
-    if (dist && dist->sync) dist::pass_turn(dist->ticket);  // the other ranks then fail in their all-reduce
+    if (dist && dist->sync) dist->sync->abandon(dist->ticket);  // the other ranks then fail in their all-reduce
     throw;
   }
   const auto t_update = clock::now();
