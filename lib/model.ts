@@ -3,11 +3,11 @@
  * Inputs and outputs are named tensors; every call runs off the JS thread and returns a Promise.
  */
 import { RoundtripError, expectBoolean, expectOneOf } from './errors';
-import { native, NativeModelHandle, NativeTensorHandle, ParameterInfo, WeightsReport } from './native';
+import { FrozenDtypeReport, native, NativeModelHandle, NativeTensorHandle, ParameterInfo, WeightsReport } from './native';
 import type { MethodInputs, MethodName, MethodOptions, MethodOutputs, ModelKind } from './native-methods';
 import { DType, Tensor } from './tensor';
 
-export type { ParameterInfo, WeightsReport } from './native';
+export type { FrozenDtypeReport, ParameterInfo, WeightsReport } from './native';
 
 export interface LoadWeightsOptions {
   /** file key -> model key, applied before lookup (published alternative layouts). */
@@ -43,6 +43,14 @@ export interface CallControl {
 
 /** Mixed precision of model calls: CUDA autocast to bf16/fp16, or full fp32 ("off"). */
 export type Autocast = 'off' | 'bf16' | 'fp16';
+
+/**
+ * How frozen weights are held on CPU: 'fp32' (exact), or 'bf16'/'fp16' — an approximation: frozen matrices,
+ * kernels and embeddings stored at half the bytes and up-cast per op, so computation stays fp32 and only the
+ * weights' rounding differs (bf16 keeps 8 significant bits, fp16 11).
+ */
+export type FrozenDtype = 'fp32' | 'bf16' | 'fp16';
+export const FROZEN_DTYPES: readonly FrozenDtype[] = ['fp32', 'bf16', 'fp16'];
 
 /**
  * A native model of kind `K`; `call` is typed by the kind's row of lib/native-methods.ts (the one declaration of
@@ -253,7 +261,29 @@ export class NativeModel<K extends ModelKind = ModelKind> {
     }
   }
 
+  /**
+   * Holds this model's frozen weights (parameters without gradient, ≥ 2 dims) in bf16 or fp16 on CPU — an
+   * approximation (see `FrozenDtype`) that halves their memory; trainable tensors stay fp32, so choose them
+   * (`setTrainable`) first. 'fp32' leaves the model as it is. Tested on the unet, vae, clip and blip kinds;
+   * other kinds are refused. Returns what was converted.
+   */
+  async setFrozenDtype(dtype: FrozenDtype): Promise<FrozenDtypeReport | null> {
+    expectOneOf('frozen dtype', dtype, FROZEN_DTYPES);
+    if (dtype === 'fp32') return null;
+    if (!FROZEN_DTYPE_KINDS.includes(this.kind))
+      throw new RoundtripError(`frozen dtype ${dtype}: not supported for '${this.kind}' models (supported: ${FROZEN_DTYPE_KINDS.join(', ')})`);
+    if (this.autocastMode !== 'off') throw new RoundtripError(`frozen dtype ${dtype} is a CPU option; this model runs under CUDA autocast`);
+    try {
+      return await this.handle.setFrozenDtype(dtype === 'bf16' ? 'bfloat16' : 'float16');
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
   dispose(): void {
     this.handle.dispose();
   }
 }
+
+/** Model kinds whose frozen weights may be held in bf16/fp16 (each checked against its fp32 fixture). */
+export const FROZEN_DTYPE_KINDS: readonly string[] = ['unet', 'vae', 'clip', 'blip'];

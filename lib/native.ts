@@ -62,7 +62,16 @@ export interface NativeModelHandle {
   to(device: string, dtype?: DType): Promise<void>;
   train(on: boolean): void;
   setChannelsLast(on: boolean): void;
+  setFrozenDtype(dtype: string): Promise<FrozenDtypeReport>;
   dispose(): void;
+}
+
+/** What `setFrozenDtype` converted: frozen tensors and their bytes before (fp32) and after. */
+export interface FrozenDtypeReport {
+  tensors: number;
+  bytesBefore: number;
+  bytesAfter: number;
+  dtype: string;
 }
 
 export interface WeightsReport {

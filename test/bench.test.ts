@@ -26,7 +26,7 @@ test('bench --size tiny --json reports every row with time, faults and peak RSS'
     const names = report.rows.map((x: any) => x.name);
     const expected = benchRows().map((x) => x.name);
     expect(names).toEqual(expected);
-    for (const name of ['load.sd', 'load.blip', 'unet.forward', 'unet.forward_backward', 'vae.encode', 'vae.decode', 'clip.text', 'blip.loss_forward_backward', 'blip.beam_search', 'sd.sampling', 'generate.process', 'train.joint_step', 'train.sd_only_step', 'train.blip_only_step']) {
+    for (const name of ['load.sd', 'load.blip', 'unet.forward', 'unet.forward_backward', 'vae.encode', 'vae.decode', 'clip.text', 'blip.loss_forward_backward', 'blip.beam_search', 'sd.sampling', 'generate.process', 'generate.process.2x', 'generate.process.bf16', 'generate.process.2x.bf16', 'train.joint_step', 'train.sd_only_step', 'train.blip_only_step', 'train.joint_step.bf16', 'train.sd_only_step.bf16']) {
       expect(names).toContain(name);
     }
     for (const row of report.rows) {
@@ -36,7 +36,7 @@ test('bench --size tiny --json reports every row with time, faults and peak RSS'
       expect(row.minorFaults).toBeGreaterThanOrEqual(0);
       expect(row.peakRssMB).toBeGreaterThan(10);
     }
-    for (const name of ['train.joint_step', 'train.sd_only_step', 'train.blip_only_step']) expect(report.rows.find((x: any) => x.name === name).extras.hostSyncs).toBe(1);
+    for (const name of ['train.joint_step', 'train.sd_only_step', 'train.blip_only_step', 'train.joint_step.bf16', 'train.sd_only_step.bf16']) expect(report.rows.find((x: any) => x.name === name).extras.hostSyncs).toBe(1);
     const gen = report.rows.find((x: any) => x.name === 'generate.process');
     expect(gen.extras.readyMs).toBeGreaterThan(0);
     expect(gen.extras.readyMs).toBeLessThan(gen.extras.wallMs);

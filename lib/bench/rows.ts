@@ -225,23 +225,32 @@ function runChild(args: string[]): Promise<ChildReport> {
   });
 }
 
-registerBenchRow({
-  name: 'generate.process',
-  describe: `a whole generate process: load, 1 prompt, Euler ${SAMPLING_STEPS} steps, CFG 7.5, 8h×8w, decode (child process; ready = load done)`,
-  maxReps: 3,
-  maxWarmup: 0,
-  setup: async (m) => {
-    // The child loads the models itself: free ours so its numbers are its own.
-    m.dispose();
-    releaseMemory();
-    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'roundtrip-bench-gen-'));
-    const side = m.latentSize * 8;
-    return {
-      run: async () => {
-        const r = await runChild([m.sdDir, out, String(side), String(SAMPLING_STEPS)]);
-        return { readyMs: r.readyMs, wallMs: r.wallMs, peakRssMB: r.peakRssMB, processFaults: r.minorFaults };
-      },
-      dispose: () => fs.rmSync(out, { recursive: true, force: true }),
-    };
-  },
-});
+/** A whole `generate` process in a child: `scale` × the size's sample side, weights as `frozenDtype`. */
+function generateProcessRow(name: string, what: string, scale: number, frozenDtype: 'fp32' | 'bf16', vaeSlicing: boolean): void {
+  registerBenchRow({
+    name,
+    describe: `a whole generate process: load, 1 prompt, Euler ${SAMPLING_STEPS} steps, CFG 7.5, ${what}, decode (child process; ready = load done)`,
+    maxReps: 3,
+    maxWarmup: 0,
+    setup: async (m) => {
+      // The child loads the models itself: free ours so its numbers are its own.
+      m.dispose();
+      releaseMemory();
+      const out = fs.mkdtempSync(path.join(os.tmpdir(), 'roundtrip-bench-gen-'));
+      const side = m.latentSize * 8 * scale;
+      return {
+        run: async () => {
+          const r = await runChild([m.sdDir, out, String(side), String(SAMPLING_STEPS), frozenDtype, vaeSlicing ? '1' : '0']);
+          return { readyMs: r.readyMs, wallMs: r.wallMs, peakRssMB: r.peakRssMB, processFaults: r.minorFaults };
+        },
+        dispose: () => fs.rmSync(out, { recursive: true, force: true }),
+      };
+    },
+  });
+}
+
+generateProcessRow('generate.process', '8h×8w', 1, 'fp32', false);
+// Issue #22's 512² target (sd14: 64² latents) with VAE slicing, and the weights held in bf16 (an approximation).
+generateProcessRow('generate.process.2x', '16h×16w (512² at sd14), VAE slicing', 2, 'fp32', true);
+generateProcessRow('generate.process.bf16', '8h×8w, weights held in bf16 (--frozen-dtype bf16)', 1, 'bf16', false);
+generateProcessRow('generate.process.2x.bf16', '16h×16w, VAE slicing, weights held in bf16', 2, 'bf16', true);

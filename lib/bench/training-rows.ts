@@ -10,6 +10,7 @@ import { CaptionBatch, disposeCaptionBatch, encodeCaptions } from '../finetune/l
 import { LossWeights, ObjectiveOptions } from '../finetune/objective';
 import { trainablePatterns } from '../finetune/trainer';
 import { deriveSeed } from '../image/random';
+import type { FrozenDtype } from '../model';
 import { Tensor, disposeAll } from '../tensor';
 import { loadBertTokenizer } from '../tokenizers/load';
 import { AdamW } from '../train/optimizer';
@@ -19,16 +20,19 @@ import { registerBenchRow } from './registry';
 const CAPTION = 'a man riding a horse on a dirt road near a fence';
 const MICRO = 2;
 
-const STEPS: { name: string; weights: LossWeights; schedule: ObjectiveOptions['schedule'] }[] = [
+const STEPS: { name: string; weights: LossWeights; schedule: ObjectiveOptions['schedule']; frozenDtype?: FrozenDtype }[] = [
   { name: 'train.joint_step', weights: { cap: 1, recImg: 1, sd: 1, recTxt: 1 }, schedule: 'alternating-micro' },
   { name: 'train.sd_only_step', weights: { cap: 0, recImg: 0, sd: 1, recTxt: 0 }, schedule: 'summed' },
   { name: 'train.blip_only_step', weights: { cap: 1, recImg: 0, sd: 0, recTxt: 0 }, schedule: 'summed' },
+  // The same steps with the frozen weights of all four models held in bf16 (finetune frozenDtype, an approximation).
+  { name: 'train.joint_step.bf16', weights: { cap: 1, recImg: 1, sd: 1, recTxt: 1 }, schedule: 'alternating-micro', frozenDtype: 'bf16' },
+  { name: 'train.sd_only_step.bf16', weights: { cap: 0, recImg: 0, sd: 1, recTxt: 0 }, schedule: 'summed', frozenDtype: 'bf16' },
 ];
 
 for (const s of STEPS) {
   registerBenchRow({
     name: s.name,
-    describe: `one optimizer step (${MICRO} micro-batches of 1, ${s.schedule}; cross-attention queries trainable; one native call)`,
+    describe: `one optimizer step (${MICRO} micro-batches of 1, ${s.schedule}; cross-attention queries trainable; one native call)${s.frozenDtype ? `; frozen weights in ${s.frozenDtype}` : ''}`,
     maxReps: 5,
     setup: async (m: BenchModels) => {
       const sd = await m.sd();
@@ -43,6 +47,9 @@ for (const s of STEPS) {
       };
       const blipTrainable = blip.model.setTrainable(trainablePatterns('blip', 'xattn-q'));
       const unetTrainable = sd.unet.model.setTrainable(trainablePatterns('unet', 'xattn-q'));
+      // Held reduced after the trainable sets are chosen, as the trainer does; irreversible, so dispose() frees the
+      // shared models and later rows load fp32 ones again.
+      if (s.frozenDtype) await Promise.all([blip.model, sd.unet.model, sd.vae.model, sd.textEncoder].map((x) => x.setFrozenDtype(s.frozenDtype!)));
       const captions: CaptionBatch = encodeCaptions({ blip: loadBertTokenizer(m.blipDir), clip: sd.tokenizer }, [CAPTION]);
       const side = blip.imageSize;
       const blipImages = Tensor.randn([1, 3, side, side], 21);
@@ -75,6 +82,7 @@ for (const s of STEPS) {
           disposeAll([blipImages, sdImages]);
           blip.model.setTrainable([]);
           sd.unet.model.setTrainable([]);
+          if (s.frozenDtype) m.dispose();
         },
       };
     },

@@ -6,6 +6,7 @@
  */
 import type { CommandModule } from 'yargs';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
+import { FROZEN_DTYPES, FrozenDtype } from '../model';
 import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer } from '../models/blip';
 import { Blip2, Blip2CaptionOptions, estimateBlip2Generate } from '../models/blip2';
 import { captionerFamily } from '../models/captioner';
@@ -19,6 +20,8 @@ import * as path from 'path';
 export interface CaptionRequest {
   /** CUDA mixed precision: fp32 (default), bf16 or fp16. */
   precision?: 'fp32' | 'bf16' | 'fp16';
+  /** BLIP on CPU: weights held in bf16/fp16 and up-cast per op (an approximation; half the weights' memory). */
+  frozenDtype?: FrozenDtype;
   /** Trained tensors (finetune exports) merged over the model's weights. */
   weights?: string[];
   images: string[];
@@ -115,14 +118,23 @@ export async function captionImages(req: CaptionRequest): Promise<CaptionResult[
   if (!Array.isArray(req.images) || req.images.length === 0) throw invalid('IMAGE', 'at least one image path', req.images);
   req.images.forEach((p, i) => expectString(`IMAGE ${i + 1}`, p));
   if (req.images.length > LIMITS.prompts) throw new RoundtripError(`IMAGE: ${req.images.length} images is over the limit of ${LIMITS.prompts} per call; split the list`);
-  if (captionerFamily(expectString('--model', req.model)) === 'blip2') return captionWithBlip2(req);
+  const frozen = req.frozenDtype === undefined ? 'fp32' : expectOneOf('--frozen-dtype', req.frozenDtype, FROZEN_DTYPES);
+  if (frozen !== 'fp32') {
+    if (req.device !== undefined && req.device !== 'cpu') throw new RoundtripError(`--frozen-dtype ${frozen} is a CPU option (--device ${req.device}: use --precision)`);
+    if (req.precision !== undefined && req.precision !== 'fp32') throw new RoundtripError(`--frozen-dtype ${frozen} and --precision ${req.precision} do not combine (--precision is CUDA autocast)`);
+  }
+  if (captionerFamily(expectString('--model', req.model)) === 'blip2') {
+    if (frozen !== 'fp32') throw new RoundtripError(`--frozen-dtype ${frozen}: BLIP models only (${req.model} is BLIP-2)`);
+    return captionWithBlip2(req);
+  }
   if (req.maxNewTokens !== undefined) throw invalid('--max-new-tokens', 'a BLIP-2 model (BLIP counts --max-length)', req.maxNewTokens);
   const opts = captionOptions(req);
   checkCaptionMemory(expectString('--model', req.model), req.images.length, opts);
   const blip = await Blip.load(expectString('--model', req.model), { device: req.device ?? 'cpu', partial: req.weights });
-  if (req.precision && req.precision !== 'fp32') {
+  if ((req.precision && req.precision !== 'fp32') || frozen !== 'fp32') {
     try {
-      blip.model.setAutocast(req.precision);
+      if (req.precision && req.precision !== 'fp32') blip.model.setAutocast(req.precision);
+      await blip.model.setFrozenDtype(frozen);
     } catch (err) {
       blip.dispose();
       throw err;
@@ -167,6 +179,7 @@ export const command: CommandModule<{}, any> = {
       .option('batch-size', { type: 'number', describe: 'Images per native call (default 8; BLIP-2 4)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
       .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
+      .option('frozen-dtype', { type: 'string', choices: [...FROZEN_DTYPES], default: 'fp32', describe: 'BLIP on CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: rounded weights, half the memory)' })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON [{image, captions}]' }),
   handler: async (argv) => {
     const images = ((argv.images as unknown[]) ?? []).map((p) => String(p));
@@ -176,6 +189,7 @@ export const command: CommandModule<{}, any> = {
       model: argv.model,
       weights: argv.weights,
       precision: argv.precision,
+      frozenDtype: argv['frozen-dtype'],
       strategy: argv.strategy,
       k: argv.k,
       numBeams: argv['num-beams'],

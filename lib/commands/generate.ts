@@ -4,6 +4,7 @@
 import type { CommandModule } from 'yargs';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString } from '../errors';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
+import { FROZEN_DTYPES, FrozenDtype } from '../model';
 import { SCHEDULER_NAMES, schedulerName } from '../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../progress';
 import { LIMITS, checkMemory, estimateSdSample, expectBounded } from '../limits';
@@ -19,6 +20,8 @@ export interface GenerateArgs {
   channelsLast?: boolean;
   /** CUDA mixed precision: fp32 (default), bf16 or fp16. */
   precision?: 'fp32' | 'bf16' | 'fp16';
+  /** CPU: weights held in bf16/fp16 and up-cast per op (an approximation; halves the weights' memory). */
+  frozenDtype?: FrozenDtype;
   /** Trained UNet tensors (e.g. a finetune export/unet.safetensors) merged over the model. */
   weights?: string[];
   prompts: string[];
@@ -55,6 +58,10 @@ export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
   expectString('--model', a.model);
   expectString('--out', a.out);
   if (a.scheduler !== undefined) expectOneOf('--scheduler', schedulerName(String(a.scheduler)), SCHEDULER_NAMES);
+  if (a.frozenDtype !== undefined && expectOneOf('--frozen-dtype', a.frozenDtype, FROZEN_DTYPES) !== 'fp32') {
+    if (a.device !== undefined && a.device !== 'cpu') throw new RoundtripError(`--frozen-dtype ${a.frozenDtype} is a CPU option (--device ${a.device}: use --precision)`);
+    if (a.precision !== undefined && a.precision !== 'fp32') throw new RoundtripError(`--frozen-dtype ${a.frozenDtype} and --precision ${a.precision} do not combine (--precision is CUDA autocast)`);
+  }
   expectInteger('--steps', a.steps, { min: 1, max: 1000 });
   expectNumber('--guidance', a.guidance);
   expectInteger('--seed', a.seed, { min: 0 });
@@ -90,13 +97,14 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
     checkMemory(`generate: ${a.prompts.length} prompt(s) × --batch ${a.batch} at ${width}×${height}`, estimateSdSample(unet, vae, { batch: images, height, width, guidance: a.guidance > 1 }), 'give fewer prompts per call, or lower --batch, --height or --width');
   }
   checkOutputDir(a.out, { flag: '--out', bytes: pixels * 3 });
-  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights }, configs: a.configs, tokenizer: a.tokenizer });
+  const pipe = await StableDiffusionPipeline.load(a.model, { device: a.device, partial: { unet: a.weights }, configs: a.configs, tokenizer: a.tokenizer, frozenDtype: a.frozenDtype });
   try {
     if (a.verbose) {
       for (const [name, t] of Object.entries(pipe.loadTimes)) {
         if (!t) continue;
         stream.write(`load ${name}: ${t.ms.toFixed(0)} ms (${(t.mappedBytes / 2 ** 20).toFixed(0)} MB mapped, ${(t.copiedBytes / 2 ** 20).toFixed(0)} MB copied) ${t.file}\n`);
       }
+      if (pipe.frozenMs) stream.write(`weights held in ${a.frozenDtype}: ${pipe.frozenMs.toFixed(0)} ms\n`);
       stream.write(`ready to sample after ${(process.uptime() * 1000).toFixed(0)} ms (process start)\n`);
     }
     // CLIP reads 77 tokens: a longer prompt is truncated as diffusers does, but never silently.
@@ -157,6 +165,7 @@ export const command: CommandModule<{}, any> = {
       .option('batch', { type: 'number', default: 1, describe: 'Images per prompt' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
       .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
+      .option('frozen-dtype', { type: 'string', choices: [...FROZEN_DTYPES], default: 'fp32', describe: 'CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: the weights are rounded; half the memory)' })
       .option('channels-last', { type: 'boolean', default: false, describe: 'NHWC UNet/VAE (faster cuDNN convolutions on CUDA)' })
       .option('vae-slicing', { type: 'boolean', default: false, describe: 'Decode one image at a time: less memory for batches, the same pixels' })
       .option('vae-tiling', { type: 'boolean', default: false, describe: "Tiled decode above the VAE's sample size (as diffusers' enable_vae_tiling)" })

@@ -14,7 +14,7 @@ import { Blip2, Blip2TrainableSet, blip2TrainablePatterns, isBlip2Config } from 
 import { Captioner, CaptionerFamily, captionerFamily, loadCaptioner } from '../models/captioner';
 import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from './blip2';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
-import { NativeModel } from '../model';
+import { FROZEN_DTYPES, FrozenDtype, NativeModel } from '../model';
 import { native } from '../native';
 import { createProgress } from '../progress';
 import { Tensor, disposeAll, noGrad } from '../tensor';
@@ -95,6 +95,8 @@ export interface FinetuneConfig {
   trainable: { blip: TrainableSet; unet: TrainableSet };
   /** CUDA mixed precision of every model call ('fp32' on CPU). */
   precision: 'fp32' | 'bf16' | 'fp16';
+  /** CPU: frozen weights of all four models held in bf16/fp16, up-cast per op (an approximation; see FrozenDtype). */
+  frozenDtype: FrozenDtype;
   /** Recompute UNet/BLIP blocks in backward instead of keeping their activations. */
   gradientCheckpointing: boolean;
   /** Encode each training image with the (frozen) VAE once and reuse its posterior (needs no SD crop/flip). */
@@ -223,6 +225,7 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   weightBound: DEFAULT_WEIGHT_BOUND,
   progress: true,
   precision: 'fp32',
+  frozenDtype: 'fp32',
   gradientCheckpointing: false,
   cacheLatents: false,
   prompt: BLIP_PROMPT,
@@ -310,6 +313,11 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectOneOf(k('routes.recTxt'), c.routes.recTxt, GRADIENT_ROUTES);
   expectBoolean(k('progress'), c.progress);
   expectOneOf(k('precision'), c.precision, ['fp32', 'bf16', 'fp16'] as const);
+  if (expectOneOf(k('frozenDtype'), c.frozenDtype, FROZEN_DTYPES) !== 'fp32') {
+    if (c.device !== 'cpu') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype} is a CPU option (device ${c.device}: use precision)`);
+    if (c.precision !== 'fp32') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype} and precision ${c.precision} do not combine (precision is CUDA autocast)`);
+    if (finetuneCaptionerFamily(c.blip) === 'blip2') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype}: BLIP captioners only (${c.blip} is BLIP-2)`);
+  }
   expectBoolean(k('gradientCheckpointing'), c.gradientCheckpointing);
   expectBoolean(k('cacheLatents'), c.cacheLatents);
   expectString(k('prompt'), c.prompt);
@@ -473,6 +481,16 @@ export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promis
   const unetTrainable = sd.unet.model.setTrainable(trainablePatterns('unet', c.trainable.unet));
   if (c.trainable.blip !== 'none' && blipTrainable.length === 0) throw new RoundtripError(`trainable.blip '${c.trainable.blip}': no ${family === 'blip2' ? 'BLIP-2' : 'BLIP'} parameter matches ${blipPatterns.join(', ')}`);
   if (c.trainable.unet !== 'none' && unetTrainable.length === 0) throw new RoundtripError(`trainable.unet '${c.trainable.unet}': no UNet parameter matches ${trainablePatterns('unet', c.trainable.unet).join(', ')}`);
+  if (c.frozenDtype !== 'fp32') {
+    // After the trainable sets are chosen: those stay fp32, everything else is held reduced.
+    try {
+      await Promise.all([blip.model, sd.unet.model, sd.vae.model, sd.textEncoder].map((m) => m.setFrozenDtype(c.frozenDtype)));
+    } catch (err) {
+      blip.dispose();
+      sd.dispose();
+      throw err;
+    }
+  }
   return { blip, sd, bridge, bert, blipTrainable, unetTrainable };
 }
 

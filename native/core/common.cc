@@ -1,5 +1,7 @@
 #include "core/common.h"
 
+#include "core/reduced_weights.h"
+
 #include <atomic>
 #include <thread>
 
@@ -115,6 +117,7 @@ void apply_threads() {
     at::set_num_threads(n);
     t_applied = n;
   }
+  apply_reduced_weight_hook();  // every native worker passes here
 }
 bool js_grad_enabled() { return g_grad.load(); }
 void set_js_grad_enabled(bool on) {

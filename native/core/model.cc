@@ -34,7 +34,10 @@ std::string list_names(const std::vector<std::string>& names, size_t max = 12) {
 // grad — i.e. parameters, which register before they are filled; buffers and temporaries fill as usual. The
 // DeferredInit dispatch key is libtorch's out-of-tree hook for exactly this (torchdistx's deferred init).
 namespace {
-bool skip(const at::Tensor& self) { return self.requires_grad(); }
+// The DeferredInit key is also the hook of core/reduced_weights.cc (included on worker threads whenever a model holds
+// reduced weights), so skipping is tied to the guard below, not to the key alone.
+thread_local bool t_skip_init = false;
+bool skip(const at::Tensor& self) { return t_skip_init && self.requires_grad(); }
 
 at::Tensor& init_uniform(at::Tensor& self, double from, double to, c10::optional<at::Generator> gen) {
   if (skip(self)) return self;
@@ -68,6 +71,9 @@ TORCH_LIBRARY_IMPL(aten, DeferredInit, m) {
 
 struct SkipParameterInit {
   c10::impl::IncludeDispatchKeyGuard include{c10::DispatchKey::DeferredInit};
+  bool previous = t_skip_init;
+  SkipParameterInit() { t_skip_init = true; }
+  ~SkipParameterInit() { t_skip_init = previous; }
 };
 
 bool register_model(const std::string& kind, ModelFactory factory) {

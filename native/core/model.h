@@ -30,6 +30,8 @@ struct Model : torch::nn::Module {
   std::mutex mutex;
   // NHWC memory format for 4-D weights and inputs (faster convolutions on CUDA with cuDNN).
   bool channels_last = false;
+  // Set while frozen weights are held in bf16/fp16 (core/reduced_weights.h); the model computes in fp32.
+  c10::optional<at::ScalarType> frozen_dtype;
 };
 
 using ModelFactory = std::function<std::shared_ptr<Model>(const json& config, const json& options)>;

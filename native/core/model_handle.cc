@@ -4,9 +4,11 @@
 #include <regex>
 
 #include "core/autocast.h"
+#include "core/device_copy.h"
 #include "core/memory.h"
 #include "core/model.h"
 #include "core/napi_util.h"
+#include "core/reduced_weights.h"
 #include "core/tensor_handle.h"
 
 namespace rt {
@@ -63,6 +65,7 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
                                        InstanceMethod<&ModelHandle::To>("to"),
                                        InstanceMethod<&ModelHandle::Train>("train"),
                                        InstanceMethod<&ModelHandle::SetChannelsLast>("setChannelsLast"),
+                                       InstanceMethod<&ModelHandle::SetFrozenDtype>("setFrozenDtype"),
                                        InstanceMethod<&ModelHandle::Dispose>("dispose"),
                                    });
     ctor = Napi::Persistent(f);
@@ -188,6 +191,14 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
           throw Error("setTrainable: invalid pattern '" + s + "' (" + e.what() + ")");
         }
       }
+      // A weight held in bf16/fp16 cannot train (its gradient and AdamW state would be reduced too).
+      for (auto& p : m->named_parameters(true)) {
+        bool on = false;
+        for (auto& r : patterns) on = on || std::regex_search(p.key(), r);
+        if (on && p.value().device().is_cpu() && compute_dtype(p.value()) != p.value().scalar_type())
+          throw Error("setTrainable: '" + p.key() + "' is held in " + dtype_name(p.value().scalar_type()) +
+                      " (frozenDtype); choose the trainable tensors before holding frozen weights reduced");
+      }
       json names = json::array();
       for (auto& p : m->named_parameters(true)) {
         bool on = false;
@@ -229,13 +240,17 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
       at::Device device = parse_device(arg_string(info, 0, "device"));
       c10::optional<at::ScalarType> dtype;
       if (info.Length() > 1 && info[1].IsString()) dtype = dtype_from_name(info[1].As<Napi::String>().Utf8Value());
+      if (m->frozen_dtype && !device.is_cpu())
+        throw Error("model '" + kind + "' holds its frozen weights in " + dtype_name(*m->frozen_dtype) +
+                    " (frozenDtype, a CPU option): load it again without frozenDtype to move it to " + device_name(device));
       return run_async(info.Env(), [m, device, dtype]() -> Finisher {
         std::lock_guard<std::mutex> lock(m->mutex);
-        if (dtype)
+        if (dtype) {
           m->to(device, *dtype);
-        else
-          m->to(device);
-        m->tie_weights();
+          m->tie_weights();
+        } else {
+          move_model_to(*m, device);  // CUDA: pinned staging, overlapped copies
+        }
         return nullptr;
       });
     });
@@ -255,6 +270,21 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
         if (b.dim() == 4) b.set_data(b.data().contiguous(format));
       m->channels_last = on;
       return info.Env().Undefined();
+    });
+  }
+
+  // setFrozenDtype(dtype: "bfloat16" | "float16") -> Promise<{tensors, bytesBefore, bytesAfter, dtype}>: frozen weights
+  // held reduced and up-cast per op (core/reduced_weights.h). CPU only.
+  Napi::Value SetFrozenDtype(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      auto m = get(info.Env());
+      const at::ScalarType dtype = dtype_from_name(arg_string(info, 0, "dtype"));
+      return run_async(info.Env(), [m, dtype]() -> Finisher {
+        std::lock_guard<std::mutex> lock(m->mutex);
+        json report = hold_frozen_in(*m, dtype);
+        release_cached_memory();
+        return [report](Napi::Env env) { return json_to_js(env, report); };
+      });
     });
   }
 
@@ -291,7 +321,7 @@ Napi::Value CreateModel(const Napi::CallbackInfo& info) {
       auto model = files.empty() ? create_model(kind, config, options)
                                  : create_model_from_files(kind, config, options, files, options.value("load", json::object()), &report);
       std::string dev = opt<std::string>(options, "device", "cpu");
-      if (dev != "cpu") model->to(parse_device(dev));
+      if (dev != "cpu") move_model_to(*model, parse_device(dev));  // CUDA: pinned staging, overlapped copies
       model->eval();
       return [model, kind, report](Napi::Env env) -> Napi::Value {
         Napi::Object o = ModelHandle::ctor.New({});

@@ -5,6 +5,7 @@
 #include "core/napi_util.h"
 #include "core/safetensors.h"
 #include "core/tensor_handle.h"
+#include "nn/layers.h"
 
 namespace rt {
 
@@ -112,6 +113,7 @@ Napi::Value Op(const Napi::CallbackInfo& info) {
       r = name == "randn" ? at::randn(shape, gen) : at::rand(shape, gen);
       r = r.to(parse_device(opt<std::string>(a, "device", "cpu")));
     } else if (name == "mse") r = at::mse_loss(t(0), t(1));
+    else if (name == "attention") r = nn::attention(t(0), t(1), t(2), at::Tensor(), a.at("scale").get<double>());  // q, k, v: [B, H, T, D]
     else if (name == "cosineDistance") {
       // 1 - cos(x, y) along the last dim (no epsilon tricks beyond torch's own).
       r = 1 - at::cosine_similarity(t(0), t(1), -1);

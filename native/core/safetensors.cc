@@ -7,10 +7,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 
 namespace rt {
 
 namespace {
+// Live mappings [begin, end), for release_mapped_pages.
+std::mutex g_maps_mutex;
+std::map<uintptr_t, uintptr_t> g_maps;
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
   throw Error("safetensors file '" + path + "': " + what);
 }
@@ -123,11 +127,36 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   if (m == MAP_FAILED) fail(path, std::string("mmap failed (") + std::strerror(errno) + ")");
   file->map_ = m;
   file->self_ = file;
+  {
+    std::lock_guard<std::mutex> lock(g_maps_mutex);
+    g_maps[reinterpret_cast<uintptr_t>(m)] = reinterpret_cast<uintptr_t>(m) + size;
+  }
   return file;
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (map_) munmap(map_, size_);
+  if (!map_) return;
+  {
+    std::lock_guard<std::mutex> lock(g_maps_mutex);
+    g_maps.erase(reinterpret_cast<uintptr_t>(map_));
+  }
+  munmap(map_, size_);
+}
+
+size_t release_mapped_pages(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0 || !t.device().is_cpu()) return 0;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto end = begin + t.numel() * t.element_size();
+  std::lock_guard<std::mutex> lock(g_maps_mutex);
+  auto it = g_maps.upper_bound(begin);
+  if (it == g_maps.begin()) return 0;
+  --it;
+  if (begin < it->first || end > it->second) return 0;  // not inside a live mapping (a copy)
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (begin + page - 1) / page * page, hi = end / page * page;  // whole pages only: neighbours stay
+  if (hi <= lo) return 0;
+  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  return hi - lo;
 }
 
 const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {

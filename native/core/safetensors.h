@@ -14,6 +14,11 @@ struct SafetensorsEntry {
   uint64_t begin = 0, end = 0;  // offsets from the start of the data section
 };
 
+// Hands the resident pages of a tensor that views a live mapping back to the system (madvise DONTNEED on the
+// whole pages inside it; clean pages read the file again if touched). Call only for a tensor nobody else
+// holds and that was never written (a frozen weight being replaced). Returns the bytes released.
+size_t release_mapped_pages(const at::Tensor& t);
+
 class SafetensorsFile {
  public:
   // Throws rt::Error naming the file and the fault for any malformed file.

@@ -10,6 +10,7 @@
 //   token_probs  {... as logits}          options {temperature}     -> {probs}  (differentiable)
 //   generate     {pixel_values|image_embeds, input_ids?, attention_mask?}  options below
 //                -> {sequences, sequences_scores (beam), token_logprobs (greedy/sampling)}
+#include "core/reduced_weights.h"
 #include "nn/checkpoint.h"
 #include "models/blip.h"
 #include "models/generation.h"
@@ -81,7 +82,7 @@ at::Tensor VisionEmbeddingsImpl::forward(const at::Tensor& pixels) {
     throw Error("pixel_values: expected [B, 3, H, W], got " + shape_str(pixels.sizes()));
   if (pixels.size(2) < patch || pixels.size(3) < patch)
     throw Error("pixel_values: image " + shape_str(pixels.sizes()) + " is smaller than one patch (" + std::to_string(patch) + ")");
-  at::Tensor x = patch_embedding(pixels.to(class_embedding.scalar_type()));  // [B, H, gh, gw]
+  at::Tensor x = patch_embedding(pixels.to(compute_dtype(class_embedding)));  // [B, H, gh, gw]
   const int64_t gh = x.size(2), gw = x.size(3);
   x = x.flatten(2).transpose(1, 2);
   at::Tensor cls = class_embedding.expand({x.size(0), 1, -1});
@@ -343,7 +344,7 @@ at::Tensor BlipModel::image_embeds(const TensorMap& in, const std::string& where
 }
 
 at::ScalarType BlipModel::param_dtype() const {
-  for (auto& p : parameters()) return p.scalar_type();
+  for (auto& p : parameters()) return compute_dtype(p);
   return at::kFloat;
 }
 

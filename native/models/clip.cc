@@ -9,6 +9,7 @@
 //   "vision":  {pixel_values [B,C,S,S]} -> last_hidden_state (no post-LN), pooler_output,
 //              image_embeds_unnormalized / image_embeds
 //   "forward": both, plus logit_scale_exp, logits_per_text [Bt,Bi], logits_per_image
+#include "core/reduced_weights.h"
 #include "nn/encoder_util.h"
 #include "nn/layers.h"
 
@@ -227,7 +228,7 @@ struct ClipModel : Model {
       if (P.dim() != 3 || P.size(2) != vocab)
         throw Error("clip.text: soft_tokens must be [B, T, " + std::to_string(vocab) + "], got " + shape_str(P.sizes()));
       if (!at::isFloatingType(P.scalar_type())) throw Error("clip.text: soft_tokens must be floating point, got " + dtype_name(P.scalar_type()));
-      x = at::matmul(P.to(emb->token_embedding->weight.scalar_type()), emb->token_embedding->weight);
+      x = at::matmul(P.to(compute_dtype(emb->token_embedding->weight)), emb->token_embedding->weight);
       // Pooling needs ids: the caller's, or the most probable token at each position.
       ids = in.count("input_ids") ? in.at("input_ids").to(dev) : P.detach().argmax(-1);
     } else if (in.count("input_ids")) {
@@ -274,7 +275,7 @@ struct ClipModel : Model {
       throw Error("clip.vision: pixel_values must be [B, " + std::to_string(channels) + ", " + std::to_string(image_size) + ", " +
                   std::to_string(image_size) + "], got " + shape_str(px.sizes()));
     auto emb = vision_model->embeddings;
-    px = px.to(emb->patch_embedding->weight.scalar_type());
+    px = px.to(compute_dtype(emb->patch_embedding->weight));
     const int64_t B = px.size(0);
     at::Tensor patches = emb->patch_embedding(px).flatten(2).transpose(1, 2);  // [B, N, H]
     at::Tensor cls = emb->class_embedding.view({1, 1, -1}).expand({B, 1, -1});

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "core/model.h"
+#include "core/reduced_weights.h"
 #include "models/schedulers.h"
 #include "models/sd_blocks.h"
 #include "nn/checkpoint.h"
@@ -254,7 +255,7 @@ struct UNet : Model {
 
   // sample: [B, Cin, H, W], t: [] or [B], ehs: [B, M, D] -> [B, Cout, H, W]
   at::Tensor forward(const at::Tensor& sample, at::Tensor t, const at::Tensor& ehs, TensorMap* inter = nullptr) {
-    const auto dtype = conv_in->weight.scalar_type();
+    const auto dtype = compute_dtype(conv_in->weight);
     const int64_t B = sample.size(0);
     PackedConvScope packed_convs(!at::GradMode::is_enabled());  // inference: convolutions on packed weights
     if (sample.dim() != 4 || sample.size(1) != k.in_channels)
@@ -307,7 +308,7 @@ struct UNet : Model {
 
   TensorMap call(const std::string& method, const TensorMap& in, const json& o) override {
     const auto dev = device();
-    const auto dtype = conv_in->weight.scalar_type();
+    const auto dtype = compute_dtype(conv_in->weight);
     checkpointing = opt<bool>(o, "gradient_checkpointing", false);
     if (method == "forward") {
       TensorMap out;

@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "core/model.h"
+#include "core/reduced_weights.h"
 #include "models/sd_blocks.h"
 
 namespace rt::sd {
@@ -255,7 +256,7 @@ struct VAE : Model {
 
   TensorMap call(const std::string& method, const TensorMap& in, const json& o) override {
     const auto dev = device();
-    const auto dtype = encoder->conv_in->weight.scalar_type();
+    const auto dtype = compute_dtype(encoder->conv_in->weight);
     const bool want = opt<bool>(o, "intermediates", false);
     TensorMap out;
     if (method == "encode") {

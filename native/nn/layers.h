@@ -16,6 +16,9 @@ inline at::Tensor merge_heads(const at::Tensor& x) {
   return x.permute({0, 2, 1, 3}).reshape({B, T, H * D});
 }
 
+// Inference attention larger than this (scores bytes) runs in slices of heads.
+constexpr int64_t kAttentionSliceBytes = 128LL << 20;
+
 // softmax(q·kᵀ·scale + mask)·v. q: [B, H, Tq, D], k/v: [B, H, Tk, D], mask additive and broadcastable to
 // [B, H, Tq, Tk] (undefined = none). The explicit path is the reference ("eager") computation; on
 // libtorch >= 2.1 the fused kernel computes the same function (about 1e-6 apart).
@@ -29,6 +32,35 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
 #endif
   // The scale is folded into q ([.., Tq, D], smaller than the [.., Tq, Tk] scores whenever Tk > D) instead of a pass
   // over the scores; matmul, not baddbmm with beta=0 (libtorch 1.13 can read an uninitialised buffer there: NaN).
+  if (!at::GradMode::is_enabled() && q.scalar_type() == at::kFloat && q.dim() == 4) {
+    // Inference over long sequences (the SD UNet at 512²: [2, 8, 4096, 4096] scores = 1 GiB) runs in slices of
+    // heads whose scores fit kAttentionSliceBytes, as diffusers' attention slicing: each slice is the same
+    // computation, and the peak holds one slice's scores instead of all of them.
+    const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Tk = k.size(2);
+    const int64_t per_head = Tq * Tk * static_cast<int64_t>(sizeof(float));
+    if (B * H > 1 && B * H * per_head > kAttentionSliceBytes) {
+      const int64_t step = std::max<int64_t>(1, kAttentionSliceBytes / per_head);
+      at::Tensor out = at::empty({B, H, Tq, v.size(3)}, v.options());
+      // mask: broadcastable to [B, H, Tq, Tk]; pick the slice's rows where it has them.
+      auto part = [](const at::Tensor& t, int64_t b, int64_t h, int64_t n) {
+        if (!t.defined()) return t;
+        at::Tensor m = t.dim() == 4 ? t : t.view([&] {
+          std::vector<int64_t> s(4 - t.dim(), 1);
+          s.insert(s.end(), t.sizes().begin(), t.sizes().end());
+          return s;
+        }());
+        m = m.size(0) == 1 ? m.select(0, 0) : m.select(0, b);
+        return m.size(0) == 1 ? m : m.narrow(0, h, n);
+      };
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < H; h += step) {
+          const int64_t n = std::min(step, H - h);
+          out.select(0, b).narrow(0, h, n).copy_(attention(q.select(0, b).narrow(0, h, n), k.select(0, b).narrow(0, h, n),
+                                                           v.select(0, b).narrow(0, h, n), part(mask, b, h, n), scale));
+        }
+      return out;
+    }
+  }
   at::Tensor scores = at::matmul(q * scale, k.transpose(-1, -2));
   if (!at::GradMode::is_enabled() && scores.scalar_type() == at::kFloat) {
     // Inference: mask and softmax in place (row-wise max, exp-sum and normalise read each element before writing

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "core/autocast.h"
+#include "core/reduced_weights.h"
 #include "models/blip2.h"
 
 namespace rt::train {
@@ -119,7 +120,7 @@ JointObjective::JointObjective(JointModels m, at::Tensor bridge_index, JointConf
   weak_[2] = models.vae;
   weak_[3] = models.text;
   for (auto& p : models.unet->parameters()) {
-    unet_dtype_ = p.scalar_type();
+    unet_dtype_ = compute_dtype(p);
     break;
   }
   ddpm_ = sd::make_scheduler("ddpm", cfg.scheduler_config);
