@@ -39,6 +39,19 @@ describe('load(source)', () => {
     await expect(load(path.join(REFERENCE, 'blip-captioning'), { kind: 'llama' as any })).rejects.toThrow(/kind.*"blip"/);
   });
 
+  it('frozenDtype holds the frozen weights in bf16 on CPU, for the families that support it', async () => {
+    const clip = await load(path.join(REFERENCE, 'clip-text-encoder'), { kind: 'clip', frozenDtype: 'bf16' });
+    try {
+      const weights = Object.values(clip.native.tensors()).filter((t) => t.shape.length >= 2);
+      expect(weights.length).toBeGreaterThan(0);
+      expect(new Set(weights.map((t) => t.dtype))).toEqual(new Set(['bfloat16']));
+    } finally {
+      clip.dispose();
+    }
+    await expect(load(path.join(REFERENCE, 'bert-minilm'), { frozenDtype: 'bf16' })).rejects.toThrow(/frozen dtype bf16: not supported for 'bert'/);
+    await expect(load(path.join(REFERENCE, 'bert-minilm'), { frozenDtype: 'int8' as any })).rejects.toThrow(/frozenDtype/);
+  });
+
   it('refuses what it cannot tell or do, by name', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rt-load-'));
     try {

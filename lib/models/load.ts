@@ -10,6 +10,7 @@ import * as path from 'path';
 import { RoundtripError, expectOneOf, expectString, invalid } from '../errors';
 import { resolveModelPath } from '../hub/resolve';
 import { readJsonFile } from '../json';
+import { FROZEN_DTYPES, FrozenDtype } from '../model';
 import { Blip } from './blip';
 import { Blip2, isBlip2Config } from './blip2';
 import { BertModel } from './bert';
@@ -46,6 +47,11 @@ export interface LoadOptions<K extends LoadableKind = LoadableKind> {
    * (BLIP, BLIP-2, Stable Diffusion); refused by name elsewhere and on CPU (see NativeModel.setAutocast).
    */
   dtype?: LoadDtype;
+  /**
+   * CPU: hold the frozen weights in bf16/fp16 and up-cast per op — an approximation that halves their memory
+   * (NativeModel.setFrozenDtype; BLIP, CLIP and Stable Diffusion). Default 'fp32'.
+   */
+  frozenDtype?: FrozenDtype;
 }
 
 const AUTOCAST_KINDS: readonly LoadableKind[] = ['blip', 'blip2', 'sd'];
@@ -83,10 +89,21 @@ export async function load(source: string, opts: LoadOptions = {}): Promise<Load
   if (dtype !== 'fp32' && !AUTOCAST_KINDS.includes(kind)) throw invalid('dtype', `fp32 for ${kind} models (autocast exists for ${AUTOCAST_KINDS.join(', ')})`, dtype);
   const device = opts.device ?? 'cpu';
   if (dtype !== 'fp32' && !device.startsWith('cuda')) throw invalid('dtype', `fp32 on ${device} (bf16/fp16 are CUDA autocast; CPU runs in fp32)`, dtype);
+  const frozen = expectOneOf('frozenDtype', opts.frozenDtype ?? 'fp32', FROZEN_DTYPES);
+  if (frozen !== 'fp32' && dtype !== 'fp32') throw invalid('frozenDtype', `fp32 with dtype ${dtype} (frozenDtype is a CPU option, dtype CUDA autocast)`, frozen);
   const loaded = await loadKind(kind, local, device);
-  if (dtype !== 'fp32') {
-    if (loaded instanceof StableDiffusionPipeline) loaded.setAutocast(dtype);
-    else if (loaded instanceof Blip || loaded instanceof Blip2) loaded.model.setAutocast(dtype);
+  try {
+    if (dtype !== 'fp32') {
+      if (loaded instanceof StableDiffusionPipeline) loaded.setAutocast(dtype);
+      else if (loaded instanceof Blip || loaded instanceof Blip2) loaded.model.setAutocast(dtype);
+    }
+    if (frozen !== 'fp32') {
+      if (loaded instanceof StableDiffusionPipeline) await loaded.setFrozenDtype(frozen);
+      else await ('model' in loaded ? loaded.model : loaded.native).setFrozenDtype(frozen);
+    }
+  } catch (err) {
+    loaded.dispose();
+    throw err;
   }
   return loaded;
 }
