@@ -4,9 +4,9 @@
  *
  * Core types are exported by name; each concern is also available as a namespace.
  */
-export { Tensor, scope, noGrad, keep, disposeAll, liveTensors } from './tensor';
-export type { DType } from './tensor';
-export { NativeModel } from './model';
+export { Tensor, scope, noGrad, keep, disposeAll, liveTensors } from './runtime/tensor';
+export type { DType } from './runtime/tensor';
+export { NativeModel } from './runtime/model';
 export { RoundtripError } from './errors';
 export { Blip } from './models/blip';
 export { Blip2 } from './models/blip2';
@@ -20,18 +20,18 @@ export { VitModel } from './models/vit';
 export { BertModel } from './models/bert';
 export { InceptionModel } from './models/inception';
 export { loadTokenizer } from './tokenizers';
-export { native } from './native';
+export { native } from './runtime/native';
 
 export * as tokenizers from './tokenizers';
 export * as image from './image';
 export * as metrics from './metrics';
-export * as evaluation from './eval';
-export * as rerank from './rerank';
-export * as report from './report';
-export * as finetune from './finetune';
+export * as evaluation from './metrics/eval';
+export * as rerank from './paper/rerank';
+export * as report from './paper/report';
+export * as finetune from './train/finetune';
 export * as train from './train/checkpoint';
-export * as bridge from './bridge';
+export * as bridge from './paper/bridge';
 export * as world from './world';
-export * as hub from './hub';
+export * as hub from './weights/hub';
 export * as conformance from './conformance';
 export * as weights from './weights/safetensors';

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// Benchmark of the joint finetuning step (see lib/finetune/bench.ts); needs `npm run build` (dist/).
+// Benchmark of the joint finetuning step (see lib/train/finetune/bench.ts); needs `npm run build` (dist/).
 // Usage: node scripts/bench-finetune.js --config examples/finetune-coco.json [--steps 5] [--device cuda] [any finetune flag]
 'use strict';
-const { runBenchFinetune } = require('../dist/commands/bench.js');
+const { runBenchFinetune } = require('../dist/cli/commands/bench.js');
 
 function parseArgs(argv) {
   const out = {};

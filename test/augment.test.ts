@@ -10,8 +10,8 @@ import { Rng } from '../lib/image/random';
 import { RgbImage } from '../lib/image/types';
 import { applyGeometry, blipTrainPreprocess, isRandom, validatePreprocessConfig } from '../lib/image/preprocess';
 import { applyRandAugmentOp, autoContrast, brightness, equalize, randAugment, rotate, sharpness, warpAffine, blipRandAugment } from '../lib/image/randaugment';
-import { epochBatches, itemFlips, namesSide, readAnnotations, swapSides } from '../lib/finetune/data';
-import { RECIPES, recipeLines, recipeSettings, resolveConfig, DEFAULT_CONFIG } from '../lib/finetune';
+import { epochBatches, itemFlips, namesSide, readAnnotations, swapSides } from '../lib/train/finetune/data';
+import { RECIPES, recipeLines, recipeSettings, resolveConfig, DEFAULT_CONFIG } from '../lib/train/finetune';
 
 jest.setTimeout(60000);
 
@@ -184,7 +184,7 @@ describe('recipes', () => {
 
 describe('finetuning report', () => {
   test('loss panels: one per term, raw and smoothed, log scale for wide ranges', () => {
-    const { lossPanelsSvg, smoothSeries } = require('../lib/finetune/report');
+    const { lossPanelsSvg, smoothSeries } = require('../lib/train/finetune/report');
     expect(smoothSeries([[1, 1], [2, 3], [3, NaN], [4, 3]], 0.5)).toEqual([[1, 1], [2, 2], [3, 2], [4, 2.5]]);
     const wide: [number, number][] = Array.from({ length: 50 }, (_, i) => [i + 1, 100 / (i + 1)]);
     const flat: [number, number][] = Array.from({ length: 50 }, (_, i) => [i + 1, 1 + (i % 3) * 0.1]);

@@ -1,9 +1,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import { NativeModel } from '../lib/model';
-import { native } from '../lib/native';
+import { NativeModel } from '../lib/runtime/model';
+import { native } from '../lib/runtime/native';
 import { loadSafetensors } from '../lib/weights/safetensors';
-import { disposeAll } from '../lib/tensor';
+import { disposeAll } from '../lib/runtime/tensor';
 import { REFERENCE } from './support/paths';
 
 const DIR = path.join(REFERENCE, 'vit-dino');

@@ -9,10 +9,10 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { saveRgbPng } from '../lib/image';
-import { VocabularyBridge, buildOptBridge, loadBridge } from '../lib/bridge';
+import { VocabularyBridge, buildOptBridge, loadBridge } from '../lib/paper/bridge';
 import { BLIP2_TRAINABLE_SETS, Blip2 } from '../lib/models/blip2';
 import { StableDiffusionPipeline } from '../lib/models/sd/pipeline';
-import { Tensor, disposeAll, noGrad } from '../lib/tensor';
+import { Tensor, disposeAll, noGrad } from '../lib/runtime/tensor';
 import { loadImage } from '../lib/image/decode';
 import { blipPreprocess, preprocessImage, sdVaePreprocess } from '../lib/image/preprocess';
 import { deriveSeed } from '../lib/image/random';
@@ -33,10 +33,10 @@ import {
   sdLoss,
   softCaption,
   trainablePatterns,
-} from '../lib/finetune';
-import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from '../lib/finetune/blip2';
-import { JointStep } from '../lib/finetune/joint-step';
-import { benchRecon } from '../lib/finetune/bench-recon';
+} from '../lib/train/finetune';
+import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from '../lib/paper/joint/blip2';
+import { JointStep } from '../lib/paper/joint/joint-step';
+import { benchRecon } from '../lib/paper/joint/bench-recon';
 import { ROOT } from './support/paths';
 import { makeTinyBlip2, makeTinySd } from './support/tiny-models';
 import { pixels } from './support/pixels';
@@ -123,7 +123,7 @@ describe('BLIP-2 caption side and bridge', () => {
     expect(bridge.stats!.fromAlignment).toBeGreaterThan(5);
     // Saved and read back with its tokenizer kind; a BLIP bridge is refused for a BLIP-2 captioner by name.
     const file = path.join(root, 'bridge.json');
-    require('../lib/bridge').saveBridge(file, bridge);
+    require('../lib/paper/bridge').saveBridge(file, bridge);
     expect(loadBridge(file).tokenizer).toBe('opt');
     const bert = { ...bridge, tokenizer: 'bert' as const };
     expect(() => JointStep.create({ blip, sd, bridge: bert, visionTrainable: false }, objective())).toThrow(/maps CLIP ids to BLIP's WordPiece ids, but the captioner is BLIP-2/);
@@ -253,7 +253,7 @@ describe('roundtrip finetune and bench recon with BLIP-2', () => {
     for (const r of a.rows) for (const t of ['cap', 'sd', 'recImg', 'recTxt'] as const) for (const v of r.perItem[t]) expect(Number.isFinite(v)).toBe(true);
     // Deterministic: a second run (in the same process, models loaded afresh) gives the base row bit for bit.
     expect(b.rows[0].perItem).toEqual(a.rows[0].perItem);
-    // Item 0 of the base row on the draws of the loss-term calls with seed deriveSeed(5, 0) (lib/finetune/recon.ts).
+    // Item 0 of the base row on the draws of the loss-term calls with seed deriveSeed(5, 0) (lib/paper/joint/recon.ts).
     const item = (await loadImage(path.join(root, 'images', 'img0.png')));
     const sdPix = preprocessImage(item, sdVaePreprocess({ size: Number(sd.unet.config.sample_size) * sd.vaeFactor }));
     const blipPix = preprocessImage(item, blipPreprocess(32));
@@ -272,7 +272,7 @@ describe('roundtrip finetune and bench recon with BLIP-2', () => {
 });
 
 describe('BLIP-2 under CUDA autocast (runs only where libtorch has CUDA)', () => {
-  const cuda = require('../lib/native').native().info().cuda ? test : test.skip;
+  const cuda = require('../lib/runtime/native').native().info().cuda ? test : test.skip;
   cuda('fp16 and bf16 logits stay close to the fp32 reference; greedy generation and the joint objective run', async () => {
     const { REFERENCE } = require('./support/paths');
     const { loadSafetensors } = require('../lib/weights/safetensors');

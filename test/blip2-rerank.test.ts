@@ -3,7 +3,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { saveRgbPng } from '../lib/image';
-import { ItemRecord, ReconstructionScorer, readJsonLines, rerankI2t2i, rerankT2i2t } from '../lib/rerank';
+import { ItemRecord, ReconstructionScorer, readJsonLines, rerankI2t2i, rerankT2i2t } from '../lib/paper/rerank';
 import { makeTinyBlip2, makeTinyClip, makeTinySd } from './support/tiny-models';
 
 let root: string;

@@ -10,11 +10,11 @@ import '../lib/conformance/blip2-opt';
 import { runConformanceCase } from '../lib/conformance/registry';
 import { Blip2, blip2NativeGenerateOptions, blip2ParameterCount } from '../lib/models/blip2';
 import { VitModel } from '../lib/models/vit';
-import { captionImages } from '../lib/commands/caption';
+import { captionImages } from '../lib/cli/commands/caption';
 import { saveRgbPng } from '../lib/image';
-import { Tensor, disposeAll, noGrad } from '../lib/tensor';
+import { Tensor, disposeAll, noGrad } from '../lib/runtime/tensor';
 import { convertShardedCheckpoint, hfWeightFiles } from '../lib/weights/files';
-import { inspectWeightsFile } from '../lib/commands/weights-files';
+import { inspectWeightsFile } from '../lib/cli/commands/weights-files';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
 import { CHECKPOINTS, REFERENCE, VOCAB } from './support/paths';
@@ -380,7 +380,7 @@ describe('caption command', () => {
 describe('weights pull aliases', () => {
   it('blip2-opt-2.7b / -6.7b are aliases; Flan-T5 variants are refused by name', () => {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    const { resolvePullTarget } = require('../lib/hub/pull');
+    const { resolvePullTarget } = require('../lib/weights/hub/pull');
     expect(resolvePullTarget('blip2-opt-2.7b').repo).toBe('Salesforce/blip2-opt-2.7b');
     expect(resolvePullTarget('Salesforce/blip2-opt-6.7b').name).toBe('blip2-opt-6.7b');
     expect(() => resolvePullTarget('Salesforce/blip2-flan-t5-xl')).toThrow(/Flan-T5 language model is not supported/);

@@ -1,7 +1,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { bridgeAgreement, bridgeCoverage, buildBridge, loadBridge, mapsExactly, readCaptions, saveBridge } from '../lib/bridge';
+import { bridgeAgreement, bridgeCoverage, buildBridge, loadBridge, mapsExactly, readCaptions, saveBridge } from '../lib/paper/bridge';
 import { loadBertTokenizer, loadClipTokenizer } from '../lib/tokenizers';
 import { DATA, VOCAB } from './support/paths';
 

@@ -4,7 +4,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
-import { disposeAll } from '../lib/tensor';
+import { disposeAll } from '../lib/runtime/tensor';
 import { METRICS, REFERENCE, ROOT, VOCAB } from './support/paths';
 
 // The CLI as users run it: the compiled bin (npm test compiles with tsc first).

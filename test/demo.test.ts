@@ -1,10 +1,10 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { demoOptionsFromArgs } from '../lib/commands/demo';
+import { demoOptionsFromArgs } from '../lib/cli/commands/demo';
 import { DEFAULT_DEMO, DemoReport, DemoResult, DemoTable, QUICK_DEMO, REPORT_FILES, captionAttributeAccuracy, demoSummaryText, formatValue, runDemo } from '../lib/demo';
 import { Blip } from '../lib/models/blip';
-import { disposeAll } from '../lib/tensor';
+import { disposeAll } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { readWorld } from '../lib/world';
 import { VOCAB } from './support/paths';

@@ -1,10 +1,10 @@
 import * as path from 'path';
 import '../lib/conformance/bert-minilm';
 import { runConformanceCase } from '../lib/conformance/registry';
-import { Tensor, noGrad, disposeAll } from '../lib/tensor';
+import { Tensor, noGrad, disposeAll } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { BertModel } from '../lib/models/bert';
-import { NativeModel } from '../lib/model';
+import { NativeModel } from '../lib/runtime/model';
 import { REFERENCE } from './support/paths';
 import { tolerance } from './support/tolerance';
 

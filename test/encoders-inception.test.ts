@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import '../lib/conformance/inception-fid';
 import { runConformanceCase } from '../lib/conformance/registry';
-import { Tensor, noGrad, disposeAll } from '../lib/tensor';
+import { Tensor, noGrad, disposeAll } from '../lib/runtime/tensor';
 import { InceptionModel, fnv1a32, mix32, inceptionFormulaTensor, readInceptionLayout } from '../lib/models/inception';
 import { REFERENCE } from './support/paths';
 

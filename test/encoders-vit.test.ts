@@ -2,7 +2,7 @@ import * as path from 'path';
 import '../lib/conformance/vit-dino';
 import '../lib/conformance/vit-dino-384';
 import { runConformanceCase, CaseResult } from '../lib/conformance/registry';
-import { Tensor, noGrad, disposeAll } from '../lib/tensor';
+import { Tensor, noGrad, disposeAll } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { VitModel, dinoOriginalToHf, dinoConfigFromTensors } from '../lib/models/vit';
 import { readConfig } from '../lib/models/clip';

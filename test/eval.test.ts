@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import sharp from 'sharp';
-import { runEvalCaptions, runEvalImages } from '../lib/commands/eval';
+import { runEvalCaptions, runEvalImages } from '../lib/cli/commands/eval';
 import {
   CLIP_TEXT_KEY,
   SBERT_KEY,
@@ -15,12 +15,12 @@ import {
   loadSbertEncoder,
   numpyPermutation,
   InceptionSource,
-} from '../lib/eval';
+} from '../lib/metrics/eval';
 import { captionWmd, inceptionScore, loadFidStatistics, loadWordVectors, saveFidStatistics } from '../lib/metrics';
 import { ClipModel, cosineDistance, rows } from '../lib/models/clip';
 import { InceptionModel } from '../lib/models/inception';
 import { VitModel } from '../lib/models/vit';
-import { Tensor, noGrad, disposeAll } from '../lib/tensor';
+import { Tensor, noGrad, disposeAll } from '../lib/runtime/tensor';
 import { METRICS, REFERENCE, VOCAB } from './support/paths';
 
 const captionFixture = JSON.parse(fs.readFileSync(path.join(METRICS, 'coco_caption_metrics.json'), 'utf8'));

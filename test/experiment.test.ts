@@ -8,17 +8,17 @@ import * as path from 'path';
 import sharp from 'sharp';
 import { Blip } from '../lib/models/blip';
 import { StableDiffusionPipeline } from '../lib/models/sd/pipeline';
-import { loadBridge } from '../lib/bridge';
+import { loadBridge } from '../lib/paper/bridge';
 import { loadBertTokenizer } from '../lib/tokenizers/load';
-import { Tensor, disposeAll } from '../lib/tensor';
-import { native } from '../lib/native';
+import { Tensor, disposeAll } from '../lib/runtime/tensor';
+import { native } from '../lib/runtime/native';
 import { AdamW } from '../lib/train/optimizer';
 import { saveTensors } from '../lib/weights/save';
-import { disposeCaptionBatch, encodeCaptions, jointObjective, trainablePatterns } from '../lib/finetune';
-import { benchRecon } from '../lib/finetune/bench-recon';
-import { armInterval, bootstrapPlan, kendallTau, kendallTauInterval, meanSamples, pairedDifference, verdict } from '../lib/experiment/stats';
-import { ARMS, QUICK_EXPERIMENT, checkExperimentOptions, runExperiment } from '../lib/experiment';
-import { experimentOptionsFromArgs, parseSettings } from '../lib/commands/experiment';
+import { disposeCaptionBatch, encodeCaptions, jointObjective, trainablePatterns } from '../lib/train/finetune';
+import { benchRecon } from '../lib/paper/joint/bench-recon';
+import { armInterval, bootstrapPlan, kendallTau, kendallTauInterval, meanSamples, pairedDifference, verdict } from '../lib/paper/experiment/stats';
+import { ARMS, QUICK_EXPERIMENT, checkExperimentOptions, runExperiment } from '../lib/paper/experiment';
+import { experimentOptionsFromArgs, parseSettings } from '../lib/cli/commands/experiment';
 import { DATA, ROOT } from './support/paths';
 import { makeTinyBlip, makeTinySd } from './support/tiny-models';
 
@@ -218,7 +218,7 @@ describe('roundtrip experiment --quick', () => {
 
 describe('reranking ties', () => {
   test('ties are counted, broken by the next method, then averaged; the gain gets a paired interval', () => {
-    const { tieGainTable, tieGainMarkdown } = require('../lib/report/ties');
+    const { tieGainTable, tieGainMarkdown } = require('../lib/paper/report/ties');
     const cand = (d1: number[], d2: number[], s: number[]) => d1.map((_, j) => ({ index: j, text: 'a', image: 'x.png', seed: j, distance: { 'clip-text': d1[j], sbert: d2[j] }, rank: {}, scores: { clip_text_image: s[j] } }));
     const records = [
       { direction: 't2i2t', index: 0, id: '0', input: {}, references: [], candidates: cand([0.2, 0.2, 0.5], [0.3, 0.1, 0.2], [0.9, 0.1, 0.5]), winner: { 'clip-text': 0, sbert: 1 }, baseline: [2, 0], seconds: 0 },
@@ -240,7 +240,7 @@ describe('reranking ties', () => {
 
 describe('NoCaps domain split', () => {
   test('domains are read from images[].domain and Table 1 is computed per domain', async () => {
-    const { readNocapsDomains, splitByDomain, captionTable } = require('../lib/report');
+    const { readNocapsDomains, splitByDomain, captionTable } = require('../lib/paper/report');
     const file = path.join(root, 'nocaps_val_4500_captions.json');
     fs.writeFileSync(
       file,
@@ -278,7 +278,7 @@ describe('NoCaps domain split', () => {
 
 describe('FID / IS by reconstruction rank', () => {
   test('each rank’s set of candidates gets its own FID against the real images and IS', async () => {
-    const { fidIsByRank } = require('../lib/report/summary');
+    const { fidIsByRank } = require('../lib/paper/report/summary');
     const { fidStatistics, frechetDistance } = require('../lib/metrics/fid');
     const { inceptionScore } = require('../lib/metrics/inception-score');
     const vec = (name: string, d: number, salt: number) => Float32Array.from({ length: d }, (_, i) => Math.sin((name.length + 1) * (i + 1) * 1.3 + salt * name.charCodeAt(name.length - 5)));
@@ -308,8 +308,8 @@ describe('FID / IS by reconstruction rank', () => {
 
 describe('roundtrip sweep', () => {
   test('K sweep on the world: one point per value with a gain interval, table and plot', async () => {
-    const { runSweep } = require('../lib/experiment/sweep');
-    const { parseValues } = require('../lib/commands/sweep');
+    const { runSweep } = require('../lib/paper/experiment/sweep');
+    const { parseValues } = require('../lib/cli/commands/sweep');
     expect(parseValues('2,3')).toEqual([2, 3]);
     expect(() => parseValues('2,x')).toThrow(/'x' is not a number/);
     const out = path.join(root, 'sweep');
@@ -326,7 +326,7 @@ describe('roundtrip sweep', () => {
   });
 
   test('decoding sweeps (Appendices B/C): each value reaches BLIP as its strategy and setting', async () => {
-    const { runSweep } = require('../lib/experiment/sweep');
+    const { runSweep } = require('../lib/paper/experiment/sweep');
     const out = path.join(root, 'sweep-decoding');
     for (const [what, values, key, strategy] of [['temperature', [0.7, 1.5], 'temperature', 'temperature'], ['top-k', [5], 'topK', 'top-k'], ['top-p', [0.5], 'topP', 'top-p']] as const) {
       const r = await runSweep({ out: path.join(out, what), weights: path.join(ROOT, 'weights'), what, values: [...values], k: 2, items: 2, sdSteps: 2, guidance: 4, repeats: 2, seed: 0, device: 'cpu', quiet: true });
@@ -341,7 +341,7 @@ describe('roundtrip sweep', () => {
 
 describe('roundtrip validate-score', () => {
   test('three captions per image, Kendall τ against CIDEr-D and the attribute accuracy, with intervals', async () => {
-    const { validateScore } = require('../lib/experiment/validate-score');
+    const { validateScore } = require('../lib/paper/experiment/validate-score');
     const r = await validateScore({ out: path.join(root, 'vs'), weights: path.join(ROOT, 'weights'), items: 3, drawings: 1, sdSteps: 2, guidance: 4, seed: 0, device: 'cpu', quiet: true });
     expect(r.pairs).toHaveLength(9);
     expect(r.pairs.filter((p: any) => p.kind === 'own').every((p: any) => p.attributes === 1)).toBe(true);

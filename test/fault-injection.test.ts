@@ -11,7 +11,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import sharp from 'sharp';
-import { finetune, resolveConfig } from '../lib/finetune';
+import { finetune, resolveConfig } from '../lib/train/finetune';
 import { resolveCheckpoint } from '../lib/train/checkpoint';
 import { RunLog } from '../lib/train/runlog';
 import { readSafetensorsHeader } from '../lib/weights/safetensors';

@@ -4,10 +4,10 @@ import * as path from 'path';
 import sharp from 'sharp';
 import { Blip } from '../lib/models/blip';
 import { StableDiffusionPipeline } from '../lib/models/sd/pipeline';
-import { loadBridge } from '../lib/bridge';
+import { loadBridge } from '../lib/paper/bridge';
 import { loadBertTokenizer } from '../lib/tokenizers/load';
-import { Tensor, disposeAll, noGrad } from '../lib/tensor';
-import { native } from '../lib/native';
+import { Tensor, disposeAll, noGrad } from '../lib/runtime/tensor';
+import { native } from '../lib/runtime/native';
 import { AdamW } from '../lib/train/optimizer';
 import {
   CaptionBatch,
@@ -26,9 +26,9 @@ import {
   finetune,
   resolveConfig,
   FinetuneConfig,
-} from '../lib/finetune';
-import { finetuneConfigFrom, runFinetuneCommand } from '../lib/commands/finetune';
-import { benchFinetune } from '../lib/finetune/bench';
+} from '../lib/train/finetune';
+import { finetuneConfigFrom, runFinetuneCommand } from '../lib/cli/commands/finetune';
+import { benchFinetune } from '../lib/train/finetune/bench';
 import { listCheckpoints, loadCheckpoint, disposeCheckpoint } from '../lib/train/checkpoint';
 import { DATA, ROOT } from './support/paths';
 import { makeTinyBlip, makeTinySd } from './support/tiny-models';
@@ -284,7 +284,7 @@ describe('trainer', () => {
   });
 
   test('cached VAE latents: each image is encoded once and training matches the uncached run', async () => {
-    const { LatentCache } = await import('../lib/finetune/losses');
+    const { LatentCache } = await import('../lib/paper/joint/losses');
     const spy = jest.spyOn(LatentCache.prototype, 'latents');
     const opts = { epochs: 2, checkpointEvery: 0, sdRandomCrop: false, sdFlip: false };
     const plain = await finetune(baseConfig(path.join(root, 'run-uncached'), opts));

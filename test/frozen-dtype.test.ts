@@ -8,11 +8,11 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { FrozenDtype, NativeModel } from '../lib/model';
+import { FrozenDtype, NativeModel } from '../lib/runtime/model';
 import { Blip } from '../lib/models/blip';
 import { UNet } from '../lib/models/sd/unet';
 import { VAE } from '../lib/models/sd/vae';
-import { Tensor, disposeAll, noGrad } from '../lib/tensor';
+import { Tensor, disposeAll, noGrad } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
 import { readJsonFile } from '../lib/json';
@@ -260,12 +260,12 @@ describe('frozen weights held in bf16/fp16 (CPU)', () => {
     } finally {
       bert.dispose();
     }
-    const { captionImages } = await import('../lib/commands/caption');
+    const { captionImages } = await import('../lib/cli/commands/caption');
     await expect(captionImages({ images: ['x.png'], model: path.join(REFERENCE, 'blip2-opt'), frozenDtype: 'bf16' })).rejects.toThrow(/BLIP models only/);
-    const { runGenerate } = await import('../lib/commands/generate');
+    const { runGenerate } = await import('../lib/cli/commands/generate');
     await expect(runGenerate({ model: tmp, prompts: ['x'], out: tmp, frozenDtype: 'bf16', device: 'cuda' } as any)).rejects.toThrow(/--frozen-dtype bf16 is a CPU option/);
     await expect(runGenerate({ model: tmp, prompts: ['x'], out: tmp, frozenDtype: 'bf16', precision: 'bf16' } as any)).rejects.toThrow(/do not combine/);
-    const { resolveConfig } = await import('../lib/finetune/trainer');
+    const { resolveConfig } = await import('../lib/train/finetune/trainer');
     const base = { blip: blipDir, sd: tmp, annotations: 'a.json', images: tmp, output: tmp, frozenDtype: 'bf16' };
     expect(resolveConfig(base).frozenDtype).toBe('bf16');
     expect(() => resolveConfig({ ...base, frozenDtype: 'int8' })).toThrow(/frozenDtype/);

@@ -13,10 +13,10 @@ import sharp from 'sharp';
 import { RoundtripError } from '../lib/errors';
 import { decodeImage } from '../lib/image/decode';
 import { loadSafetensors } from '../lib/weights/safetensors';
-import { disposeAll } from '../lib/tensor';
-import { resolveConfig } from '../lib/finetune/trainer';
-import { readAnnotations } from '../lib/finetune/data';
-import { loadRuns } from '../lib/report/load';
+import { disposeAll } from '../lib/runtime/tensor';
+import { resolveConfig } from '../lib/train/finetune/trainer';
+import { readAnnotations } from '../lib/train/finetune/data';
+import { loadRuns } from '../lib/paper/report/load';
 import { Rng } from '../lib/image/random';
 
 jest.setTimeout(120000);

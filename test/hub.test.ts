@@ -14,8 +14,8 @@ import {
   selectRepoFiles,
   type ModelAlias,
   type TreeFile,
-} from '../lib/hub';
-import { runList, runPull } from '../lib/commands/weights-hub';
+} from '../lib/weights/hub';
+import { runList, runPull } from '../lib/cli/commands/weights-hub';
 import { closedPortUrl, FakeHub, fakeBytes, gitBlobOid, sha256Hex, type FakeFile } from './support/fake-hub';
 
 const BLIP = MODEL_ALIASES['blip-base'] as Extract<ModelAlias, { kind: 'hub' }>;

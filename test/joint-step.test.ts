@@ -7,9 +7,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { Blip } from '../lib/models/blip';
 import { StableDiffusionPipeline } from '../lib/models/sd/pipeline';
-import { loadBridge } from '../lib/bridge';
+import { loadBridge } from '../lib/paper/bridge';
 import { loadBertTokenizer } from '../lib/tokenizers/load';
-import { Tensor, disposeAll, noGrad } from '../lib/tensor';
+import { Tensor, disposeAll, noGrad } from '../lib/runtime/tensor';
 import { AdamW } from '../lib/train/optimizer';
 import {
   CaptionBatch,
@@ -27,8 +27,8 @@ import {
   sdDenoise,
   softCaption,
   trainablePatterns,
-} from '../lib/finetune';
-import { JointStep } from '../lib/finetune/joint-step';
+} from '../lib/train/finetune';
+import { JointStep } from '../lib/paper/joint/joint-step';
 import { deriveSeed } from '../lib/image/random';
 import { DATA } from './support/paths';
 import { makeTinyBlip, makeTinySd } from './support/tiny-models';
@@ -72,7 +72,7 @@ function free(m: Models): void {
   m.sd.dispose();
 }
 
-/** The objective as a composition of the public loss-term calls (what lib/finetune composed before it was native). */
+/** The objective as a composition of the public loss-term calls (what lib/train/finetune composed before it was native). */
 async function composed(m: Models, batch: JointBatch, opts: ObjectiveOptions, step: number, micro: number, seed: number): Promise<{ total: Tensor; terms: Partial<Record<LossTerm, Tensor>> }> {
   const { blip, sd } = m;
   const terms = activeTerms(opts, step, micro);

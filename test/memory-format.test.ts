@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { UNet } from '../lib/models/sd/unet';
 import { parsePythonJson } from '../lib/models/sd/schedulers';
-import { disposeAll } from '../lib/tensor';
+import { disposeAll } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { REFERENCE } from './support/paths';
 

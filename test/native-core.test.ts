@@ -1,8 +1,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { native } from '../lib/native';
-import { Tensor, scope, noGrad, liveTensors, keep, disposeAll } from '../lib/tensor';
+import { native } from '../lib/runtime/native';
+import { Tensor, scope, noGrad, liveTensors, keep, disposeAll } from '../lib/runtime/tensor';
 import { loadSafetensors, readSafetensorsHeader } from '../lib/weights/safetensors';
 import { REFERENCE } from './support/paths';
 

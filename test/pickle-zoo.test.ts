@@ -13,7 +13,7 @@ import { RoundtripError } from '../lib/errors';
 import { BARE_TENSOR_NAME, readTorchFile, stateDictOf, TorchTensor } from '../lib/weights/torchfile';
 import { unpickle, PyDict, PyComplex, TorchDtype, TorchDevice, isTuple, PyValue } from '../lib/weights/pickle';
 import { ZipArchive } from '../lib/weights/zip';
-import { inspectWeightsFile, formatInspectReport, inspectCommand } from '../lib/commands/weights-files';
+import { inspectWeightsFile, formatInspectReport, inspectCommand } from '../lib/cli/commands/weights-files';
 import { readSafetensorsHeader } from '../lib/weights/safetensors';
 
 const ZOO = path.join(CHECKPOINTS, 'pickle-zoo');

@@ -1,7 +1,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { parseSteps, pretrainOptionsFromArgs } from '../lib/commands/pretrain-world';
+import { parseSteps, pretrainOptionsFromArgs } from '../lib/cli/commands/pretrain-world';
 import { Blip } from '../lib/models/blip';
 import { ClipModel } from '../lib/models/clip';
 import { StableDiffusionPipeline } from '../lib/models/sd/pipeline';
@@ -18,9 +18,9 @@ import {
   worldBlipConfig,
   worldUnetConfig,
   worldVaeConfig,
-} from '../lib/pretrain';
+} from '../lib/train/pretrain';
 import { readSafetensorsHeader } from '../lib/weights/safetensors';
-import { Tensor, disposeAll, noGrad } from '../lib/tensor';
+import { Tensor, disposeAll, noGrad } from '../lib/runtime/tensor';
 import { loadTokenizer } from '../lib/tokenizers';
 import { renderScene } from '../lib/world';
 import { ROOT, VOCAB } from './support/paths';

@@ -1,8 +1,8 @@
 /**
  * Reranking with many candidates per item is not silent: an item still running after 2 s gets its own progress
- * line counting the candidate images made so far (lib/rerank/run.ts processItems).
+ * line counting the candidate images made so far (lib/paper/rerank/run.ts processItems).
  */
-import { processItems } from '../lib/rerank/run';
+import { processItems } from '../lib/paper/rerank/run';
 
 test('an item running past 2 s shows its candidates as they are made', async () => {
   const quiet = process.env.ROUNDTRIP_QUIET;

@@ -6,10 +6,10 @@ import { bleu } from '../lib/metrics/bleu';
 import { ciderD } from '../lib/metrics/cider';
 import { inceptionScore } from '../lib/metrics/inception-score';
 import { ptbTokenize } from '../lib/metrics/ptb-tokenizer';
-import { ItemRecord, ReconstructionScorer, RerankOptions, loadDataset, readJsonLines, rerankI2t2i, rerankT2i2t, selectItems } from '../lib/rerank';
-import { buildReport } from '../lib/report';
+import { ItemRecord, ReconstructionScorer, RerankOptions, loadDataset, readJsonLines, rerankI2t2i, rerankT2i2t, selectItems } from '../lib/paper/rerank';
+import { buildReport } from '../lib/paper/report';
 import { DATA } from './support/paths';
-import { command as reportCommand } from '../lib/commands/report';
+import { command as reportCommand } from '../lib/cli/commands/report';
 import yargs from 'yargs';
 import { makeTinyBlip, makeTinyClip, makeTinyDino, makeTinyMinilm, makeTinySd } from './support/tiny-models';
 

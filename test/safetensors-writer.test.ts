@@ -17,7 +17,7 @@ import {
   bfloat16BitsToNumber,
 } from '../lib/weights/convert';
 import { readTorchFile, stateDictOf } from '../lib/weights/torchfile';
-import { convertCommand } from '../lib/commands/weights-files';
+import { convertCommand } from '../lib/cli/commands/weights-files';
 
 const ZOO = path.join(CHECKPOINTS, 'pickle-zoo');
 const BLIP = path.join(CHECKPOINTS, 'blip-original');

@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { StableDiffusionPipeline } from '../lib/models/sd/pipeline';
-import { disposeAll } from '../lib/tensor';
+import { disposeAll } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
 import { makeTinySd } from './support/tiny-models';

@@ -4,7 +4,7 @@ import * as path from 'path';
 import { ldmLayoutFromConfigs, ldmRenames, ldmUnetKey, LDM_TEXT_PREFIX } from '../lib/models/sd/ldm-keys';
 import { UNet } from '../lib/models/sd/unet';
 import { VAE } from '../lib/models/sd/vae';
-import { disposeAll, noGrad, Tensor } from '../lib/tensor';
+import { disposeAll, noGrad, Tensor } from '../lib/runtime/tensor';
 import { convertToSafetensors } from '../lib/weights/convert';
 import { loadSafetensors, readSafetensorsHeader } from '../lib/weights/safetensors';
 import { CHECKPOINTS } from './support/paths';

@@ -2,7 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Scheduler } from '../lib/models/sd/schedulers';
 import { UNet } from '../lib/models/sd/unet';
-import { disposeAll, noGrad, Tensor } from '../lib/tensor';
+import { disposeAll, noGrad, Tensor } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import '../lib/conformance/sd-one-step';
 import { runConformanceCase } from '../lib/conformance/registry';

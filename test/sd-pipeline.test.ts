@@ -2,11 +2,11 @@ import sharp from 'sharp';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { checkGenerateArgs, runGenerate } from '../lib/commands/generate';
+import { checkGenerateArgs, runGenerate } from '../lib/cli/commands/generate';
 import { StableDiffusionPipeline } from '../lib/models/sd/pipeline';
 import { Scheduler } from '../lib/models/sd/schedulers';
 import { UNet } from '../lib/models/sd/unet';
-import { disposeAll, noGrad, Tensor } from '../lib/tensor';
+import { disposeAll, noGrad, Tensor } from '../lib/runtime/tensor';
 import { REFERENCE, VOCAB } from './support/paths';
 
 jest.setTimeout(300000);

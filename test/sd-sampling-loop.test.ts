@@ -4,11 +4,11 @@
  * the step-by-step composition, progress once per step in order, abort within one step, VAE slicing.
  */
 import * as path from 'path';
-import { NativeModel } from '../lib/model';
+import { NativeModel } from '../lib/runtime/model';
 import { StableDiffusionPipeline } from '../lib/models/sd/pipeline';
 import { Scheduler, schedulerName } from '../lib/models/sd/schedulers';
 import { VAE } from '../lib/models/sd/vae';
-import { Tensor, disposeAll, liveTensors, noGrad } from '../lib/tensor';
+import { Tensor, disposeAll, liveTensors, noGrad } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { readJsonFile } from '../lib/json';
 import { REFERENCE, ROOT } from './support/paths';

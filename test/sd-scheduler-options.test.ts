@@ -7,10 +7,10 @@
  */
 import * as path from 'path';
 import { readJsonFile } from '../lib/json';
-import { NativeModel } from '../lib/model';
-import { native } from '../lib/native';
+import { NativeModel } from '../lib/runtime/model';
+import { native } from '../lib/runtime/native';
 import { Scheduler } from '../lib/models/sd/schedulers';
-import { disposeAll, noGrad, Tensor } from '../lib/tensor';
+import { disposeAll, noGrad, Tensor } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { ROOT } from './support/paths';
 

@@ -2,7 +2,7 @@ import * as path from 'path';
 import '../lib/conformance/sd-schedulers';
 import { conformanceNames, runConformanceCase } from '../lib/conformance/registry';
 import { readSchedulerConfig, Scheduler } from '../lib/models/sd/schedulers';
-import { disposeAll, Tensor } from '../lib/tensor';
+import { disposeAll, Tensor } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { REFERENCE } from './support/paths';
 

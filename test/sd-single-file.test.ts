@@ -6,11 +6,11 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { convertCommand } from '../lib/commands/weights-files';
+import { convertCommand } from '../lib/cli/commands/weights-files';
 import { inferSingleFileConfigs, writeDiffusersFolder } from '../lib/models/sd/single-file';
 import { DEFAULT_CLIP_TOKENIZER, StableDiffusionPipeline } from '../lib/models/sd/pipeline';
 import { Scheduler } from '../lib/models/sd/schedulers';
-import { disposeAll, noGrad, Tensor } from '../lib/tensor';
+import { disposeAll, noGrad, Tensor } from '../lib/runtime/tensor';
 import { loadSafetensors, readSafetensorsHeader } from '../lib/weights/safetensors';
 import { CHECKPOINTS } from './support/paths';
 

@@ -5,7 +5,7 @@ import '../lib/conformance/sd-unet';
 import { runConformanceCase } from '../lib/conformance/registry';
 import { UNet } from '../lib/models/sd/unet';
 import { parsePythonJson } from '../lib/models/sd/schedulers';
-import { disposeAll, noGrad } from '../lib/tensor';
+import { disposeAll, noGrad } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
 import { REFERENCE } from './support/paths';

@@ -5,7 +5,7 @@ import '../lib/conformance/sd-vae';
 import { runConformanceCase } from '../lib/conformance/registry';
 import { vaeCaseOutputs } from '../lib/conformance/sd-vae';
 import { VAE } from '../lib/models/sd/vae';
-import { disposeAll, Tensor } from '../lib/tensor';
+import { disposeAll, Tensor } from '../lib/runtime/tensor';
 import { loadSafetensors, readSafetensorsHeader } from '../lib/weights/safetensors';
 import { writeSafetensors } from '../lib/weights/safetensors-writer';
 import { REFERENCE } from './support/paths';

@@ -17,7 +17,7 @@ import {
   loadTokenizer,
   preCaption,
 } from '../lib/tokenizers';
-import { formatTokenizeReport, tokenizeTexts } from '../lib/commands/tokenize';
+import { formatTokenizeReport, tokenizeTexts } from '../lib/cli/commands/tokenize';
 
 interface ClipCase {
   cleaned_text: string;

@@ -4,7 +4,7 @@ import * as path from 'path';
 import { AdamW } from '../lib/train/optimizer';
 import { learningRate } from '../lib/train/schedule';
 import { listCheckpoints, loadCheckpoint, resolveCheckpoint, saveCheckpoint, disposeCheckpoint } from '../lib/train/checkpoint';
-import { Tensor, disposeAll } from '../lib/tensor';
+import { Tensor, disposeAll } from '../lib/runtime/tensor';
 
 /** AdamW as torch.optim.AdamW computes it, in float64, for comparison. */
 function referenceAdamW(p: number[], grads: number[][], o: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number }): number[] {

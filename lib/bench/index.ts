@@ -3,7 +3,7 @@
  * Rows live in lib/bench/rows.ts; `registerBenchRow` adds more (see lib/bench/registry.ts).
  */
 import { RoundtripError, expectInteger } from '../errors';
-import { native } from '../native';
+import { native } from '../runtime/native';
 import { BenchSize, benchModels } from './models';
 import { BenchRowResult, benchRows, formatBenchTable, runBenchRow } from './registry';
 import './training-rows';

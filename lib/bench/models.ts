@@ -9,11 +9,11 @@ import * as os from 'os';
 import * as path from 'path';
 import { expectOneOf } from '../errors';
 import { writeFileAtomic, writeFolderAtomic } from '../fsutil';
-import { NativeModel } from '../model';
-import type { ModelKind } from '../native-methods';
+import { NativeModel } from '../runtime/model';
+import type { ModelKind } from '../runtime/native-methods';
 import { Blip, blipArchitectureConfig } from '../models/blip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
-import { disposeAll } from '../tensor';
+import { disposeAll } from '../runtime/tensor';
 import { saveTensors } from '../weights/save';
 import { readJsonFile } from '../json';
 

@@ -6,7 +6,7 @@
  * `registerBenchRow` — e.g. training-step rows that also report host synchronisations per step.
  */
 import { RoundtripError } from '../errors';
-import { memorySnapshot, resetPeakRss } from '../memory';
+import { memorySnapshot, resetPeakRss } from '../runtime/memory';
 import type { BenchModels } from './models';
 
 /** What one timed run may add to its row (averaged over runs). */

@@ -9,8 +9,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { Blip } from '../models/blip';
 import { StableDiffusionPipeline } from '../models/sd/pipeline';
-import { releaseMemory } from '../memory';
-import { Tensor, disposeAll, noGrad } from '../tensor';
+import { releaseMemory } from '../runtime/memory';
+import { Tensor, disposeAll, noGrad } from '../runtime/tensor';
 import { registerBenchRow } from './registry';
 import type { BenchModels } from './models';
 

@@ -4,14 +4,14 @@
  * L_rec_img; per-model AdamW, UNet clipped), and the same step with only L_sd or only L_cap — each one native
  * call (JointStep.run) with one host synchronisation. The joint / SD-only ratio is printed under the table.
  */
-import type { VocabularyBridge } from '../bridge';
-import { JointStep } from '../finetune/joint-step';
-import { CaptionBatch, disposeCaptionBatch, encodeCaptions } from '../finetune/losses';
-import { LossWeights, ObjectiveOptions } from '../finetune/objective';
-import { trainablePatterns } from '../finetune/trainer';
+import type { VocabularyBridge } from '../paper/bridge';
+import { JointStep } from '../paper/joint/joint-step';
+import { CaptionBatch, disposeCaptionBatch, encodeCaptions } from '../paper/joint/losses';
+import { LossWeights, ObjectiveOptions } from '../paper/joint/objective';
+import { trainablePatterns } from '../train/finetune/trainer';
 import { deriveSeed } from '../image/random';
-import type { FrozenDtype } from '../model';
-import { Tensor, disposeAll } from '../tensor';
+import type { FrozenDtype } from '../runtime/model';
+import { Tensor, disposeAll } from '../runtime/tensor';
 import { loadBertTokenizer } from '../tokenizers/load';
 import { AdamW } from '../train/optimizer';
 import type { BenchModels } from './models';

@@ -5,7 +5,7 @@
  */
 import * as path from 'path';
 import { Blip } from '../models/blip';
-import { Tensor, noGrad } from '../tensor';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { fixtureInput, generateCases, lossesWithGradients } from './captioning';
 import { ConformanceContext, registerConformance } from './registry';
 

@@ -7,7 +7,7 @@ import * as path from 'path';
 import { preprocessBatch, preprocessFromHfConfig, RgbImage } from '../image';
 import { readJsonFile } from '../json';
 import { Blip2 } from '../models/blip2';
-import { Tensor, noGrad } from '../tensor';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { fixtureInput, generateCases, lossesWithGradients } from './captioning';
 import { ConformanceContext, registerConformance } from './registry';
 

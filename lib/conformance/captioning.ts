@@ -4,8 +4,8 @@
  * `generate.<case>.*` of case.json → generation.cases, called as the case records it.
  */
 import { RoundtripError } from '../errors';
-import { NativeModel } from '../model';
-import { Tensor, noGrad } from '../tensor';
+import { NativeModel } from '../runtime/model';
+import { Tensor, noGrad } from '../runtime/tensor';
 
 /** The tensor `name` of io.safetensors; `who` names the fixture in the error. */
 export function fixtureInput(io: Record<string, Tensor>, name: string, who: string): Tensor {

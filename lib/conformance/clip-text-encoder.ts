@@ -3,8 +3,8 @@
  * soft-token path of case.json → soft_path_recipe with gradients w.r.t. the soft logits.
  */
 import * as path from 'path';
-import { NativeModel } from '../model';
-import { Tensor, noGrad } from '../tensor';
+import { NativeModel } from '../runtime/model';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { registerConformance, ConformanceContext } from './registry';
 
 /** Runs the soft-path recipe: logits = A@B, P = softmax, encoder, loss = Σ out², backprop to the logits. */

@@ -1,7 +1,7 @@
 /** Conformance runner for `clip-vit/`: the full CLIPModel (both towers, projections, similarity logits). */
 import * as path from 'path';
-import { NativeModel } from '../model';
-import { Tensor, noGrad } from '../tensor';
+import { NativeModel } from '../runtime/model';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { registerConformance, ConformanceContext } from './registry';
 
 async function run(ctx: ConformanceContext): Promise<Record<string, Tensor>> {

@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
-import { Tensor, noGrad } from '../tensor';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { InceptionModel, inceptionFormulaWeights, readInceptionLayout } from '../models/inception';
 import { registerConformance, ConformanceContext } from './registry';
 

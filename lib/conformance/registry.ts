@@ -11,7 +11,7 @@ import { RoundtripError } from '../errors';
 import { loadSafetensors } from '../weights/safetensors';
 import { readJsonFile } from '../json';
 import { TOKENIZER_CASES_FILE, runTokenizerCases } from './tokenizers';
-import { Tensor, disposeAll } from '../tensor';
+import { Tensor, disposeAll } from '../runtime/tensor';
 
 export interface ConformanceContext {
   /** The fixture folder. */

@@ -2,7 +2,7 @@
  * Conformance runner for `sd-one-step/`: ε from the UNet, x̂0 = (x_t − √(1−ᾱ)ε)/√ᾱ, decoded by the frozen VAE,
  * an image MSE, and its gradients wrt x̂0, ε and every UNet attn2.to_q weight.
  */
-import { Tensor } from '../tensor';
+import { Tensor } from '../runtime/tensor';
 import { ConformanceContext, registerConformance } from './registry';
 import { loadCaseModels } from './sd-common';
 import { XATTN_Q } from './sd-unet';

@@ -4,7 +4,7 @@
  */
 import { RoundtripError } from '../errors';
 import { schedulerName } from '../models/sd/schedulers';
-import { Tensor, noGrad } from '../tensor';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { ConformanceContext, registerConformance } from './registry';
 import { loadCaseModels } from './sd-common';
 

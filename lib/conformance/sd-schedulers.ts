@@ -4,7 +4,7 @@
  */
 import { RoundtripError } from '../errors';
 import { Scheduler, schedulerName } from '../models/sd/schedulers';
-import { Tensor, noGrad } from '../tensor';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { ConformanceContext, registerConformance } from './registry';
 
 /** The stand-in model's factor `a`, read from case.json → stand_in_model ("model_output_i = a * ..."). */

@@ -4,7 +4,7 @@
  */
 import * as path from 'path';
 import { UNet } from '../models/sd/unet';
-import { Tensor, noGrad } from '../tensor';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { ConformanceContext, registerConformance } from './registry';
 
 /** Regular expression of the cross-attention query weights (the fixtures' trainable set). */

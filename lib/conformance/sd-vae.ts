@@ -4,7 +4,7 @@
  */
 import * as path from 'path';
 import { VAE } from '../models/sd/vae';
-import { Tensor, noGrad } from '../tensor';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { ConformanceContext, registerConformance } from './registry';
 
 /** Runs the sd-vae case on an already loaded VAE. */

@@ -5,8 +5,8 @@
  * `output.hf.*` ones from config.json + model.safetensors with transformers' step.
  */
 import * as path from 'path';
-import { NativeModel } from '../model';
-import { Tensor, noGrad } from '../tensor';
+import { NativeModel } from '../runtime/model';
+import { Tensor, noGrad } from '../runtime/tensor';
 import { VitModel, PosInterpolation } from '../models/vit';
 import { registerConformance, ConformanceContext } from './registry';
 

@@ -10,8 +10,8 @@ import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { loadImage } from '../image';
 import { readJsonLines } from '../json';
-import { RESULTS_FILE } from '../rerank/run';
-import { ItemRecord } from '../rerank/types';
+import { RESULTS_FILE } from '../paper/rerank/run';
+import { ItemRecord } from '../paper/rerank/types';
 import { AttributeAccuracy, DescriptionScore, Scene, attributeAccuracy, parseCaption, sceneFromImage, scoreDescription } from '../world';
 
 /** The attribute accuracies shown in the tables, in order (AttributeAccuracy keys). */

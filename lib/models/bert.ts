@@ -3,9 +3,9 @@
  * L2 normalisation) over the native "bert" model, and text-to-references distances.
  */
 import { invalid } from '../errors';
-import { NativeModel } from '../model';
-import type { MethodOutputs } from '../native-methods';
-import { Tensor } from '../tensor';
+import { NativeModel } from '../runtime/model';
+import type { MethodOutputs } from '../runtime/native-methods';
+import { Tensor } from '../runtime/tensor';
 import { loadHfModel, meanCosineDistance, pick, readConfig, rows } from './clip';
 
 export class BertModel {

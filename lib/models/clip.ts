@@ -9,9 +9,9 @@ import { hfWeightFiles } from '../weights/files';
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectOneOf, invalid } from '../errors';
-import { LoadWeightsOptions, NativeModel } from '../model';
-import type { MethodOutputs, ModelKind } from '../native-methods';
-import { Tensor } from '../tensor';
+import { LoadWeightsOptions, NativeModel } from '../runtime/model';
+import type { MethodOutputs, ModelKind } from '../runtime/native-methods';
+import { Tensor } from '../runtime/tensor';
 import { readJsonFile } from '../json';
 
 /** Reads `<dir>/config.json`, naming the file in errors. */

@@ -6,8 +6,8 @@
  * leading BOS only).
  */
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, invalid } from '../errors';
-import { Tensor } from '../tensor';
-import type { CaptionerGeneration } from '../native-methods';
+import { Tensor } from '../runtime/tensor';
+import type { CaptionerGeneration } from '../runtime/native-methods';
 import { loadImage, preprocessBatch, PreprocessConfig, RgbImage } from '../image';
 
 /** Decoding strategies of `Blip.generate` and `Blip2.generate`. */

@@ -8,8 +8,8 @@
  * with the model's "set_tensors" method so no file is written.
  */
 import { RoundtripError, expectBoolean, expectString, invalid } from '../errors';
-import { NativeModel } from '../model';
-import { Tensor, disposeAll } from '../tensor';
+import { NativeModel } from '../runtime/model';
+import { Tensor, disposeAll } from '../runtime/tensor';
 import { jsonPath, readJsonFile } from '../json';
 
 /** One tensor of a weight layout. */

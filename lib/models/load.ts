@@ -8,9 +8,9 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectOneOf, expectString, invalid } from '../errors';
-import { resolveModelPath } from '../hub/resolve';
+import { resolveModelPath } from '../weights/hub/resolve';
 import { readJsonFile } from '../json';
-import { FROZEN_DTYPES, FrozenDtype } from '../model';
+import { FROZEN_DTYPES, FrozenDtype } from '../runtime/model';
 import { Blip } from './blip';
 import { Blip2, isBlip2Config } from './blip2';
 import { BertModel } from './bert';

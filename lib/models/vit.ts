@@ -11,8 +11,8 @@
  * "set_tensors" method.
  */
 import { RoundtripError, expectOneOf, expectNumber, invalid } from '../errors';
-import { NativeModel } from '../model';
-import { Tensor, disposeAll } from '../tensor';
+import { NativeModel } from '../runtime/model';
+import { Tensor, disposeAll } from '../runtime/tensor';
 import { loadSafetensors } from '../weights/safetensors';
 import { loadHfModel, pick, readConfig } from './clip';
 

@@ -18,7 +18,7 @@ import { RoundtripError } from '../errors';
 import { describeWriteError, fsyncDirSync, writeFileAtomicSync } from '../fsutil';
 import { loadSafetensors } from '../weights/safetensors';
 import { saveTensors } from '../weights/save';
-import { Tensor, disposeAll } from '../tensor';
+import { Tensor, disposeAll } from '../runtime/tensor';
 import { readJsonFile } from '../json';
 
 export interface OptimizerStateData {

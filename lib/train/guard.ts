@@ -17,8 +17,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError } from '../errors';
 import { checkpointsDir, listCheckpoints } from './checkpoint';
-import { native } from '../native';
-import { Tensor } from '../tensor';
+import { native } from '../runtime/native';
+import { Tensor } from '../runtime/tensor';
 
 export const NAN_POLICIES = ['stop', 'skip-batch', 'lower-lr'] as const;
 export type NanPolicy = (typeof NAN_POLICIES)[number];

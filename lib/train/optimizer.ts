@@ -1,7 +1,7 @@
 /** AdamW over a model's trainable tensors (one native call per step), with global-norm clipping. */
 import { RoundtripError } from '../errors';
-import { native, NativeOptimizerHandle } from '../native';
-import { Tensor } from '../tensor';
+import { native, NativeOptimizerHandle } from '../runtime/native';
+import { Tensor } from '../runtime/tensor';
 import type { OptimizerStateData } from './checkpoint';
 
 export interface AdamWOptions {
@@ -29,7 +29,7 @@ export class AdamW {
     }
   }
 
-  /** The native optimizer, for native training steps that update with it (lib/finetune/joint-step.ts). */
+  /** The native optimizer, for native training steps that update with it (lib/paper/joint/joint-step.ts). */
   get nativeHandle(): NativeOptimizerHandle {
     return this.handle;
   }

@@ -4,8 +4,8 @@
  * names the file and the fault.
  */
 import { RoundtripError } from '../errors';
-import { native, SafetensorsHeaderJson } from '../native';
-import { DType, Tensor } from '../tensor';
+import { native, SafetensorsHeaderJson } from '../runtime/native';
+import { DType, Tensor } from '../runtime/tensor';
 
 export type SafetensorsHeader = SafetensorsHeaderJson;
 

@@ -1,5 +1,5 @@
 /** Saving native tensors as safetensors (through the one atomic writer). */
-import { DType, Tensor } from '../tensor';
+import { DType, Tensor } from '../runtime/tensor';
 import { writeSafetensors } from './safetensors-writer';
 
 const SAFETENSORS_DTYPE: Record<DType, string> = {

@@ -1,4 +1,4 @@
-// The joint objective and its one-call training step (see joint.h). Each term follows lib/finetune/losses.ts
+// The joint objective and its one-call training step (see joint.h). Each term follows lib/paper/joint/losses.ts
 // operation by operation, so the native step and the TypeScript loss-term API give the same numbers.
 #include "train/joint.h"
 
@@ -506,7 +506,7 @@ at::Tensor JointObjective::step(const std::vector<MicroBatch>& batches, int64_t 
   }
   const auto t_update = clock::now();
   at::NoGradGuard no_grad;
-  // Data-parallel: average the gradients and the loss numbers over the ranks (lib/finetune/distributed.ts), with the
+  // Data-parallel: average the gradients and the loss numbers over the ranks (lib/train/finetune/distributed.ts), with the
   // stop votes, in one collective round; the "has a gradient" counts are checked with the stats below.
   at::Tensor stop_votes = at::zeros({}, f32), grads_agree = at::ones({}, f32);
   if (dist && dist->sync) {

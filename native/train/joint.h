@@ -53,7 +53,7 @@ struct JointConfig {
   static JointConfig from(const json& c);
 };
 
-// One micro-batch: tensors as lib/finetune/losses.ts CaptionBatch + images, and its host-known sizes.
+// One micro-batch: tensors as lib/paper/joint/losses.ts CaptionBatch + images, and its host-known sizes.
 struct MicroBatch {
   at::Tensor blip_pixels;  // [B, 3, S, S] CLIP mean/std (needed by cap / recImg)
   at::Tensor sd_images;    // [B, 3, H, W] in [-1, 1]
@@ -64,7 +64,7 @@ struct MicroBatch {
   std::vector<int64_t> caption_lengths;
   uint32_t seed = 0;
   int64_t micro = 0;       // index within the optimizer step (alternating-micro)
-  // Data-parallel (lib/finetune/distributed.ts): item i draws as global item slot_offset + i·slot_stride, and the
+  // Data-parallel (lib/train/finetune/distributed.ts): item i draws as global item slot_offset + i·slot_stride, and the
   // token-mean terms (cap, recTxt) are weighted by token_scale = W·n_r/N, so W ranks reproduce one process.
   int64_t slot_offset = 0, slot_stride = 1;
   double token_scale = 1;

@@ -1,4 +1,4 @@
-import { Tensor } from '../../lib/tensor';
+import { Tensor } from '../../lib/runtime/tensor';
 
 /** Deterministic pseudo-random pixels in [lo, hi), [B, 3, S, S] (a 32-bit LCG; the same numbers on every platform). */
 export function pixels(B: number, S: number, seed: number, lo = -1, hi = 1): Tensor {

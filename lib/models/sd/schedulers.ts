@@ -5,9 +5,9 @@
  * their index in `timesteps`; a run may begin mid-schedule (img2img `strength`).
  */
 import { expectInteger, expectNumber, invalid } from '../../errors';
-import { NativeModel } from '../../model';
-import type { MethodOptions } from '../../native-methods';
-import { disposeAll, Tensor } from '../../tensor';
+import { NativeModel } from '../../runtime/model';
+import type { MethodOptions } from '../../runtime/native-methods';
+import { disposeAll, Tensor } from '../../runtime/tensor';
 import { readJsonFile } from '../../json';
 
 /** Scheduler names accepted by the CLI and the pipeline. */

@@ -2,9 +2,9 @@
  * UNet2DConditionModel (SD v1.x) in the native core, model kind "unet". Config: diffusers unet/config.json.
  */
 import { CONFIG_DEFAULTS, configInt } from '../config-defaults';
-import { NativeModel } from '../../model';
+import { NativeModel } from '../../runtime/model';
 import type { VAE, DecodeOptions } from './vae';
-import { Tensor } from '../../tensor';
+import { Tensor } from '../../runtime/tensor';
 
 /** A scheduler_config.json object (diffusers). */
 export type SchedulerConfig = Record<string, unknown>;

@@ -4,8 +4,8 @@
  */
 import { CONFIG_DEFAULTS, configInt } from '../config-defaults';
 import { expectBoolean } from '../../errors';
-import { NativeModel } from '../../model';
-import { Tensor } from '../../tensor';
+import { NativeModel } from '../../runtime/model';
+import { Tensor } from '../../runtime/tensor';
 
 export interface LatentDistribution {
   mean: Tensor;
