@@ -34,4 +34,4 @@ fi
 # npm ci runs the package's install script, which builds the addon with cmake-js.
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
 npm run --silent build:ts
-echo "roundtrip: set up ($(node -p "require('./dist/native').native().info().libtorch") libtorch, $(node -p "require('./dist/native').native().info().cuda ? 'CUDA' : 'CPU'"))"
+echo "roundtrip: set up ($(node -p "require('./dist/runtime/native').native().info().libtorch") libtorch, $(node -p "require('./dist/runtime/native').native().info().cuda ? 'CUDA' : 'CPU'"))"

@@ -13,7 +13,7 @@ function roundtrip(...args: string[]) {
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
-const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli.js'));
+const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli', 'index.js'));
 const maybe = hasDist ? describe : describe.skip;
 
 maybe('roundtrip CLI', () => {

@@ -22,7 +22,7 @@ import { makeTinyBlip, makeTinyClip, makeTinySd } from './support/tiny-models';
 jest.setTimeout(600000);
 
 const CLI = path.join(ROOT, 'bin', 'roundtrip.js');
-const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli.js'));
+const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli', 'index.js'));
 const hasGloo = availableBackends().includes('gloo');
 const multi = hasDist && hasGloo ? describe : describe.skip;
 
@@ -73,7 +73,7 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}, opts: { onStart?: (p: 
 /** Writes a small JS program for the ranks to run. */
 function script(name: string, body: string): string {
   const file = path.join(root, name);
-  fs.writeFileSync(file, `const d = require(${JSON.stringify(path.join(ROOT, 'dist', 'distributed'))});\nconst { Tensor } = require(${JSON.stringify(path.join(ROOT, 'dist', 'tensor'))});\n${body}\n`);
+  fs.writeFileSync(file, `const d = require(${JSON.stringify(path.join(ROOT, 'dist', 'runtime', 'distributed'))});\nconst { Tensor } = require(${JSON.stringify(path.join(ROOT, 'dist', 'runtime', 'tensor'))});\n${body}\n`);
   return file;
 }
 

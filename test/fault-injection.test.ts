@@ -24,7 +24,7 @@ import { Rng } from '../lib/image/random';
 jest.setTimeout(600000);
 
 const SEED = Number(process.env.FAULT_SEED ?? 1919);
-const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli.js'));
+const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli', 'index.js'));
 const maybe = hasDist ? describe : describe.skip;
 
 function rng(seed: number) {

@@ -293,7 +293,7 @@ describe('messages', () => {
   });
 });
 
-const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli.js'));
+const hasDist = fs.existsSync(path.join(ROOT, 'dist', 'cli', 'index.js'));
 (hasDist ? describe : describe.skip)('CLI conventions (compiled)', () => {
   const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(ROOT, 'bin', 'roundtrip.js'), ...args], { encoding: 'utf8', env: { ...process.env, ROUNDTRIP_QUIET: '1', COLUMNS: '200' } });
 

@@ -16,11 +16,12 @@ import { StableDiffusionPipeline } from '../models/sd/pipeline';
 import { disposeAll } from '../runtime/tensor';
 import { saveTensors } from '../weights/save';
 import { readJsonFile } from '../json';
+import { PACKAGE_ROOT } from '../paths';
 
 export const BENCH_SIZES = ['tiny', 'world', 'sd14'] as const;
 export type BenchSize = (typeof BENCH_SIZES)[number];
 
-const ROOT = path.resolve(__dirname, '..', '..');
+const ROOT = PACKAGE_ROOT;
 const WORLD_SD = path.join(ROOT, 'weights', 'world-sd');
 const WORLD_BLIP = path.join(ROOT, 'weights', 'world-blip');
 

@@ -13,8 +13,9 @@ import { releaseMemory } from '../runtime/memory';
 import { Tensor, disposeAll, noGrad } from '../runtime/tensor';
 import { registerBenchRow } from './registry';
 import type { BenchModels } from './models';
+import { PACKAGE_ROOT } from '../paths';
 
-const ROOT = path.resolve(__dirname, '..', '..');
+const ROOT = PACKAGE_ROOT;
 
 /** Deterministic int64 ids in [lo, hi). */
 function ids(rows: number, cols: number, lo: number, hi: number, first?: number): Tensor {

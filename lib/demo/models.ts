@@ -18,9 +18,9 @@ import { loadSafetensors } from '../weights/safetensors';
 import { writeFolderAtomic } from '../fsutil';
 import { readJsonFile } from '../json';
 import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
+import { PACKAGE_ROOT } from '../paths';
 
 /** Package root (lib/demo → root, also from dist/demo). */
-const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
 export const DEFAULT_WEIGHTS_DIR = path.join(PACKAGE_ROOT, 'weights');
 
 export interface WorldModels {

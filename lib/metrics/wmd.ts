@@ -14,6 +14,7 @@ import * as path from 'path';
 import { StringDecoder } from 'string_decoder';
 import { RoundtripError, expectBoolean, invalid } from '../errors';
 import { earthMoversDistance } from './emd';
+import { PACKAGE_ROOT } from '../paths';
 
 /** Word vectors as gensim holds them after `load_word2vec_format(..., no_header=True)`. */
 export interface WordVectors {
@@ -190,7 +191,6 @@ export function wmDistance(wv: WordVectors, document1: readonly string[], docume
 }
 
 /** Package root (holds `data/`), from lib/metrics or dist/metrics alike. */
-const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
 /** NLTK's English stop-word list (179 words, nltk_data 2017–2025) shipped in `data/`. */
 export const NLTK_STOPWORDS_FILE = path.join(PACKAGE_ROOT, 'data', 'nltk-stopwords-english.txt');
 

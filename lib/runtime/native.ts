@@ -2,8 +2,8 @@
  * The native addon (C++, libtorch), loaded once. Everything here is internal: user code goes through
  * `Tensor`, `NativeModel` and the model classes, which check their arguments first.
  */
-import * as path from 'path';
 import type { NativeCompareResult, TensorOpName } from './native-methods';
+import { PACKAGE_ROOT } from '../paths';
 
 export type DType = 'float64' | 'float32' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'int16' | 'int8' | 'uint8' | 'bool';
 
@@ -214,7 +214,7 @@ let addon: NativeAddon | undefined;
 /** The addon; built by `npm install` (cmake-js) into build/Release. */
 export function native(): NativeAddon {
   if (!addon) {
-    const root = path.resolve(__dirname, '..');
+    const root = PACKAGE_ROOT;
     try {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
       addon = require('node-gyp-build')(root) as NativeAddon;

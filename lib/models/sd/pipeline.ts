@@ -24,9 +24,10 @@ const readJsonObject = (file: string): Record<string, any> => readJsonFile(file,
 import { SINGLE_FILE_EXTENSIONS, SingleFileConfigOverrides, SingleFileConfigs, asSafetensorsFiles, isSingleFileCheckpoint, openSingleFile } from './single-file';
 import { UNet } from './unet';
 import { VAE } from './vae';
+import { PACKAGE_ROOT } from '../../paths';
 
 /** The CLIP BPE tokenizer single-file checkpoints use unless told otherwise (openai/clip-vit-large-patch14's vocabulary). */
-export const DEFAULT_CLIP_TOKENIZER = path.join(path.resolve(__dirname, '..', '..', '..'), 'weights', 'world-sd', 'tokenizer');
+export const DEFAULT_CLIP_TOKENIZER = path.join(PACKAGE_ROOT, 'weights', 'world-sd', 'tokenizer');
 
 export interface PipelineLoadOptions {
   device?: string;

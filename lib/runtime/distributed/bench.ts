@@ -18,6 +18,7 @@ import { DEFAULT_WEIGHTS_DIR } from '../../demo/models';
 import { checkPortFree } from './launch';
 import type { AllReduceStats } from '../../train/finetune/distributed';
 import { CONFIG_DEFAULTS, configInt } from '../../models/config-defaults';
+import { PACKAGE_ROOT } from '../../paths';
 
 export interface DistributedBenchOptions {
   /** Finetune config keys (blip, sd, annotations, images, …); default: world models on a generated world. */
@@ -66,7 +67,7 @@ export interface DistributedBenchResult {
   text: string;
 }
 
-const CLI = path.resolve(__dirname, '..', '..', 'bin', 'roundtrip.js');
+const CLI = path.join(PACKAGE_ROOT, 'bin', 'roundtrip.js');
 
 function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; err: string }> {
   return new Promise((resolve) => {

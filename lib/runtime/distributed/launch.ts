@@ -11,6 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectString } from '../../errors';
 import { DEFAULT_MASTER_PORT } from './env';
+import { PACKAGE_ROOT } from '../../paths';
 
 export interface LaunchOptions {
   /** Processes on this node. */
@@ -113,7 +114,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const [first, ...rest] = opts.command;
   const isSubcommand = (opts.subcommands ?? []).includes(first);
   const file = isSubcommand ? process.execPath : first;
-  const args = isSubcommand ? [path.resolve(__dirname, '..', '..', 'bin', 'roundtrip.js'), first, ...rest] : rest;
+  const args = isSubcommand ? [path.join(PACKAGE_ROOT, 'bin', 'roundtrip.js'), first, ...rest] : rest;
   const stdout = opts.stdout ?? process.stdout;
   const stderr = opts.stderr ?? process.stderr;
   const note = (line: string) => stderr.write(`launch: ${line}\n`);

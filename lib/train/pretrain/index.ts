@@ -32,6 +32,7 @@ import { evaluateBlip, evaluateClip, evaluateSd } from './evaluate';
 import { initTransformer, saveModelWeights } from './init';
 import { LoopResult, VAE_KL_WEIGHT, encodeLatents, latentScalingFactor, trainBlip, trainClip, trainUnet, trainVae } from './train';
 import { writeFolderAtomic } from '../../fsutil';
+import { PACKAGE_ROOT } from '../../paths';
 
 export * from './configs';
 export { BatchSampler, loadWorldData } from './data';
@@ -109,7 +110,6 @@ export interface PretrainResult {
   metrics: { clip?: object; blip?: object; sd?: object };
 }
 
-const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
 
 /** The tokenizer files the folders carry, read into memory (the source may be the output folder itself). */
 interface VocabFiles {
