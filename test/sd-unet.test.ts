@@ -8,6 +8,7 @@ import { parsePythonJson } from '../lib/models/sd/schedulers';
 import { disposeAll, noGrad } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
+import { AdamW } from '../lib/train/optimizer';
 import { REFERENCE } from './support/paths';
 
 jest.setTimeout(120000);
@@ -46,4 +47,27 @@ test('sd-unet fixture: an inference forward (convolutions on packed oneDNN weigh
   disposeAll([io, first, again, zeroed, plain, zero]);
   unet.dispose();
   fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test('a trained, then frozen weight keeps its trained values after packing (its written pages are not handed back)', async () => {
+  const dir = path.join(REFERENCE, 'sd-unet');
+  const unet = await UNet.create(parsePythonJson(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
+  await unet.model.loadWeights([path.join(dir, 'model.safetensors')]);
+  const io = await loadSafetensors(path.join(dir, 'io.safetensors'));
+  const args = [io['input.sample'], io['input.timesteps'], io['input.encoder_hidden_states']] as const;
+  // One AdamW step on every convolution writes into the file-mapped parameters (private copies of their pages).
+  const params = unet.model.tensors(unet.model.setTrainable(['conv']));
+  expect(Object.keys(params).length).toBeGreaterThan(3);
+  const opt = new AdamW(params, { lr: 0.05 });
+  const loss = (await unet.forward(...args)).sample.mean();
+  await loss.backward();
+  await opt.step();
+  unet.model.setTrainable([]);
+  const packed = (await noGrad(() => unet.forward(...args))).sample; // packs; must keep the trained pages
+  const plain = (await unet.forward(...args)).sample; // libtorch's own convolution on the plain weights
+  const spec = JSON.parse(fs.readFileSync(path.join(dir, 'case.json'), 'utf8')).tensors['output.sample'];
+  expect(packed.compare(plain, spec.recommended_atol, spec.recommended_rtol).bad).toBe(0);
+  expect(packed.compare(io['output.sample'], spec.recommended_atol, spec.recommended_rtol).bad).toBeGreaterThan(0);
+  disposeAll([io, loss, packed, plain, ...Object.values(params)]);
+  unet.dispose();
 });

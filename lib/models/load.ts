@@ -48,8 +48,9 @@ export interface LoadOptions<K extends LoadableKind = LoadableKind> {
    */
   dtype?: LoadDtype;
   /**
-   * CPU: hold the frozen weights in bf16/fp16 and up-cast per op — an approximation that halves their memory
-   * (NativeModel.setFrozenDtype; BLIP, CLIP and Stable Diffusion). Default 'fp32'.
+   * CPU: freeze the model and hold its weights (≥ 2-D) in bf16/fp16, up-cast per op — an approximation that halves
+   * their memory (NativeModel.setFrozenDtype; BLIP, CLIP and Stable Diffusion). To train some tensors of such a
+   * model, load it in fp32, choose them with setTrainable, then call setFrozenDtype. Default 'fp32'.
    */
   frozenDtype?: FrozenDtype;
 }
@@ -98,8 +99,10 @@ export async function load(source: string, opts: LoadOptions = {}): Promise<Load
       else if (loaded instanceof Blip || loaded instanceof Blip2) loaded.model.setAutocast(dtype);
     }
     if (frozen !== 'fp32') {
-      if (loaded instanceof StableDiffusionPipeline) await loaded.setFrozenDtype(frozen);
-      else await ('model' in loaded ? loaded.model : loaded.native).setFrozenDtype(frozen);
+      // Frozen means every weight here: a loaded model trains nothing until told, and what is converted stays so.
+      const natives = loaded instanceof StableDiffusionPipeline ? [loaded.unet.model, loaded.vae.model, loaded.textEncoder] : ['model' in loaded ? loaded.model : loaded.native];
+      for (const m of natives) m.setTrainable([]);
+      for (const m of natives) await m.setFrozenDtype(frozen);
     }
   } catch (err) {
     loaded.dispose();

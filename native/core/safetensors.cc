@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 namespace rt {
 
@@ -155,6 +156,42 @@ size_t release_mapped_pages(const at::Tensor& t) {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t lo = (begin + page - 1) / page * page, hi = end / page * page;  // whole pages only: neighbours stay
   if (hi <= lo) return 0;
+  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  return hi - lo;
+}
+
+size_t release_unwritten_mapped_pages(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0 || !t.device().is_cpu()) return 0;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto end = begin + t.numel() * t.element_size();
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (begin + page - 1) / page * page, hi = end / page * page;
+  if (hi <= lo) return 0;
+  {
+    std::lock_guard<std::mutex> lock(g_maps_mutex);
+    auto it = g_maps.upper_bound(begin);
+    if (it == g_maps.begin()) return 0;
+    --it;
+    if (begin < it->first || end > it->second) return 0;  // not inside a live mapping (a copy)
+  }
+  // pagemap: one 64-bit entry per page; bit 63 present, bit 61 file page (a written private page is anonymous).
+  const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  std::vector<uint64_t> entries(4096);
+  bool pristine = true;
+  for (uintptr_t p = lo; p < hi && pristine;) {
+    const size_t n = std::min<size_t>(entries.size(), (hi - p) / page);
+    const ssize_t want = static_cast<ssize_t>(n * sizeof(uint64_t));
+    if (pread(fd, entries.data(), want, static_cast<off_t>(p / page * sizeof(uint64_t))) != want) pristine = false;
+    for (size_t i = 0; i < n && pristine; ++i) {
+      const uint64_t e = entries[i];
+      if ((e >> 63) & 1) pristine = (e >> 61) & 1;
+      else if ((e >> 62) & 1) pristine = false;  // swapped out: anonymous
+    }
+    p += n * page;
+  }
+  ::close(fd);
+  if (!pristine) return 0;
   madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
   return hi - lo;
 }

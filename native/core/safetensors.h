@@ -19,6 +19,11 @@ struct SafetensorsEntry {
 // holds and that was never written (a frozen weight being replaced). Returns the bytes released.
 size_t release_mapped_pages(const at::Tensor& t);
 
+// The same for a tensor others still hold: releases only when every resident page of it is still the file's
+// (none written, which in a private mapping would have made it a private copy: /proc/self/pagemap says which),
+// so reading the tensor later gives the same bytes. Returns the bytes released (0 when it kept them).
+size_t release_unwritten_mapped_pages(const at::Tensor& t);
+
 class SafetensorsFile {
  public:
   // Throws rt::Error naming the file and the fault for any malformed file.

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "core/common.h"
+#include "core/safetensors.h"
 #include "nn/layers.h"
 
 namespace rt::sd {
@@ -78,6 +79,10 @@ struct PackedConv2d {
           packed = at::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), at::IntArrayRef(*pad), stride, dilation, o.groups());
           data = w.data_ptr();
           version = static_cast<int64_t>(w._version());
+          // The packed copy now serves every such forward: a frozen weight that still views its file unwritten gives
+          // its mapped pages back, so packing costs no resident memory; anything that reads the plain weight again
+          // faults the same bytes back in from the page cache.
+          if (!w.requires_grad()) release_unwritten_mapped_pages(w);
         }
         const c10::optional<at::Tensor> bias = c->bias.defined() ? c10::optional<at::Tensor>(c->bias) : c10::nullopt;
         return at::mkldnn_convolution(x, packed, bias, at::IntArrayRef(*pad), stride, dilation, o.groups());
