@@ -37,8 +37,9 @@ inline at::Tensor silu_tmp(at::Tensor x) { return at::GradMode::is_enabled() ? a
 // A Conv2d's forward at inference with its weight packed once into oneDNN's blocked layout. libtorch 1.13 reorders a
 // plain weight into that layout inside every oneDNN convolution: for SD v1.4's UNet 2.4 GB of weights are read,
 // written to fresh buffers (zeroed by the block cache) and dropped on every forward. The packed copy is kept while the
-// weight keeps its storage and version (an optimizer step or a weight load repacks it) and costs the weights' size once
-// more in memory. Taken only where libtorch itself would run oneDNN (its use_mkldnn rule for float32 CPU input), so
+// weight keeps its storage and version (an optimizer step or a weight load repacks it); a frozen, unwritten mapped
+// weight then gives its pages back, so the copy replaces rather than doubles its resident memory. Taken only where
+// libtorch itself would run oneDNN (its use_mkldnn rule for float32 CPU input), so
 // the same kernels compute it; oneDNN may block a packed weight differently (outputs ~1e-6 apart). Outside a
 // PackedConvScope, with autograd, on another device or another libtorch, the module's own forward runs.
 // Whether PackedConv2d may pack: set by the UNet for a whole forward that starts without autograd. A checkpointed
