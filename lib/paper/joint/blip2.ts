@@ -12,11 +12,10 @@
  */
 import { RoundtripError, expectInteger, expectString } from '../../errors';
 import type { Blip2 } from '../../models/blip2';
-import type { ClipTokenizer } from '../../tokenizers/clip';
 import type { OptTokenizer } from '../../tokenizers/opt';
 import { BLIP_MAX_WORDS, preCaption } from '../../tokenizers/blip';
-import { Tensor } from '../../runtime/tensor';
-import type { CaptionBatch, ClipPadding } from './losses';
+import type { CaptionBatch } from './losses';
+import { captionBatch } from './caption-batch';
 
 /** LAVIS' `max_txt_len` for BLIP-2 OPT captioning (BOS and EOS included). */
 export const BLIP2_MAX_TEXT_TOKENS = 32;
@@ -83,26 +82,6 @@ export function encodeBlip2Captions(
       if (t >= promptLength) labels[b * T + t] = BigInt(id);
     });
   });
-  const clip = clipIds(texts);
-  return {
-    size: B,
-    texts,
-    blipIds: Tensor.fromTypedArray(ids, [B, T]),
-    blipMask: Tensor.fromTypedArray(mask, [B, T]),
-    blipLabels: Tensor.fromTypedArray(labels, [B, T]),
-    promptLength,
-    captionLengths: rows.map((r) => r.captionLength),
-    clipIds: Tensor.fromTypedArray(clip.ids, [B, clip.length]),
-  };
+  return captionBatch(texts, { ids, mask, labels, length: T }, promptLength, rows.map((r) => r.captionLength), clipIds(texts));
 }
 
-/** SD's CLIP id rows for cleaned texts: padded to 77 ('max') or to the longest ('longest'), as encodeCaptions. */
-export function clipIdRows(clip: ClipTokenizer, padding: ClipPadding): (texts: string[]) => { ids: BigInt64Array; length: number } {
-  return (texts) => {
-    const fixed = texts.map((t) => clip.encodeFixed(t).ids);
-    const L = padding === 'max' ? clip.modelMaxLength : Math.max(...fixed.map((ids) => ids.indexOf(clip.eotId) + 1));
-    const out = new BigInt64Array(texts.length * L);
-    fixed.forEach((ids, b) => ids.slice(0, L).forEach((id, j) => (out[b * L + j] = BigInt(id))));
-    return { ids: out, length: L };
-  };
-}

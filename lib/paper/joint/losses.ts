@@ -28,7 +28,8 @@ import type { BertTokenizer } from '../../tokenizers/bert';
 import type { ClipTokenizer } from '../../tokenizers/clip';
 import { BLIP_MAX_WORDS, BLIP_PROMPT, blipDecoderInputs, preCaption } from '../../tokenizers/blip';
 import { loadBertTokenizer } from '../../tokenizers/load';
-import { Blip2CaptionTokenizer, blip2CaptionTokenizer, clipIdRows, encodeBlip2Captions } from './blip2';
+import { Blip2CaptionTokenizer, blip2CaptionTokenizer, encodeBlip2Captions } from './blip2';
+import { captionBatch, clipIdRows } from './caption-batch';
 
 /** Default CLIP special ids (SD v1.x tokenizer): start, end; SD pads with the end id. */
 export const CLIP_START_ID = 49406;
@@ -101,21 +102,7 @@ export function encodeCaptions(
     captionLengths.push(Math.max(0, used - promptLength - 1));
   }
   const clipPadding = expectOneOf('clipPadding', opts.clipPadding ?? 'max', CLIP_PADDINGS);
-  const fixed = texts.map((t) => tokenizers.clip.encodeFixed(t).ids);
-  // 'longest' (the release): ids up to <|endoftext|>, padded to the longest caption of the batch.
-  const L = clipPadding === 'max' ? tokenizers.clip.modelMaxLength : Math.max(...fixed.map((ids) => ids.indexOf(tokenizers.clip.eotId) + 1));
-  const clip = new BigInt64Array(B * L);
-  fixed.forEach((ids, b) => ids.slice(0, L).forEach((id, j) => (clip[b * L + j] = BigInt(id))));
-  return {
-    size: B,
-    texts,
-    blipIds: Tensor.fromTypedArray(ids, [B, T]),
-    blipMask: Tensor.fromTypedArray(mask, [B, T]),
-    blipLabels: Tensor.fromTypedArray(labels, [B, T]),
-    promptLength,
-    captionLengths,
-    clipIds: Tensor.fromTypedArray(clip, [B, L]),
-  };
+  return captionBatch(texts, { ids, mask, labels, length: T }, promptLength, captionLengths, clipIdRows(tokenizers.clip, clipPadding)(texts));
 }
 
 export function disposeCaptionBatch(batch: CaptionBatch): void {
