@@ -8,13 +8,13 @@ import { RoundtripError } from '../../errors';
 import { RgbImage, loadImage } from '../../image';
 import { bleu } from '../../metrics/bleu';
 import { ptbTokenize } from '../../metrics/ptb-tokenizer';
-import { Captioner, loadCaptioner } from '../../models/captioner';
+import { Captioner } from '../../models/captioner';
 import { BlipCaptionOptions } from '../../models/blip';
 import { ClipModel } from '../../models/clip';
 import { StableDiffusionPipeline } from '../../models/sd/pipeline';
 import { VitModel } from '../../models/vit';
 import { ImageEmbedder, SdImageCache, clipImageEmbedder, dinoImageEmbedder, distancesTo, sdModelHash } from './models';
-import { RerankOptions, RerankStats, RunFolder, baselinePicks, blipSeed, beginRun, processItems, ranksOf, relativeTo, sdSeed } from './run';
+import { RerankOptions, RerankStats, RunFolder, baselinePicks, blipSeed, beginRun, loadRunModels, processItems, ranksOf, relativeTo, sdSeed } from './run';
 import { BlipSettings, CandidateRecord, ItemRecord } from './types';
 
 /** BLIP caption options from the run's settings. */
@@ -52,10 +52,7 @@ export async function rerankI2t2i(opts: RerankOptions): Promise<RerankStats> {
   const device = opts.device ?? 'cpu';
   const owned: { dispose(): void }[] = [];
   try {
-    const blip = await loadCaptioner(s.models.blip, { device });
-    owned.push(blip);
-    const sd = await StableDiffusionPipeline.load(s.models.sd, { device });
-    owned.push(sd);
+    const { blip, sd } = await loadRunModels(s, device, owned);
     const embedders: ImageEmbedder[] = [];
     for (const method of s.similarity) {
       if (method === 'clip') {

@@ -12,6 +12,8 @@ import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../../errors';
 import { Rng, deriveSeed } from '../../image/random';
 import { BLIP_STRATEGIES } from '../../models/blip';
+import { Captioner, loadCaptioner } from '../../models/captioner';
+import { StableDiffusionPipeline } from '../../models/sd/pipeline';
 import { DEFAULT_BEAMS, beamCount } from '../../models/decoding';
 import { SCHEDULER_NAMES } from '../../models/sd/schedulers';
 import { DataItem, Dataset, DatasetOptions, Shard, loadDataset, parseShard, selectItems } from './data';
@@ -250,6 +252,15 @@ export async function processItems(
 }
 
 /** Opens the run folder and lists the items still to do (a resumed run skips finished ones). */
+/** The run's captioner and Stable Diffusion pipeline on `device`, each pushed onto `owned` as soon as it exists. */
+export async function loadRunModels(s: RunSettings, device: string, owned: { dispose(): void }[]): Promise<{ blip: Captioner; sd: StableDiffusionPipeline }> {
+  const blip = await loadCaptioner(s.models.blip, { device });
+  owned.push(blip);
+  const sd = await StableDiffusionPipeline.load(s.models.sd, { device });
+  owned.push(sd);
+  return { blip, sd };
+}
+
 export function beginRun(direction: Direction, opts: RerankOptions): { run: RunFolder; stats: RerankStats; todo: RunFolder['items'] } {
   const run = openRunFolder(direction, opts);
   const todo = run.items.filter((it) => !run.finished.has(it.index));

@@ -11,12 +11,10 @@ import { RoundtripError } from '../../errors';
 import { ClipTextEncoder, SbertEncoder, clipTextEmbeddings, loadClipTextEncoder, loadSbertEncoder, sbertEmbeddings } from '../../metrics/eval/text-embeddings';
 import { loadImage } from '../../image';
 import { WordVectors, captionWmd, loadNltkStopwords, loadWordVectors } from '../../metrics/wmd';
-import { loadCaptioner } from '../../models/captioner';
 import { cosineDistance } from '../../models/clip';
-import { StableDiffusionPipeline } from '../../models/sd/pipeline';
 import { blipCaptionOptions, checkPromptLength } from './i2t2i';
 import { CiderSimilarity, ImageEmbedder, SdImageCache, clipImageEmbedder, distancesTo, sdModelHash } from './models';
-import { RerankOptions, RerankStats, baselinePicks, beginRun, processItems, ranksOf, relativeTo, sdSeed } from './run';
+import { RerankOptions, RerankStats, baselinePicks, beginRun, loadRunModels, processItems, ranksOf, relativeTo, sdSeed } from './run';
 import { loadDataset } from './data';
 import { CandidateRecord, ItemRecord } from './types';
 
@@ -37,10 +35,7 @@ export async function rerankT2i2t(opts: RerankOptions): Promise<RerankStats> {
   const device = opts.device ?? 'cpu';
   const owned: { dispose(): void }[] = [];
   try {
-    const blip = await loadCaptioner(s.models.blip, { device });
-    owned.push(blip);
-    const sd = await StableDiffusionPipeline.load(s.models.sd, { device });
-    owned.push(sd);
+    const { blip, sd } = await loadRunModels(s, device, owned);
     const scorers: TextScorers = {};
     if (s.models.clip) {
       scorers.clip = await loadClipTextEncoder(s.models.clip, { device });
