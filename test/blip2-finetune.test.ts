@@ -72,6 +72,7 @@ beforeAll(async () => {
     await saveRgbPng(path.join(root, 'images', `img${i}.png`), { data, width: 40, height: 36 });
   }
   fs.writeFileSync(path.join(root, 'train.json'), JSON.stringify(TRAIN.map((caption, i) => ({ image: `img${i}.png`, caption, image_id: String(i) }))));
+  fs.writeFileSync(path.join(root, 'val.json'), JSON.stringify(TRAIN.slice(0, 2).map((caption, i) => ({ image: `img${i}.png`, caption: [caption, 'a man on the road'] }))));
 });
 
 afterAll(() => {
@@ -223,13 +224,18 @@ describe('roundtrip finetune and bench recon with BLIP-2', () => {
 
   test('a short `roundtrip finetune` run on the fixture model: steps, bridge, export loadable by Blip2.load', async () => {
     const args = ['finetune', '--blip', blip2Dir, '--sd', sdDir, '--annotations', path.join(root, 'train.json'), '--images', path.join(root, 'images'), '--output', out(),
-      '--batch-size', '2', '--max-steps', '2', '--sd-size', '64', '--checkpoint-every', '0', '--lr', '1e-3', '--no-progress'];
+      '--batch-size', '2', '--max-steps', '2', '--sd-size', '64', '--checkpoint-every', '0', '--lr', '1e-3', '--no-progress',
+      '--val-annotations', path.join(root, 'val.json'), '--validate-every', '2', '--val-size', '2'];
     const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'roundtrip.js'), ...args], { encoding: 'utf8', env: { ...process.env, ROUNDTRIP_THREADS: '1' } });
     expect({ status: r.status, stderr: r.stderr }).toMatchObject({ status: 0 });
     const rows = fs.readFileSync(path.join(out(), 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => typeof l.loss === 'number');
     expect(rows.map((l) => l.step)).toEqual([1, 2]);
     for (const l of rows) for (const t of ['cap', 'recImg', 'sd', 'recTxt']) expect(Number.isFinite(l.terms[t])).toBe(true);
     expect(JSON.parse(fs.readFileSync(path.join(out(), 'bridge.json'), 'utf8')).tokenizer).toBe('opt');
+    // Validation captions with BLIP-2 (greedy) and scores them with CIDEr-D.
+    const validation = fs.readFileSync(path.join(out(), 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.validation);
+    expect(validation.map((l) => l.step)).toEqual([2]);
+    expect(validation[0].validation.cider).toBeGreaterThanOrEqual(0);
     const exported = path.join(out(), 'export', 'blip.safetensors');
     const trained = await Blip2.load(blip2Dir, { partial: [exported] });
     const names = Object.keys(trained.model.tensors(trained.model.setTrainable(trainablePatterns('blip', 'xattn-q', 'blip2'))));
