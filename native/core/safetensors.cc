@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace rt {
@@ -144,57 +146,56 @@ SafetensorsFile::~SafetensorsFile() {
   munmap(map_, size_);
 }
 
-size_t release_mapped_pages(const at::Tensor& t) {
-  if (!t.defined() || t.numel() == 0 || !t.device().is_cpu()) return 0;
+namespace {
+// The whole pages of a CPU tensor's bytes, [lo, hi), when they lie inside a live mapping; lo == hi otherwise (a
+// copy, or less than a page). Neighbouring tensors' partial pages are never included. Call under g_maps_mutex.
+std::pair<uintptr_t, uintptr_t> mapped_pages(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0 || !t.device().is_cpu()) return {0, 0};
   const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
   const auto end = begin + t.numel() * t.element_size();
-  std::lock_guard<std::mutex> lock(g_maps_mutex);
   auto it = g_maps.upper_bound(begin);
-  if (it == g_maps.begin()) return 0;
+  if (it == g_maps.begin()) return {0, 0};
   --it;
-  if (begin < it->first || end > it->second) return 0;  // not inside a live mapping (a copy)
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t lo = (begin + page - 1) / page * page, hi = end / page * page;  // whole pages only: neighbours stay
-  if (hi <= lo) return 0;
-  madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
-  return hi - lo;
-}
-
-size_t release_unwritten_mapped_pages(const at::Tensor& t) {
-  if (!t.defined() || t.numel() == 0 || !t.device().is_cpu()) return 0;
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const auto end = begin + t.numel() * t.element_size();
+  if (begin < it->first || end > it->second) return {0, 0};
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t lo = (begin + page - 1) / page * page, hi = end / page * page;
-  if (hi <= lo) return 0;
-  {
-    std::lock_guard<std::mutex> lock(g_maps_mutex);
-    auto it = g_maps.upper_bound(begin);
-    if (it == g_maps.begin()) return 0;
-    --it;
-    if (begin < it->first || end > it->second) return 0;  // not inside a live mapping (a copy)
-  }
-  // pagemap: one 64-bit entry per page; bit 63 present, bit 61 file page (a written private page is anonymous).
+  return hi > lo ? std::make_pair(lo, hi) : std::make_pair(uintptr_t{0}, uintptr_t{0});
+}
+
+// Whether every resident page in [lo, hi) is still the file's: /proc/self/pagemap holds one 64-bit entry per page,
+// bit 63 present, bit 61 file page (a written page of a private mapping is an anonymous copy), bit 62 swapped.
+bool pages_unwritten(uintptr_t lo, uintptr_t hi) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const int fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (fd < 0) return false;
   std::vector<uint64_t> entries(4096);
-  bool pristine = true;
-  for (uintptr_t p = lo; p < hi && pristine;) {
+  bool unwritten = true;
+  for (uintptr_t p = lo; p < hi && unwritten;) {
     const size_t n = std::min<size_t>(entries.size(), (hi - p) / page);
     const ssize_t want = static_cast<ssize_t>(n * sizeof(uint64_t));
-    if (pread(fd, entries.data(), want, static_cast<off_t>(p / page * sizeof(uint64_t))) != want) pristine = false;
-    for (size_t i = 0; i < n && pristine; ++i) {
+    if (pread(fd, entries.data(), want, static_cast<off_t>(p / page * sizeof(uint64_t))) != want) unwritten = false;
+    for (size_t i = 0; i < n && unwritten; ++i) {
       const uint64_t e = entries[i];
-      if ((e >> 63) & 1) pristine = (e >> 61) & 1;
-      else if ((e >> 62) & 1) pristine = false;  // swapped out: anonymous
+      unwritten = (e >> 63) & 1 ? (e >> 61) & 1 : !((e >> 62) & 1);
     }
     p += n * page;
   }
   ::close(fd);
-  if (!pristine) return 0;
+  return unwritten;
+}
+
+size_t release_pages(const at::Tensor& t, bool only_unwritten) {
+  std::lock_guard<std::mutex> lock(g_maps_mutex);  // held through madvise: the mapping cannot go meanwhile
+  const auto [lo, hi] = mapped_pages(t);
+  if (hi <= lo || (only_unwritten && !pages_unwritten(lo, hi))) return 0;
   madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
   return hi - lo;
 }
+}  // namespace
+
+size_t release_mapped_pages(const at::Tensor& t) { return release_pages(t, false); }
+
+size_t release_unwritten_mapped_pages(const at::Tensor& t) { return release_pages(t, true); }
 
 const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
   auto it = index_.find(name);
