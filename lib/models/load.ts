@@ -10,7 +10,7 @@ import * as path from 'path';
 import { RoundtripError, expectOneOf, expectString, invalid } from '../errors';
 import { resolveModelPath } from '../weights/hub/resolve';
 import { readJsonFile } from '../json';
-import { FROZEN_DTYPES, FrozenDtype } from '../runtime/model';
+import { FrozenDtype, checkFrozenDtype } from '../runtime/model';
 import { Blip } from './blip';
 import { Blip2, isBlip2Config } from './blip2';
 import { BertModel } from './bert';
@@ -90,8 +90,7 @@ export async function load(source: string, opts: LoadOptions = {}): Promise<Load
   if (dtype !== 'fp32' && !AUTOCAST_KINDS.includes(kind)) throw invalid('dtype', `fp32 for ${kind} models (autocast exists for ${AUTOCAST_KINDS.join(', ')})`, dtype);
   const device = opts.device ?? 'cpu';
   if (dtype !== 'fp32' && !device.startsWith('cuda')) throw invalid('dtype', `fp32 on ${device} (bf16/fp16 are CUDA autocast; CPU runs in fp32)`, dtype);
-  const frozen = expectOneOf('frozenDtype', opts.frozenDtype ?? 'fp32', FROZEN_DTYPES);
-  if (frozen !== 'fp32' && dtype !== 'fp32') throw invalid('frozenDtype', `fp32 with dtype ${dtype} (frozenDtype is a CPU option, dtype CUDA autocast)`, frozen);
+  const frozen = checkFrozenDtype(opts.frozenDtype, { device, precision: dtype }, { frozen: 'frozenDtype', device: 'device', precision: 'dtype' });
   const loaded = await loadKind(kind, local, device);
   try {
     if (dtype !== 'fp32') {
@@ -99,10 +98,13 @@ export async function load(source: string, opts: LoadOptions = {}): Promise<Load
       else if (loaded instanceof Blip || loaded instanceof Blip2) loaded.model.setAutocast(dtype);
     }
     if (frozen !== 'fp32') {
-      // Frozen means every weight here: a loaded model trains nothing until told, and what is converted stays so.
-      const natives = loaded instanceof StableDiffusionPipeline ? [loaded.unet.model, loaded.vae.model, loaded.textEncoder] : ['model' in loaded ? loaded.model : loaded.native];
-      for (const m of natives) m.setTrainable([]);
-      for (const m of natives) await m.setFrozenDtype(frozen);
+      if (loaded instanceof StableDiffusionPipeline) await loaded.setFrozenDtype(frozen); // its components load frozen
+      else {
+        // Frozen means every weight: converted tensors cannot train later (see frozenDtype above).
+        const model = 'model' in loaded ? loaded.model : loaded.native;
+        model.setTrainable([]);
+        await model.setFrozenDtype(frozen);
+      }
     }
   } catch (err) {
     loaded.dispose();

@@ -53,6 +53,22 @@ export type FrozenDtype = 'fp32' | 'bf16' | 'fp16';
 export const FROZEN_DTYPES: readonly FrozenDtype[] = ['fp32', 'bf16', 'fp16'];
 
 /**
+ * A request's frozen dtype, checked once against the rest of it: a CPU option that does not combine with CUDA
+ * autocast. `names` are the caller's spellings (flags or config keys), so errors name what the user wrote.
+ */
+export function checkFrozenDtype(
+  value: unknown,
+  request: { device?: string; precision?: string },
+  names: { frozen: string; device: string; precision: string } = { frozen: 'frozenDtype', device: 'device', precision: 'precision' },
+): FrozenDtype {
+  const dtype = expectOneOf(names.frozen, value ?? 'fp32', FROZEN_DTYPES);
+  if (dtype === 'fp32') return dtype;
+  if (request.device !== undefined && request.device !== 'cpu') throw new RoundtripError(`${names.frozen} ${dtype} is a CPU option (${names.device} ${request.device}: use ${names.precision})`);
+  if (request.precision !== undefined && request.precision !== 'fp32') throw new RoundtripError(`${names.frozen} ${dtype} and ${names.precision} ${request.precision} do not combine (${names.precision} is CUDA autocast)`);
+  return dtype;
+}
+
+/**
  * A native model of kind `K`; `call` is typed by the kind's row of lib/runtime/native-methods.ts (the one declaration of
  * every native method's inputs, options and outputs).
  */

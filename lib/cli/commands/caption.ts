@@ -6,7 +6,7 @@
  */
 import type { CommandModule } from 'yargs';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../../errors';
-import { FROZEN_DTYPES, FrozenDtype } from '../../runtime/model';
+import { FROZEN_DTYPES, FrozenDtype, checkFrozenDtype } from '../../runtime/model';
 import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer } from '../../models/blip';
 import { Blip2, Blip2CaptionOptions, estimateBlip2Generate } from '../../models/blip2';
 import { captionerFamily } from '../../models/captioner';
@@ -118,11 +118,7 @@ export async function captionImages(req: CaptionRequest): Promise<CaptionResult[
   if (!Array.isArray(req.images) || req.images.length === 0) throw invalid('IMAGE', 'at least one image path', req.images);
   req.images.forEach((p, i) => expectString(`IMAGE ${i + 1}`, p));
   if (req.images.length > LIMITS.prompts) throw new RoundtripError(`IMAGE: ${req.images.length} images is over the limit of ${LIMITS.prompts} per call; split the list`);
-  const frozen = req.frozenDtype === undefined ? 'fp32' : expectOneOf('--frozen-dtype', req.frozenDtype, FROZEN_DTYPES);
-  if (frozen !== 'fp32') {
-    if (req.device !== undefined && req.device !== 'cpu') throw new RoundtripError(`--frozen-dtype ${frozen} is a CPU option (--device ${req.device}: use --precision)`);
-    if (req.precision !== undefined && req.precision !== 'fp32') throw new RoundtripError(`--frozen-dtype ${frozen} and --precision ${req.precision} do not combine (--precision is CUDA autocast)`);
-  }
+  const frozen = checkFrozenDtype(req.frozenDtype, req, { frozen: '--frozen-dtype', device: '--device', precision: '--precision' });
   if (captionerFamily(expectString('--model', req.model)) === 'blip2') {
     if (frozen !== 'fp32') throw new RoundtripError(`--frozen-dtype ${frozen}: BLIP models only (${req.model} is BLIP-2)`);
     return captionWithBlip2(req);

@@ -4,7 +4,7 @@
 import type { CommandModule } from 'yargs';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString } from '../../errors';
 import { StableDiffusionPipeline } from '../../models/sd/pipeline';
-import { FROZEN_DTYPES, FrozenDtype } from '../../runtime/model';
+import { FROZEN_DTYPES, FrozenDtype, checkFrozenDtype } from '../../runtime/model';
 import { SCHEDULER_NAMES, schedulerName } from '../../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../../progress';
 import { LIMITS, checkMemory, estimateSdSample, expectBounded } from '../../limits';
@@ -58,10 +58,7 @@ export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
   expectString('--model', a.model);
   expectString('--out', a.out);
   if (a.scheduler !== undefined) expectOneOf('--scheduler', schedulerName(String(a.scheduler)), SCHEDULER_NAMES);
-  if (a.frozenDtype !== undefined && expectOneOf('--frozen-dtype', a.frozenDtype, FROZEN_DTYPES) !== 'fp32') {
-    if (a.device !== undefined && a.device !== 'cpu') throw new RoundtripError(`--frozen-dtype ${a.frozenDtype} is a CPU option (--device ${a.device}: use --precision)`);
-    if (a.precision !== undefined && a.precision !== 'fp32') throw new RoundtripError(`--frozen-dtype ${a.frozenDtype} and --precision ${a.precision} do not combine (--precision is CUDA autocast)`);
-  }
+  checkFrozenDtype(a.frozenDtype, a, { frozen: '--frozen-dtype', device: '--device', precision: '--precision' });
   expectInteger('--steps', a.steps, { min: 1, max: 1000 });
   expectNumber('--guidance', a.guidance);
   expectInteger('--seed', a.seed, { min: 0 });

@@ -14,7 +14,7 @@ import { Blip2, Blip2TrainableSet, blip2TrainablePatterns, isBlip2Config } from 
 import { Captioner, CaptionerFamily, captionerFamily, loadCaptioner } from '../../models/captioner';
 import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from '../../paper/joint/blip2';
 import { StableDiffusionPipeline } from '../../models/sd/pipeline';
-import { FROZEN_DTYPES, FrozenDtype, NativeModel } from '../../runtime/model';
+import { FrozenDtype, NativeModel, checkFrozenDtype } from '../../runtime/model';
 import { native } from '../../runtime/native';
 import { createProgress } from '../../progress';
 import { Tensor, disposeAll, noGrad } from '../../runtime/tensor';
@@ -313,10 +313,8 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectOneOf(k('routes.recTxt'), c.routes.recTxt, GRADIENT_ROUTES);
   expectBoolean(k('progress'), c.progress);
   expectOneOf(k('precision'), c.precision, ['fp32', 'bf16', 'fp16'] as const);
-  if (expectOneOf(k('frozenDtype'), c.frozenDtype, FROZEN_DTYPES) !== 'fp32') {
-    if (c.device !== 'cpu') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype} is a CPU option (device ${c.device}: use precision)`);
-    if (c.precision !== 'fp32') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype} and precision ${c.precision} do not combine (precision is CUDA autocast)`);
-    if (finetuneCaptionerFamily(c.blip) === 'blip2') throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype}: BLIP captioners only (${c.blip} is BLIP-2)`);
+  if (checkFrozenDtype(c.frozenDtype, c, { frozen: `${source}: frozenDtype`, device: 'device', precision: 'precision' }) !== 'fp32' && finetuneCaptionerFamily(c.blip) === 'blip2') {
+    throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype}: BLIP captioners only (${c.blip} is BLIP-2)`);
   }
   expectBoolean(k('gradientCheckpointing'), c.gradientCheckpointing);
   expectBoolean(k('cacheLatents'), c.cacheLatents);
