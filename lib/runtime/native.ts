@@ -40,6 +40,8 @@ export interface NativeMemoryStats {
   liveBytes: number;
   cachedBytes: number;
   peakBytes: number;
+  /** Max of liveBytes alone over the same window (resetPeakMemory starts one). */
+  peakLiveBytes: number;
   hits: number;
   misses: number;
   evictions: number;

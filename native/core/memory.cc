@@ -101,6 +101,7 @@ class CachingCpuAllocator final : public at::Allocator {
   void reset_peak() {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.peak_bytes = stats_.live_bytes + stats_.cached_bytes;
+    stats_.peak_live_bytes = stats_.live_bytes;
   }
   void release_all() {
     std::vector<FreeBlock> drop;
@@ -110,6 +111,9 @@ class CachingCpuAllocator final : public at::Allocator {
       lru_.clear();
       by_size_.clear();
       stats_.cached_bytes = 0;
+      // The cache's budget restarts from what is live now: a load's never-touched construction blocks (or the
+      // previous phase's working set) must not license the next phase to keep that much cached.
+      peak_live_ = stats_.live_bytes;
     }
     for (auto& b : drop) munmap(b.ptr, b.size);
   }
@@ -168,6 +172,7 @@ class CachingCpuAllocator final : public at::Allocator {
     stats_.live_bytes += want;
     peak_live_ = std::max<uint64_t>(peak_live_, stats_.live_bytes);
     stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.live_bytes + stats_.cached_bytes);
+    stats_.peak_live_bytes = std::max(stats_.peak_live_bytes, stats_.live_bytes);
     return p;
   }
 
@@ -224,6 +229,10 @@ void install_memory_policy() {
     g_huge_pages = !(huge && std::string(huge) == "off");
     // Small blocks (and oneDNN's own buffers) stay in glibc: keep blocks up to 32 MiB out of mmap, and keep up to
     // 64 MiB of freed heap top instead of trimming it after every call.
+    // One arena for every thread: each libuv worker that runs a call would otherwise fill an arena of its own with
+    // the call's small blocks and keep it (a joint step's graph holds ~0.5 GB of them), so peak RSS grew by another
+    // arena whenever a call landed on a new worker. Threads that malloc'ed before the addon loaded keep theirs.
+    mallopt(M_ARENA_MAX, 1);
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 128 << 20);
     mallopt(M_TOP_PAD, 64 << 20);

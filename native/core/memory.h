@@ -15,7 +15,7 @@ namespace rt {
 // (ATen blocks >= kLargeBlock). Idempotent.
 void install_memory_policy();
 
-// Returns every cached (free) large block to the system. Live tensors are untouched.
+// Returns every cached (free) large block to the system and restarts the cache budget from the live bytes. Live tensors are untouched.
 // Called between phases whose block sizes differ (e.g. after sampling, before the VAE decode) and on demand.
 void release_cached_memory();
 
@@ -23,6 +23,7 @@ struct MemoryStats {
   uint64_t live_bytes = 0;    // large blocks held by tensors now
   uint64_t cached_bytes = 0;  // large blocks free in the cache (resident, ready for reuse)
   uint64_t peak_bytes = 0;    // max of live + cached since start (or the last reset)
+  uint64_t peak_live_bytes = 0;  // max of live alone over the same window
   uint64_t hits = 0, misses = 0, evictions = 0;
 };
 MemoryStats memory_stats();

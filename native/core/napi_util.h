@@ -2,10 +2,15 @@
 #pragma once
 #include <napi.h>
 
+#include <condition_variable>
+#include <deque>
 #include <functional>
+#include <memory>
+#include <mutex>
 
 #include "core/call_context.h"
 #include "core/common.h"
+#include "core/compute_thread.h"
 
 namespace rt {
 
@@ -21,9 +26,45 @@ auto guarded(Napi::Env env, F&& body) -> decltype(body()) {
   }
 }
 
-// Work done off the JS thread. `work` runs on a libuv worker with the JS grad mode and the configured
-// thread count; it returns a finisher that builds the JS result on the JS thread.
+// Work done off the JS thread. `work` runs on the compute thread (core/compute_thread.h), queued when the call is
+// made, with the JS grad mode and the configured thread count; the libuv worker only waits for it (and passes on
+// its steps). `work` returns a finisher that builds the JS result on the JS thread.
 using Finisher = std::function<Napi::Value(Napi::Env)>;
+
+// What a call's work reports to the libuv worker waiting for it.
+struct ComputeCompletion {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr error;
+  std::deque<std::pair<int64_t, int64_t>> steps;  // progress not yet passed on
+
+  std::function<void(std::exception_ptr)> on_done(std::shared_ptr<ComputeCompletion> self) {
+    return [self](std::exception_ptr e) {
+      std::lock_guard<std::mutex> lock(self->mu);
+      self->done = true;
+      self->error = e;
+      self->cv.notify_all();
+    };
+  }
+  // Waits until the work is done, handing each step to `step` (on the waiting thread) as it arrives.
+  template <typename F>
+  void wait(F&& step) {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      cv.wait(lock, [&] { return done || !steps.empty(); });
+      while (!steps.empty()) {
+        const auto s = steps.front();
+        steps.pop_front();
+        lock.unlock();
+        step(s);
+        lock.lock();
+      }
+      if (done) break;
+    }
+    if (error) std::rethrow_exception(error);
+  }
+};
 
 class Worker : public Napi::AsyncWorker {
  public:
@@ -31,13 +72,20 @@ class Worker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)),
         grad_(js_grad_enabled()) {}
   Napi::Promise promise() { return deferred_.Promise(); }
+  // Queues the work on the compute thread (in call order), then the libuv wait.
+  void Start() {
+    if (compute_thread_enabled()) {
+      completion_ = std::make_shared<ComputeCompletion>();
+      submit_to_compute_thread([this] { run(); }, completion_->on_done(completion_));
+    }
+    Queue();
+  }
 
  protected:
   void Execute() override {
     try {
-      apply_threads();
-      at::AutoGradMode grad(grad_);
-      finish_ = work_();
+      if (completion_) completion_->wait([](const std::pair<int64_t, int64_t>&) {});
+      else run();
     } catch (const std::exception& e) {
       SetError(message_of(e));
     } catch (...) {
@@ -58,16 +106,22 @@ class Worker : public Napi::AsyncWorker {
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
+  void run() {
+    apply_threads();
+    at::AutoGradMode grad(grad_);
+    finish_ = work_();
+  }
   Napi::Promise::Deferred deferred_;
   std::function<Finisher()> work_;
   Finisher finish_;
   bool grad_;
+  std::shared_ptr<ComputeCompletion> completion_;
 };
 
 inline Napi::Promise run_async(Napi::Env env, std::function<Finisher()> work) {
   auto* w = new Worker(env, std::move(work));
   auto p = w->promise();
-  w->Queue();
+  w->Start();
   return p;
 }
 
@@ -84,21 +138,34 @@ class ProgressWorker : public Napi::AsyncProgressQueueWorker<std::pair<int64_t, 
     if (!on_step.IsEmpty() && on_step.IsFunction()) on_step_ = Napi::Persistent(on_step);
   }
   Napi::Promise promise() { return deferred_.Promise(); }
+  // Queues the work on the compute thread (in call order), then the libuv wait.
+  void Start() {
+    if (compute_thread_enabled()) {
+      completion_ = std::make_shared<ComputeCompletion>();
+      std::weak_ptr<ComputeCompletion> c = completion_;
+      submit_to_compute_thread([this, c] { run([c](int64_t done, int64_t total) {
+                                 if (auto s = c.lock()) {
+                                   std::lock_guard<std::mutex> lock(s->mu);
+                                   s->steps.emplace_back(done, total);
+                                   s->cv.notify_all();
+                                 }
+                               }); },
+                               completion_->on_done(completion_));
+    }
+    Queue();
+  }
 
  protected:
   void Execute(const ExecutionProgress& progress) override {
     try {
-      apply_threads();
-      at::AutoGradMode grad(grad_);
-      CallContext ctx = ctx_;
-      if (!on_step_.IsEmpty()) {
-        ctx.progress = [&progress](int64_t done, int64_t total) {
+      if (completion_) {
+        completion_->wait([&progress](const std::pair<int64_t, int64_t>& step) { progress.Send(&step, 1); });
+      } else {
+        run([&progress](int64_t done, int64_t total) {
           const std::pair<int64_t, int64_t> step{done, total};
           progress.Send(&step, 1);
-        };
+        });
       }
-      CallContextScope scope(&ctx);
-      finish_ = work_();
     } catch (const std::exception& e) {
       SetError(message_of(e));
     } catch (...) {
@@ -136,9 +203,18 @@ class ProgressWorker : public Napi::AsyncProgressQueueWorker<std::pair<int64_t, 
   }
 
  private:
+  void run(std::function<void(int64_t, int64_t)> report) {
+    apply_threads();
+    at::AutoGradMode grad(grad_);
+    CallContext ctx = ctx_;
+    if (!on_step_.IsEmpty()) ctx.progress = std::move(report);
+    CallContextScope scope(&ctx);
+    finish_ = work_();
+  }
   Napi::Promise::Deferred deferred_;
   std::function<Finisher()> work_;
   Finisher finish_;
+  std::shared_ptr<ComputeCompletion> completion_;
   CallContext ctx_;
   bool grad_;
   Napi::FunctionReference on_step_;
@@ -148,7 +224,7 @@ class ProgressWorker : public Napi::AsyncProgressQueueWorker<std::pair<int64_t, 
 inline Napi::Promise run_async_with(Napi::Env env, std::function<Finisher()> work, CallContext ctx, Napi::Function on_step) {
   auto* w = new ProgressWorker(env, std::move(work), std::move(ctx), on_step);
   auto p = w->promise();
-  w->Queue();
+  w->Start();
   return p;
 }
 

@@ -298,8 +298,9 @@ struct UNet : Model {
       h = up[i]->forward(h, emb, ehs, skips, size, checkpointing);
       if (inter) (*inter)["intermediate.up_blocks." + std::to_string(i)] = h;
     }
+    if (!inter) return conv_out(group_norm_silu(conv_norm_out, h));
     h = conv_norm_out(h);
-    if (inter) (*inter)["intermediate.conv_norm_out"] = h;
+    (*inter)["intermediate.conv_norm_out"] = h;
     return conv_out(at::silu(h));
   }
 

@@ -137,7 +137,7 @@ struct Encoder : torch::nn::Module {
     }
     h = mid->forward(h);
     if (inter) (*inter)["intermediate.encoder.mid_block"] = h;
-    h = conv_out(at::silu(conv_norm_out(h)));
+    h = conv_out(group_norm_silu(conv_norm_out, h));
     if (inter) (*inter)["intermediate.encoder.out"] = h;
     return h;
   }
@@ -174,8 +174,9 @@ struct Decoder : torch::nn::Module {
       h = blocks[i]->forward(h);
       if (inter) (*inter)["intermediate.decoder.up_blocks." + std::to_string(i)] = h;
     }
+    if (!inter) return conv_out(group_norm_silu(conv_norm_out, h));
     h = conv_norm_out(h);
-    if (inter) (*inter)["intermediate.decoder.conv_norm_out"] = h;
+    (*inter)["intermediate.decoder.conv_norm_out"] = h;
     return conv_out(at::silu(h));
   }
 };
