@@ -261,6 +261,36 @@ export async function loadRunModels(s: RunSettings, device: string, owned: { dis
   return { blip, sd };
 }
 
+/** What a direction's reranking works with: the run folder and its settings, the items left, both models. */
+export interface RunContext {
+  run: RunFolder;
+  s: RunSettings;
+  stats: RerankStats;
+  todo: RunFolder['items'];
+  device: string;
+  blip: Captioner;
+  sd: StableDiffusionPipeline;
+  /** Models the direction loads besides (similarity models): disposed with the captioner and SD at the end. */
+  owned: { dispose(): void }[];
+}
+
+/**
+ * The start both directions share: opens (or resumes) the run folder, returns its stats when nothing is left,
+ * loads the captioner and SD, runs `body`, and disposes every model in `owned` whatever happens.
+ */
+export async function runDirection(direction: Direction, opts: RerankOptions, body: (ctx: RunContext) => Promise<RerankStats>): Promise<RerankStats> {
+  const { run, stats, todo } = beginRun(direction, opts);
+  if (todo.length === 0) return stats;
+  const device = opts.device ?? 'cpu';
+  const owned: { dispose(): void }[] = [];
+  try {
+    const { blip, sd } = await loadRunModels(run.settings, device, owned);
+    return await body({ run, s: run.settings, stats, todo, device, blip, sd, owned });
+  } finally {
+    owned.reverse().forEach((m) => m.dispose());
+  }
+}
+
 export function beginRun(direction: Direction, opts: RerankOptions): { run: RunFolder; stats: RerankStats; todo: RunFolder['items'] } {
   const run = openRunFolder(direction, opts);
   const todo = run.items.filter((it) => !run.finished.has(it.index));
