@@ -4,7 +4,7 @@
 import type { CommandModule } from 'yargs';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString } from '../../errors';
 import { StableDiffusionPipeline } from '../../models/sd/pipeline';
-import { FROZEN_DTYPES, FrozenDtype, checkFrozenDtype } from '../../runtime/model';
+import { FROZEN_DTYPES, FrozenDtype, PRECISIONS, checkFrozenDtype } from '../../runtime/model';
 import { SCHEDULER_NAMES, schedulerName } from '../../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../../progress';
 import { LIMITS, checkMemory, estimateSdSample, expectBounded } from '../../limits';
@@ -161,8 +161,8 @@ export const command: CommandModule<{}, any> = {
       .option('width', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
       .option('batch', { type: 'number', default: 1, describe: 'Images per prompt' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
-      .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
-      .option('frozen-dtype', { type: 'string', choices: [...FROZEN_DTYPES], default: 'fp32', describe: 'CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: the weights are rounded; half the memory)' })
+      .option('precision', { type: 'string', default: 'fp32', describe: `CUDA mixed precision (autocast): ${PRECISIONS.join(', ')}; CPU runs in fp32` })
+      .option('frozen-dtype', { type: 'string', default: 'fp32', describe: `${FROZEN_DTYPES.join(', ')}; CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: the weights are rounded; half the memory)` })
       .option('channels-last', { type: 'boolean', default: false, describe: 'NHWC UNet/VAE (faster cuDNN convolutions on CUDA)' })
       .option('vae-slicing', { type: 'boolean', default: false, describe: 'Decode one image at a time: less memory for batches, the same pixels' })
       .option('vae-tiling', { type: 'boolean', default: false, describe: "Tiled decode above the VAE's sample size (as diffusers' enable_vae_tiling)" })

@@ -14,7 +14,7 @@ import { Blip2, Blip2TrainableSet, blip2TrainablePatterns, isBlip2Config } from 
 import { Captioner, CaptionerFamily, captionerFamily, loadCaptioner } from '../../models/captioner';
 import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from '../../paper/joint/blip2';
 import { StableDiffusionPipeline } from '../../models/sd/pipeline';
-import { FrozenDtype, NativeModel, checkFrozenDtype } from '../../runtime/model';
+import { FrozenDtype, NativeModel, PRECISIONS, checkFrozenDtype } from '../../runtime/model';
 import { native } from '../../runtime/native';
 import { Tensor, disposeAll, noGrad } from '../../runtime/tensor';
 import { AdamW } from '../optimizer';
@@ -313,7 +313,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectOneOf(k('routes.recImg'), c.routes.recImg, GRADIENT_ROUTES);
   expectOneOf(k('routes.recTxt'), c.routes.recTxt, GRADIENT_ROUTES);
   expectBoolean(k('progress'), c.progress);
-  expectOneOf(k('precision'), c.precision, ['fp32', 'bf16', 'fp16'] as const);
+  expectOneOf(k('precision'), c.precision, PRECISIONS);
   if (checkFrozenDtype(c.frozenDtype, c, { frozen: `${source}: frozenDtype`, device: 'device', precision: 'precision' }) !== 'fp32' && finetuneCaptionerFamily(c.blip) === 'blip2') {
     throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype}: BLIP captioners only (${c.blip} is BLIP-2)`);
   }
