@@ -15,6 +15,9 @@ import { loadImage, preprocessBatch, PreprocessConfig, RgbImage } from '../image
 export const DECODING_STRATEGIES = ['greedy', 'beam', 'top-p', 'top-k', 'temperature'] as const;
 export type DecodingStrategy = (typeof DECODING_STRATEGIES)[number];
 
+/** The strategy when none is given. */
+export const DEFAULT_STRATEGY: DecodingStrategy = 'beam';
+
 /** Decoding options both captioners take (lengths are each family's own). */
 export interface DecodingOptions {
   /** Default 'beam'. */
@@ -60,7 +63,7 @@ export function beamCount(numBeams: number | undefined, numReturnSequences: numb
  */
 export function nativeDecodingOptions(opts: DecodingOptions, defaultBeams: number, names?: OptionNames): Record<string, unknown> {
   const n = (key: keyof DecodingOptions) => optionName(names, key);
-  const strategy = expectOneOf(n('strategy'), opts.strategy ?? 'beam', DECODING_STRATEGIES);
+  const strategy = expectOneOf(n('strategy'), opts.strategy ?? DEFAULT_STRATEGY, DECODING_STRATEGIES);
   const k = expectBounded(n('numReturnSequences'), opts.numReturnSequences ?? 1, LIMITS.k);
   const out: Record<string, unknown> = {
     num_return_sequences: k,

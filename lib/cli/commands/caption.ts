@@ -11,7 +11,7 @@ import { Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer, checkBlipCapt
 import { Blip2, Blip2CaptionOptions, checkBlip2CaptionOptions, estimateBlip2Generate } from '../../models/blip2';
 import { captionerFamily } from '../../models/captioner';
 import type { CaptionerFamily } from '../../models/captioner';
-import { DECODING_STRATEGIES, DEFAULT_BEAMS, beamCount } from '../../models/decoding';
+import { DECODING_STRATEGIES, DEFAULT_BEAMS, DEFAULT_STRATEGY, beamCount } from '../../models/decoding';
 import { createProgress } from '../../progress';
 import { LIMITS, checkMemory, estimateBlipGenerate } from '../../limits';
 import { readJsonFile } from '../../json';
@@ -95,7 +95,10 @@ export function captionOptions(req: CaptionRequest, family: Extract<CaptionerFam
   const opts = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as BlipCaptionOptions & Blip2CaptionOptions;
   if (family === 'blip2') checkBlip2CaptionOptions(opts, CAPTION_FLAGS);
   else checkBlipCaptionOptions(opts, CAPTION_FLAGS);
-  if ((opts.strategy ?? 'beam') === 'beam') opts.numBeams = beamCount(opts.numBeams, opts.numReturnSequences, DEFAULT_BEAMS[family]);
+  // The API's defaults made explicit, so the memory check counts what generation will run.
+  opts.strategy ??= DEFAULT_STRATEGY;
+  opts.numReturnSequences ??= 1;
+  if (opts.strategy === 'beam') opts.numBeams = beamCount(opts.numBeams, opts.numReturnSequences, DEFAULT_BEAMS[family]);
   return opts;
 }
 
@@ -183,7 +186,7 @@ export const command: CommandModule<{}, any> = {
       .positional('images', { type: 'string', array: true, describe: 'Image files' })
       .option('model', { type: 'string', demandOption: true, describe: 'BLIP folder (config.json, model.safetensors, vocab.txt) or BLIP-2 OPT folder (config.json, safetensors or shards, vocab.json, merges.txt)' })
       .option('weights', { type: 'string', array: true, describe: 'Trained tensors (e.g. a finetune export/blip.safetensors) merged over the model (default: none)' })
-      .option('strategy', { type: 'string', default: 'beam', describe: `Decoding: ${DECODING_STRATEGIES.join(', ')}` })
+      .option('strategy', { type: 'string', default: DEFAULT_STRATEGY, describe: `Decoding: ${DECODING_STRATEGIES.join(', ')}` })
       .option('k', { type: 'number', default: 1, alias: 'num-candidates', describe: `Captions per image (beams returned, or independent samples; at most ${LIMITS.k})` })
       .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k); BLIP-2 max(5, k))' })
       .option('prompt', { type: 'string', describe: "Text the captions continue (e.g. 'a picture of '); not printed (default: none)" })

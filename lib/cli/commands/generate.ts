@@ -2,12 +2,12 @@
  * `roundtrip generate "PROMPT"… --model DIR --out DIR`: Stable Diffusion v1.x text-to-image.
  */
 import type { CommandModule } from 'yargs';
-import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString } from '../../errors';
-import { StableDiffusionPipeline } from '../../models/sd/pipeline';
+import { OptionNames, expectString } from '../../errors';
+import { StableDiffusionPipeline, checkGenerateOptions } from '../../models/sd/pipeline';
 import { FROZEN_DTYPES, FrozenDtype, PRECISIONS, checkFrozenDtype } from '../../runtime/model';
-import { SCHEDULER_NAMES, schedulerName } from '../../models/sd/schedulers';
+import { SCHEDULER_NAMES } from '../../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../../progress';
-import { LIMITS, checkMemory, estimateSdSample, expectBounded } from '../../limits';
+import { checkMemory, estimateSdSample } from '../../limits';
 import { checkOutputDir } from '../../fsutil';
 import { checkPromptLength } from '../../paper/rerank/i2t2i';
 import { readJsonFile } from '../../json';
@@ -51,29 +51,29 @@ export interface GenerateArgs {
   tokenizer?: string;
 }
 
-/** Validates CLI arguments (flag names in the messages) before any model is loaded. */
+/** How the pipeline's checks name the options in `roundtrip generate`: by its flags. */
+export const GENERATE_FLAGS: OptionNames = {
+  prompts: 'PROMPT',
+  batch: '--batch',
+  steps: '--steps',
+  guidance: '--guidance',
+  scheduler: '--scheduler',
+  seed: '--seed',
+  height: '--height',
+  width: '--width',
+  strength: '--strength',
+  initImage: '--init-image',
+};
+
+/**
+ * Checks the arguments before any model is loaded: the pipeline's own check (models/sd/pipeline
+ * checkGenerateOptions) with errors naming the flags, and the frozen dtype's (runtime/model checkFrozenDtype).
+ */
 export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
-  if (!Array.isArray(a.prompts) || a.prompts.length === 0) throw new RoundtripError('generate: give at least one PROMPT');
-  a.prompts.forEach((p, i) => expectString(`PROMPT ${i + 1}`, p));
   expectString('--model', a.model);
   expectString('--out', a.out);
-  if (a.scheduler !== undefined) expectOneOf('--scheduler', schedulerName(String(a.scheduler)), SCHEDULER_NAMES);
+  checkGenerateOptions(a.prompts, a, GENERATE_FLAGS);
   checkFrozenDtype(a.frozenDtype, a, { frozen: '--frozen-dtype', device: '--device', precision: '--precision' });
-  expectInteger('--steps', a.steps, { min: 1, max: 1000 });
-  expectNumber('--guidance', a.guidance);
-  expectInteger('--seed', a.seed, { min: 0 });
-  expectBounded('--batch', a.batch, LIMITS.batch);
-  if (a.prompts.length > LIMITS.prompts) throw new RoundtripError(`PROMPT: ${a.prompts.length} prompts is over the limit of ${LIMITS.prompts} per call; split the list`);
-  if (a.strength !== undefined) {
-    expectNumber('--strength', a.strength, { min: 0, max: 1 });
-    if (a.initImage === undefined) throw new RoundtripError('--strength: only with --init-image (img2img)');
-  }
-  if (a.initImage !== undefined) expectString('--init-image', a.initImage);
-  for (const [flag, v] of [['--height', a.height], ['--width', a.width]] as const) {
-    if (v === undefined) continue;
-    expectBounded(flag, v, LIMITS.side, 8);
-    if (v % 8 !== 0) throw new RoundtripError(`${flag}: expected a multiple of 8, got ${v}`);
-  }
   return a;
 }
 
