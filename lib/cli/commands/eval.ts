@@ -19,7 +19,7 @@ import {
   parseCaptionMetrics,
   parseImageMetrics,
 } from '../../metrics/eval';
-import { expectInteger, expectOneOf, expectString } from '../../errors';
+import { expectInteger, expectString } from '../../errors';
 import { EvalSplit, evalSplitFromEnvironment, isMainRank } from '../../metrics/eval/distributed';
 import { EmbeddingVariant } from '../../models/clip';
 import { FrechetForm } from '../../metrics';
@@ -55,7 +55,7 @@ export async function runEvalCaptions(args: EvalCaptionsArgs): Promise<{ evaluat
     metrics: parseCaptionMetrics(args.metrics, '--metrics'),
     glove: args.glove,
     clip: args.clip,
-    clipVariant: args.clipVariant === undefined ? undefined : expectOneOf<EmbeddingVariant>('--clip-variant', args.clipVariant, ['pooled', 'projected']),
+    clipVariant: args.clipVariant as EmbeddingVariant | undefined,
     sbert: args.sbert,
     meteorJar: args.meteorJar,
     spiceJar: args.spiceJar,
@@ -103,12 +103,12 @@ export async function runEvalImages(args: EvalImagesArgs): Promise<{ evaluation:
     metrics: parseImageMetrics(args.metrics, '--metrics'),
     inception: args.inception,
     clip: args.clip,
-    clipVariant: args.clipVariant === undefined ? undefined : expectOneOf<EmbeddingVariant>('--clip-variant', args.clipVariant, ['pooled', 'projected']),
+    clipVariant: args.clipVariant as EmbeddingVariant | undefined,
     dino: args.dino,
     dinoSize: args.dinoSize,
     batchSize: args.batch,
-    fidForm: args.fidForm === undefined ? undefined : (expectOneOf('--fid-form', args.fidForm === 'torch-fidelity' ? 'torch-fidelity-0.4' : args.fidForm, ['torch-fidelity-0.4', 'sqrtm']) as FrechetForm),
-    fidFeature: args.fidFeature === undefined ? undefined : expectOneOf('--fid-feature', String(args.fidFeature), FID_FEATURE_LAYERS),
+    fidForm: args.fidForm as FrechetForm | undefined,
+    fidFeature: args.fidFeature as (typeof FID_FEATURE_LAYERS)[number] | undefined,
     isSplits: args.isSplits,
     cache: args.cache,
     cacheDir: args.cacheDir,

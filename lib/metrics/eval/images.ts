@@ -274,8 +274,9 @@ export async function evaluateImages(opts: EvaluateImagesOptions): Promise<Image
   const metrics = parseImageMetrics(opts.metrics, 'metrics');
   const generatedDir = expectString('--generated', opts.generated);
   const batchSize = expectInteger('--batch', opts.batchSize ?? 32, { min: 1 });
-  const fidForm = expectOneOf('--fid-form', opts.fidForm ?? 'torch-fidelity-0.4', FID_FORMS);
-  const layer = expectOneOf('--fid-feature', opts.fidFeature ?? '2048', FID_FEATURE_LAYERS);
+  // 'torch-fidelity' names the current form (0.4); a layer may come as a number (2048) from a parsed command line.
+  const fidForm = expectOneOf('--fid-form', (opts.fidForm as string | undefined) === 'torch-fidelity' ? 'torch-fidelity-0.4' : (opts.fidForm ?? 'torch-fidelity-0.4'), FID_FORMS);
+  const layer = expectOneOf('--fid-feature', String(opts.fidFeature ?? '2048'), FID_FEATURE_LAYERS);
   const isSplits = expectInteger('--is-splits', opts.isSplits ?? 10, { min: 1 });
   const isShuffle = expectBoolean('isShuffle', opts.isShuffle ?? true);
   const useCache = expectBoolean('cache', opts.cache ?? true);
