@@ -5,7 +5,7 @@
  * step vs an SD-only and a BLIP-only step on the same batch (see lib/train/finetune/bench.ts).
  */
 import type { CommandModule } from 'yargs';
-import { RoundtripError, expectInteger } from '../../errors';
+import { RoundtripError } from '../../errors';
 import { BENCH_SIZES, BenchReport, BenchSize, runBench } from '../../bench';
 import { BenchReconResult, benchRecon } from '../../paper/joint/bench-recon';
 import { resolveModelPath } from '../../weights/hub/resolve';
@@ -14,10 +14,8 @@ import { FinetuneRequest, command as finetuneCommand, finetuneConfigFrom, readCo
 import { benchDistributed } from '../../runtime/distributed/bench';
 
 export async function runBenchFinetune(req: FinetuneRequest & { steps?: number; warmup?: number }): Promise<BenchResult> {
-  const steps = expectInteger('--steps', req.steps ?? 5, { min: 1 });
-  const warmup = expectInteger('--warmup', req.warmup ?? 1, { min: 0 });
-  const { steps: _s, warmup: _w, ...rest } = req;
-  return benchFinetune({ ...finetuneConfigFrom({ progress: false, ...rest }), steps, warmup });
+  const { steps, warmup, ...rest } = req;
+  return benchFinetune({ ...finetuneConfigFrom({ progress: false, ...rest }), steps, warmup }, { steps: '--steps', warmup: '--warmup' });
 }
 
 /** `bench recon`: the loss terms of the base models and each checkpoint on a fixed held-out set. */

@@ -16,10 +16,9 @@ import {
   evaluateImages,
   formatCaptionTable,
   formatImageEvaluation,
-  parseCaptionMetrics,
   parseImageMetrics,
 } from '../../metrics/eval';
-import { expectInteger, expectString } from '../../errors';
+import { expectString } from '../../errors';
 import { EvalSplit, evalSplitFromEnvironment, isMainRank } from '../../metrics/eval/distributed';
 import { EmbeddingVariant } from '../../models/clip';
 import { FrechetForm } from '../../metrics';
@@ -52,7 +51,7 @@ export interface EvalCaptionsArgs {
 /** Runs `eval captions`: returns the evaluation and the text to print; writes --out atomically. */
 export async function runEvalCaptions(args: EvalCaptionsArgs): Promise<{ evaluation: CaptionEvaluation; output: string }> {
   const evaluation = await evaluateCaptions(expectString('--results', args.results), expectString('--annotations', args.annotations), {
-    metrics: parseCaptionMetrics(args.metrics, '--metrics'),
+    metrics: args.metrics,
     glove: args.glove,
     clip: args.clip,
     clipVariant: args.clipVariant as EmbeddingVariant | undefined,
@@ -60,10 +59,10 @@ export async function runEvalCaptions(args: EvalCaptionsArgs): Promise<{ evaluat
     meteorJar: args.meteorJar,
     spiceJar: args.spiceJar,
     java: args.java,
-    batchSize: args.batch === undefined ? undefined : expectInteger('--batch', args.batch, { min: 1 }),
+    batchSize: args.batch,
     device: args.device,
     split: args.split,
-  });
+  }, { metrics: '--metrics', batchSize: '--batch', clipVariant: '--clip-variant' });
   if (!isMainRank(args.split)) return { evaluation, output: '' };
   const perImage = evaluation.perImage.map((p) => ({ image_id: p.image_id, caption: p.caption, ...p.scores }));
   const json = toJson({ ...evaluation, perImage });

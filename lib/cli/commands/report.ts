@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import type { Argv, CommandModule } from 'yargs';
-import { RoundtripError, expectInteger } from '../../errors';
+import { RoundtripError } from '../../errors';
 import { fidPreprocess, prefetchBatches } from '../../image';
 import { InceptionModel } from '../../models/inception';
 import { ImageFeatureFn, Report, ReportOptions, buildReport } from '../../paper/report';
@@ -55,7 +55,7 @@ export function reportOptionsFromArgv(argv: Record<string, any>): ReportCommandO
     inception: argv.inception,
     device: argv.device,
     nocapsDomains: argv['nocaps-domains'] === undefined ? undefined : String(argv['nocaps-domains']),
-    galleryItems: argv['gallery-items'] === undefined ? undefined : expectInteger('--gallery-items', argv['gallery-items'], { min: 0 }),
+    galleryItems: argv['gallery-items'],
   };
 }
 
