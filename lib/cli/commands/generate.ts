@@ -3,7 +3,7 @@
  */
 import type { CommandModule } from 'yargs';
 import { OptionNames, expectString } from '../../errors';
-import { StableDiffusionPipeline, checkGenerateOptions } from '../../models/sd/pipeline';
+import { GENERATE_DEFAULTS, StableDiffusionPipeline, checkGenerateOptions } from '../../models/sd/pipeline';
 import { FROZEN_DTYPES, FrozenDtype, PRECISIONS, checkFrozenDtype } from '../../runtime/model';
 import { SCHEDULER_NAMES } from '../../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../../progress';
@@ -153,13 +153,13 @@ export const command: CommandModule<{}, any> = {
       .option('tokenizer', { type: 'string', describe: 'Single-file --model: CLIP tokenizer folder (default: the package\'s CLIP vocabulary)' })
       .option('out', { type: 'string', demandOption: true, describe: 'Output folder for the PNGs' })
       .option('scheduler', { type: 'string', describe: `One of ${SCHEDULER_NAMES.join(', ')} (default: the folder's)` })
-      .option('steps', { type: 'number', default: 50, describe: 'Denoising steps (at most 1000)' })
-      .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
+      .option('steps', { type: 'number', default: GENERATE_DEFAULTS.steps, describe: 'Denoising steps (at most 1000)' })
+      .option('guidance', { type: 'number', default: GENERATE_DEFAULTS.guidance, describe: 'Classifier-free guidance scale' })
       .option('negative', { type: 'string', describe: 'Negative prompt (default: none, the empty prompt)' })
-      .option('seed', { type: 'number', default: 0, describe: 'Seed of the first image (image k uses seed + k)' })
+      .option('seed', { type: 'number', default: GENERATE_DEFAULTS.seed, describe: 'Seed of the first image (image k uses seed + k)' })
       .option('height', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
       .option('width', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
-      .option('batch', { type: 'number', default: 1, describe: 'Images per prompt' })
+      .option('batch', { type: 'number', default: GENERATE_DEFAULTS.batch, describe: 'Images per prompt' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
       .option('precision', { type: 'string', default: 'fp32', describe: `CUDA mixed precision (autocast): ${PRECISIONS.join(', ')}; CPU runs in fp32` })
       .option('frozen-dtype', { type: 'string', default: 'fp32', describe: `${FROZEN_DTYPES.join(', ')}; CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: the weights are rounded; half the memory)` })

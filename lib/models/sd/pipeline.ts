@@ -121,6 +121,9 @@ export interface GenerateResult {
   seeds: number[];
 }
 
+/** Defaults of generate() (diffusers' pipeline call), shown by `roundtrip generate --help`. */
+export const GENERATE_DEFAULTS = { steps: 50, guidance: 7.5, seed: 0, batch: 1 } as const;
+
 /**
  * The generate() options a caller can get wrong, checked before any model work: prompts, batch, steps, guidance,
  * scheduler, base seed, sizes (a multiple of the VAE factor, within LIMITS.side), img2img strength. generate() runs
@@ -132,9 +135,9 @@ export function checkGenerateOptions(prompts: readonly string[], opts: GenerateO
   if (!Array.isArray(prompts) || prompts.length === 0) throw invalid(n('prompts'), 'at least one prompt', prompts);
   prompts.forEach((p, i) => expectString(`${n('prompts')}[${i}]`, p));
   if (prompts.length > LIMITS.prompts) throw new RoundtripError(`${n('prompts')}: ${prompts.length} prompts is over the limit of ${LIMITS.prompts} per call; split the list`);
-  const batch = expectBounded(n('batch'), opts.batch ?? 1, LIMITS.batch);
-  const steps = expectInteger(n('steps'), opts.steps ?? 50, { min: 1, max: LIMITS.steps });
-  const guidance = expectNumber(n('guidance'), opts.guidance ?? 7.5);
+  const batch = expectBounded(n('batch'), opts.batch ?? GENERATE_DEFAULTS.batch, LIMITS.batch);
+  const steps = expectInteger(n('steps'), opts.steps ?? GENERATE_DEFAULTS.steps, { min: 1, max: LIMITS.steps });
+  const guidance = expectNumber(n('guidance'), opts.guidance ?? GENERATE_DEFAULTS.guidance);
   if (opts.scheduler !== undefined) expectOneOf(n('scheduler'), schedulerName(String(opts.scheduler)), SCHEDULER_NAMES);
   if (typeof opts.seed === 'number') expectInteger(n('seed'), opts.seed, { min: 0 });
   for (const key of ['height', 'width'] as const) {
@@ -343,7 +346,7 @@ export class StableDiffusionPipeline {
     if (!Array.isArray(negatives)) throw invalid('negative', 'a string or one string per prompt', opts.negative);
     const negAll = negatives.length === all.length ? negatives : negatives.length === prompts.length ? prompts.flatMap((_, i) => Array<string>(batch).fill(negatives[i])) : null;
     if (!negAll) throw invalid('negative', `1 or ${prompts.length} negative prompts`, `${negatives.length}`);
-    const seeds = Array.isArray(opts.seed) ? opts.seed : all.map((_, k) => ((opts.seed as number | undefined) ?? 0) + k);
+    const seeds = Array.isArray(opts.seed) ? opts.seed : all.map((_, k) => ((opts.seed as number | undefined) ?? GENERATE_DEFAULTS.seed) + k);
     if (seeds.length !== all.length) throw invalid('seed', `${all.length} seeds (one per image)`, `${seeds.length}`);
     seeds.forEach((s, i) => expectInteger(`seed[${i}]`, s, { min: 0 }));
 

@@ -99,9 +99,12 @@ function ranksMarkdown(r: RankAnalysis, methods: readonly string[]): string {
   return lines.join('\n') + '\n';
 }
 
+/** Items the HTML gallery shows by default. */
+export const GALLERY_ITEMS = 100;
+
 /** Builds every report file from run folders (merging shards). */
 export async function buildReport(dirs: readonly string[], opts: ReportOptions = {}): Promise<Report> {
-  const galleryItems = expectInteger('--gallery-items', opts.galleryItems ?? 100, { min: 0 });
+  const galleryItems = expectInteger('--gallery-items', opts.galleryItems ?? GALLERY_ITEMS, { min: 0 });
   const runs = loadRuns(dirs);
   const { settings, records, sources } = runs;
   const out = checkOutputDir(opts.out ?? path.join(dirs[0], 'report'), { flag: '--out' });
