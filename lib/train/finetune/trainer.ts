@@ -1,8 +1,8 @@
 /**
- * The joint finetuning loop: trainable sets per model, AdamW with global-norm clipping, LR schedules,
- * gradient accumulation, deterministic data/noise, atomic checkpoints with exact resume, SIGINT and
- * non-finite-loss handling, JSONL logs, periodic validation (CIDEr) with a best checkpoint, exported
- * partial weights and a final report.
+ * Joint finetuning: the config, trainable sets per model, one AdamW per model, deterministic data/noise, the
+ * native joint step as the objective of the one training loop (lib/train/loop.ts: LR schedule, gradient
+ * accumulation, the non-finite guard, JSONL log, atomic checkpoints with exact resume), SIGINT handling,
+ * periodic validation (CIDEr) with a best checkpoint, exported partial weights and a final report.
  */
 import { loadImageCaptions } from '../../metrics/annotations';
 import * as fs from 'fs';
