@@ -25,7 +25,7 @@ import { DrawnStep, jointStepObjective } from './objective';
 import { saveTensors } from '../../weights/save';
 import { loadBertTokenizer } from '../../tokenizers/load';
 import { BertTokenizer } from '../../tokenizers/bert';
-import { BLIP_PROMPT, blipDecodeCaption, preCaption } from '../../tokenizers/blip';
+import { blipDecodeCaption, preCaption } from '../../tokenizers/blip';
 import { ciderD } from '../../metrics/cider';
 import { blipPreprocess } from '../../image/preprocess';
 import { prefetchBatches } from '../../image/pool';
@@ -38,12 +38,13 @@ import { FLIP_SIDES, FlipSides, TrainItem, encodeViewCaptions, epochBatches, mic
 import { AllReduceStats, DataParallel, SilentRunLog } from './distributed';
 import { isMainProcess } from '../../runtime/distributed';
 import { RECIPES, RecipeName, recipeSettings } from './recipes';
+import { DEFAULT_CONFIG } from './defaults';
 import { writeReport } from './report';
 import { resolveModelPath } from '../../weights/hub/resolve';
 import { readJsonFile } from '../../json';
 import { checkOutputDir, cleanTempLeftovers, describeWriteError } from '../../fsutil';
 import { LIMITS, checkMemory, estimateFinetuneStep, expectBounded } from '../../limits';
-import { DEFAULT_WEIGHT_BOUND, NAN_POLICIES, NanPolicy } from '../guard';
+import { NAN_POLICIES, NanPolicy } from '../guard';
 import { RunLog } from '../runlog';
 import { CONFIG_DEFAULTS, configInt } from '../../models/config-defaults';
 
@@ -178,59 +179,7 @@ export interface FinetuneConfig {
   allReduceOverlap?: boolean;
 }
 
-export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' | 'images' | 'output'> = {
-  valSize: 100,
-  validateEvery: 0,
-  device: 'cpu',
-  seed: 0,
-  trainable: { blip: 'xattn-q', unet: 'xattn-q' },
-  objective: 'joint',
-  schedule: 'summed',
-  softFraming: 'padded',
-  clipPadding: 'max',
-  recTxtNormalize: true,
-  temperature: 1,
-  softMode: 'probs',
-  recTxtMode: 'x0',
-  labelSmoothing: 0.1,
-  lr: 1e-4,
-  beta1: 0.9,
-  beta2: 0.999,
-  eps: 1e-8,
-  weightDecay: 0.05,
-  clip: 1.0,
-  clipMode: 'global',
-  lrSchedule: 'constant',
-  warmupSteps: 0,
-  minLr: 0,
-  batchSize: 8,
-  gradAccum: 1,
-  epochs: 5,
-  sdSize: 0,
-  sdRandomCrop: false,
-  sdFlip: false,
-  blipSize: 0,
-  blipMinScale: 0.5,
-  blipFlip: true,
-  blipRandAugment: false,
-  flipSides: 'swap',
-  routes: { recImg: 'both', recTxt: 'both' },
-  recipe: 'default',
-  prefetch: 16,
-  checkpointEvery: 1000,
-  keepLast: 3,
-  overwrite: false,
-  nanPolicy: 'stop',
-  nanRetries: 3,
-  nanLrFactor: 0.5,
-  weightBound: DEFAULT_WEIGHT_BOUND,
-  progress: true,
-  precision: 'fp32',
-  frozenDtype: 'fp32',
-  gradientCheckpointing: false,
-  cacheLatents: false,
-  prompt: BLIP_PROMPT,
-};
+export { DEFAULT_CONFIG };
 
 /** Merges a partial config over the defaults and checks every key (errors name the key). */
 export function resolveConfig(partial: Record<string, unknown>, source = 'config'): FinetuneConfig {
