@@ -157,6 +157,10 @@ function rssMB(): number {
   return process.memoryUsage().rss / 2 ** 20;
 }
 
+/**
+ * One run's loop: `start()` (fresh) or `resume(spec)`, then `run()`; `checkpoint()` and `finalCheckpoint()` write
+ * verified checkpoints for the trainer (a best checkpoint, the end of a run).
+ */
 export class TrainingLoop {
   /** Optimizer steps done (the next step's 0-based index). */
   step = 0;
