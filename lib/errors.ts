@@ -21,6 +21,16 @@ export function describe(value: unknown): string {
   return `object${value.constructor && value.constructor !== Object ? ' ' + value.constructor.name : ''}`;
 }
 
+/**
+ * How a check names an option: the API's own name unless the caller maps it. The CLI passes its flags, so the
+ * one check of `numReturnSequences` reports `--k`: each option is checked once, in the API, and named as typed.
+ */
+export type OptionNames = Readonly<Record<string, string>>;
+
+export function optionName(names: OptionNames | undefined, key: string): string {
+  return names?.[key] ?? key;
+}
+
 /** Builds the one message format: `name: expected X, got Y`. */
 export function invalid(name: string, expected: string, actual: unknown): RoundtripError {
   return new RoundtripError(`${name}: expected ${expected}, got ${describe(actual)}`);

@@ -124,4 +124,26 @@ maybe('roundtrip CLI', () => {
     expect(g.code).not.toBe(0);
     expect(g.err).toMatch(/none/);
   });
+
+  test('flag values are checked once, by the API function the command calls, and errors name the flag', () => {
+    const model = path.join(tmp, 'flag-model');
+    fs.mkdirSync(model, { recursive: true });
+    fs.writeFileSync(path.join(model, 'config.json'), '{}');
+    const img = path.join(tmp, 'none.png');
+    const cases: [string[], RegExp][] = [
+      // models/decoding nativeDecodingOptions, through models/blip checkBlipCaptionOptions
+      [['caption', img, '--model', model, '--strategy', 'top-p', '--top-p', '2'], /--top-p: expected a finite number > 0 and <= 1, got number 2/],
+      [['caption', img, '--model', model, '--k', '3', '--num-beams', '2'], /--k: expected at most --num-beams \(2\), got number 3/],
+      [['caption', img, '--model', model, '--k', '2000'], /--k: 2000 is over the limit of 1000/],
+      // runtime/model checkFrozenDtype
+      [['caption', img, '--model', model, '--precision', 'fp64'], /--precision: expected one of "fp32", "bf16", "fp16", got "fp64"/],
+      // paper/rerank/run clipVariantOf, sdSettings
+      [['score', '--image', img, '--caption', 'a cat', '--sd', model, '--clip-variant', 'both'], /--clip-variant: expected one of "projected", "pooled", got "both"/],
+    ];
+    for (const [args, message] of cases) {
+      const r = roundtrip(...args);
+      expect({ args, code: r.code }).toEqual({ args, code: 1 });
+      expect(r.err).toMatch(message);
+    }
+  });
 });

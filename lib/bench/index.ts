@@ -2,9 +2,9 @@
  * `roundtrip bench` (components): every registered row at one size, median of `reps` after `warmup`.
  * Rows live in lib/bench/rows.ts; `registerBenchRow` adds more (see lib/bench/registry.ts).
  */
-import { RoundtripError, expectInteger } from '../errors';
+import { RoundtripError, expectInteger, expectOneOf } from '../errors';
 import { native } from '../runtime/native';
-import { BenchSize, benchModels } from './models';
+import { BENCH_SIZES, BenchSize, benchModels } from './models';
 import { BenchRowResult, benchRows, formatBenchTable, runBenchRow } from './registry';
 import './training-rows';
 import './rows';
@@ -39,7 +39,7 @@ export interface BenchReport {
 }
 
 export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
-  const size = opts.size ?? 'tiny';
+  const size = expectOneOf('--size', opts.size ?? 'tiny', BENCH_SIZES);
   const reps = expectInteger('--reps', opts.reps ?? 5, { min: 1 });
   const warmup = expectInteger('--warmup', opts.warmup ?? 1, { min: 0 });
   if (opts.threads !== undefined) native().setNumThreads(expectInteger('--threads', opts.threads, { min: 1 }));

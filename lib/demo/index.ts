@@ -26,26 +26,23 @@ import { TieGainRow } from '../paper/report/ties';
 import { Blip } from '../models/blip';
 import { createProgress } from '../progress';
 import { Report, buildReport } from '../paper/report';
-import { RerankOptions, rerankI2t2i, rerankT2i2t } from '../paper/rerank';
+import { rerankI2t2i, rerankT2i2t } from '../paper/rerank';
 import { writeFileAtomicSync } from '../fsutil';
 import { ItemRecord } from '../paper/rerank/types';
 import { AttributeAccuracy, WORLD_FILES, WorldEntry, writeWorld } from '../world';
 import { indexHtml } from './html';
-import { FinetunedFolders, WorldModels, resolveWorldModels, writeFinetunedFolders } from './models';
+import { DEMO_MAX_LENGTH, DEMO_MIN_LENGTH, FinetunedFolders, WorldModels, resolveWorldModels, worldRerankOptions, writeFinetunedFolders } from './models';
 import { DemoOptions, checkDemoOptions } from './options';
 import { ATTRIBUTE_KEYS, ATTRIBUTE_LABELS, RerankAttributes, captionAttributeAccuracy, rerankAttributes } from './world-metrics';
 import { DemoRow, DemoTable, delta, finiteOrNull, formatValue, tableMarkdown, tableText } from './tables';
 
 export * from './options';
 export * from './tables';
-export { resolveWorldModels, writeFinetunedFolders, DEFAULT_WEIGHTS_DIR } from './models';
+export { resolveWorldModels, writeFinetunedFolders, worldRerankOptions, DEFAULT_WEIGHTS_DIR, DEMO_MAX_LENGTH, DEMO_MIN_LENGTH } from './models';
 export type { WorldModels, FinetunedFolders, TensorChange } from './models';
 export { captionAttributeAccuracy, rerankAttributes, ATTRIBUTE_KEYS } from './world-metrics';
 export type { RerankAttributes } from './world-metrics';
 
-/** BLIP decoding limit: the world's captions run to 16 words, more than the paper's 20-token COCO limit leaves room for. */
-export const DEMO_MAX_LENGTH = 24;
-export const DEMO_MIN_LENGTH = 5;
 /**
  * The demo's finetuning settings over the `default` recipe, so that finetuning is a fair test of the
  * method on the world models (see docs/EXPERIMENTS.md for the measurements): the world BLIP was
@@ -206,24 +203,7 @@ export async function runDemo(options: DemoOptions, command = 'runDemo()'): Prom
   };
 
   const evaluate = async (phase: Phase, pair: { blip: string; sd: string }): Promise<PhaseResult> => {
-    const common: Omit<RerankOptions, 'out'> = {
-      blip: pair.blip,
-      sd: pair.sd,
-      clip: models.clip,
-      k: o.k,
-      scheduler: 'ddim',
-      steps: o.sdSteps,
-      guidance: o.guidance,
-      size: models.world.size,
-      seed: o.seed,
-      repeats: o.repeats,
-      device: o.device,
-      sdBatch: o.k,
-      maxLength: DEMO_MAX_LENGTH,
-      minLength: DEMO_MIN_LENGTH,
-      progress: !quiet,
-      onWarning: warn,
-    };
+    const common = { ...worldRerankOptions(models, { ...o, sdBatch: o.k, progress: !quiet, onWarning: warn }), blip: pair.blip, sd: pair.sd };
     const i2t2iDir = path.join(runs, `${phase}-i2t2i`);
     const t2i2tDir = path.join(runs, `${phase}-t2i2t`);
     const i2t2i = await stage(`${phase}: image → text → image reranking (${o.items} items × ${o.k} captions)`, async () => {

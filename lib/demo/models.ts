@@ -19,6 +19,7 @@ import { writeFolderAtomic } from '../fsutil';
 import { readJsonFile } from '../json';
 import { CONFIG_DEFAULTS, configInt } from '../models/config-defaults';
 import { PACKAGE_ROOT } from '../paths';
+import type { RerankOptions } from '../paper/rerank';
 
 /** Package root (lib/demo → root, also from dist/demo). */
 export const DEFAULT_WEIGHTS_DIR = path.join(PACKAGE_ROOT, 'weights');
@@ -62,6 +63,39 @@ function trainedWorld(dir: string): { seed: number; size: number } {
 
 function folders(dir: string): { blip: string; sd: string; clip: string } {
   return { blip: path.join(dir, WORLD_FOLDERS.blip), sd: path.join(dir, WORLD_FOLDERS.sd), clip: path.join(dir, WORLD_FOLDERS.clip) };
+}
+
+/** BLIP decoding limit: the world's captions run to 16 words, more than the paper's 20-token COCO limit leaves room for. */
+export const DEMO_MAX_LENGTH = 24;
+export const DEMO_MIN_LENGTH = 5;
+
+/**
+ * The reranking options every run on the world shares (the demo's phases, `roundtrip sweep`): its models, DDIM
+ * sampling at the world's image side, BLIP's caption lengths for the world's captions; the caller adds the data,
+ * the similarity, `out` and its decoding.
+ */
+export function worldRerankOptions(
+  models: WorldModels,
+  o: { k: number; sdSteps: number; guidance: number; seed: number; repeats: number; device: string; sdBatch: number; progress: boolean; onWarning?: (message: string) => void },
+): Omit<RerankOptions, 'out'> {
+  return {
+    blip: models.blip,
+    sd: models.sd,
+    clip: models.clip,
+    k: o.k,
+    scheduler: 'ddim',
+    steps: o.sdSteps,
+    guidance: o.guidance,
+    size: models.world.size,
+    seed: o.seed,
+    repeats: o.repeats,
+    device: o.device,
+    sdBatch: o.sdBatch,
+    maxLength: DEMO_MAX_LENGTH,
+    minLength: DEMO_MIN_LENGTH,
+    progress: o.progress,
+    ...(o.onWarning ? { onWarning: o.onWarning } : {}),
+  };
 }
 
 /**

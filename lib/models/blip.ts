@@ -9,7 +9,8 @@
 import { CONFIG_DEFAULTS, configInt } from './config-defaults';
 import * as fs from 'fs';
 import * as path from 'path';
-import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
+import { OptionNames, RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid, optionName } from '../errors';
+import { LIMITS, expectBounded } from '../limits';
 import { NativeModel, WeightsReport } from '../runtime/model';
 import { Tensor, disposeAll, noGrad } from '../runtime/tensor';
 import type { CaptionerGeneration, CaptionerTextInputs } from '../runtime/native-methods';
@@ -201,11 +202,22 @@ export function blipArchitectureConfig(size: BlipSize): object {
   };
 }
 
-/** Native generate() options for a strategy, validated; exported for the CLI and tests. */
-export function blipNativeGenerateOptions(opts: BlipGenerateOptions = {}): Record<string, unknown> {
-  const maxLength = expectInteger('maxLength', opts.maxLength ?? 20, { min: 2 });
-  const minLength = expectInteger('minLength', opts.minLength ?? 5, { min: 0 });
-  return { max_length: maxLength, min_length: minLength, ...nativeDecodingOptions(opts, DEFAULT_BEAMS.blip) };
+/** Native generate() options for a strategy, validated (`names`: how errors name each option, e.g. the CLI's flags). */
+export function blipNativeGenerateOptions(opts: BlipGenerateOptions = {}, names?: OptionNames): Record<string, unknown> {
+  const maxLength = expectBounded(optionName(names, 'maxLength'), opts.maxLength ?? 20, LIMITS.tokens, 2);
+  const minLength = expectInteger(optionName(names, 'minLength'), opts.minLength ?? 5, { min: 0 });
+  return { max_length: maxLength, min_length: minLength, ...nativeDecodingOptions(opts, DEFAULT_BEAMS.blip, names) };
+}
+
+/**
+ * Checks caption options before any image is decoded: the batch, the prompt, every decoding option (`names`: how
+ * errors name each option; `roundtrip caption` passes its flags). Returns the batch size.
+ */
+export function checkBlipCaptionOptions(opts: BlipCaptionOptions, names?: OptionNames): number {
+  const { prompt, tokenizer: _t, batchSize, imageSize: _s, onProgress: _p, ...generate } = opts;
+  if (prompt !== undefined) expectString(optionName(names, 'prompt'), prompt);
+  blipNativeGenerateOptions(generate, names);
+  return expectBounded(optionName(names, 'batchSize'), batchSize ?? 8, LIMITS.batch);
 }
 
 export class Blip {
@@ -378,11 +390,10 @@ export class Blip {
   async caption(images: readonly (string | RgbImage)[], opts: BlipCaptionOptions = {}): Promise<string[][]> {
     if (!Array.isArray(images)) throw invalid('images', 'an array of image paths or RGB images', images);
     const tokenizer = opts.tokenizer ?? this.defaultTokenizer();
-    const batchSize = expectInteger('batchSize', opts.batchSize ?? 8, { min: 1 });
+    const batchSize = checkBlipCaptionOptions(opts); // before decoding any image
     const size = expectInteger('imageSize', opts.imageSize ?? this.imageSize, { min: 1 });
     const { prompt: promptText, tokenizer: _t, batchSize: _b, imageSize: _s, onProgress, ...generate } = opts;
-    const prompt = promptText !== undefined ? tokenizer.encode(expectString('prompt', promptText)) : undefined;
-    blipNativeGenerateOptions(generate); // validate before decoding any image
+    const prompt = promptText !== undefined ? tokenizer.encode(promptText) : undefined;
     return captionBatches(images, {
       batchSize,
       recipe: blipPreprocess(size),

@@ -11,7 +11,8 @@
 import { CONFIG_DEFAULTS, configInt } from './config-defaults';
 import * as fs from 'fs';
 import * as path from 'path';
-import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../errors';
+import { OptionNames, RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid, optionName } from '../errors';
+import { LIMITS, expectBounded } from '../limits';
 import { NativeModel, WeightsReport } from '../runtime/model';
 import { Tensor, disposeAll, noGrad } from '../runtime/tensor';
 import type { CaptionerGeneration, CaptionerTextInputs } from '../runtime/native-methods';
@@ -155,15 +156,24 @@ export function isBlip2Config(config: any): boolean {
   return config?.model_type === 'blip-2' || (Array.isArray(config?.architectures) && config.architectures.some((a: string) => /^Blip2/.test(a)));
 }
 
-/** Native generate() options for a strategy, validated; exported for the CLI and tests. */
-export function blip2NativeGenerateOptions(opts: Blip2GenerateOptions = {}): Record<string, unknown> {
+/** Native generate() options for a strategy, validated (`names`: how errors name each option, e.g. the CLI's flags). */
+export function blip2NativeGenerateOptions(opts: Blip2GenerateOptions = {}, names?: OptionNames): Record<string, unknown> {
+  const n = (key: keyof Blip2GenerateOptions) => optionName(names, key);
   const out: Record<string, unknown> = {
-    min_length: expectInteger('minLength', opts.minLength ?? 0, { min: 0 }),
-    min_new_tokens: expectInteger('minNewTokens', opts.minNewTokens ?? 1, { min: 0 }),
+    min_length: expectInteger(n('minLength'), opts.minLength ?? 0, { min: 0 }),
+    min_new_tokens: expectInteger(n('minNewTokens'), opts.minNewTokens ?? 1, { min: 0 }),
   };
-  if (opts.maxLength !== undefined && opts.maxNewTokens === undefined) out.max_length = expectInteger('maxLength', opts.maxLength, { min: 2 });
-  else out.max_new_tokens = expectInteger('maxNewTokens', opts.maxNewTokens ?? 30, { min: 1 });
-  return { ...out, ...nativeDecodingOptions(opts, DEFAULT_BEAMS.blip2) };
+  if (opts.maxLength !== undefined && opts.maxNewTokens === undefined) out.max_length = expectBounded(n('maxLength'), opts.maxLength, LIMITS.tokens, 2);
+  else out.max_new_tokens = expectBounded(n('maxNewTokens'), opts.maxNewTokens ?? 30, LIMITS.tokens);
+  return { ...out, ...nativeDecodingOptions(opts, DEFAULT_BEAMS.blip2, names) };
+}
+
+/** Checks caption options before any image is decoded (as checkBlipCaptionOptions); returns the batch size. */
+export function checkBlip2CaptionOptions(opts: Blip2CaptionOptions, names?: OptionNames): number {
+  const { prompt, tokenizer: _t, batchSize, onProgress: _p, ...generate } = opts;
+  if (prompt !== undefined) expectString(optionName(names, 'prompt'), prompt);
+  blip2NativeGenerateOptions(generate, names);
+  return expectBounded(optionName(names, 'batchSize'), batchSize ?? 4, LIMITS.batch);
 }
 
 export class Blip2 {
@@ -321,10 +331,9 @@ export class Blip2 {
   async caption(images: readonly (string | RgbImage)[], opts: Blip2CaptionOptions = {}): Promise<string[][]> {
     if (!Array.isArray(images)) throw invalid('images', 'an array of image paths or RGB images', images);
     const tokenizer = opts.tokenizer ?? this.defaultTokenizer();
-    const batchSize = expectInteger('batchSize', opts.batchSize ?? 4, { min: 1 });
+    const batchSize = checkBlip2CaptionOptions(opts); // before decoding any image
     const { prompt: promptText, tokenizer: _t, batchSize: _b, onProgress, ...generate } = opts;
-    const prompt = promptText !== undefined && promptText !== '' ? tokenizer.encode(expectString('prompt', promptText)) : undefined;
-    blip2NativeGenerateOptions(generate); // validate before decoding any image
+    const prompt = promptText !== undefined && promptText !== '' ? tokenizer.encode(promptText) : undefined;
     return captionBatches(images, {
       batchSize,
       recipe: this.preprocessConfig(),

@@ -5,7 +5,8 @@
  * Length limits stay with each family: they count different things (BLIP: start tokens + prompt; BLIP-2: the
  * leading BOS only).
  */
-import { RoundtripError, expectInteger, expectNumber, expectOneOf, invalid } from '../errors';
+import { OptionNames, RoundtripError, expectInteger, expectNumber, expectOneOf, invalid, optionName } from '../errors';
+import { LIMITS, expectBounded } from '../limits';
 import { Tensor } from '../runtime/tensor';
 import type { CaptionerGeneration } from '../runtime/native-methods';
 import { loadImage, preprocessBatch, PreprocessConfig, RgbImage } from '../image';
@@ -13,6 +14,9 @@ import { loadImage, preprocessBatch, PreprocessConfig, RgbImage } from '../image
 /** Decoding strategies of `Blip.generate` and `Blip2.generate`. */
 export const DECODING_STRATEGIES = ['greedy', 'beam', 'top-p', 'top-k', 'temperature'] as const;
 export type DecodingStrategy = (typeof DECODING_STRATEGIES)[number];
+
+/** The strategy when none is given. */
+export const DEFAULT_STRATEGY: DecodingStrategy = 'beam';
 
 /** Decoding options both captioners take (lengths are each family's own). */
 export interface DecodingOptions {
@@ -54,32 +58,34 @@ export function beamCount(numBeams: number | undefined, numReturnSequences: numb
 
 /**
  * The native generate() options of the strategy options, validated (lengths excluded: the family adds them).
- * `defaultBeams`: the family's beam count when neither `numBeams` nor more sequences than it are asked for.
+ * `defaultBeams`: the family's beam count when neither `numBeams` nor more sequences than it are asked for;
+ * `names`: how errors name each option (the CLI's flags). Counts are bounded by lib/limits.ts.
  */
-export function nativeDecodingOptions(opts: DecodingOptions, defaultBeams: number): Record<string, unknown> {
-  const strategy = expectOneOf('strategy', opts.strategy ?? 'beam', DECODING_STRATEGIES);
-  const k = expectInteger('numReturnSequences', opts.numReturnSequences ?? 1, { min: 1 });
+export function nativeDecodingOptions(opts: DecodingOptions, defaultBeams: number, names?: OptionNames): Record<string, unknown> {
+  const n = (key: keyof DecodingOptions) => optionName(names, key);
+  const strategy = expectOneOf(n('strategy'), opts.strategy ?? DEFAULT_STRATEGY, DECODING_STRATEGIES);
+  const k = expectBounded(n('numReturnSequences'), opts.numReturnSequences ?? 1, LIMITS.k);
   const out: Record<string, unknown> = {
     num_return_sequences: k,
-    repetition_penalty: expectNumber('repetitionPenalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }),
-    length_penalty: expectNumber('lengthPenalty', opts.lengthPenalty ?? 1),
+    repetition_penalty: expectNumber(n('repetitionPenalty'), opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }),
+    length_penalty: expectNumber(n('lengthPenalty'), opts.lengthPenalty ?? 1),
   };
   if (opts.earlyStopping !== undefined) {
-    if (opts.earlyStopping !== true && opts.earlyStopping !== false && opts.earlyStopping !== 'never') throw invalid('earlyStopping', 'true, false or "never"', opts.earlyStopping);
+    if (opts.earlyStopping !== true && opts.earlyStopping !== false && opts.earlyStopping !== 'never') throw invalid(n('earlyStopping'), 'true, false or "never"', opts.earlyStopping);
     out.early_stopping = opts.earlyStopping;
   }
-  if (opts.seed !== undefined) out.seed = expectInteger('seed', opts.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
-  const temperature = expectNumber('temperature', opts.temperature ?? 1, { min: 0, exclusiveMin: true });
+  if (opts.seed !== undefined) out.seed = expectInteger(n('seed'), opts.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
+  const temperature = expectNumber(n('temperature'), opts.temperature ?? 1, { min: 0, exclusiveMin: true });
   if (strategy === 'greedy') {
-    if (k !== 1) throw invalid('numReturnSequences', '1 for greedy decoding (use beam or a sampling strategy for several)', k);
+    if (k !== 1) throw invalid(n('numReturnSequences'), '1 for greedy decoding (use beam or a sampling strategy for several)', k);
     Object.assign(out, { num_beams: 1, do_sample: false });
   } else if (strategy === 'beam') {
-    const beams = expectInteger('numBeams', beamCount(opts.numBeams, k, defaultBeams), { min: 1 });
-    if (k > beams) throw invalid('numReturnSequences', `at most numBeams (${beams})`, k);
+    const beams = expectBounded(n('numBeams'), beamCount(opts.numBeams, k, defaultBeams), LIMITS.beams);
+    if (k > beams) throw invalid(n('numReturnSequences'), `at most ${n('numBeams')} (${beams})`, k);
     Object.assign(out, { num_beams: beams, do_sample: false });
   } else {
-    const topK = expectInteger('topK', opts.topK ?? (strategy === 'temperature' ? 0 : 50), { min: 0 });
-    const topP = strategy === 'top-p' ? expectNumber('topP', opts.topP ?? 0.9, { min: 0, max: 1, exclusiveMin: true }) : 1;
+    const topK = expectInteger(n('topK'), opts.topK ?? (strategy === 'temperature' ? 0 : 50), { min: 0 });
+    const topP = strategy === 'top-p' ? expectNumber(n('topP'), opts.topP ?? 0.9, { min: 0, max: 1, exclusiveMin: true }) : 1;
     Object.assign(out, { num_beams: 1, do_sample: true, temperature, top_k: topK, top_p: topP });
   }
   return out;

@@ -52,6 +52,10 @@ export type Autocast = 'off' | 'bf16' | 'fp16';
 export type FrozenDtype = 'fp32' | 'bf16' | 'fp16';
 export const FROZEN_DTYPES: readonly FrozenDtype[] = ['fp32', 'bf16', 'fp16'];
 
+/** Precision of a run's model calls: fp32, or CUDA autocast in bf16/fp16 (`setAutocast`). */
+export const PRECISIONS = ['fp32', 'bf16', 'fp16'] as const;
+export type Precision = (typeof PRECISIONS)[number];
+
 /**
  * A request's frozen dtype, checked once against the rest of it: a CPU option that does not combine with CUDA
  * autocast. `names` are the caller's spellings (flags or config keys), so errors name what the user wrote.
@@ -61,6 +65,7 @@ export function checkFrozenDtype(
   request: { device?: string; precision?: string },
   names: { frozen: string; device: string; precision: string } = { frozen: 'frozenDtype', device: 'device', precision: 'precision' },
 ): FrozenDtype {
+  if (request.precision !== undefined) expectOneOf(names.precision, request.precision, PRECISIONS);
   const dtype = expectOneOf(names.frozen, value ?? 'fp32', FROZEN_DTYPES);
   if (dtype === 'fp32') return dtype;
   if (request.device !== undefined && request.device !== 'cpu') throw new RoundtripError(`${names.frozen} ${dtype} is a CPU option (${names.device} ${request.device}: use ${names.precision})`);

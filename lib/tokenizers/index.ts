@@ -3,7 +3,7 @@
  * (with openai's ftfy-based cleaning), behind one `Tokenizer` interface and a folder loader.
  */
 export type { BatchEncoding, BatchOptions, DecodeOptions, Padding, Tokenizer, TokenizerKind } from './types';
-export { flattenRows } from './types';
+export { TOKENIZER_KINDS, flattenRows } from './types';
 export { BertTokenizer, parseVocabTxt } from './bert';
 export type { BertEncodeOptions, BertOptions } from './bert';
 export { ClipTokenizer, END_OF_TEXT, START_OF_TEXT, OPENAI_MERGE_COUNT, bytesToUnicode, cleanClipText, openaiVocab, parseMerges } from './clip';

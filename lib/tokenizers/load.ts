@@ -5,10 +5,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as zlib from 'zlib';
-import { RoundtripError, expectString, invalid } from '../errors';
+import { OptionNames, RoundtripError, expectOneOf, expectString, invalid, optionName } from '../errors';
 import { BertTokenizer, parseVocabTxt } from './bert';
 import { ClipTokenizer, OPENAI_MERGE_COUNT, openaiVocab, parseMerges } from './clip';
-import { Tokenizer, TokenizerKind } from './types';
+import { TOKENIZER_KINDS, Tokenizer, TokenizerKind } from './types';
 import { loadOptTokenizer } from './opt';
 import { readJsonFile } from '../json';
 
@@ -238,9 +238,9 @@ export function loadClipTokenizer(dirArg: string): ClipTokenizer {
  * Loads the tokenizer of a model folder (or of its `tokenizer/` subfolder), detecting BERT or
  * CLIP from the files unless `kind` is given.
  */
-export function loadTokenizer(dir: string, kind?: TokenizerKind): Tokenizer {
+export function loadTokenizer(dir: string, kind?: TokenizerKind, names?: OptionNames): Tokenizer {
   const resolved = findTokenizerFolder(dir);
-  const k = kind ?? detectKind(resolved);
+  const k = kind === undefined ? detectKind(resolved) : expectOneOf(optionName(names, 'kind'), kind, TOKENIZER_KINDS);
   if (k === 'bert') return loadBertTokenizer(dir);
   if (k === 'clip') return loadClipTokenizer(dir);
   if (k === 'opt') return loadOptTokenizer(resolved);

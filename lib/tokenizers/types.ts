@@ -2,7 +2,8 @@
 import { expectBoolean, expectInteger, expectOneOf, invalid } from '../errors';
 
 /** Which algorithm a tokenizer implements. */
-export type TokenizerKind = 'bert' | 'clip' | 'opt';
+export const TOKENIZER_KINDS = ['bert', 'clip', 'opt'] as const;
+export type TokenizerKind = (typeof TOKENIZER_KINDS)[number];
 
 /** Padding rule of a batch: to the longest row, to `maxLength`, or none (ragged rows). */
 export type Padding = 'longest' | 'max_length' | false;

@@ -134,13 +134,13 @@ export function guardStep(n: StepNumbers, tensors: Record<string, Tensor>, opts:
   return opts.verifyTensors ? checkTensors(n.step, tensors, bound) : undefined;
 }
 
-/** The error a `stop` (or an exhausted retry budget) ends the run with. */
-export function guardError(trip: GuardTrip, rollback: string | undefined, policy: NanPolicy, retries: number): RoundtripError {
+/** The error a `stop` (or an exhausted retry budget) ends the run with; `label` names the run ('finetune'). */
+export function guardError(trip: GuardTrip, rollback: string | undefined, policy: NanPolicy, retries: number, label = 'finetune'): RoundtripError {
   const where = rollback
     ? `the state was not saved; the last verified checkpoint is ${rollback} (resume with --resume ${rollback} and a lower --lr, or --nan-policy skip-batch / lower-lr)`
     : 'the state was not saved and no verified checkpoint exists yet (rerun with a lower --lr, or --nan-policy skip-batch / lower-lr)';
   const why = policy === 'stop' ? '--nan-policy stop' : `--nan-policy ${policy} gave up after ${retries} rollback(s) (--nan-retries)`;
-  return new RoundtripError(`finetune: non-finite or out-of-bounds training state: ${trip.message}; ${why}; ${where}`);
+  return new RoundtripError(`${label}: non-finite or out-of-bounds training state: ${trip.message}; ${why}; ${where}`);
 }
 
 /** The newest checkpoint of a run whose state.json says the guard verified its tensors. */

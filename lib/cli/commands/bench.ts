@@ -5,7 +5,7 @@
  * step vs an SD-only and a BLIP-only step on the same batch (see lib/train/finetune/bench.ts).
  */
 import type { CommandModule } from 'yargs';
-import { RoundtripError, expectInteger, expectOneOf } from '../../errors';
+import { RoundtripError } from '../../errors';
 import { BENCH_SIZES, BenchReport, BenchSize, runBench } from '../../bench';
 import { BenchReconResult, benchRecon } from '../../paper/joint/bench-recon';
 import { resolveModelPath } from '../../weights/hub/resolve';
@@ -14,10 +14,8 @@ import { FinetuneRequest, command as finetuneCommand, finetuneConfigFrom, readCo
 import { benchDistributed } from '../../runtime/distributed/bench';
 
 export async function runBenchFinetune(req: FinetuneRequest & { steps?: number; warmup?: number }): Promise<BenchResult> {
-  const steps = expectInteger('--steps', req.steps ?? 5, { min: 1 });
-  const warmup = expectInteger('--warmup', req.warmup ?? 1, { min: 0 });
-  const { steps: _s, warmup: _w, ...rest } = req;
-  return benchFinetune({ ...finetuneConfigFrom({ progress: false, ...rest }), steps, warmup });
+  const { steps, warmup, ...rest } = req;
+  return benchFinetune({ ...finetuneConfigFrom({ progress: false, ...rest }), steps, warmup }, { steps: '--steps', warmup: '--warmup' });
 }
 
 /** `bench recon`: the loss terms of the base models and each checkpoint on a fixed held-out set. */
@@ -48,9 +46,8 @@ export async function runBenchRecon(argv: Record<string, any>): Promise<BenchRec
 
 /** `roundtrip bench` (components): runs the rows and returns the report (table in `text`). */
 export async function runBenchComponents(a: { size?: string; threads?: number; reps?: number; warmup?: number; rows?: string; cache?: string; progress?: boolean }): Promise<BenchReport> {
-  const size = expectOneOf('--size', a.size ?? 'tiny', BENCH_SIZES) as BenchSize;
   return runBench({
-    size,
+    size: a.size as BenchSize | undefined,
     threads: a.threads,
     reps: a.reps,
     warmup: a.warmup,
@@ -67,7 +64,7 @@ export const command: CommandModule<{}, any> = {
     const withFlags = (finetuneCommand.builder as (y: any) => any)(y);
     return withFlags
       .positional('what', { type: 'string', choices: ['components', 'finetune', 'recon', 'distributed'], default: 'components', describe: 'What to benchmark ("distributed": 1 process vs --nproc processes on the same cores)' })
-      .option('size', { type: 'string', choices: [...BENCH_SIZES], default: 'tiny', describe: 'components: tiny, world (built-in weights) or sd14 (published configs, random weights)' })
+      .option('size', { type: 'string', default: 'tiny', describe: `components: ${BENCH_SIZES.join(', ')} (tiny: small random-weight models; world: the built-in weights; sd14: published configs, random weights)` })
       .option('reps', { type: 'number', default: 5, describe: 'components: timed runs per row (median reported)' })
       .option('rows', { type: 'string', describe: 'components: only rows whose name matches this regular expression (default: every row)' })
       .option('cache', { type: 'string', describe: 'components: folder for the random-weight models (default $TMPDIR/roundtrip-bench)' })

@@ -5,14 +5,15 @@
  * (config.json + model.safetensors or shards + vocab.json/merges.txt); the family comes from config.json.
  */
 import type { CommandModule } from 'yargs';
-import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../../errors';
-import { FROZEN_DTYPES, FrozenDtype, checkFrozenDtype } from '../../runtime/model';
-import { BLIP_STRATEGIES, Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer } from '../../models/blip';
-import { Blip2, Blip2CaptionOptions, estimateBlip2Generate } from '../../models/blip2';
+import { OptionNames, RoundtripError, expectString, invalid } from '../../errors';
+import { FROZEN_DTYPES, FrozenDtype, PRECISIONS, checkFrozenDtype } from '../../runtime/model';
+import { Blip, BlipCaptionOptions, BlipStrategy, CaptionTokenizer, checkBlipCaptionOptions } from '../../models/blip';
+import { Blip2, Blip2CaptionOptions, checkBlip2CaptionOptions, estimateBlip2Generate } from '../../models/blip2';
 import { captionerFamily } from '../../models/captioner';
-import { DEFAULT_BEAMS, beamCount } from '../../models/decoding';
+import type { CaptionerFamily } from '../../models/captioner';
+import { DECODING_STRATEGIES, DEFAULT_BEAMS, DEFAULT_STRATEGY, beamCount } from '../../models/decoding';
 import { createProgress } from '../../progress';
-import { LIMITS, checkMemory, estimateBlipGenerate, expectBounded } from '../../limits';
+import { LIMITS, checkMemory, estimateBlipGenerate } from '../../limits';
 import { readJsonFile } from '../../json';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -52,33 +53,58 @@ export interface CaptionResult {
   captions: string[];
 }
 
-/** Checks a request and returns the caption options; throws RoundtripError naming the bad flag. */
-export function captionOptions(req: CaptionRequest, defaultBeams: number = DEFAULT_BEAMS.blip): BlipCaptionOptions {
-  const strategy: BlipStrategy = expectOneOf('--strategy', req.strategy ?? 'beam', BLIP_STRATEGIES);
-  const k = expectBounded('--k', req.k ?? 1, LIMITS.k);
-  // The API's default (decoding.beamCount), made explicit so the memory check below counts the same beams.
-  const numBeams = req.numBeams !== undefined ? expectBounded('--num-beams', req.numBeams, LIMITS.beams) : strategy === 'beam' ? beamCount(undefined, k, defaultBeams) : undefined;
-  if (strategy === 'greedy' && k !== 1) throw invalid('--k', '1 with --strategy greedy (use beam or a sampling strategy for several captions)', k);
-  if (strategy === 'beam' && numBeams !== undefined && k > numBeams) throw invalid('--k', `at most --num-beams (${numBeams})`, k);
-  const opts: BlipCaptionOptions = { strategy, numReturnSequences: k, numBeams };
-  if (req.prompt !== undefined) opts.prompt = expectString('--prompt', req.prompt);
-  if (req.maxLength !== undefined) opts.maxLength = expectBounded('--max-length', req.maxLength, LIMITS.tokens, 2);
-  if (req.minLength !== undefined) opts.minLength = expectInteger('--min-length', req.minLength, { min: 0 });
-  if (req.topP !== undefined) opts.topP = expectNumber('--top-p', req.topP, { min: 0, max: 1, exclusiveMin: true });
-  if (req.topK !== undefined) opts.topK = expectInteger('--top-k', req.topK, { min: 0 });
-  if (req.temperature !== undefined) opts.temperature = expectNumber('--temperature', req.temperature, { min: 0, exclusiveMin: true });
-  if (req.repetitionPenalty !== undefined) opts.repetitionPenalty = expectNumber('--repetition-penalty', req.repetitionPenalty, { min: 0, exclusiveMin: true });
-  if (req.seed !== undefined) opts.seed = expectInteger('--seed', req.seed, { min: 0, max: Number.MAX_SAFE_INTEGER });
-  if (req.batchSize !== undefined) opts.batchSize = expectBounded('--batch-size', req.batchSize, LIMITS.batch);
-  if (req.tokenizer) opts.tokenizer = req.tokenizer;
+/** How the captioners' checks name their options in `roundtrip caption`: by its flags. */
+export const CAPTION_FLAGS: OptionNames = {
+  strategy: '--strategy',
+  numReturnSequences: '--k',
+  numBeams: '--num-beams',
+  prompt: '--prompt',
+  maxLength: '--max-length',
+  minLength: '--min-length',
+  maxNewTokens: '--max-new-tokens',
+  topP: '--top-p',
+  topK: '--top-k',
+  temperature: '--temperature',
+  repetitionPenalty: '--repetition-penalty',
+  seed: '--seed',
+  batchSize: '--batch-size',
+};
+
+/**
+ * The caption options of a request, checked by the captioner's own check (models/blip checkBlipCaptionOptions,
+ * models/blip2 checkBlip2CaptionOptions) with errors naming the flags; the beams made explicit (the API's
+ * default, decoding.beamCount) so the memory check counts the same beams.
+ */
+export function captionOptions(req: CaptionRequest, family: Extract<CaptionerFamily, keyof typeof DEFAULT_BEAMS> = 'blip'): BlipCaptionOptions & Blip2CaptionOptions {
+  const given: BlipCaptionOptions & Blip2CaptionOptions = {
+    strategy: req.strategy as BlipStrategy | undefined,
+    numReturnSequences: req.k,
+    numBeams: req.numBeams,
+    prompt: req.prompt,
+    maxLength: req.maxLength,
+    minLength: req.minLength,
+    maxNewTokens: req.maxNewTokens,
+    topP: req.topP,
+    topK: req.topK,
+    temperature: req.temperature,
+    repetitionPenalty: req.repetitionPenalty,
+    seed: req.seed,
+    batchSize: req.batchSize,
+    tokenizer: req.tokenizer,
+  };
+  const opts = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as BlipCaptionOptions & Blip2CaptionOptions;
+  if (family === 'blip2') checkBlip2CaptionOptions(opts, CAPTION_FLAGS);
+  else checkBlipCaptionOptions(opts, CAPTION_FLAGS);
+  // The API's defaults made explicit, so the memory check counts what generation will run.
+  opts.strategy ??= DEFAULT_STRATEGY;
+  opts.numReturnSequences ??= 1;
+  if (opts.strategy === 'beam') opts.numBeams = beamCount(opts.numBeams, opts.numReturnSequences, DEFAULT_BEAMS[family]);
   return opts;
 }
 
-/** BLIP-2 caption options of a request: the BLIP flags, BLIP-2's own defaults (beam 5, 30 new tokens). */
+/** BLIP-2 caption options of a request: the same flags, BLIP-2's own defaults (beam 5, 30 new tokens). */
 export function blip2CaptionOptions(req: CaptionRequest): Blip2CaptionOptions {
-  const opts: Blip2CaptionOptions = captionOptions(req, DEFAULT_BEAMS.blip2);
-  if (req.maxNewTokens !== undefined) opts.maxNewTokens = expectBounded('--max-new-tokens', req.maxNewTokens, LIMITS.tokens);
-  return opts;
+  return captionOptions(req, 'blip2');
 }
 
 async function captionWithBlip2(req: CaptionRequest): Promise<CaptionResult[]> {
@@ -160,7 +186,7 @@ export const command: CommandModule<{}, any> = {
       .positional('images', { type: 'string', array: true, describe: 'Image files' })
       .option('model', { type: 'string', demandOption: true, describe: 'BLIP folder (config.json, model.safetensors, vocab.txt) or BLIP-2 OPT folder (config.json, safetensors or shards, vocab.json, merges.txt)' })
       .option('weights', { type: 'string', array: true, describe: 'Trained tensors (e.g. a finetune export/blip.safetensors) merged over the model (default: none)' })
-      .option('strategy', { type: 'string', default: 'beam', describe: `Decoding: ${BLIP_STRATEGIES.join(', ')}` })
+      .option('strategy', { type: 'string', default: DEFAULT_STRATEGY, describe: `Decoding: ${DECODING_STRATEGIES.join(', ')}` })
       .option('k', { type: 'number', default: 1, alias: 'num-candidates', describe: `Captions per image (beams returned, or independent samples; at most ${LIMITS.k})` })
       .option('num-beams', { type: 'number', describe: 'Beams for --strategy beam (default max(3, k); BLIP-2 max(5, k))' })
       .option('prompt', { type: 'string', describe: "Text the captions continue (e.g. 'a picture of '); not printed (default: none)" })
@@ -174,8 +200,8 @@ export const command: CommandModule<{}, any> = {
       .option('seed', { type: 'number', describe: 'Seed for sampling strategies (same seed, same captions; default: none, a fresh draw)' })
       .option('batch-size', { type: 'number', describe: 'Images per native call (default 8; BLIP-2 4)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
-      .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
-      .option('frozen-dtype', { type: 'string', choices: [...FROZEN_DTYPES], default: 'fp32', describe: 'BLIP on CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: rounded weights, half the memory)' })
+      .option('precision', { type: 'string', default: 'fp32', describe: `CUDA mixed precision (autocast): ${PRECISIONS.join(', ')}; CPU runs in fp32` })
+      .option('frozen-dtype', { type: 'string', default: 'fp32', describe: `${FROZEN_DTYPES.join(', ')}; BLIP on CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: rounded weights, half the memory)` })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON [{image, captions}]' }),
   handler: async (argv) => {
     const images = ((argv.images as unknown[]) ?? []).map((p) => String(p));

@@ -7,7 +7,11 @@
 import type { Argv, CommandModule } from 'yargs';
 import { writeFileAtomic } from '../../image';
 import {
+  CAPTION_EVAL_DEFAULTS,
   CAPTION_EVAL_METRICS,
+  DEFAULT_CAPTION_EVAL_METRICS,
+  DEFAULT_IMAGE_EVAL_METRICS,
+  IMAGE_EVAL_DEFAULTS,
   CaptionEvaluation,
   FID_FEATURE_LAYERS,
   IMAGE_EVAL_METRICS,
@@ -16,10 +20,9 @@ import {
   evaluateImages,
   formatCaptionTable,
   formatImageEvaluation,
-  parseCaptionMetrics,
   parseImageMetrics,
 } from '../../metrics/eval';
-import { expectInteger, expectOneOf, expectString } from '../../errors';
+import { expectString } from '../../errors';
 import { EvalSplit, evalSplitFromEnvironment, isMainRank } from '../../metrics/eval/distributed';
 import { EmbeddingVariant } from '../../models/clip';
 import { FrechetForm } from '../../metrics';
@@ -52,18 +55,18 @@ export interface EvalCaptionsArgs {
 /** Runs `eval captions`: returns the evaluation and the text to print; writes --out atomically. */
 export async function runEvalCaptions(args: EvalCaptionsArgs): Promise<{ evaluation: CaptionEvaluation; output: string }> {
   const evaluation = await evaluateCaptions(expectString('--results', args.results), expectString('--annotations', args.annotations), {
-    metrics: parseCaptionMetrics(args.metrics, '--metrics'),
+    metrics: args.metrics,
     glove: args.glove,
     clip: args.clip,
-    clipVariant: args.clipVariant === undefined ? undefined : expectOneOf<EmbeddingVariant>('--clip-variant', args.clipVariant, ['pooled', 'projected']),
+    clipVariant: args.clipVariant as EmbeddingVariant | undefined,
     sbert: args.sbert,
     meteorJar: args.meteorJar,
     spiceJar: args.spiceJar,
     java: args.java,
-    batchSize: args.batch === undefined ? undefined : expectInteger('--batch', args.batch, { min: 1 }),
+    batchSize: args.batch,
     device: args.device,
     split: args.split,
-  });
+  }, { metrics: '--metrics', batchSize: '--batch', clipVariant: '--clip-variant' });
   if (!isMainRank(args.split)) return { evaluation, output: '' };
   const perImage = evaluation.perImage.map((p) => ({ image_id: p.image_id, caption: p.caption, ...p.scores }));
   const json = toJson({ ...evaluation, perImage });
@@ -103,12 +106,12 @@ export async function runEvalImages(args: EvalImagesArgs): Promise<{ evaluation:
     metrics: parseImageMetrics(args.metrics, '--metrics'),
     inception: args.inception,
     clip: args.clip,
-    clipVariant: args.clipVariant === undefined ? undefined : expectOneOf<EmbeddingVariant>('--clip-variant', args.clipVariant, ['pooled', 'projected']),
+    clipVariant: args.clipVariant as EmbeddingVariant | undefined,
     dino: args.dino,
     dinoSize: args.dinoSize,
     batchSize: args.batch,
-    fidForm: args.fidForm === undefined ? undefined : (expectOneOf('--fid-form', args.fidForm === 'torch-fidelity' ? 'torch-fidelity-0.4' : args.fidForm, ['torch-fidelity-0.4', 'sqrtm']) as FrechetForm),
-    fidFeature: args.fidFeature === undefined ? undefined : expectOneOf('--fid-feature', String(args.fidFeature), FID_FEATURE_LAYERS),
+    fidForm: args.fidForm as FrechetForm | undefined,
+    fidFeature: args.fidFeature as (typeof FID_FEATURE_LAYERS)[number] | undefined,
     isSplits: args.isSplits,
     cache: args.cache,
     cacheDir: args.cacheDir,
@@ -129,17 +132,17 @@ const captionsCommand: CommandModule<{}, any> = {
     y
       .option('results', { type: 'string', demandOption: true, describe: 'Results file [{image_id, caption}]' })
       .option('annotations', { type: 'string', demandOption: true, describe: 'References: COCO ground truth {annotations: […]} or Karpathy [{image, caption: […]}]' })
-      .option('metrics', { type: 'string', default: 'bleu,rouge,cider', describe: `Comma-separated: ${CAPTION_EVAL_METRICS.join(', ')}` })
+      .option('metrics', { type: 'string', default: DEFAULT_CAPTION_EVAL_METRICS.join(','), describe: `Comma-separated: ${CAPTION_EVAL_METRICS.join(', ')}` })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON (corpus and per-image scores) instead of the table' })
       .option('out', { type: 'string', describe: 'Also write the JSON to this file (atomically; default: stdout only)' })
       .option('glove', { type: 'string', describe: 'wmd: GloVe vectors (text format; default: none)' })
       .option('clip', { type: 'string', describe: 'clip-text: Hugging Face CLIP folder (openai/clip-vit-base-patch32; default: none)' })
-      .option('clip-variant', { type: 'string', default: 'pooled', describe: "clip-text: 'pooled' (text pooler_output, the authors' evaluation) or 'projected' (text_embeds)" })
+      .option('clip-variant', { type: 'string', default: CAPTION_EVAL_DEFAULTS.clipVariant, describe: "clip-text: 'pooled' (text pooler_output, the authors' evaluation) or 'projected' (text_embeds)" })
       .option('sbert', { type: 'string', describe: 'sbert: sentence-transformers folder (all-MiniLM-L6-v2; default: none)' })
       .option('meteor-jar', { type: 'string', describe: 'meteor: meteor-1.5.jar (default $ROUNDTRIP_METEOR_JAR or ~/.cache/roundtrip/jars)' })
       .option('spice-jar', { type: 'string', describe: 'spice: spice-1.0.jar (default $ROUNDTRIP_SPICE_JAR or ~/.cache/roundtrip/jars)' })
       .option('java', { type: 'string', describe: 'Java executable for METEOR/SPICE (default $ROUNDTRIP_JAVA or java)' })
-      .option('batch', { type: 'number', default: 64, describe: 'Texts per model call (clip-text, sbert)' })
+      .option('batch', { type: 'number', default: CAPTION_EVAL_DEFAULTS.batchSize, describe: 'Texts per model call (clip-text, sbert)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' }),
   handler: async (argv) => {
     // Under roundtrip launch / torchrun the ranks share the work; rank 0 prints and writes --out.
@@ -172,18 +175,18 @@ const imagesCommand: CommandModule<{}, any> = {
     y
       .option('generated', { type: 'string', demandOption: true, describe: 'Folder of generated images (png/jpg/jpeg)' })
       .option('reference', { type: 'string', describe: 'Folder of reference images, or a FID statistics file (default: none)' })
-      .option('metrics', { type: 'string', default: 'fid,is', describe: `Comma-separated: ${IMAGE_EVAL_METRICS.join(', ')}` })
+      .option('metrics', { type: 'string', default: DEFAULT_IMAGE_EVAL_METRICS.join(','), describe: `Comma-separated: ${IMAGE_EVAL_METRICS.join(', ')}` })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON instead of the summary' })
       .option('out', { type: 'string', describe: 'Also write the JSON to this file (atomically; default: stdout only)' })
       .option('inception', { type: 'string', describe: 'FID Inception weights (.safetensors of pt_inception-2015-12-05) or a folder holding them (default: none)' })
       .option('clip', { type: 'string', describe: 'clip: Hugging Face CLIP folder (default: none)' })
-      .option('clip-variant', { type: 'string', default: 'pooled', describe: "clip: 'pooled' (vision pooler_output) or 'projected' (image_embeds)" })
+      .option('clip-variant', { type: 'string', default: IMAGE_EVAL_DEFAULTS.clipVariant, describe: "clip: 'pooled' (vision pooler_output) or 'projected' (image_embeds)" })
       .option('dino', { type: 'string', describe: 'dino: ViT/DINO folder (facebook/dino-vitb8) or an original DINO .safetensors file (default: none)' })
-      .option('dino-size', { type: 'number', default: 384, describe: 'dino: input size' })
-      .option('batch', { type: 'number', default: 32, describe: 'Images per model call' })
-      .option('fid-form', { type: 'string', default: 'torch-fidelity-0.4', describe: "FID: 'torch-fidelity-0.4' (eigenvalues) or 'sqrtm' (torch-fidelity 0.3 / pytorch-fid)" })
-      .option('fid-feature', { type: 'string', default: '2048', describe: `FID feature layer: ${FID_FEATURE_LAYERS.join(', ')}` })
-      .option('is-splits', { type: 'number', default: 10, describe: 'IS: number of splits' })
+      .option('dino-size', { type: 'number', default: IMAGE_EVAL_DEFAULTS.dinoSize, describe: 'dino: input size' })
+      .option('batch', { type: 'number', default: IMAGE_EVAL_DEFAULTS.batchSize, describe: 'Images per model call' })
+      .option('fid-form', { type: 'string', default: IMAGE_EVAL_DEFAULTS.fidForm, describe: "FID: 'torch-fidelity-0.4' (eigenvalues) or 'sqrtm' (torch-fidelity 0.3 / pytorch-fid)" })
+      .option('fid-feature', { type: 'string', default: IMAGE_EVAL_DEFAULTS.fidFeature, describe: `FID feature layer: ${FID_FEATURE_LAYERS.join(', ')}` })
+      .option('is-splits', { type: 'number', default: IMAGE_EVAL_DEFAULTS.isSplits, describe: 'IS: number of splits' })
       .option('cache', { type: 'boolean', default: true, describe: 'Cache FID statistics per image set (--no-cache to disable)' })
       .option('cache-dir', { type: 'string', describe: 'FID statistics cache (default $ROUNDTRIP_HOME/fid or ~/.cache/roundtrip/fid)' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' }),

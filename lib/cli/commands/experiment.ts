@@ -6,7 +6,7 @@
 import type { CommandModule } from 'yargs';
 import { RoundtripError } from '../../errors';
 import type { TrainableSet } from '../../train/finetune/trainer';
-import { ARM_NAMES, ArmName, BlipSettings, DEFAULT_EXPERIMENT, ExperimentOptions, ExperimentResult, QUICK_EXPERIMENT, formatInterval, runExperiment } from '../../paper/experiment';
+import { ARM_NAMES, checkArms, BlipSettings, DEFAULT_EXPERIMENT, ExperimentOptions, ExperimentResult, QUICK_EXPERIMENT, formatInterval, runExperiment } from '../../paper/experiment';
 
 export interface ExperimentArgs {
   out: string;
@@ -57,13 +57,12 @@ export function experimentOptionsFromArgs(a: ExperimentArgs): ExperimentOptions 
   const base = a.quick ? QUICK_EXPERIMENT : DEFAULT_EXPERIMENT;
   const pick = <T>(value: T | undefined, fallback: T): T => (value === undefined ? fallback : value);
   const arms = a.arms === undefined ? base.arms : (Array.isArray(a.arms) ? a.arms : [a.arms]).flatMap((s) => String(s).split(',')).map((s) => s.trim()).filter(Boolean);
-  for (const arm of arms) if (!(ARM_NAMES as readonly string[]).includes(arm)) throw new RoundtripError(`--arms: unknown arm '${arm}' (known: ${ARM_NAMES.join(', ')})`);
   return {
     out: a.out,
     cache: a.cache,
     weights: a.weights,
     vocab: a.vocab,
-    arms: arms as ArmName[],
+    arms: checkArms(arms),
     seeds: pick(a.seeds, base.seeds),
     steps: pick(a.steps, base.steps),
     batchSize: pick(a.batchSize, base.batchSize),

@@ -2,12 +2,12 @@
  * `roundtrip generate "PROMPT"… --model DIR --out DIR`: Stable Diffusion v1.x text-to-image.
  */
 import type { CommandModule } from 'yargs';
-import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString } from '../../errors';
-import { StableDiffusionPipeline } from '../../models/sd/pipeline';
-import { FROZEN_DTYPES, FrozenDtype, checkFrozenDtype } from '../../runtime/model';
-import { SCHEDULER_NAMES, schedulerName } from '../../models/sd/schedulers';
+import { OptionNames, expectString } from '../../errors';
+import { GENERATE_DEFAULTS, StableDiffusionPipeline, checkGenerateOptions } from '../../models/sd/pipeline';
+import { FROZEN_DTYPES, FrozenDtype, PRECISIONS, checkFrozenDtype } from '../../runtime/model';
+import { SCHEDULER_NAMES } from '../../models/sd/schedulers';
 import { ProgressStream, createProgress } from '../../progress';
-import { LIMITS, checkMemory, estimateSdSample, expectBounded } from '../../limits';
+import { checkMemory, estimateSdSample } from '../../limits';
 import { checkOutputDir } from '../../fsutil';
 import { checkPromptLength } from '../../paper/rerank/i2t2i';
 import { readJsonFile } from '../../json';
@@ -51,29 +51,29 @@ export interface GenerateArgs {
   tokenizer?: string;
 }
 
-/** Validates CLI arguments (flag names in the messages) before any model is loaded. */
+/** How the pipeline's checks name the options in `roundtrip generate`: by its flags. */
+export const GENERATE_FLAGS: OptionNames = {
+  prompts: 'PROMPT',
+  batch: '--batch',
+  steps: '--steps',
+  guidance: '--guidance',
+  scheduler: '--scheduler',
+  seed: '--seed',
+  height: '--height',
+  width: '--width',
+  strength: '--strength',
+  initImage: '--init-image',
+};
+
+/**
+ * Checks the arguments before any model is loaded: the pipeline's own check (models/sd/pipeline
+ * checkGenerateOptions) with errors naming the flags, and the frozen dtype's (runtime/model checkFrozenDtype).
+ */
 export function checkGenerateArgs(a: GenerateArgs): GenerateArgs {
-  if (!Array.isArray(a.prompts) || a.prompts.length === 0) throw new RoundtripError('generate: give at least one PROMPT');
-  a.prompts.forEach((p, i) => expectString(`PROMPT ${i + 1}`, p));
   expectString('--model', a.model);
   expectString('--out', a.out);
-  if (a.scheduler !== undefined) expectOneOf('--scheduler', schedulerName(String(a.scheduler)), SCHEDULER_NAMES);
+  checkGenerateOptions(a.prompts, a, GENERATE_FLAGS);
   checkFrozenDtype(a.frozenDtype, a, { frozen: '--frozen-dtype', device: '--device', precision: '--precision' });
-  expectInteger('--steps', a.steps, { min: 1, max: 1000 });
-  expectNumber('--guidance', a.guidance);
-  expectInteger('--seed', a.seed, { min: 0 });
-  expectBounded('--batch', a.batch, LIMITS.batch);
-  if (a.prompts.length > LIMITS.prompts) throw new RoundtripError(`PROMPT: ${a.prompts.length} prompts is over the limit of ${LIMITS.prompts} per call; split the list`);
-  if (a.strength !== undefined) {
-    expectNumber('--strength', a.strength, { min: 0, max: 1 });
-    if (a.initImage === undefined) throw new RoundtripError('--strength: only with --init-image (img2img)');
-  }
-  if (a.initImage !== undefined) expectString('--init-image', a.initImage);
-  for (const [flag, v] of [['--height', a.height], ['--width', a.width]] as const) {
-    if (v === undefined) continue;
-    expectBounded(flag, v, LIMITS.side, 8);
-    if (v % 8 !== 0) throw new RoundtripError(`${flag}: expected a multiple of 8, got ${v}`);
-  }
   return a;
 }
 
@@ -153,16 +153,16 @@ export const command: CommandModule<{}, any> = {
       .option('tokenizer', { type: 'string', describe: 'Single-file --model: CLIP tokenizer folder (default: the package\'s CLIP vocabulary)' })
       .option('out', { type: 'string', demandOption: true, describe: 'Output folder for the PNGs' })
       .option('scheduler', { type: 'string', describe: `One of ${SCHEDULER_NAMES.join(', ')} (default: the folder's)` })
-      .option('steps', { type: 'number', default: 50, describe: 'Denoising steps (at most 1000)' })
-      .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
+      .option('steps', { type: 'number', default: GENERATE_DEFAULTS.steps, describe: 'Denoising steps (at most 1000)' })
+      .option('guidance', { type: 'number', default: GENERATE_DEFAULTS.guidance, describe: 'Classifier-free guidance scale' })
       .option('negative', { type: 'string', describe: 'Negative prompt (default: none, the empty prompt)' })
-      .option('seed', { type: 'number', default: 0, describe: 'Seed of the first image (image k uses seed + k)' })
+      .option('seed', { type: 'number', default: GENERATE_DEFAULTS.seed, describe: 'Seed of the first image (image k uses seed + k)' })
       .option('height', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
       .option('width', { type: 'number', describe: 'Multiple of 8 (default: sample_size·8)' })
-      .option('batch', { type: 'number', default: 1, describe: 'Images per prompt' })
+      .option('batch', { type: 'number', default: GENERATE_DEFAULTS.batch, describe: 'Images per prompt' })
       .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
-      .option('precision', { type: 'string', choices: ['fp32', 'bf16', 'fp16'], default: 'fp32', describe: 'CUDA mixed precision (autocast); CPU runs in fp32' })
-      .option('frozen-dtype', { type: 'string', choices: [...FROZEN_DTYPES], default: 'fp32', describe: 'CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: the weights are rounded; half the memory)' })
+      .option('precision', { type: 'string', default: 'fp32', describe: `CUDA mixed precision (autocast): ${PRECISIONS.join(', ')}; CPU runs in fp32` })
+      .option('frozen-dtype', { type: 'string', default: 'fp32', describe: `${FROZEN_DTYPES.join(', ')}; CPU: hold the weights in bf16/fp16, computing in fp32 (an approximation: the weights are rounded; half the memory)` })
       .option('channels-last', { type: 'boolean', default: false, describe: 'NHWC UNet/VAE (faster cuDNN convolutions on CUDA)' })
       .option('vae-slicing', { type: 'boolean', default: false, describe: 'Decode one image at a time: less memory for batches, the same pixels' })
       .option('vae-tiling', { type: 'boolean', default: false, describe: "Tiled decode above the VAE's sample size (as diffusers' enable_vae_tiling)" })

@@ -4,8 +4,8 @@
  * writing world-clip/, world-blip/ and world-sd/ folders with their TRAINING.json.
  */
 import type { CommandModule } from 'yargs';
-import { RoundtripError, expectBoolean, expectInteger, expectString, invalid } from '../../errors';
-import { DEFAULT_PRETRAIN, PerModel, PretrainOptions, PretrainResult, QUICK_PRETRAIN, WORLD_MODELS, WorldModelPart, pretrainWorld } from '../../train/pretrain';
+import { OptionNames, RoundtripError, expectBoolean, expectInteger, invalid } from '../../errors';
+import { DEFAULT_PRETRAIN, PerModel, PretrainOptions, PretrainResult, QUICK_PRETRAIN, WORLD_MODELS, WorldModelPart, checkPretrainOptions, pretrainWorld } from '../../train/pretrain';
 import { ProgressStream } from '../../progress';
 
 export interface PretrainWorldArgs {
@@ -42,24 +42,25 @@ export function parseSteps(spec: string | number | undefined, base: PerModel<num
 
 /** The pretraining options of parsed CLI arguments (validated, flag names in the messages). */
 export function pretrainOptionsFromArgs(a: PretrainWorldArgs, command?: string): PretrainOptions {
-  expectString('--out', a.out);
-  expectString('--world', a.world);
-  expectInteger('--seed', a.seed, { min: 0, max: 0xffffffff });
-  expectBoolean('--quick', a.quick);
-  if (a.vocab !== undefined) expectString('--vocab', a.vocab);
-  const base = a.quick ? QUICK_PRETRAIN : DEFAULT_PRETRAIN;
-  return {
-    ...base,
-    out: a.out,
-    world: a.world,
-    seed: a.seed,
-    steps: parseSteps(a.steps, base.steps),
-    vocab: a.vocab,
-    evalLimit: a.evalLimit === undefined ? undefined : expectInteger('--eval-limit', a.evalLimit, { min: 1 }),
-    dtype: a.f32 ? 'float32' : 'float16',
-    command,
-  };
+  const base = expectBoolean('--quick', a.quick) ? QUICK_PRETRAIN : DEFAULT_PRETRAIN;
+  return checkPretrainOptions(
+    {
+      ...base,
+      out: a.out,
+      world: a.world,
+      seed: a.seed,
+      steps: parseSteps(a.steps, base.steps),
+      vocab: a.vocab,
+      evalLimit: a.evalLimit,
+      dtype: a.f32 ? 'float32' : 'float16',
+      command,
+    },
+    PRETRAIN_FLAGS,
+  );
 }
+
+/** How the pretraining check names the options in `roundtrip pretrain-world`: by its flags. */
+export const PRETRAIN_FLAGS: OptionNames = { out: '--out', world: '--world', vocab: '--vocab', evalLimit: '--eval-limit', seed: '--seed', steps: '--steps' };
 
 /** Runs the pretraining for CLI arguments and prints where the folders are and what they measured. */
 export async function runPretrainWorld(a: PretrainWorldArgs, stream: ProgressStream = process.stderr, command?: string): Promise<PretrainResult> {

@@ -4,10 +4,10 @@
  */
 import * as fs from 'fs';
 import type { Argv, CommandModule } from 'yargs';
-import { RoundtripError, expectInteger } from '../../errors';
+import { RoundtripError } from '../../errors';
 import { fidPreprocess, prefetchBatches } from '../../image';
 import { InceptionModel } from '../../models/inception';
-import { ImageFeatureFn, Report, ReportOptions, buildReport } from '../../paper/report';
+import { GALLERY_ITEMS, ImageFeatureFn, Report, ReportOptions, buildReport } from '../../paper/report';
 import { Tensor, disposeAll, noGrad } from '../../runtime/tensor';
 
 /** FID/IS features of image files with the Inception network (pool3 and unbiased logits). */
@@ -55,7 +55,7 @@ export function reportOptionsFromArgv(argv: Record<string, any>): ReportCommandO
     inception: argv.inception,
     device: argv.device,
     nocapsDomains: argv['nocaps-domains'] === undefined ? undefined : String(argv['nocaps-domains']),
-    galleryItems: argv['gallery-items'] === undefined ? undefined : expectInteger('--gallery-items', argv['gallery-items'], { min: 0 }),
+    galleryItems: argv['gallery-items'],
   };
 }
 
@@ -83,7 +83,7 @@ export function reportBuilder(y: Argv<{}>): Argv<{}> {
     .option('spice-jar', { type: 'string', describe: 'SPICE jar (default: $ROUNDTRIP_SPICE_JAR or the jar cache)' })
     .option('java', { type: 'string', describe: 'Java executable for METEOR/SPICE (default $ROUNDTRIP_JAVA or java)' })
     .option('inception', { type: 'string', describe: 'Inception FID weights (safetensors) for FID and IS in Table 2 (default: none, FID/IS left out)' })
-    .option('gallery-items', { type: 'number', default: 100, describe: 'Items shown in the gallery' })
+    .option('gallery-items', { type: 'number', default: GALLERY_ITEMS, describe: 'Items shown in the gallery' })
     .option('device', { type: 'string', default: 'cpu', describe: 'Device for Inception' })
     .option('nocaps-domains', { type: 'string', describe: 'NoCaps annotation file (images[].domain, e.g. nocaps_val_4500_captions.json): Table 1 per in/near/out-domain (default: none)' }) as Argv<{}>;
 }

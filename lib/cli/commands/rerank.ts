@@ -5,7 +5,8 @@
  */
 import type { Argv, CommandModule } from 'yargs';
 import { RoundtripError } from '../../errors';
-import { RerankOptions, rerankI2t2i, rerankT2i2t } from '../../paper/rerank';
+import { CLIP_VARIANTS, RERANK_DEFAULTS, RerankOptions, rerankI2t2i, rerankT2i2t } from '../../paper/rerank';
+import { SCHEDULER_NAMES } from '../../models/sd/schedulers';
 import { DistributedRerankResult, rerankByRank } from '../../paper/rerank/distributed';
 import { buildReport } from '../../paper/report';
 import { reportOptionsFromArgv, reportBuilder, runReportCommand } from './report';
@@ -18,13 +19,10 @@ function list(v: unknown): string | undefined {
 /** Maps parsed CLI flags to rerank options (exported for tests and scripts). */
 export function rerankOptionsFromArgv(argv: Record<string, any>): RerankOptions {
   return {
+    ...reconstructionOptionsFromArgv(argv),
     out: argv.out,
     blip: argv.blip,
     sd: argv.sd,
-    clip: argv.clip,
-    dino: argv.dino,
-    sbert: argv.sbert,
-    glove: argv.glove,
     annotations: argv.annotations,
     images: argv.images,
     captions: argv.captions,
@@ -38,51 +36,71 @@ export function rerankOptionsFromArgv(argv: Record<string, any>): RerankOptions 
     maxLength: argv['max-length'],
     minLength: argv['min-length'],
     numBeams: argv['num-beams'],
-    scheduler: argv.scheduler,
-    steps: argv.steps,
-    guidance: argv.guidance,
-    size: argv.size,
     negative: argv.negative,
-    similarity: list(argv.similarity),
-    clipVariant: argv['clip-variant'],
-    dinoSize: argv['dino-size'],
-    seed: argv.seed,
     repeats: argv.repeats,
     shard: argv.shard,
     limit: argv.limit,
-    device: argv.device,
-    cache: argv.cache,
     sdBatch: argv['sd-batch'],
     progress: argv.progress,
   };
 }
 
-function sharedOptions(y: Argv<{}>): Argv<{}> {
+/** The options `rerank` and `score` share (similarity models, SD sampling, seed, device), from parsed flags. */
+export function reconstructionOptionsFromArgv(argv: Record<string, any>) {
+  return {
+    clip: argv.clip as string | undefined,
+    dino: argv.dino as string | undefined,
+    sbert: argv.sbert as string | undefined,
+    glove: argv.glove as string | undefined,
+    similarity: list(argv.similarity),
+    clipVariant: argv['clip-variant'] as string | undefined,
+    dinoSize: argv['dino-size'] as number | undefined,
+    seed: argv.seed as number | undefined,
+    scheduler: argv.scheduler as string | undefined,
+    steps: argv.steps as number | undefined,
+    guidance: argv.guidance as number | undefined,
+    size: argv.size as number | undefined,
+    cache: argv.cache as string | undefined,
+    device: argv.device as string | undefined,
+  };
+}
+
+/**
+ * The flags `rerank` and `score` share, defined once; defaults from the API's RERANK_DEFAULTS, values checked
+ * where they are used (lib/paper/rerank/run.ts buildSettings, sdSettings, clipVariantOf; errors name the flag).
+ */
+export function reconstructionFlags(y: Argv<{}>): Argv<{}> {
+  const d = RERANK_DEFAULTS;
   return y
-    .option('out', { type: 'string', demandOption: true, describe: 'Output folder (run.json, results.jsonl, cache/, report/); rerunning resumes' })
-    .option('blip', { type: 'string', demandOption: true, describe: 'Captioner folder: BLIP, or BLIP-2 OPT (picked from config.json)' })
-    .option('sd', { type: 'string', demandOption: true, describe: 'Stable Diffusion diffusers folder' })
     .option('clip', { type: 'string', describe: 'CLIP folder (similarity clip / clip-text, and Table 2 CLIP distances; default: none)' })
     .option('dino', { type: 'string', describe: 'DINO ViT folder (similarity dino; default: none)' })
     .option('sbert', { type: 'string', describe: 'sentence-transformers folder (similarity sbert; default: none)' })
     .option('glove', { type: 'string', describe: 'GloVe/word2vec text vectors (similarity wmd; default: none)' })
-    .option('k', { type: 'number', default: 10, alias: 'num-candidates', describe: 'Candidates per item (at most 1000)' })
-    .option('scheduler', { type: 'string', default: 'ddpm', describe: 'SD scheduler: ddpm, ddim, pndm, euler, lms, dpm++' })
-    .option('steps', { type: 'number', default: 50, describe: 'SD denoising steps' })
-    .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
-    .option('size', { type: 'number', default: 512, describe: 'Generated image side (pixels)' })
+    .option('scheduler', { type: 'string', default: d.scheduler, describe: `SD scheduler: ${SCHEDULER_NAMES.join(', ')}` })
+    .option('steps', { type: 'number', default: d.steps, describe: 'SD denoising steps (at most 1000)' })
+    .option('guidance', { type: 'number', default: d.guidance, describe: 'Classifier-free guidance scale' })
+    .option('size', { type: 'number', default: d.size, describe: 'Generated image side (pixels)' })
+    .option('clip-variant', { type: 'string', default: d.clipVariant, describe: `CLIP embedding used for similarities: ${CLIP_VARIANTS.join(' or ')}` })
+    .option('dino-size', { type: 'number', default: d.dinoSize, describe: 'DINO input side' })
+    .option('seed', { type: 'number', default: d.seed, describe: 'Base seed (per-item and per-drawing seeds derive from it)' })
+    .option('device', { type: 'string', default: d.device, describe: 'cpu, cuda or cuda:N' }) as Argv<{}>;
+}
+
+function sharedOptions(y: Argv<{}>): Argv<{}> {
+  const d = RERANK_DEFAULTS;
+  return reconstructionFlags(y)
+    .option('out', { type: 'string', demandOption: true, describe: 'Output folder (run.json, results.jsonl, cache/, report/); rerunning resumes' })
+    .option('blip', { type: 'string', demandOption: true, describe: 'Captioner folder: BLIP, or BLIP-2 OPT (picked from config.json)' })
+    .option('sd', { type: 'string', demandOption: true, describe: 'Stable Diffusion diffusers folder' })
+    .option('k', { type: 'number', default: d.k, alias: 'num-candidates', describe: 'Candidates per item (at most 1000)' })
     .option('negative', { type: 'string', describe: 'Negative prompt (default none)' })
-    .option('sd-batch', { type: 'number', default: 4, describe: 'Prompts per SD call (ddpm runs one at a time: its step noise is per call)' })
-    .option('clip-variant', { type: 'string', default: 'projected', choices: ['projected', 'pooled'], describe: 'CLIP embedding used for similarities' })
-    .option('dino-size', { type: 'number', default: 384, describe: 'DINO input side' })
-    .option('max-length', { type: 'number', default: 20, describe: 'BLIP maximum length (tokens)' })
-    .option('min-length', { type: 'number', default: 5, describe: 'BLIP minimum length (tokens)' })
-    .option('seed', { type: 'number', default: 0, describe: 'Base seed (per-item seeds derive from it)' })
-    .option('repeats', { type: 'number', default: 5, describe: 'Random baseline picks per item (the baseline is their mean)' })
+    .option('sd-batch', { type: 'number', default: d.sdBatch, describe: 'Prompts per SD call (ddpm runs one at a time: its step noise is per call)' })
+    .option('max-length', { type: 'number', default: d.maxLength, describe: 'BLIP maximum length (tokens)' })
+    .option('min-length', { type: 'number', default: d.minLength, describe: 'BLIP minimum length (tokens)' })
+    .option('repeats', { type: 'number', default: d.repeats, describe: 'Random baseline picks per item (the baseline is their mean)' })
     .option('shard', { type: 'string', describe: 'i/n: this run does items i, i+n, … (merge with `roundtrip report`; default: all items)' })
     .option('limit', { type: 'number', describe: 'Only the first N items of the dataset (default: all)' })
     .option('cache', { type: 'string', describe: 'Image cache folder (default <out>/cache); can be shared between runs' })
-    .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' })
     .option('progress', { type: 'boolean', default: true, describe: 'Progress bar on stderr' })
     .option('report', { type: 'boolean', default: true, describe: 'Write the report at the end (--no-report to skip)' }) as Argv<{}>;
 }
@@ -105,7 +123,7 @@ const i2t2i: CommandModule<{}, any> = {
       .option('annotations', { type: 'string', describe: 'Karpathy/COCO annotation file or NoCaps image list (with --images; default: none)' })
       .option('images', { type: 'string', describe: 'Image folder (annotation root, or a plain folder of images; default: none)' })
       .option('captions', { type: 'string', describe: 'Reference captions for a NoCaps image list (default: none)' })
-      .option('strategy', { type: 'string', default: 'top-p', describe: 'BLIP sampling: top-p (0.9, repetition penalty 1.1), top-k (10), temperature (0.7), beam' })
+      .option('strategy', { type: 'string', default: RERANK_DEFAULTS.strategy, describe: 'BLIP sampling: top-p (0.9, repetition penalty 1.1), top-k (10), temperature (0.7), beam' })
       .option('top-p', { type: 'number', describe: 'Nucleus mass (default 0.9)' })
       .option('top-k', { type: 'number', describe: 'k for top-k (default 10)' })
       .option('temperature', { type: 'number', describe: 'Temperature (default 0.7 for --strategy temperature)' })

@@ -6,7 +6,8 @@
  */
 import type { CommandModule } from 'yargs';
 import { RoundtripError } from '../../errors';
-import { CaptionScore, ReconstructionScorer, ScoreOptions, ScoreRequest, TextScore, parseScoreRequests } from '../../paper/rerank/score';
+import { CaptionScore, ReconstructionScorer, SCORE_DRAWINGS, ScoreOptions, ScoreRequest, TextScore, parseScoreRequests } from '../../paper/rerank/score';
+import { reconstructionFlags, reconstructionOptionsFromArgv } from './rerank';
 import { readJsonFile } from '../../json';
 
 export interface ScoreCommandInput extends ScoreOptions {
@@ -45,51 +46,26 @@ export const command: CommandModule<{}, any> = {
   command: 'score',
   describe: 'Reconstruction distance of a caption for an image (or of an image for a text)',
   builder: (y) =>
-    y
+    reconstructionFlags(y)
       .option('image', { type: 'string', describe: 'Image file (default: none)' })
       .option('caption', { type: 'string', describe: 'Caption to score: SD redraws it, distance to --image (default: none)' })
       .option('text', { type: 'string', describe: 'Mirror: BLIP captions --image, distance to this text (default: none)' })
       .option('batch', { type: 'string', describe: 'JSON list of {image, caption} or {text, image} (default: none)' })
       .option('blip', { type: 'string', describe: 'Captioner folder, BLIP or BLIP-2 OPT (mirror form; default: none)' })
       .option('sd', { type: 'string', describe: 'Stable Diffusion folder (caption form; default: none)' })
-      .option('clip', { type: 'string', describe: 'CLIP folder (default: none)' })
-      .option('dino', { type: 'string', describe: 'DINO folder (default: none)' })
-      .option('sbert', { type: 'string', describe: 'sentence-transformers folder (default: none)' })
-      .option('glove', { type: 'string', describe: 'GloVe vectors (wmd; default: none)' })
       .option('similarity', { type: 'string', describe: 'caption form: clip,dino (default clip); mirror: clip-text,sbert,cider,wmd (default clip-text)' })
-      .option('clip-variant', { type: 'string', default: 'projected', choices: ['projected', 'pooled'], describe: 'CLIP embedding used for similarities' })
-      .option('dino-size', { type: 'number', default: 384, describe: 'DINO input side' })
-      .option('seeds', { type: 'number', default: 3, describe: 'Drawings per caption (the score is their mean)' })
-      .option('seed', { type: 'number', default: 0, describe: 'Base seed of the drawings' })
-      .option('scheduler', { type: 'string', default: 'ddpm', describe: 'SD scheduler: ddpm, ddim, pndm, euler, lms, dpm++' })
-      .option('steps', { type: 'number', default: 50, describe: 'SD denoising steps (at most 1000)' })
-      .option('guidance', { type: 'number', default: 7.5, describe: 'Classifier-free guidance scale' })
-      .option('size', { type: 'number', default: 512, describe: 'Generated image side (pixels)' })
-      .option('cache', { type: 'string', describe: 'Image cache folder (default ./roundtrip-score-cache)' })
-      .option('device', { type: 'string', default: 'cpu', describe: 'cpu, cuda or cuda:N' }),
+      .option('seeds', { type: 'number', default: SCORE_DRAWINGS, describe: 'Drawings per caption (the score is their mean)' })
+      .option('cache', { type: 'string', describe: 'Image cache folder (default ./roundtrip-score-cache)' }),
   handler: async (argv) => {
     const results = await runScores({
+      ...reconstructionOptionsFromArgv(argv),
       image: argv.image,
       caption: argv.caption,
       text: argv.text,
       batch: argv.batch,
       blip: argv.blip,
       sd: argv.sd,
-      clip: argv.clip,
-      dino: argv.dino,
-      sbert: argv.sbert,
-      glove: argv.glove,
-      similarity: argv.similarity,
-      clipVariant: argv['clip-variant'],
-      dinoSize: argv['dino-size'],
       seeds: argv.seeds,
-      seed: argv.seed,
-      scheduler: argv.scheduler,
-      steps: argv.steps,
-      guidance: argv.guidance,
-      size: argv.size,
-      cache: argv.cache,
-      device: argv.device,
     });
     process.stdout.write(JSON.stringify(results.length === 1 && !argv.batch ? results[0] : results, null, 2) + '\n');
   },

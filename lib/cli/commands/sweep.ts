@@ -22,7 +22,7 @@ export const command: CommandModule<{}, any> = {
   describe: 'i2t2i reranking on the built-in world across K (Figure 9) or BLIP decoding (top-p, top-k, temperature), with a plot',
   builder: (y) =>
     y
-      .option('what', { type: 'string', demandOption: true, choices: [...SWEEPS], describe: 'The setting to sweep' })
+      .option('what', { type: 'string', demandOption: true, describe: `The setting to sweep: ${SWEEPS.join(', ')}` })
       .option('values', { type: 'string', describe: 'Comma-separated values (default: the paper’s range)' })
       .option('out', { type: 'string', default: 'roundtrip-sweep', describe: 'Report folder' })
       .option('cache', { type: 'string', describe: 'World cache (default <out>/cache)' })

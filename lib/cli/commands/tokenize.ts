@@ -1,7 +1,7 @@
 /** `roundtrip tokenize --tokenizer DIR [--json] TEXT...`: shows the ids and tokens of texts. */
 import type { CommandModule } from 'yargs';
 import { expectString, invalid } from '../../errors';
-import { loadTokenizer, Tokenizer, TokenizerKind } from '../../tokenizers';
+import { TOKENIZER_KINDS, loadTokenizer, Tokenizer, TokenizerKind } from '../../tokenizers';
 
 /** One text's tokenization. */
 export interface TokenizedText {
@@ -43,7 +43,7 @@ export function tokenizeWith(tokenizer: Tokenizer, texts: readonly string[]): To
 
 /** Loads the tokenizer of `dir` (BERT or CLIP, detected) and tokenizes the texts. */
 export function tokenizeTexts(dir: string, texts: readonly string[], kind?: TokenizerKind): TokenizeReport {
-  return tokenizeWith(loadTokenizer(dir, kind), texts);
+  return tokenizeWith(loadTokenizer(dir, kind, { kind: '--kind' }), texts);
 }
 
 /** Plain-text rendering: a header, then per text its ids and tokens in aligned columns. */
@@ -63,7 +63,7 @@ export const command: CommandModule<{}, any> = {
     y
       .positional('texts', { type: 'string', array: true, describe: 'Texts to tokenize' })
       .option('tokenizer', { type: 'string', demandOption: true, describe: 'Model or tokenizer folder (files at the top or under tokenizer/)' })
-      .option('kind', { choices: ['bert', 'clip', 'opt'] as const, describe: 'Tokenizer kind (default: detected from the files)' })
+      .option('kind', { type: 'string', describe: `Tokenizer kind: ${TOKENIZER_KINDS.join(', ')} (default: detected from the files)` })
       .option('json', { type: 'boolean', default: false, describe: 'Print JSON instead of a table' }),
   handler: async (argv) => {
     const texts = (argv.texts as unknown[]).map((t) => String(t));

@@ -134,9 +134,8 @@ export const convertCommand: CommandModule<{}, any> = {
       .option('tokenizer', { type: 'string', describe: 'SD single file → folder: CLIP tokenizer folder to copy (default: the package\'s CLIP vocabulary)' })
       .option('dtype', {
         type: 'string',
-        choices: CAST_DTYPES as unknown as string[],
         coerce: (v: unknown) => (typeof v === 'string' ? v.toUpperCase() : v),
-        describe: 'Cast floating-point tensors to this dtype (round to nearest even; default: keep each dtype)',
+        describe: `Cast floating-point tensors to this dtype: ${CAST_DTYPES.join(', ')} (round to nearest even; default: keep each dtype)`,
       })
       .option('json', { type: 'boolean', default: false, describe: 'Print the report as JSON' }),
   handler: async (args) => {

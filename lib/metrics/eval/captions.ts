@@ -21,7 +21,7 @@
  * are split among the ranks and gathered (./distributed.ts); rank 0 runs the COCO metrics and writes.
  */
 import * as path from 'path';
-import { RoundtripError, expectInteger, expectOneOf, invalid } from '../../errors';
+import { OptionNames, RoundtripError, expectInteger, expectOneOf, invalid, optionName } from '../../errors';
 import {
   AnnotationLayout,
   CaptionAnnotations,
@@ -46,6 +46,8 @@ export const CAPTION_EVAL_METRICS = ['bleu', 'meteor', 'rouge', 'cider', 'spice'
 export type CaptionEvalMetric = (typeof CAPTION_EVAL_METRICS)[number];
 /** The metrics that need neither Java nor a model: BLEU, ROUGE-L, CIDEr-D. */
 export const DEFAULT_CAPTION_EVAL_METRICS: readonly CaptionEvalMetric[] = ['bleu', 'rouge', 'cider'];
+/** Defaults of evaluateCaptions, shown by `roundtrip eval captions --help`. */
+export const CAPTION_EVAL_DEFAULTS = { batchSize: 64, clipVariant: 'pooled' } as const;
 export const EMBEDDING_VARIANTS: readonly EmbeddingVariant[] = ['pooled', 'projected'];
 
 /** Result keys of the embedding metrics (cocoeval keys are Bleu_1..4, METEOR, ROUGE_L, CIDEr, SPICE). */
@@ -171,12 +173,12 @@ function perImageMeans(ids: ImageId[], refs: Map<ImageId, string[]>, cand: Float
 
 /**
  * Evaluates candidate captions against references. Models given as folders are loaded and
- * disposed here; loaded encoders passed in are left to the caller.
+ * disposed here; loaded encoders passed in are left to the caller. `names`: how errors name the options (the CLI's flags).
  */
-export async function evaluateCaptions(results: CaptionResultsInput, annotations: CaptionAnnotationsInput, opts: EvaluateCaptionsOptions = {}): Promise<CaptionEvaluation> {
-  const metrics = parseCaptionMetrics(opts.metrics, 'metrics');
-  const batchSize = expectInteger('batchSize', opts.batchSize ?? 64, { min: 1 });
-  const clipVariant = expectOneOf('clipVariant', opts.clipVariant ?? 'pooled', EMBEDDING_VARIANTS);
+export async function evaluateCaptions(results: CaptionResultsInput, annotations: CaptionAnnotationsInput, opts: EvaluateCaptionsOptions = {}, names?: OptionNames): Promise<CaptionEvaluation> {
+  const metrics = parseCaptionMetrics(opts.metrics, optionName(names, 'metrics'));
+  const batchSize = expectInteger(optionName(names, 'batchSize'), opts.batchSize ?? CAPTION_EVAL_DEFAULTS.batchSize, { min: 1 });
+  const clipVariant = expectOneOf(optionName(names, 'clipVariant'), opts.clipVariant ?? CAPTION_EVAL_DEFAULTS.clipVariant, EMBEDDING_VARIANTS);
   // Check what the requested metrics need before any work.
   if (metrics.includes('wmd') && opts.glove === undefined) throw new RoundtripError('metric wmd needs word vectors: pass --glove FILE (GloVe text format, e.g. glove.6B.300d.txt)');
   if (metrics.includes('clip-text') && opts.clip === undefined) throw new RoundtripError('metric clip-text needs a CLIP model: pass --clip MODEL_DIR (e.g. openai/clip-vit-base-patch32)');

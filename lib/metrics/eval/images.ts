@@ -41,6 +41,8 @@ import { CONFIG_DEFAULTS, configInt } from '../../models/config-defaults';
 export const IMAGE_EVAL_METRICS = ['fid', 'is', 'clip', 'dino'] as const;
 export type ImageEvalMetric = (typeof IMAGE_EVAL_METRICS)[number];
 export const DEFAULT_IMAGE_EVAL_METRICS: readonly ImageEvalMetric[] = ['fid', 'is'];
+/** Defaults of evaluateImages (torch-fidelity 0.4's), shown by `roundtrip eval images --help`. */
+export const IMAGE_EVAL_DEFAULTS = { batchSize: 32, fidForm: 'torch-fidelity-0.4', fidFeature: '2048', isSplits: 10, clipVariant: 'pooled', dinoSize: 384 } as const;
 /** Inception feature layers torch-fidelity offers for FID (`feature_layer_fid`). */
 export const FID_FEATURE_LAYERS = ['2048', '768', '192', '64'] as const;
 export type FidFeatureLayer = (typeof FID_FEATURE_LAYERS)[number];
@@ -273,15 +275,16 @@ export async function evaluateImages(opts: EvaluateImagesOptions): Promise<Image
   if (!opts || typeof opts !== 'object') throw invalid('options', 'an object with at least {generated}', opts);
   const metrics = parseImageMetrics(opts.metrics, 'metrics');
   const generatedDir = expectString('--generated', opts.generated);
-  const batchSize = expectInteger('--batch', opts.batchSize ?? 32, { min: 1 });
-  const fidForm = expectOneOf('--fid-form', opts.fidForm ?? 'torch-fidelity-0.4', FID_FORMS);
-  const layer = expectOneOf('--fid-feature', opts.fidFeature ?? '2048', FID_FEATURE_LAYERS);
-  const isSplits = expectInteger('--is-splits', opts.isSplits ?? 10, { min: 1 });
+  const batchSize = expectInteger('--batch', opts.batchSize ?? IMAGE_EVAL_DEFAULTS.batchSize, { min: 1 });
+  // 'torch-fidelity' names the current form (0.4); a layer may come as a number (2048) from a parsed command line.
+  const fidForm = expectOneOf('--fid-form', (opts.fidForm as string | undefined) === 'torch-fidelity' ? 'torch-fidelity-0.4' : (opts.fidForm ?? IMAGE_EVAL_DEFAULTS.fidForm), FID_FORMS);
+  const layer = expectOneOf('--fid-feature', String(opts.fidFeature ?? IMAGE_EVAL_DEFAULTS.fidFeature), FID_FEATURE_LAYERS);
+  const isSplits = expectInteger('--is-splits', opts.isSplits ?? IMAGE_EVAL_DEFAULTS.isSplits, { min: 1 });
   const isShuffle = expectBoolean('isShuffle', opts.isShuffle ?? true);
   const useCache = expectBoolean('cache', opts.cache ?? true);
   const showProgress = expectBoolean('progress', opts.progress ?? true);
-  const clipVariant = expectOneOf('--clip-variant', opts.clipVariant ?? 'pooled', ['pooled', 'projected'] as const);
-  const dinoSize = expectInteger('--dino-size', opts.dinoSize ?? 384, { min: 1 });
+  const clipVariant = expectOneOf('--clip-variant', opts.clipVariant ?? IMAGE_EVAL_DEFAULTS.clipVariant, ['pooled', 'projected'] as const);
+  const dinoSize = expectInteger('--dino-size', opts.dinoSize ?? IMAGE_EVAL_DEFAULTS.dinoSize, { min: 1 });
   const dinoInterpolation = expectOneOf('--dino-interpolation', opts.dinoInterpolation ?? 'dino', ['dino', 'hf'] as const);
   const cacheDir = opts.cacheDir ?? fidCacheDir();
   const split = opts.split;

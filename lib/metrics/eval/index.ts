@@ -5,6 +5,7 @@
  * The `roundtrip eval` command (lib/cli/commands/eval.ts) is a thin layer over these.
  */
 export {
+  CAPTION_EVAL_DEFAULTS,
   CAPTION_EVAL_METRICS,
   CLIP_TEXT_KEY,
   DEFAULT_CAPTION_EVAL_METRICS,
@@ -18,6 +19,7 @@ export {
 export type { CaptionAnnotationsInput, CaptionEvalMetric, CaptionEvaluation, CaptionResultsInput, EvaluateCaptionsOptions } from './captions';
 export {
   DEFAULT_IMAGE_EVAL_METRICS,
+  IMAGE_EVAL_DEFAULTS,
   FID_FEATURE_LAYERS,
   FID_FORMS,
   IMAGE_EVAL_METRICS,

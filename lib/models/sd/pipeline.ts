@@ -6,7 +6,8 @@
 import { hfWeightFiles } from '../../weights/files';
 import * as fs from 'fs';
 import * as path from 'path';
-import { RoundtripError, expectInteger, expectNumber, expectString, invalid } from '../../errors';
+import { OptionNames, RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid, optionName } from '../../errors';
+import { LIMITS, expectBounded } from '../../limits';
 import { loadImage } from '../../image/decode';
 import { savePng } from '../../image/encode';
 import { preprocessImage, sdVaePreprocess } from '../../image/preprocess';
@@ -17,7 +18,7 @@ import type { ModelKind } from '../../runtime/native-methods';
 import { Tensor, disposeAll, noGrad } from '../../runtime/tensor';
 import { ClipTokenizer } from '../../tokenizers/clip';
 import { loadClipTokenizer } from '../../tokenizers/load';
-import { Scheduler, SchedulerName, schedulerName } from './schedulers';
+import { SCHEDULER_NAMES, Scheduler, SchedulerName, schedulerName } from './schedulers';
 import { readJsonFile } from '../../json';
 
 const readJsonObject = (file: string): Record<string, any> => readJsonFile(file, { object: true });
@@ -118,6 +119,39 @@ export interface GenerateResult {
   images: Tensor;
   prompts: string[];
   seeds: number[];
+}
+
+/** Defaults of generate() (diffusers' pipeline call), shown by `roundtrip generate --help`. */
+export const GENERATE_DEFAULTS = { steps: 50, guidance: 7.5, seed: 0, batch: 1 } as const;
+
+/**
+ * The generate() options a caller can get wrong, checked before any model work: prompts, batch, steps, guidance,
+ * scheduler, base seed, sizes (a multiple of the VAE factor, within LIMITS.side), img2img strength. generate() runs
+ * it first; `roundtrip generate` runs it before loading, with `names` mapping each option to its flag. `factor`:
+ * the VAE's downsampling (8 for every SD v1.x; the pipeline passes its own).
+ */
+export function checkGenerateOptions(prompts: readonly string[], opts: GenerateOptions, names?: OptionNames, factor = 8): { batch: number; steps: number; guidance: number } {
+  const n = (key: keyof GenerateOptions | 'prompts') => optionName(names, key);
+  if (!Array.isArray(prompts) || prompts.length === 0) throw invalid(n('prompts'), 'at least one prompt', prompts);
+  prompts.forEach((p, i) => expectString(`${n('prompts')}[${i}]`, p));
+  if (prompts.length > LIMITS.prompts) throw new RoundtripError(`${n('prompts')}: ${prompts.length} prompts is over the limit of ${LIMITS.prompts} per call; split the list`);
+  const batch = expectBounded(n('batch'), opts.batch ?? GENERATE_DEFAULTS.batch, LIMITS.batch);
+  const steps = expectInteger(n('steps'), opts.steps ?? GENERATE_DEFAULTS.steps, { min: 1, max: LIMITS.steps });
+  const guidance = expectNumber(n('guidance'), opts.guidance ?? GENERATE_DEFAULTS.guidance);
+  if (opts.scheduler !== undefined) expectOneOf(n('scheduler'), schedulerName(String(opts.scheduler)), SCHEDULER_NAMES);
+  if (typeof opts.seed === 'number') expectInteger(n('seed'), opts.seed, { min: 0 });
+  for (const key of ['height', 'width'] as const) {
+    const v = opts[key];
+    if (v === undefined) continue;
+    expectBounded(n(key), v, LIMITS.side, factor);
+    if (v % factor !== 0) throw invalid(n(key), `a multiple of ${factor}`, v);
+  }
+  if (opts.strength !== undefined) {
+    expectNumber(n('strength'), opts.strength, { min: 0, max: 1 });
+    if (opts.initImage === undefined) throw new RoundtripError(`${n('strength')}: only with ${n('initImage')} (img2img)`);
+  }
+  if (opts.initImage !== undefined && typeof opts.initImage !== 'object') expectString(n('initImage'), opts.initImage);
+  return { batch, steps, guidance };
 }
 
 export class StableDiffusionPipeline {
@@ -301,24 +335,18 @@ export class StableDiffusionPipeline {
 
   /** Text-to-image with classifier-free guidance (unconditional first, as diffusers). */
   async generate(prompts: string[], opts: GenerateOptions = {}): Promise<GenerateResult> {
-    if (!Array.isArray(prompts) || prompts.length === 0) throw invalid('prompts', 'at least one prompt', prompts);
-    prompts.forEach((p, i) => expectString(`prompts[${i}]`, p));
-    const batch = expectInteger('batch', opts.batch ?? 1, { min: 1 });
-    const steps = expectInteger('steps', opts.steps ?? 50, { min: 1, max: 1000 });
-    const guidance = expectNumber('guidance', opts.guidance ?? 7.5);
     const factor = this.vaeFactor;
+    const { batch, steps, guidance } = checkGenerateOptions(prompts, opts, undefined, factor);
     const sampleSize = this.unet.sampleSize;
-    let height = expectInteger('height', opts.height ?? sampleSize * factor, { min: factor });
-    let width = expectInteger('width', opts.width ?? sampleSize * factor, { min: factor });
-    if (height % factor !== 0) throw invalid('height', `a multiple of ${factor}`, height);
-    if (width % factor !== 0) throw invalid('width', `a multiple of ${factor}`, width);
+    let height = opts.height ?? sampleSize * factor;
+    let width = opts.width ?? sampleSize * factor;
     const schedName = schedulerName(opts.scheduler ?? String(this.schedulerConfig._class_name ?? 'pndm'));
     const all = prompts.flatMap((p) => Array<string>(batch).fill(p));
     const negatives = typeof opts.negative === 'string' || opts.negative === undefined ? all.map(() => (opts.negative as string | undefined) ?? '') : opts.negative;
     if (!Array.isArray(negatives)) throw invalid('negative', 'a string or one string per prompt', opts.negative);
     const negAll = negatives.length === all.length ? negatives : negatives.length === prompts.length ? prompts.flatMap((_, i) => Array<string>(batch).fill(negatives[i])) : null;
     if (!negAll) throw invalid('negative', `1 or ${prompts.length} negative prompts`, `${negatives.length}`);
-    const seeds = Array.isArray(opts.seed) ? opts.seed : all.map((_, k) => ((opts.seed as number | undefined) ?? 0) + k);
+    const seeds = Array.isArray(opts.seed) ? opts.seed : all.map((_, k) => ((opts.seed as number | undefined) ?? GENERATE_DEFAULTS.seed) + k);
     if (seeds.length !== all.length) throw invalid('seed', `${all.length} seeds (one per image)`, `${seeds.length}`);
     seeds.forEach((s, i) => expectInteger(`seed[${i}]`, s, { min: 0 }));
 

@@ -146,11 +146,17 @@ export const QUICK_EXPERIMENT: Omit<ExperimentOptions, 'out'> = {
   quick: true,
 };
 
+/** Checks the arms to run (`--arms`), each by name. */
+export function checkArms(arms: readonly string[]): ArmName[] {
+  if (!Array.isArray(arms) || arms.length === 0) throw new RoundtripError(`--arms: expected a list of ${ARM_NAMES.join(', ')}`);
+  for (const arm of arms) if (!(ARM_NAMES as readonly string[]).includes(arm)) throw new RoundtripError(`--arms: unknown arm '${arm}' (known: ${ARM_NAMES.join(', ')})`);
+  return arms as ArmName[];
+}
+
 export function checkExperimentOptions(o: ExperimentOptions): ExperimentOptions & { cache: string; blipSettings: BlipSettings; trainable: { blip: TrainableSet; unet: TrainableSet } } {
   const out = path.resolve(expectString('--out', o.out));
   const cache = path.resolve(o.cache === undefined ? path.join(out, 'cache') : expectString('--cache', o.cache));
-  if (!Array.isArray(o.arms) || o.arms.length === 0) throw new RoundtripError(`--arms: expected a list of ${ARM_NAMES.join(', ')}`);
-  o.arms.forEach((a) => expectOneOf('--arms', a, ARM_NAMES));
+  checkArms(o.arms);
   expectInteger('--seeds', o.seeds, { min: 1, max: 100 });
   expectInteger('--steps', o.steps, { min: 1 });
   if (o.batchSize !== undefined) expectInteger('--batch-size', o.batchSize, { min: 1, max: 256 });

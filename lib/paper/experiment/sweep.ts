@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString } from '../../errors';
-import { resolveWorldModels } from '../../demo/models';
+import { resolveWorldModels, worldRerankOptions } from '../../demo/models';
 import { writeFileAtomicSync } from '../../fsutil';
 import { ProgressStream } from '../../progress';
 import { buildReport } from '../report';
@@ -75,25 +75,11 @@ export async function runSweep(o: SweepOptions): Promise<{ points: SweepPoint[];
     const decoding =
       what === 'top-k' ? { strategy: 'top-k', topK: value } : what === 'temperature' ? { strategy: 'temperature', temperature: value } : what === 'top-p' ? { strategy: 'top-p', topP: value } : { strategy: 'top-p', topP: 0.9 };
     await rerankI2t2i({
-      blip: models.blip,
-      sd: models.sd,
-      clip: models.clip,
+      ...worldRerankOptions(models, { ...o, k: what === 'k' ? value : o.k, sdBatch: 4, progress: !o.quiet }),
       out: dir,
       annotations: path.join(worldDir, WORLD_FILES.test),
       images: worldDir,
       similarity: 'clip',
-      k: what === 'k' ? value : o.k,
-      scheduler: 'ddim',
-      steps: o.sdSteps,
-      guidance: o.guidance,
-      size: models.world.size,
-      seed: o.seed,
-      repeats: o.repeats,
-      device: o.device,
-      sdBatch: 4,
-      maxLength: 24,
-      minLength: 5,
-      progress: !o.quiet,
       ...decoding,
     });
     const report = await buildReport([dir], { galleryItems: 0 });

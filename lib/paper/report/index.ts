@@ -4,7 +4,7 @@
  * gallery. Several folders (shards of one run) are merged first.
  */
 import * as path from 'path';
-import { RoundtripError } from '../../errors';
+import { RoundtripError, expectInteger } from '../../errors';
 import { checkOutputDir, cleanTempLeftovers, writeFileAtomicSync } from '../../fsutil';
 import { ItemRecord, RunSettings } from '../rerank/types';
 import { galleryHtml } from './gallery';
@@ -99,8 +99,12 @@ function ranksMarkdown(r: RankAnalysis, methods: readonly string[]): string {
   return lines.join('\n') + '\n';
 }
 
+/** Items the HTML gallery shows by default. */
+export const GALLERY_ITEMS = 100;
+
 /** Builds every report file from run folders (merging shards). */
 export async function buildReport(dirs: readonly string[], opts: ReportOptions = {}): Promise<Report> {
+  const galleryItems = expectInteger('--gallery-items', opts.galleryItems ?? GALLERY_ITEMS, { min: 0 });
   const runs = loadRuns(dirs);
   const { settings, records, sources } = runs;
   const out = checkOutputDir(opts.out ?? path.join(dirs[0], 'report'), { flag: '--out' });
@@ -160,7 +164,7 @@ export async function buildReport(dirs: readonly string[], opts: ReportOptions =
   }
   const md = [`# roundtrip rerank report (${settings.direction})`, '', '```', header, '```', '', tableMarkdown(table, settings.similarity), tieGainMarkdown(ties), ...(domains ?? []).map((d) => tableMarkdown({ ...d.table, title: `${d.table.title} — NoCaps ${d.domain} (${d.items} items)` }, settings.similarity)), ...domainNotes.map((n) => `- ${n}\n`), ranksMarkdown(ranks, settings.similarity)].join('\n');
   writeFileAtomicSync(files.markdown, md);
-  writeFileAtomicSync(files.gallery, galleryHtml(settings, records, out, header, opts.galleryItems ?? 100));
+  writeFileAtomicSync(files.gallery, galleryHtml(settings, records, out, header, galleryItems));
   // the merged records, image paths relative to the report folder
   writeFileAtomicSync(files.merged, records.map((r: ItemRecord) => JSON.stringify({ ...r, candidates: r.candidates.map((c) => ({ ...c, image: path.relative(out, c.image).split(path.sep).join('/') })) })).join('\n') + '\n');
   return { out, settings, items: records.length, sources, table, ranks, ties, domains, files };

@@ -14,7 +14,7 @@ import { ClipModel } from '../../models/clip';
 import { StableDiffusionPipeline } from '../../models/sd/pipeline';
 import { VitModel } from '../../models/vit';
 import { ImageEmbedder, SdImageCache, clipImageEmbedder, dinoImageEmbedder, distancesTo, sdModelHash } from './models';
-import { RerankOptions, RerankStats, RunFolder, baselinePicks, blipSeed, beginRun, loadRunModels, processItems, ranksOf, relativeTo, sdSeed } from './run';
+import { RerankOptions, RerankStats, RunFolder, baselinePicks, blipSeed, processItems, runDirection, ranksOf, relativeTo, sdSeed } from './run';
 import { BlipSettings, CandidateRecord, ItemRecord } from './types';
 
 /** BLIP caption options from the run's settings. */
@@ -46,13 +46,7 @@ export function captionScores(captions: readonly string[], references: readonly 
 
 /** Runs (or resumes) image → text → image reranking into `opts.out`. */
 export async function rerankI2t2i(opts: RerankOptions): Promise<RerankStats> {
-  const { run, stats, todo } = beginRun('i2t2i', opts);
-  const s = run.settings;
-  if (todo.length === 0) return stats;
-  const device = opts.device ?? 'cpu';
-  const owned: { dispose(): void }[] = [];
-  try {
-    const { blip, sd } = await loadRunModels(s, device, owned);
+  return runDirection('i2t2i', opts, async ({ run, s, stats, todo, device, blip, sd, owned }) => {
     const embedders: ImageEmbedder[] = [];
     for (const method of s.similarity) {
       if (method === 'clip') {
@@ -67,9 +61,7 @@ export async function rerankI2t2i(opts: RerankOptions): Promise<RerankStats> {
     }
     const cache = new SdImageCache(sd, sdModelHash(s.models.sd), run.cacheDir, s.sd, opts.sdBatch ?? 4);
     return await processItems(run, stats, todo, opts, cache, (item) => rerankImage(run, item, blip, sd, cache, embedders, stats));
-  } finally {
-    owned.reverse().forEach((m) => m.dispose());
-  }
+  });
 }
 
 async function rerankImage(

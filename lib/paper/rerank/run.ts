@@ -120,25 +120,58 @@ export function checkRerankMemory(s: RunSettings, sdBatch: number): void {
   }
 }
 
+export const CLIP_VARIANTS = ['projected', 'pooled'] as const;
+
+/**
+ * Defaults of the options reranking and `score` share: applied here (buildSettings, sdSettings) and in
+ * ReconstructionScorer, shown by the CLI's help (lib/cli/commands/rerank.ts) — one copy.
+ */
+export const RERANK_DEFAULTS = {
+  k: 10,
+  scheduler: 'ddpm',
+  steps: 50,
+  guidance: 7.5,
+  size: 512,
+  sdBatch: 4,
+  clipVariant: 'projected',
+  dinoSize: 384,
+  maxLength: 20,
+  minLength: 5,
+  seed: 0,
+  repeats: 5,
+  strategy: 'top-p',
+  device: 'cpu',
+} as const;
+
+/** The SD side of reranking and scoring (scheduler, steps, guidance, square side, negative prompt), checked by flag name. */
+export function sdSettings(opts: Pick<RerankOptions, 'scheduler' | 'steps' | 'guidance' | 'size' | 'negative'>): SdSettings {
+  const size = expectBounded('--size', opts.size ?? RERANK_DEFAULTS.size, LIMITS.side, 8);
+  return {
+    scheduler: expectOneOf('--scheduler', (opts.scheduler ?? RERANK_DEFAULTS.scheduler).toLowerCase(), SCHEDULER_NAMES),
+    steps: expectInteger('--steps', opts.steps ?? RERANK_DEFAULTS.steps, { min: 1, max: 1000 }),
+    guidance: expectNumber('--guidance', opts.guidance ?? RERANK_DEFAULTS.guidance),
+    height: size,
+    width: size,
+    negative: opts.negative === undefined ? '' : expectString('--negative', opts.negative),
+  };
+}
+
+/** The CLIP embedding of similarities, checked by flag name. */
+export function clipVariantOf(variant: string | undefined): (typeof CLIP_VARIANTS)[number] {
+  return expectOneOf('--clip-variant', variant ?? RERANK_DEFAULTS.clipVariant, CLIP_VARIANTS);
+}
+
 /** Checks the shared options and builds the settings stored in run.json. */
 export function buildSettings(direction: Direction, opts: RerankOptions, dataset: Dataset): RunSettings {
-  const k = expectBounded('--k', opts.k ?? 10, LIMITS.k);
+  const k = expectBounded('--k', opts.k ?? RERANK_DEFAULTS.k, LIMITS.k);
   const similarity = parseSimilarities(opts.similarity, direction);
-  const clipVariant = expectOneOf('--clip-variant', opts.clipVariant ?? 'projected', ['projected', 'pooled'] as const);
+  const clipVariant = clipVariantOf(opts.clipVariant);
   const needs: Record<string, keyof RerankOptions> = { clip: 'clip', dino: 'dino', 'clip-text': 'clip', sbert: 'sbert', wmd: 'glove' };
   for (const s of similarity) {
     const flag = needs[s];
     if (flag && !opts[flag]) throw new RoundtripError(`--similarity ${s} needs --${flag}`);
   }
-  const size = expectBounded('--size', opts.size ?? 512, LIMITS.side, 8);
-  const sd: SdSettings = {
-    scheduler: expectOneOf('--scheduler', (opts.scheduler ?? 'ddpm').toLowerCase(), SCHEDULER_NAMES),
-    steps: expectInteger('--steps', opts.steps ?? 50, { min: 1, max: 1000 }),
-    guidance: expectNumber('--guidance', opts.guidance ?? 7.5),
-    height: size,
-    width: size,
-    negative: opts.negative === undefined ? '' : expectString('--negative', opts.negative),
-  };
+  const sd = sdSettings(opts);
   return {
     direction,
     models: {
@@ -151,10 +184,10 @@ export function buildSettings(direction: Direction, opts: RerankOptions, dataset
     },
     similarity,
     clipVariant,
-    ...(similarity.includes('dino') ? { dinoSize: expectInteger('--dino-size', opts.dinoSize ?? 384, { min: 8 }) } : {}),
+    ...(similarity.includes('dino') ? { dinoSize: expectInteger('--dino-size', opts.dinoSize ?? RERANK_DEFAULTS.dinoSize, { min: 8 }) } : {}),
     k,
-    seed: expectInteger('--seed', opts.seed ?? 0, { min: 0, max: 0xffffffff }),
-    repeats: expectInteger('--repeats', opts.repeats ?? 5, { min: 1 }),
+    seed: expectInteger('--seed', opts.seed ?? RERANK_DEFAULTS.seed, { min: 0, max: 0xffffffff }),
+    repeats: expectInteger('--repeats', opts.repeats ?? RERANK_DEFAULTS.repeats, { min: 1 }),
     blip: blipSettings(direction, opts, k),
     sd,
     dataset: { kind: dataset.kind, source: dataset.source, items: dataset.items.length },
@@ -163,14 +196,14 @@ export function buildSettings(direction: Direction, opts: RerankOptions, dataset
 }
 
 function blipSettings(direction: Direction, opts: RerankOptions, k: number): BlipSettings {
-  const maxLength = expectInteger('--max-length', opts.maxLength ?? 20, { min: 2 });
-  const minLength = expectInteger('--min-length', opts.minLength ?? 5, { min: 0 });
+  const maxLength = expectInteger('--max-length', opts.maxLength ?? RERANK_DEFAULTS.maxLength, { min: 2 });
+  const minLength = expectInteger('--min-length', opts.minLength ?? RERANK_DEFAULTS.minLength, { min: 0 });
   if (direction === 't2i2t') {
     // the paper captions each generated image with beam search (3 beams)
     const numBeams = expectBounded('--num-beams', opts.numBeams ?? DEFAULT_BEAMS.blip, LIMITS.beams);
     return { strategy: 'beam', numBeams, repetitionPenalty: expectNumber('--repetition-penalty', opts.repetitionPenalty ?? 1, { min: 0, exclusiveMin: true }), maxLength, minLength };
   }
-  const strategy = expectOneOf('--strategy', opts.strategy ?? 'top-p', BLIP_STRATEGIES);
+  const strategy = expectOneOf('--strategy', opts.strategy ?? RERANK_DEFAULTS.strategy, BLIP_STRATEGIES);
   // BLIP's released sampling: nucleus 0.9 with repetition penalty 1.1 (transformers' top-k 50 also applies)
   const repetitionPenalty = expectNumber('--repetition-penalty', opts.repetitionPenalty ?? (strategy === 'beam' || strategy === 'greedy' ? 1 : 1.1), { min: 0, exclusiveMin: true });
   const s: BlipSettings = { strategy, repetitionPenalty, maxLength, minLength };
@@ -261,6 +294,36 @@ export async function loadRunModels(s: RunSettings, device: string, owned: { dis
   return { blip, sd };
 }
 
+/** What a direction's reranking works with: the run folder and its settings, the items left, both models. */
+export interface RunContext {
+  run: RunFolder;
+  s: RunSettings;
+  stats: RerankStats;
+  todo: RunFolder['items'];
+  device: string;
+  blip: Captioner;
+  sd: StableDiffusionPipeline;
+  /** Models the direction loads besides (similarity models): disposed with the captioner and SD at the end. */
+  owned: { dispose(): void }[];
+}
+
+/**
+ * The start both directions share: opens (or resumes) the run folder, returns its stats when nothing is left,
+ * loads the captioner and SD, runs `body`, and disposes every model in `owned` whatever happens.
+ */
+export async function runDirection(direction: Direction, opts: RerankOptions, body: (ctx: RunContext) => Promise<RerankStats>): Promise<RerankStats> {
+  const { run, stats, todo } = beginRun(direction, opts);
+  if (todo.length === 0) return stats;
+  const device = opts.device ?? RERANK_DEFAULTS.device;
+  const owned: { dispose(): void }[] = [];
+  try {
+    const { blip, sd } = await loadRunModels(run.settings, device, owned);
+    return await body({ run, s: run.settings, stats, todo, device, blip, sd, owned });
+  } finally {
+    owned.reverse().forEach((m) => m.dispose());
+  }
+}
+
 export function beginRun(direction: Direction, opts: RerankOptions): { run: RunFolder; stats: RerankStats; todo: RunFolder['items'] } {
   const run = openRunFolder(direction, opts);
   const todo = run.items.filter((it) => !run.finished.has(it.index));
@@ -287,7 +350,7 @@ export function openRunFolder(direction: Direction, opts: RerankOptions): RunFol
   if (direction === 't2i2t' && dataset.kind !== 'prompts') throw new RoundtripError('rerank t2i2t: give the input texts with --prompts FILE');
   if (direction === 'i2t2i' && dataset.kind === 'prompts') throw new RoundtripError('rerank i2t2i: give images (--annotations FILE --images DIR, or --images DIR), not --prompts');
   const settings = buildSettings(direction, opts, dataset);
-  checkRerankMemory(settings, opts.sdBatch ?? 4);
+  checkRerankMemory(settings, opts.sdBatch ?? RERANK_DEFAULTS.sdBatch);
   const shard = parseShard(opts.shard);
   const items = selectItems(dataset.items, { limit: opts.limit, shard });
   fs.mkdirSync(dir, { recursive: true });

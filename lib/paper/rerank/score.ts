@@ -6,19 +6,20 @@
  *   with the text (CLIP-text / SBERT 1 − cos, −CIDEr-D against the text, WMD).
  */
 import * as path from 'path';
-import { RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid } from '../../errors';
+import { RoundtripError, expectInteger, expectString, invalid } from '../../errors';
 import { ClipTextEncoder, SbertEncoder, clipTextEmbeddings, loadClipTextEncoder, loadSbertEncoder, sbertEmbeddings } from '../../metrics/eval/text-embeddings';
 import { deriveSeed, loadImage } from '../../image';
 import { WordVectors, captionWmd, loadNltkStopwords, loadWordVectors } from '../../metrics/wmd';
 import { Captioner, loadCaptioner } from '../../models/captioner';
 import { ClipModel } from '../../models/clip';
 import { StableDiffusionPipeline } from '../../models/sd/pipeline';
-import { SCHEDULER_NAMES } from '../../models/sd/schedulers';
 import { VitModel } from '../../models/vit';
 import { checkPromptLength } from './i2t2i';
 import { CiderSimilarity, ImageEmbedder, SdImageCache, clipImageEmbedder, dinoImageEmbedder, distancesTo, sdModelHash } from './models';
-import { parseSimilarities } from './run';
-import { SdSettings } from './types';
+import { RERANK_DEFAULTS, clipVariantOf, parseSimilarities, sdSettings } from './run';
+
+/** Drawings per caption by default (the score is their mean). */
+export const SCORE_DRAWINGS = 3;
 
 export interface ScoreOptions {
   blip?: string;
@@ -78,8 +79,8 @@ export class ReconstructionScorer {
   private readonly seed: number;
 
   private constructor(private readonly opts: ScoreOptions) {
-    this.n = expectInteger('--seeds', opts.seeds ?? 3, { min: 1 });
-    this.seed = expectInteger('--seed', opts.seed ?? 0, { min: 0, max: 0xffffffff });
+    this.n = expectInteger('--seeds', opts.seeds ?? SCORE_DRAWINGS, { min: 1 });
+    this.seed = expectInteger('--seed', opts.seed ?? RERANK_DEFAULTS.seed, { min: 0, max: 0xffffffff });
   }
 
   /** Models for `mode`: 'caption' (caption → image) or 'text' (image → caption vs text). */
@@ -96,8 +97,8 @@ export class ReconstructionScorer {
 
   private async init(mode: 'caption' | 'text'): Promise<void> {
     const o = this.opts;
-    const device = o.device ?? 'cpu';
-    const variant = expectOneOf('--clip-variant', o.clipVariant ?? 'projected', ['projected', 'pooled'] as const);
+    const device = o.device ?? RERANK_DEFAULTS.device;
+    const variant = clipVariantOf(o.clipVariant);
     const methods = parseSimilarities(o.similarity, mode === 'caption' ? 'i2t2i' : 't2i2t');
     const need = (flag: keyof ScoreOptions, method: string) => {
       if (!o[flag]) throw new RoundtripError(`--similarity ${method} needs --${flag}`);
@@ -106,15 +107,7 @@ export class ReconstructionScorer {
     if (mode === 'caption') {
       this.sd = await StableDiffusionPipeline.load(expectString('--sd', o.sd), { device });
       this.owned.push(this.sd);
-      const size = expectInteger('--size', o.size ?? 512, { min: 8 });
-      const settings: SdSettings = {
-        scheduler: expectOneOf('--scheduler', (o.scheduler ?? 'ddpm').toLowerCase(), SCHEDULER_NAMES),
-        steps: expectInteger('--steps', o.steps ?? 50, { min: 1, max: 1000 }),
-        guidance: expectNumber('--guidance', o.guidance ?? 7.5),
-        height: size,
-        width: size,
-        negative: '',
-      };
+      const settings = sdSettings(o);
       this.cache = new SdImageCache(this.sd, sdModelHash(o.sd!), path.resolve(o.cache ?? 'roundtrip-score-cache'), settings, this.n);
       for (const m of methods) {
         if (m === 'clip') {
@@ -124,7 +117,7 @@ export class ReconstructionScorer {
         } else if (m === 'dino') {
           const dino = await VitModel.load(need('dino', m), { device });
           this.owned.push(dino);
-          this.embedders.push(dinoImageEmbedder(dino, expectInteger('--dino-size', o.dinoSize ?? 384, { min: 8 })));
+          this.embedders.push(dinoImageEmbedder(dino, expectInteger('--dino-size', o.dinoSize ?? RERANK_DEFAULTS.dinoSize, { min: 8 })));
         }
       }
     } else {

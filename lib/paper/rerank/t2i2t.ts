@@ -14,7 +14,7 @@ import { WordVectors, captionWmd, loadNltkStopwords, loadWordVectors } from '../
 import { cosineDistance } from '../../models/clip';
 import { blipCaptionOptions, checkPromptLength } from './i2t2i';
 import { CiderSimilarity, ImageEmbedder, SdImageCache, clipImageEmbedder, distancesTo, sdModelHash } from './models';
-import { RerankOptions, RerankStats, baselinePicks, beginRun, loadRunModels, processItems, ranksOf, relativeTo, sdSeed } from './run';
+import { RerankOptions, RerankStats, baselinePicks, processItems, runDirection, ranksOf, relativeTo, sdSeed } from './run';
 import { loadDataset } from './data';
 import { CandidateRecord, ItemRecord } from './types';
 
@@ -29,13 +29,7 @@ interface TextScorers {
 
 /** Runs (or resumes) text → image → text reranking into `opts.out`. */
 export async function rerankT2i2t(opts: RerankOptions): Promise<RerankStats> {
-  const { run, stats, todo } = beginRun('t2i2t', opts);
-  const s = run.settings;
-  if (todo.length === 0) return stats;
-  const device = opts.device ?? 'cpu';
-  const owned: { dispose(): void }[] = [];
-  try {
-    const { blip, sd } = await loadRunModels(s, device, owned);
+  return runDirection('t2i2t', opts, async ({ run, s, stats, todo, device, blip, sd, owned }) => {
     const scorers: TextScorers = {};
     if (s.models.clip) {
       scorers.clip = await loadClipTextEncoder(s.models.clip, { device });
@@ -120,7 +114,5 @@ export async function rerankT2i2t(opts: RerankOptions): Promise<RerankStats> {
       };
       return record;
     });
-  } finally {
-    owned.reverse().forEach((m) => m.dispose());
-  }
+  });
 }

@@ -4,7 +4,7 @@
  * (JointStep.run) with one host synchronisation. The paper reports the joint step at about 1.4× the cost of a
  * single-model step (a GPU figure at batch 8).
  */
-import { RoundtripError, expectInteger } from '../../errors';
+import { OptionNames, RoundtripError, expectInteger, optionName } from '../../errors';
 import { disposeAll } from '../../runtime/tensor';
 import { AdamW } from '../optimizer';
 import { deriveSeed } from '../../image/random';
@@ -52,11 +52,11 @@ const VARIANTS: { name: BenchRow['name']; weights: LossWeights }[] = [
   { name: 'blip-only', weights: { cap: 1, recImg: 0, sd: 0, recTxt: 0 } },
 ];
 
-/** Runs the three variants on one prefetched batch and formats the table. */
-export async function benchFinetune(opts: BenchOptions): Promise<BenchResult> {
+/** Runs the three variants on one prefetched batch and formats the table (`names`: how errors name `steps`/`warmup`). */
+export async function benchFinetune(opts: BenchOptions, names?: OptionNames): Promise<BenchResult> {
+  const steps = expectInteger(optionName(names, 'steps'), opts.steps ?? 5, { min: 1 });
+  const warmup = expectInteger(optionName(names, 'warmup'), opts.warmup ?? 1, { min: 0 });
   opts = withModelImageSizes(opts);
-  const steps = expectInteger('steps', opts.steps ?? 5, { min: 1 });
-  const warmup = expectInteger('warmup', opts.warmup ?? 1, { min: 0 });
   const items = readAnnotations(opts.annotations, opts.images, opts.limit);
   if (items.length < opts.batchSize) throw new RoundtripError(`bench: ${items.length} items, fewer than batchSize ${opts.batchSize}`);
   const m = await loadModels({ ...opts, bridge: opts.bridge }, items);

@@ -13,39 +13,23 @@
  * override its recipe's; the report lists the recipe, its settings and the overrides.
  */
 import { expectOneOf } from '../../errors';
+import { DEFAULT_CONFIG } from './defaults';
 
 export const RECIPES = ['default', 'release'] as const;
 export type RecipeName = (typeof RECIPES)[number];
 
+/** The settings the `default` recipe states (their values are the defaults, defaults.ts), so a report can print them. */
+const DEFAULT_RECIPE_KEYS = ['objective', 'schedule', 'trainable', 'lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'clip', 'lrSchedule', 'labelSmoothing', 'softMode', 'temperature', 'recTxtMode', 'sdRandomCrop', 'sdFlip', 'blipFlip', 'blipRandAugment', 'blipMinScale', 'flipSides'] as const;
+
 /**
- * The settings a recipe fixes (FinetuneConfig keys). `default` states today's values explicitly so a
- * report can print them; `release` also sets the training-step keys of the release.
+ * The settings a recipe fixes (FinetuneConfig keys). `default` states the defaults of its keys; `release` also
+ * sets the training-step keys of the release.
  */
 export function recipeSettings(name: RecipeName): Record<string, unknown> {
   expectOneOf('recipe', name, RECIPES);
   if (name === 'default') {
-    return {
-      objective: 'joint',
-      schedule: 'summed',
-      trainable: { blip: 'xattn-q', unet: 'xattn-q' },
-      lr: 1e-4,
-      beta1: 0.9,
-      beta2: 0.999,
-      eps: 1e-8,
-      weightDecay: 0.05,
-      clip: 1.0,
-      lrSchedule: 'constant',
-      labelSmoothing: 0.1,
-      softMode: 'probs',
-      temperature: 1,
-      recTxtMode: 'x0',
-      sdRandomCrop: false,
-      sdFlip: false,
-      blipFlip: true,
-      blipRandAugment: false,
-      blipMinScale: 0.5,
-      flipSides: 'swap',
-    };
+    const d = DEFAULT_CONFIG as unknown as Record<string, unknown>;
+    return JSON.parse(JSON.stringify(Object.fromEntries(DEFAULT_RECIPE_KEYS.map((key) => [key, d[key]]))));
   }
   return {
     objective: 'joint',

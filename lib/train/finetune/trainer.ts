@@ -1,8 +1,8 @@
 /**
- * The joint finetuning loop: trainable sets per model, AdamW with global-norm clipping, LR schedules,
- * gradient accumulation, deterministic data/noise, atomic checkpoints with exact resume, SIGINT and
- * non-finite-loss handling, JSONL logs, periodic validation (CIDEr) with a best checkpoint, exported
- * partial weights and a final report.
+ * Joint finetuning: the config, trainable sets per model, one AdamW per model, deterministic data/noise, the
+ * native joint step as the objective of the one training loop (lib/train/loop.ts: LR schedule, gradient
+ * accumulation, the non-finite guard, JSONL log, atomic checkpoints with exact resume), SIGINT handling,
+ * periodic validation (CIDEr) with a best checkpoint, exported partial weights and a final report.
  */
 import { loadImageCaptions } from '../../metrics/annotations';
 import * as fs from 'fs';
@@ -14,17 +14,18 @@ import { Blip2, Blip2TrainableSet, blip2TrainablePatterns, isBlip2Config } from 
 import { Captioner, CaptionerFamily, captionerFamily, loadCaptioner } from '../../models/captioner';
 import { Blip2CaptionTokenizer, blip2CaptionTokenizer } from '../../paper/joint/blip2';
 import { StableDiffusionPipeline } from '../../models/sd/pipeline';
-import { FrozenDtype, NativeModel, checkFrozenDtype } from '../../runtime/model';
+import { FrozenDtype, NativeModel, PRECISIONS, checkFrozenDtype } from '../../runtime/model';
 import { native } from '../../runtime/native';
-import { createProgress } from '../../progress';
 import { Tensor, disposeAll, noGrad } from '../../runtime/tensor';
 import { AdamW } from '../optimizer';
-import { LR_SCHEDULES, LrScheduleName, learningRate } from '../schedule';
-import { CheckpointData, OptimizerStateData, disposeCheckpoint, loadCheckpoint, resolveCheckpoint, saveCheckpoint } from '../checkpoint';
+import { LR_SCHEDULES, LrScheduleName } from '../schedule';
+import { OptimizerStateData } from '../checkpoint';
+import { LoopRow, TrainingLoop } from '../loop';
+import { DrawnStep, jointStepObjective } from './objective';
 import { saveTensors } from '../../weights/save';
 import { loadBertTokenizer } from '../../tokenizers/load';
 import { BertTokenizer } from '../../tokenizers/bert';
-import { BLIP_PROMPT, blipDecodeCaption, preCaption } from '../../tokenizers/blip';
+import { blipDecodeCaption, preCaption } from '../../tokenizers/blip';
 import { ciderD } from '../../metrics/cider';
 import { blipPreprocess } from '../../image/preprocess';
 import { prefetchBatches } from '../../image/pool';
@@ -37,12 +38,13 @@ import { FLIP_SIDES, FlipSides, TrainItem, encodeViewCaptions, epochBatches, mic
 import { AllReduceStats, DataParallel, SilentRunLog } from './distributed';
 import { isMainProcess } from '../../runtime/distributed';
 import { RECIPES, RecipeName, recipeSettings } from './recipes';
+import { DEFAULT_CONFIG } from './defaults';
 import { writeReport } from './report';
 import { resolveModelPath } from '../../weights/hub/resolve';
 import { readJsonFile } from '../../json';
 import { checkOutputDir, cleanTempLeftovers, describeWriteError } from '../../fsutil';
 import { LIMITS, checkMemory, estimateFinetuneStep, expectBounded } from '../../limits';
-import { DEFAULT_WEIGHT_BOUND, NAN_POLICIES, NanPolicy, checkTensors, guardError, guardStep, lastVerifiedCheckpoint } from '../guard';
+import { NAN_POLICIES, NanPolicy } from '../guard';
 import { RunLog } from '../runlog';
 import { CONFIG_DEFAULTS, configInt } from '../../models/config-defaults';
 
@@ -177,59 +179,7 @@ export interface FinetuneConfig {
   allReduceOverlap?: boolean;
 }
 
-export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' | 'images' | 'output'> = {
-  valSize: 100,
-  validateEvery: 0,
-  device: 'cpu',
-  seed: 0,
-  trainable: { blip: 'xattn-q', unet: 'xattn-q' },
-  objective: 'joint',
-  schedule: 'summed',
-  softFraming: 'padded',
-  clipPadding: 'max',
-  recTxtNormalize: true,
-  temperature: 1,
-  softMode: 'probs',
-  recTxtMode: 'x0',
-  labelSmoothing: 0.1,
-  lr: 1e-4,
-  beta1: 0.9,
-  beta2: 0.999,
-  eps: 1e-8,
-  weightDecay: 0.05,
-  clip: 1.0,
-  clipMode: 'global',
-  lrSchedule: 'constant',
-  warmupSteps: 0,
-  minLr: 0,
-  batchSize: 8,
-  gradAccum: 1,
-  epochs: 5,
-  sdSize: 0,
-  sdRandomCrop: false,
-  sdFlip: false,
-  blipSize: 0,
-  blipMinScale: 0.5,
-  blipFlip: true,
-  blipRandAugment: false,
-  flipSides: 'swap',
-  routes: { recImg: 'both', recTxt: 'both' },
-  recipe: 'default',
-  prefetch: 16,
-  checkpointEvery: 1000,
-  keepLast: 3,
-  overwrite: false,
-  nanPolicy: 'stop',
-  nanRetries: 3,
-  nanLrFactor: 0.5,
-  weightBound: DEFAULT_WEIGHT_BOUND,
-  progress: true,
-  precision: 'fp32',
-  frozenDtype: 'fp32',
-  gradientCheckpointing: false,
-  cacheLatents: false,
-  prompt: BLIP_PROMPT,
-};
+export { DEFAULT_CONFIG };
 
 /** Merges a partial config over the defaults and checks every key (errors name the key). */
 export function resolveConfig(partial: Record<string, unknown>, source = 'config'): FinetuneConfig {
@@ -312,7 +262,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
   expectOneOf(k('routes.recImg'), c.routes.recImg, GRADIENT_ROUTES);
   expectOneOf(k('routes.recTxt'), c.routes.recTxt, GRADIENT_ROUTES);
   expectBoolean(k('progress'), c.progress);
-  expectOneOf(k('precision'), c.precision, ['fp32', 'bf16', 'fp16'] as const);
+  expectOneOf(k('precision'), c.precision, PRECISIONS);
   if (checkFrozenDtype(c.frozenDtype, c, { frozen: `${source}: frozenDtype`, device: 'device', precision: 'precision' }) !== 'fp32' && finetuneCaptionerFamily(c.blip) === 'blip2') {
     throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype}: BLIP captioners only (${c.blip} is BLIP-2)`);
   }
@@ -368,8 +318,8 @@ export function finetuneCaptionerFamily(blip: string): CaptionerFamily {
   }
 }
 
-/** One JSONL log row. */
-export interface StepLog {
+/** One JSONL log row (the training loop's row with the epoch and, data-parallel, the all-reduce times). */
+export interface StepLog extends LoopRow {
   step: number;
   epoch: number;
   loss: number;
@@ -514,10 +464,6 @@ function importOptimizers(optimizers: { blip?: AdamW; unet?: AdamW }, saved: Rec
   }
 }
 
-function rssMB(): number {
-  return process.memoryUsage().rss / 2 ** 20;
-}
-
 /** Image sides from the models' configs: SD `sample_size` × the VAE factor, BLIP's vision `image_size`. */
 export function modelImageSizes(blipDir: string, sdDir: string): { sdSize: number; blipSize: number } {
   const blipCfg = readJsonFile(path.join(resolveModelPath(blipDir), 'config.json'), { what: 'BLIP config', object: true });
@@ -621,138 +567,44 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
   });
   print(`finetune: ${items.length} items, ${stepsPerEpoch} steps/epoch, ${totalSteps} steps; images SD ${c.sdSize}² BLIP ${c.blipSize}²; trainable BLIP ${countParams(blip.model, m.blipTrainable).toLocaleString('en-US')} params (${m.blipTrainable.length} tensors), UNet ${countParams(sd.unet.model, m.unetTrainable).toLocaleString('en-US')} params (${m.unetTrainable.length} tensors)`);
 
-  let step = 0;
+  // The data and the step: the objective the one training loop (lib/train/loop.ts) runs. Each step draws its
+  // micro-batches (past the positions the guard left out), then runs the whole optimizer step as one native call.
   let epoch = 0;
   let position = 0;
-  /** Learning-rate multiplier (the `lower-lr` policy) and the steps' data positions left out (`skip-batch`). */
-  let lrScale = 1;
-  const skipped = new Set<string>();
-  let trips = 0;
-  const result: FinetuneResult = { steps: 0, losses: [], logs: [], exported: {}, interrupted: false, validation: [], rollbacks: [] };
   let best = -Infinity;
-  let savedStep = -1;
-  /** The step whose tensors the guard last checked one by one (checkpoints only hold checked tensors). */
-  let verifiedStep = -1;
-  /** Loads a checkpoint's tensors, optimizer state and loop position into the running models. */
-  const restore = async (dir: string, what: string): Promise<Record<string, unknown>> => {
-    const ck = await loadCheckpoint(dir);
-    try {
-      for (const [model, target] of [['blip', blip.model], ['unet', sd.unet.model]] as const) {
-        const saved = ck.tensors[model] ?? {};
-        const params = model === 'blip' ? blipParams : unetParams;
-        for (const n of Object.keys(params)) if (!saved[n]) throw new RoundtripError(`${what} ${dir}: ${model} tensor '${n}' is not in the checkpoint (trainable sets differ?)`);
-        if (Object.keys(saved).length) await target.loadWeights([path.join(dir, `${model}.safetensors`)], { partial: true });
-      }
-      importOptimizers(optimizers, ck.optimizers);
-      step = ck.state.step;
-      epoch = Number(ck.state.epoch);
-      // The data position is stored as samples seen this epoch, so a run may resume with another number of
-      // processes as long as the global micro-batch (batchSize × processes) is the same (checked below).
-      position = ck.state.samplesSeen !== undefined ? Number(ck.state.samplesSeen) / (c.batchSize * dp.worldSize) : Number(ck.state.position);
-      savedStep = step;
-      verifiedStep = step;
-      return ck.state;
-    } finally {
-      disposeCheckpoint(ck);
-    }
-  };
-  const log = dp.isMain ? new RunLog(path.join(c.output, 'log.jsonl')) : new SilentRunLog(path.join(c.output, 'log.jsonl'));
-  if (c.resume) {
-    const dir = resolveCheckpoint(c.resume, c.output);
-    const state = await restore(dir, '--resume');
-    best = Number(state.bestCider ?? -Infinity);
-    lrScale = Number(state.lrScale ?? 1);
-    for (const k of (state.skipped as string[] | undefined) ?? []) skipped.add(k);
-    const savedWorld = Number(state.worldSize ?? 1);
-    if (Number(state.seed) !== c.seed || Number(state.batchSize) * savedWorld !== c.batchSize * dp.worldSize || Number(state.gradAccum) !== c.gradAccum) {
-      throw new RoundtripError(
-        `--resume ${dir}: seed/global micro-batch (batchSize × processes)/gradAccum differ from the checkpoint's (${state.seed}/${state.batchSize} × ${savedWorld}/${state.gradAccum}; ` +
-          `this run: ${c.seed}/${c.batchSize} × ${dp.worldSize}/${c.gradAccum}); the data order would not continue`,
-      );
-    }
-    log.rewindTo(step, { event: 'resume', step, from: dir });
-    print(`finetune: resumed from ${dir} at step ${step}`);
-  } else {
-    log.start({ event: 'start', step: 0 });
-  }
-  await dp.start(c, [blip.model, sd.unet.model, sd.vae.model, sd.textEncoder], [...Object.values(blipParams), ...Object.values(unetParams)], jointStep);
-
-  const stop = hooks.stopSignal ?? { stop: false };
-  let signal: NodeJS.Signals | undefined;
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (signal) {
-      // Second signal: every file is written atomically, so quitting mid-write leaves only a temporary
-      // that the next start removes; `latest` still names a complete checkpoint.
-      process.stderr.write(`finetune: second ${sig}; quitting now (the last complete checkpoint is intact; resume with --resume latest)\n`);
-      process.exit(SIGNAL_EXIT[sig] ?? 130);
-    }
-    signal = sig;
-    stop.stop = true;
-    process.stderr.write(`finetune: ${sig}: finishing step ${step + 1}, then writing a checkpoint (no export); press Ctrl-C again to quit at once\n`);
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-
-  const checkpoint = async (dirRun = c.output, keepLast = c.keepLast, extra: Record<string, unknown> = {}): Promise<string> => {
-    if (verifiedStep !== step) {
-      const trip = checkTensors(step, all, c.weightBound);
-      if (trip) throw guardError(trip, lastVerifiedCheckpoint(c.output), 'stop', 0);
-      verifiedStep = step;
-    }
-    const data: CheckpointData = {
-      tensors: { blip: blipParams, unet: unetParams },
-      optimizers: Object.fromEntries(Object.entries(optimizers).map(([k, o]) => [k, o!.exportState()])),
-      // verified: the guard checked these tensors (rollbacks only go to verified checkpoints).
-      state: { step, epoch, position, samplesSeen: position * c.batchSize * dp.worldSize, worldSize: dp.worldSize, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, lrScale, skipped: [...skipped], verified: true, config: c, ...extra },
-    };
-    try {
-      const dir = await saveCheckpoint(dirRun, data, { keepLast });
-      if (dirRun === c.output) savedStep = step;
-      return dir;
-    } finally {
-      for (const o of Object.values(data.optimizers)) disposeAll([...o.expAvg, ...o.expAvgSq].filter(Boolean) as Tensor[]);
-    }
-  };
-  // Rolling back needs a verified state to go to: a fresh run under skip-batch/lower-lr keeps its start.
-  if (!c.resume && c.nanPolicy !== 'stop') {
-    const trip = checkTensors(0, all, c.weightBound);
-    if (trip) throw new RoundtripError(`finetune: the base weights already fail the guard: ${trip.message}`);
-    verifiedStep = 0;
-    await checkpoint();
-  }
-
-  const progress = c.progress && dp.isMain ? createProgress({ label: 'finetune', total: totalSteps, unit: 'step', start: step }) : undefined;
   const latentCache = c.cacheLatents ? new LatentCache() : undefined;
   let batches: AsyncGenerator<Awaited<ReturnType<typeof epochBatches> extends AsyncGenerator<infer B> ? B : never>> | undefined;
   const openEpoch = () =>
     epochBatches(items, { rank: dp.rank, worldSize: dp.worldSize, seed: c.seed, epoch, batchSize: c.batchSize, fromPosition: position, concurrency: c.prefetch, sdSize: c.sdSize, sdRandomCrop: c.sdRandomCrop, sdFlip: c.sdFlip, blipSize: c.blipSize, blipMinScale: c.blipMinScale, blipFlip: c.blipFlip, blipRandAugment: c.blipRandAugment, flipSides: c.flipSides });
-  const started = Date.now();
-  try {
-    while (step < totalSteps && !stop.stop) {
-      if (position + c.gradAccum > microPerEpoch) {
-        epoch++;
-        position = 0;
-        await batches?.return(undefined);
-        batches = undefined;
-      }
-      batches ??= openEpoch();
-      if (skipped.has(`${epoch}:${position}`)) {
+  const data = jointStepObjective(
+    jointStep,
+    async ({ step, microBatches, skipped }): Promise<DrawnStep> => {
+      for (;;) {
+        if (position + microBatches > microPerEpoch) {
+          epoch++;
+          position = 0;
+          await batches?.return(undefined);
+          batches = undefined;
+        }
+        batches ??= openEpoch();
+        if (!skipped.has(`${epoch}:${position}`)) break;
         // A step the guard rolled back from (skip-batch): its batches are drawn and left out.
-        for (let micro = 0; micro < c.gradAccum; micro++) {
+        for (let micro = 0; micro < microBatches; micro++) {
           const next = await batches.next();
           if (!next.done) disposeAll([next.value.blipImages, next.value.sdImages]);
           position++;
         }
-        continue;
       }
-      const stepStart = `${epoch}:${position}`;
-      const t0 = Date.now();
-      const lr = lrScale * learningRate({ name: c.lrSchedule, lr: c.lr, warmupSteps: c.warmupSteps, minLr: c.minLr }, step, totalSteps);
-      // ---- the step computation: the step's micro-batches, then the whole optimizer step as one native call ----
+      const dataKey = `${epoch}:${position}`;
       const micro: { batch: JointBatch; captions: CaptionBatch }[] = [];
-      let stats;
+      const dispose = () => {
+        for (const x of micro) {
+          disposeCaptionBatch(x.captions);
+          disposeAll([x.batch.blipImages, x.batch.sdImages, x.batch.latents]);
+        }
+      };
       try {
-        for (let k = 0; k < c.gradAccum; k++) {
+        for (let k = 0; k < microBatches; k++) {
           const next = await batches.next();
           if (next.done) throw new RoundtripError('internal: the epoch ran out of batches');
           const mb = next.value;
@@ -763,102 +615,127 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
           const dpBatch = dp.active ? { slots: dp.slots, tokenScale: dp.tokenScale({ blip: m.bert, clip: sd.tokenizer }, { prompt: c.prompt, clipPadding: c.clipPadding }, mb.items, mb.globalItems) } : {};
           micro.push({ batch: { blipImages: mb.blipImages, sdImages: mb.sdImages, captions, latents, ...dpBatch }, captions });
         }
-        stats = await jointStep.run(
-          micro.map((x) => x.batch),
-          { step, lr, seeds: micro.map((_, k) => deriveSeed(c.seed, 3, step, k)), stop: stop.stop },
-        );
-      } finally {
-        for (const x of micro) {
-          disposeCaptionBatch(x.captions);
-          disposeAll([x.batch.blipImages, x.batch.sdImages, x.batch.latents]);
-        }
+      } catch (err) {
+        dispose();
+        throw err;
       }
-      // ---- end of the step computation ----
-      let stepLoss = stats.loss;
-      const replaced = hooks.afterLoss?.(step, stepLoss);
-      if (typeof replaced === 'number') stepLoss = replaced;
-      const termSums = stats.terms;
-      position += c.gradAccum;
-      // Data-parallel: a stop (SIGINT) on any rank stops every rank after this same step.
-      if (stats.stopVotes > 0) stop.stop = true;
-      const { blip: blipNorm, unet: unetNorm, total: norm } = stats.gradNorm;
-      step++;
-      await hooks.afterUpdate?.(step, { blip, sd });
-      // The weights are checked one by one only when they are about to be saved (and named on a trip); every
-      // step checks the numbers and the native step's largest |w|.
-      const saving = (c.checkpointEvery > 0 && step % c.checkpointEvery === 0) || step >= totalSteps || stop.stop || (c.validateEvery > 0 && !!c.valAnnotations && step % c.validateEvery === 0);
-      const trip = guardStep({ step, loss: stepLoss, terms: termSums, gradNorm: { total: norm, blip: blipNorm, unet: unetNorm } }, all, {
-        weightBound: c.weightBound,
-        paramMaxAbs: stats.paramMaxAbs,
-        applied: stats.applied,
-        verifyTensors: saving,
-      });
-      if (!trip && saving) verifiedStep = step;
-      if (trip) {
-        trips++;
-        const back = lastVerifiedCheckpoint(c.output);
-        if (c.nanPolicy === 'stop' || !back || trips > c.nanRetries) {
-          log.append({ event: 'guard', step, kind: trip.kind, name: trip.name, value: String(trip.value), policy: c.nanPolicy });
-          throw guardError(trip, back, c.nanPolicy, trips - 1);
+      position += microBatches;
+      return { batches: micro.map((x) => x.batch), seeds: micro.map((_, k) => deriveSeed(c.seed, 3, step, k)), dataKey, rowHead: { epoch }, dispose };
+    },
+    () => (dp.active ? { allReduce: dp.lastStats() } : {}),
+  );
+
+  const stop = hooks.stopSignal ?? { stop: false };
+  const validating = (step: number) => c.validateEvery > 0 && !!c.valAnnotations && step % c.validateEvery === 0;
+  const loop = new TrainingLoop({
+    label: 'finetune',
+    totalSteps,
+    schedule: { name: c.lrSchedule, lr: c.lr, warmupSteps: c.warmupSteps, minLr: c.minLr },
+    microBatches: c.gradAccum,
+    samplesPerStep: c.batchSize * c.gradAccum * dp.worldSize,
+    objective: data,
+    tensors: all,
+    guard: { policy: c.nanPolicy, retries: c.nanRetries, lrFactor: c.nanLrFactor, weightBound: c.weightBound },
+    checkpoints: {
+      runDir: c.output,
+      every: c.checkpointEvery,
+      keepLast: c.keepLast,
+      write: dp.isMain,
+      alsoSavesAt: validating,
+      tensors: () => ({ blip: blipParams, unet: unetParams }),
+      optimizers: () => Object.fromEntries(Object.entries(optimizers).map(([k, o]) => [k, o!.exportState()])),
+      state: () => ({ epoch, position, samplesSeen: position * c.batchSize * dp.worldSize, worldSize: dp.worldSize, seed: c.seed, batchSize: c.batchSize, gradAccum: c.gradAccum, bestCider: best, config: c }),
+      restore: async (ck, dir, what) => {
+        for (const [model, target] of [['blip', blip.model], ['unet', sd.unet.model]] as const) {
+          const saved = ck.tensors[model] ?? {};
+          const params = model === 'blip' ? blipParams : unetParams;
+          for (const n of Object.keys(params)) if (!saved[n]) throw new RoundtripError(`${what} ${dir}: ${model} tensor '${n}' is not in the checkpoint (trainable sets differ?)`);
+          if (Object.keys(saved).length) await target.loadWeights([path.join(dir, `${model}.safetensors`)], { partial: true });
         }
-        // Roll back: the in-memory state is wrecked; the verified checkpoint is not.
-        await restore(back, 'rollback to');
-        if (c.nanPolicy === 'skip-batch') skipped.add(stepStart);
-        else lrScale *= c.nanLrFactor;
+        importOptimizers(optimizers, ck.optimizers);
+        epoch = Number(ck.state.epoch);
+        // The data position is stored as samples seen this epoch, so a run may resume with another number of
+        // processes as long as the global micro-batch (batchSize × processes) is the same (checked at resume).
+        position = ck.state.samplesSeen !== undefined ? Number(ck.state.samplesSeen) / (c.batchSize * dp.worldSize) : Number(ck.state.position);
+        // The data restarts from the restored position.
         await batches?.return(undefined);
         batches = undefined;
-        log.rewindTo(step, { event: 'rollback', step, trip: trip.message, policy: c.nanPolicy, lrScale, skipped: [...skipped] });
-        result.logs = result.logs.filter((l) => l.step <= step);
-        result.losses = result.logs.map((l) => l.loss);
-        result.rollbacks.push({ step: trip.step, to: step, reason: trip.message, policy: c.nanPolicy });
-        print(`finetune: ${trip.message}; rolled back to ${back} (--nan-policy ${c.nanPolicy}${c.nanPolicy === 'lower-lr' ? `, learning rate × ${lrScale}` : ', its batches left out'}; ${c.nanRetries - trips} retr${c.nanRetries - trips === 1 ? 'y' : 'ies'} left)`);
-        progress?.update(step);
-        continue;
-      }
-      const seconds = Math.max(1e-9, (Date.now() - t0) / 1000);
-      const row: StepLog = {
-        step,
-        epoch,
-        loss: stepLoss,
-        terms: termSums,
-        lr,
-        gradNorm: { total: norm, blip: blipNorm, unet: unetNorm },
-        samplesPerSecond: (c.batchSize * c.gradAccum * dp.worldSize) / seconds,
-        stepsPerSecond: 1 / seconds,
-        rssMB: rssMB(),
-        time: (Date.now() - started) / 1000,
-        ...(dp.active ? { allReduce: dp.lastStats() } : {}),
-      };
-      log.append(row);
-      result.logs.push(row);
-      result.losses.push(stepLoss);
-      progress?.tick();
-      if (c.progress && (step % 10 === 0 || step === totalSteps)) {
-        print(`step ${step}/${totalSteps} loss ${stepLoss.toFixed(4)} ${Object.entries(termSums).map(([k, v]) => `${k} ${v!.toFixed(4)}`).join(' ')} lr ${lr.toExponential(2)} ${row.samplesPerSecond.toFixed(2)} samples/s`);
-      }
-      await hooks.afterStep?.(row);
-      if (dp.isMain && c.validateEvery > 0 && c.valAnnotations && step % c.validateEvery === 0) {
-        const cider = await validate(c, m);
-        result.validation.push({ step, cider });
-        log.append({ step, validation: { cider } });
-        if (cider > best) {
-          best = cider;
-          result.bestCheckpoint = await checkpoint(path.join(c.output, 'best'), 1, { cider });
+      },
+    },
+    log: dp.isMain ? new RunLog(path.join(c.output, 'log.jsonl')) : new SilentRunLog(path.join(c.output, 'log.jsonl')),
+    progress: c.progress && dp.isMain ? { label: 'finetune' } : undefined,
+    report: c.progress
+      ? { every: 10, print, line: (row) => `step ${row.step}/${totalSteps} loss ${row.loss.toFixed(4)} ${Object.entries(row.terms).map(([k, v]) => `${k} ${v!.toFixed(4)}`).join(' ')} lr ${row.lr.toExponential(2)} ${row.samplesPerSecond.toFixed(2)} samples/s` }
+      : undefined,
+    print,
+    stop,
+    hooks: {
+      afterLoss: hooks.afterLoss,
+      afterUpdate: hooks.afterUpdate && ((step) => hooks.afterUpdate!(step, { blip, sd })),
+      afterStep: async (row) => {
+        await hooks.afterStep?.(row as StepLog);
+        if (dp.isMain && validating(row.step)) {
+          const cider = await validate(c, m);
+          result.validation.push({ step: row.step, cider });
+          loop.spec.log?.append({ step: row.step, validation: { cider } });
+          if (cider > best) {
+            best = cider;
+            result.bestCheckpoint = await loop.checkpoint(path.join(c.output, 'best'), 1, { cider });
+          }
         }
+      },
+    },
+  });
+  const result: FinetuneResult = { steps: 0, losses: [], logs: [], exported: {}, interrupted: false, validation: [], rollbacks: [] };
+  if (c.resume) {
+    const { dir } = await loop.resume(c.resume, (state, dir) => {
+      best = Number(state.bestCider ?? -Infinity);
+      const savedWorld = Number(state.worldSize ?? 1);
+      if (Number(state.seed) !== c.seed || Number(state.batchSize) * savedWorld !== c.batchSize * dp.worldSize || Number(state.gradAccum) !== c.gradAccum) {
+        throw new RoundtripError(
+          `--resume ${dir}: seed/global micro-batch (batchSize × processes)/gradAccum differ from the checkpoint's (${state.seed}/${state.batchSize} × ${savedWorld}/${state.gradAccum}; ` +
+            `this run: ${c.seed}/${c.batchSize} × ${dp.worldSize}/${c.gradAccum}); the data order would not continue`,
+        );
       }
-      if (dp.isMain && c.checkpointEvery > 0 && step % c.checkpointEvery === 0 && step < totalSteps) result.lastCheckpoint = await checkpoint();
+    });
+    print(`finetune: resumed from ${dir} at step ${loop.step}`);
+  } else {
+    loop.start();
+  }
+  await dp.start(c, [blip.model, sd.unet.model, sd.vae.model, sd.textEncoder], [...Object.values(blipParams), ...Object.values(unetParams)], jointStep);
+
+  let signal: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signal) {
+      // Second signal: every file is written atomically, so quitting mid-write leaves only a temporary
+      // that the next start removes; `latest` still names a complete checkpoint.
+      process.stderr.write(`finetune: second ${sig}; quitting now (the last complete checkpoint is intact; resume with --resume latest)\n`);
+      process.exit(SIGNAL_EXIT[sig] ?? 130);
     }
-    result.steps = step;
-    result.interrupted = stop.stop && step < totalSteps;
+    signal = sig;
+    stop.stop = true;
+    process.stderr.write(`finetune: ${sig}: finishing step ${loop.step + 1}, then writing a checkpoint (no export); press Ctrl-C again to quit at once\n`);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  try {
+    const run = await loop.run();
+    result.logs = run.rows as StepLog[];
+    result.losses = run.losses;
+    result.rollbacks = run.rollbacks;
+    if (run.lastCheckpoint) result.lastCheckpoint = run.lastCheckpoint;
+    result.steps = run.steps;
+    result.interrupted = run.interrupted;
     if (!dp.isMain) return result; // rank 0 writes the checkpoint, exports and report
-    result.lastCheckpoint = savedStep === step ? resolveCheckpoint('latest', c.output) : await checkpoint();
-    const fullLog = log.stepRows<StepLog>();
+    result.lastCheckpoint = await loop.finalCheckpoint();
+    const fullLog = loop.spec.log!.stepRows<StepLog>();
     if (result.interrupted) {
       // An interrupted run is not a finished one: a resumable checkpoint, no export.
       result.signal = signal;
-      log.append({ event: 'interrupt', step, signal: signal ?? 'stop' });
+      loop.spec.log!.append({ event: 'interrupt', step: run.steps, signal: signal ?? 'stop' });
       writeReport(c.output, { config: c, logs: fullLog, validation: result.validation, exported: result.exported, interrupted: true });
-      print(`finetune: interrupted at step ${step}; resume with --resume latest (output ${c.output})`);
+      print(`finetune: interrupted at step ${run.steps}; resume with --resume latest (output ${c.output})`);
       return result;
     }
     // Exported partial state dicts under published names (load with Blip.load({partial}) / unet loadWeights partial).
@@ -876,7 +753,6 @@ export async function finetune(c: FinetuneConfig, hooks: FinetuneHooks = {}): Pr
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     jointStep.dispose();
-    progress?.done();
     await batches?.return(undefined);
     latentCache?.dispose();
     blip.dispose();

@@ -13,7 +13,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { RoundtripError, expectInteger, invalid } from '../../errors';
+import { OptionNames, RoundtripError, expectInteger, expectString, invalid, optionName } from '../../errors';
 import { saveRgbPng } from '../../image/encode';
 import { makeGrid, RgbImage } from '../../image';
 import { NativeModel } from '../../runtime/model';
@@ -150,21 +150,31 @@ function lossSummary(r: LoopResult): object {
   return { steps: l.length, first: l[0], last: l[l.length - 1], windowMeans: curve, windowSize: size, seconds: Number(r.seconds.toFixed(1)) };
 }
 
-function checkOptions(o: PretrainOptions): void {
-  expectInteger('seed', o.seed, { min: 0, max: 0xffffffff });
+/**
+ * Checks pretraining options before any work (`names`: how errors name each option; `roundtrip pretrain-world`
+ * passes its flags).
+ */
+export function checkPretrainOptions(o: PretrainOptions, names?: OptionNames): PretrainOptions {
+  const n = (key: keyof PretrainOptions) => optionName(names, key);
+  expectString(n('out'), o.out);
+  expectString(n('world'), o.world);
+  if (o.vocab !== undefined) expectString(n('vocab'), o.vocab);
+  if (o.evalLimit !== undefined) expectInteger(n('evalLimit'), o.evalLimit, { min: 1 });
+  expectInteger(n('seed'), o.seed, { min: 0, max: 0xffffffff });
   for (const part of WORLD_MODELS) {
-    expectInteger(`steps.${part}`, o.steps[part], { min: 1 });
+    expectInteger(`${n('steps')}.${part}`, o.steps[part], { min: 1 });
     expectInteger(`batch.${part}`, o.batch[part], { min: part === 'clip' ? 2 : 1 });
     if (!(o.lr[part] > 0)) throw invalid(`lr.${part}`, 'a positive number', o.lr[part]);
   }
   if (o.counts.train < 2) throw invalid('counts.train', 'at least 2 training images', o.counts.train);
   if (o.counts.test < 1 && !o.skipMetrics) throw invalid('counts.test', 'at least 1 test image (or skip the metrics)', o.counts.test);
+  return o;
 }
 
 /** Runs the whole pretraining; see the module comment. */
 export async function pretrainWorld(options: PretrainOptions): Promise<PretrainResult> {
   const o = { ...options, batch: { ...options.batch } };
-  checkOptions(o);
+  checkPretrainOptions(o);
   // A batch larger than the training set would repeat images (and break the contrastive diagonal).
   for (const part of WORLD_MODELS) o.batch[part] = Math.min(o.batch[part], o.counts.train);
   const stream = o.stream ?? process.stderr;

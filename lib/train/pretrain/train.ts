@@ -14,11 +14,11 @@ import { NativeModel } from '../../runtime/model';
 import { Blip } from '../../models/blip';
 import { UNet } from '../../models/sd/unet';
 import { VAE } from '../../models/sd/vae';
-import { ProgressStream, createProgress } from '../../progress';
+import { ProgressStream } from '../../progress';
 import { Tensor, disposeAll, noGrad, scope } from '../../runtime/tensor';
 import { BertTokenizer, ClipTokenizer, blipDecoderInputs, preCaption } from '../../tokenizers';
 import { AdamW } from '../optimizer';
-import { learningRate } from '../schedule';
+import { backpropObjective, runTrainingLoop } from '../loop';
 import { deriveSeed } from '../../image/random';
 import { BatchSampler, SplitData, gatherRows, idsTensor } from './data';
 
@@ -49,46 +49,34 @@ export const CAPTION_DROPOUT = 0.1;
 export const VAE_KL_WEIGHT = 1e-3;
 
 /**
- * The shared loop: AdamW over `params`, cosine schedule with a short warmup, one `lossFn(step)` per
- * step inside a tensor scope, a progress bar and a loss line every ~10% of the run.
+ * One world model's training: its loss function as the objective of the one training loop (lib/train/loop.ts):
+ * AdamW over `params`, cosine schedule with a short warmup, global-norm clipping, one `lossFn(step)` per step
+ * inside a tensor scope, the non-finite guard (a step whose loss or gradient norm is not finite stops the run),
+ * a progress bar and a loss line every ~10% of the run.
  */
 export async function trainLoop(label: string, params: Record<string, Tensor>, s: LoopSettings, lossFn: (step: number) => Promise<Tensor>): Promise<LoopResult> {
   if (Object.keys(params).length === 0) throw new RoundtripError(`${label}: nothing to train`);
   const opt = new AdamW(params, { lr: s.lr, weightDecay: WEIGHT_DECAY });
   const stream = s.stream ?? process.stderr;
-  const progress = createProgress({ label: `pretrain ${label}`, total: s.steps, unit: 'step', stream, quiet: s.quiet });
-  const schedule = { name: 'cosine' as const, lr: s.lr, warmupSteps: Math.max(1, Math.round(s.steps * WARMUP_FRACTION)), minLr: s.lr * 0.05 };
-  const losses: number[] = [];
   const every = Math.max(1, Math.round(s.steps / 10));
-  const start = Date.now();
-  for (let step = 0; step < s.steps; step++) {
-    opt.setLr(learningRate(schedule, step, s.steps));
-    opt.zeroGrad();
-    const loss = await scope(() => lossFn(step));
-    try {
-      const value = loss.item();
-      if (!Number.isFinite(value)) throw new RoundtripError(`${label}: the loss became ${value} at step ${step + 1} (lower the learning rate)`);
-      await loss.backward();
-      opt.clipGradNorm(CLIP_GRAD_NORM);
-      await opt.step();
-      losses.push(value);
-    } finally {
-      loss.dispose();
-    }
-    progress.tick();
-    if (!s.quiet && ((step + 1) % every === 0 || step + 1 === s.steps)) {
-      const window = losses.slice(-every);
-      const mean = window.reduce((a, b) => a + b, 0) / window.length;
-      if (!progressQuiet(s)) stream.write(`${label}: step ${step + 1}/${s.steps} loss ${mean.toFixed(4)}\n`);
-    }
-  }
-  progress.done();
+  const quiet = s.quiet ?? /^(1|true|yes)$/i.test(process.env.ROUNDTRIP_QUIET ?? '');
+  const run = await runTrainingLoop({
+    label,
+    totalSteps: s.steps,
+    schedule: { name: 'cosine', lr: s.lr, warmupSteps: Math.max(1, Math.round(s.steps * WARMUP_FRACTION)), minLr: s.lr * 0.05 },
+    samplesPerStep: s.batch,
+    objective: backpropObjective(opt, (step) => lossFn(step), { clip: CLIP_GRAD_NORM }),
+    tensors: params,
+    guard: { error: (trip) => new RoundtripError(`${label}: ${trip.message} (lower the learning rate)`) },
+    progress: { label: `pretrain ${label}`, stream, quiet: s.quiet },
+    report: quiet ? undefined : { every, line: (row, losses) => `${label}: step ${row.step}/${s.steps} loss ${mean(losses.slice(-every)).toFixed(4)}`, print: (line) => stream.write(line + '\n') },
+  });
   disposeAll(Object.values(params));
-  return { losses, seconds: (Date.now() - start) / 1000 };
+  return { losses: run.losses, seconds: run.seconds };
 }
 
-function progressQuiet(s: LoopSettings): boolean {
-  return s.quiet ?? /^(1|true|yes)$/i.test(process.env.ROUNDTRIP_QUIET ?? '');
+function mean(xs: readonly number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / xs.length;
 }
 
 function eye(n: number): Tensor {
