@@ -5,9 +5,8 @@
  * step vs an SD-only and a BLIP-only step on the same batch (see lib/train/finetune/bench.ts).
  */
 import type { CommandModule } from 'yargs';
-import { RoundtripError } from '../../errors';
 import { BENCH_SIZES, BenchReport, BenchSize, runBench } from '../../bench';
-import { BenchReconResult, benchRecon } from '../../paper/joint/bench-recon';
+import { BENCH_RECON_DEFAULTS, BenchReconResult, benchRecon } from '../../paper/joint/bench-recon';
 import { resolveModelPath } from '../../weights/hub/resolve';
 import { BenchResult, benchFinetune } from '../../train/finetune/bench';
 import { FinetuneRequest, command as finetuneCommand, finetuneConfigFrom, readConfigFile } from './finetune';
@@ -20,26 +19,24 @@ export async function runBenchFinetune(req: FinetuneRequest & { steps?: number; 
 
 /** `bench recon`: the loss terms of the base models and each checkpoint on a fixed held-out set. */
 export async function runBenchRecon(argv: Record<string, any>): Promise<BenchReconResult> {
-  const list = (v: unknown): string[] => (v === undefined ? [] : (Array.isArray(v) ? v : [v]).map(String));
-  if (!argv.data) throw new RoundtripError('bench recon: --data FILE is required (a Karpathy-layout list of held-out images and captions)');
-  if (!argv.blip || !argv.sd) throw new RoundtripError('bench recon: --blip and --sd are required (the base model folders the checkpoints were trained from)');
+  const list = (v: unknown): string[] | undefined => (v === undefined ? undefined : (Array.isArray(v) ? v : [v]).map(String));
   return benchRecon({
-    blip: resolveModelPath(argv.blip),
-    sd: resolveModelPath(argv.sd),
+    blip: argv.blip === undefined ? argv.blip : resolveModelPath(argv.blip),
+    sd: argv.sd === undefined ? argv.sd : resolveModelPath(argv.sd),
     checkpoints: list(argv.checkpoints),
     data: argv.data,
     images: argv.images,
-    n: argv.n ?? 64,
-    seed: argv.seed ?? 0,
+    n: argv.n,
+    seed: argv.seed,
     bridge: argv.bridge,
     clip: argv.clipModel,
-    prompt: argv.prompt ?? '',
-    recTxtMode: argv.recTxtMode ?? 'x0',
-    sdSteps: argv.sdSteps ?? 10,
-    guidance: argv.guidance ?? 4,
+    prompt: argv.prompt,
+    recTxtMode: argv.recTxtMode,
+    sdSteps: argv.sdSteps,
+    guidance: argv.guidance,
     out: argv.out,
-    device: argv.device ?? 'cpu',
-    replicates: argv.replicates ?? 2000,
+    device: argv.device,
+    replicates: argv.replicates,
     quiet: argv.progress === false,
   });
 }
@@ -72,11 +69,11 @@ export const command: CommandModule<{}, any> = {
       .option('master-port', { type: 'number', describe: 'distributed: rendezvous port (default 29500)' })
       .option('checkpoints', { type: 'string', array: true, describe: 'recon: checkpoint, export/ or run folders, measured after the base models (default: none)' })
       .option('data', { type: 'string', describe: 'recon: held-out Karpathy-layout list [{image, caption}], images relative to --images or its folder (required for recon)' })
-      .option('n', { type: 'number', describe: 'recon: held-out images (default 64)' })
+      .option('n', { type: 'number', describe: `recon: held-out images (default ${BENCH_RECON_DEFAULTS.n})` })
       .option('clip-model', { type: 'string', describe: 'recon: CLIP folder; adds SD images’ CLIP distance to their captions (default: none)' })
-      .option('sd-steps', { type: 'number', describe: 'recon: DDIM steps of the SD images (default 10)' })
-      .option('guidance', { type: 'number', describe: 'recon: guidance of the SD images (default 4)' })
-      .option('replicates', { type: 'number', describe: 'recon: bootstrap replicates (default 2000)' })
+      .option('sd-steps', { type: 'number', describe: `recon: DDIM steps of the SD images (default ${BENCH_RECON_DEFAULTS.sdSteps})` })
+      .option('guidance', { type: 'number', describe: `recon: guidance of the SD images (default ${BENCH_RECON_DEFAULTS.guidance})` })
+      .option('replicates', { type: 'number', describe: `recon: bootstrap replicates (default ${BENCH_RECON_DEFAULTS.replicates})` })
       .option('out', { type: 'string', describe: 'recon: folder for recon.json, recon.md, recon.svg (default: none, table on stdout)' })
       .option('steps', { type: 'number', default: 5, describe: 'finetune: timed steps per variant' })
       .option('warmup', { type: 'number', default: 1, describe: 'Untimed runs first' })

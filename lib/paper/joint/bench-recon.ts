@@ -6,7 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { RoundtripError, expectInteger, expectString } from '../../errors';
+import { RoundtripError, expectInteger, expectNumber, expectString } from '../../errors';
 import { VocabularyBridge, buildBridge, buildOptBridge, loadBridge } from '../bridge';
 import { ClipTextEncoder, clipTextEmbeddings, loadClipTextEncoder } from '../../metrics/eval/text-embeddings';
 import { batchToImages } from '../../image/encode';
@@ -100,12 +100,36 @@ async function taskMetrics(blip: Captioner, sd: StableDiffusionPipeline, clip: C
   return out;
 }
 
-export async function benchRecon(o: BenchReconOptions): Promise<BenchReconResult> {
+/** Defaults of `benchRecon`, which `roundtrip bench recon`'s flags take too. */
+export const BENCH_RECON_DEFAULTS = {
+  checkpoints: [] as string[],
+  n: 64,
+  seed: 0,
+  prompt: '',
+  recTxtMode: 'x0' as ReconstructTextMode,
+  sdSteps: 10,
+  guidance: 4,
+  device: 'cpu',
+  replicates: 2000,
+};
+type Defaulted = keyof typeof BENCH_RECON_DEFAULTS;
+/** `benchRecon`'s input: the options, those with a default (BENCH_RECON_DEFAULTS) optional. */
+export type BenchReconInput = Omit<BenchReconOptions, Defaulted> & Partial<Pick<BenchReconOptions, Defaulted>>;
+
+export async function benchRecon(input: BenchReconInput): Promise<BenchReconResult> {
+  if (input.data === undefined) throw new RoundtripError('bench recon: --data FILE is required (a Karpathy-layout list of held-out images and captions)');
+  if (input.blip === undefined || input.sd === undefined) throw new RoundtripError('bench recon: --blip and --sd are required (the base model folders the checkpoints were trained from)');
+  const o: BenchReconOptions = { ...BENCH_RECON_DEFAULTS } as BenchReconOptions;
+  for (const [k, v] of Object.entries(input)) if (v !== undefined) (o as unknown as Record<string, unknown>)[k] = v;
   expectString('--blip', o.blip);
   expectString('--sd', o.sd);
   expectString('--data', o.data);
   expectInteger('--n', o.n, { min: 2 });
   expectInteger('--seed', o.seed, { min: 0, max: 0x7fffffff });
+  expectInteger('--sd-steps', o.sdSteps, { min: 1 });
+  expectNumber('--guidance', o.guidance, { min: 0 });
+  expectInteger('--replicates', o.replicates, { min: 1 });
+  expectString('--device', o.device);
   if (!RECONSTRUCT_TEXT_MODES.includes(o.recTxtMode)) throw new RoundtripError(`--rec-txt-mode: expected ${RECONSTRUCT_TEXT_MODES.join(' or ')}, got '${o.recTxtMode}'`);
   const items = readHeldOut(o.data, o.images ?? path.dirname(path.resolve(o.data)), o.n);
   const checkpoints: ReconCheckpoint[] = [{ name: 'base', step: 0, files: {} }, ...o.checkpoints.map((c, i) => resolveReconCheckpoint(c, i + 1))];
