@@ -12,6 +12,7 @@ async function main() {
   try {
     const r = await pipe.generate(['a photograph of an astronaut riding a horse'], {
       scheduler: 'euler', steps: Number(steps), guidance: 7.5, height: Number(side), width: Number(side), seed: 0, vaeSlicing: slicing === '1',
+      releaseTextEncoder: true, // as `roundtrip generate`: one call, then the process ends
     });
     await StableDiffusionPipeline.savePngs(r, out, 'bench');
     r.images.dispose();

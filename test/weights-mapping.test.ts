@@ -121,3 +121,38 @@ test('a file lacking a parameter is refused by name (no parameter is left unfill
   await expect(NativeModel.fromFiles('unet', config, [file])).rejects.toThrow(/conv_out\.bias/);
   await expect(NativeModel.fromFiles('unet', config, [])).rejects.toThrow(/weight file/);
 });
+
+test('releaseWeightPages hands back frozen mapped pages; outputs stay bit-equal; a written tensor keeps its values', async () => {
+  const m = await NativeModel.fromFiles('unet', config, [UNET_FILE]);
+  const copied = await NativeModel.create('unet', config);
+  try {
+    await copied.loadWeights([UNET_FILE], { map: false });
+    expect(await copied.releaseWeightPages()).toBe(0); // copied weights: nothing mapped to hand back
+    const a = await forward(m);
+    const released = await m.releaseWeightPages();
+    expect(released).toBeGreaterThan(0);
+    expect(released).toBeLessThanOrEqual(fs.statSync(UNET_FILE).size);
+    const b = await forward(m); // the pages fault in again from the page cache: the same bytes
+    expect(b.compare(a, 0, 0).bad).toBe(0);
+    // A trained tensor's written pages are private copies: once frozen again they must survive a release.
+    const names = m.setTrainable(['attn2\\.to_q\\.weight$']);
+    const params = m.tensors(names);
+    const optimizer = new AdamW(params, { lr: 1e-2 });
+    const latents = Tensor.randn([1, 4, 16, 16], 3);
+    const noise = Tensor.randn([1, 4, 16, 16], 4);
+    const t = Tensor.fromTypedArray(BigInt64Array.from([400n]), [1], 'int64');
+    const ehs = Tensor.randn([1, 77, Number(config.cross_attention_dim)], 5);
+    const out = await m.call('denoising_loss', { latents, noise, timesteps: t, encoder_hidden_states: ehs }, { scheduler_config: {} });
+    await out.loss.backward();
+    await optimizer.step();
+    const trained = params[names[0]].clone();
+    m.setTrainable([]);
+    await m.releaseWeightPages();
+    const after = m.tensors([names[0]]);
+    expect(after[names[0]].compare(trained, 0, 0).bad).toBe(0);
+    disposeAll([a, b, out, latents, noise, t, ehs, trained, params, after]);
+  } finally {
+    m.dispose();
+    copied.dispose();
+  }
+});

@@ -301,6 +301,20 @@ export class NativeModel<K extends ModelKind = ModelKind> {
     }
   }
 
+  /**
+   * Hands back the resident pages of the weights that still view their file unwritten (frozen, mapped ones); the
+   * model keeps working, touching them again reads the same bytes from the page cache. For a model a one-shot
+   * process is done with (`roundtrip generate` releases the text encoder once the prompts are encoded). Returns
+   * the bytes handed back (0 for copied or converted weights).
+   */
+  async releaseWeightPages(): Promise<number> {
+    try {
+      return await this.handle.releaseWeightPages();
+    } catch (err) {
+      throw wrapError(err);
+    }
+  }
+
   dispose(): void {
     this.handle.dispose();
   }

@@ -65,6 +65,7 @@ export interface NativeModelHandle {
   train(on: boolean): void;
   setChannelsLast(on: boolean): void;
   setFrozenDtype(dtype: string): Promise<FrozenDtypeReport>;
+  releaseWeightPages(): Promise<number>;
   dispose(): void;
 }
 

@@ -9,6 +9,7 @@
 #include "core/model.h"
 #include "core/napi_util.h"
 #include "core/reduced_weights.h"
+#include "core/safetensors.h"
 #include "core/tensor_handle.h"
 
 namespace rt {
@@ -66,6 +67,7 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
                                        InstanceMethod<&ModelHandle::Train>("train"),
                                        InstanceMethod<&ModelHandle::SetChannelsLast>("setChannelsLast"),
                                        InstanceMethod<&ModelHandle::SetFrozenDtype>("setFrozenDtype"),
+                                       InstanceMethod<&ModelHandle::ReleaseWeightPages>("releaseWeightPages"),
                                        InstanceMethod<&ModelHandle::Dispose>("dispose"),
                                    });
     ctor = Napi::Persistent(f);
@@ -275,6 +277,24 @@ class ModelHandle : public Napi::ObjectWrap<ModelHandle> {
 
   // setFrozenDtype(dtype: "bfloat16" | "float16") -> Promise<{tensors, bytesBefore, bytesAfter, dtype}>: frozen weights
   // held reduced and up-cast per op (core/reduced_weights.h). CPU only.
+  // releaseWeightPages() -> Promise<number>: hands back the resident file pages of the weights that still view their
+  // file unwritten (a trained tensor's written pages are its own copies and stay). Touching them again faults
+  // the same bytes in from the page cache. For a component a one-shot process is done with, as stable-diffusion.cpp
+  // frees its conditioner's weights once the prompts are encoded. Returns the bytes handed back.
+  Napi::Value ReleaseWeightPages(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      auto m = get(info.Env());
+      return run_async(info.Env(), [m]() -> Finisher {
+        std::lock_guard<std::mutex> lock(m->mutex);
+        size_t bytes = 0;
+        // Page by page in /proc/self/pagemap: only tensors whose resident pages are all still the file's.
+        for (const auto& p : m->parameters()) bytes += release_unwritten_mapped_pages(p);
+        for (const auto& b : m->buffers()) bytes += release_unwritten_mapped_pages(b);
+        return [bytes](Napi::Env env) { return Napi::Number::New(env, static_cast<double>(bytes)); };
+      });
+    });
+  }
+
   Napi::Value SetFrozenDtype(const Napi::CallbackInfo& info) {
     return guarded(info.Env(), [&]() -> Napi::Value {
       auto m = get(info.Env());

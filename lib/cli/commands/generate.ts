@@ -121,6 +121,7 @@ export async function runGenerate(a: GenerateArgs, stream: ProgressStream = proc
       batch: a.batch,
       vaeSlicing: a.vaeSlicing,
       vaeTiling: a.vaeTiling,
+      releaseTextEncoder: true,  // one call, then the process ends: the prompts' encoder is done with
       initImage: a.initImage,
       strength: a.strength,
       onStep: (done, total) => {

@@ -6,7 +6,7 @@
 import { hfWeightFiles } from '../../weights/files';
 import * as fs from 'fs';
 import * as path from 'path';
-import { OptionNames, RoundtripError, expectInteger, expectNumber, expectOneOf, expectString, invalid, optionName } from '../../errors';
+import { OptionNames, RoundtripError, expectInteger, expectBoolean, expectNumber, expectOneOf, expectString, invalid, optionName } from '../../errors';
 import { LIMITS, expectBounded } from '../../limits';
 import { loadImage } from '../../image/decode';
 import { savePng } from '../../image/encode';
@@ -95,6 +95,12 @@ export interface GenerateOptions {
   vaeSlicing?: boolean;
   /** Tiled decode above the VAE's sample_size (diffusers' enable_vae_tiling; see DecodeOptions.tiling). */
   vaeTiling?: boolean;
+  /**
+   * Once the prompts are encoded, hand the text encoder's mapped weight pages back for the rest of the call (its
+   * `releaseWeightPages`): less peak memory for a one-shot process (`roundtrip generate` sets it); a later call
+   * reads them in again from the page cache. Default false.
+   */
+  releaseTextEncoder?: boolean;
   /** img2img: the init image (a file or decoded RGB); the run starts part-way, see `strength`. */
   initImage?: string | RgbImage;
   /**
@@ -151,6 +157,7 @@ export function checkGenerateOptions(prompts: readonly string[], opts: GenerateO
     if (opts.initImage === undefined) throw new RoundtripError(`${n('strength')}: only with ${n('initImage')} (img2img)`);
   }
   if (opts.initImage !== undefined && typeof opts.initImage !== 'object') expectString(n('initImage'), opts.initImage);
+  for (const key of ['vaeSlicing', 'vaeTiling', 'releaseTextEncoder'] as const) if (opts[key] !== undefined) expectBoolean(n(key), opts[key]);
   return { batch, steps, guidance };
 }
 
@@ -377,6 +384,7 @@ export class StableDiffusionPipeline {
           owned.push(cond);
           const uncond = guidance > 1 ? await this.encodePrompts(negAll) : undefined;
           owned.push(uncond);
+          if (opts.releaseTextEncoder) await this.textEncoder.releaseWeightPages();
           let initial: Tensor;
           let initLatents: Tensor | undefined;
           if (img2img) {
