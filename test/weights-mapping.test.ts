@@ -73,6 +73,22 @@ function digest(file: string): string {
   return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 }
 
+// One AdamW step (lr 1e-2) of the denoising loss on fixed draws, over `params`.
+async function denoisingStep(m: NativeModel, params: Record<string, Tensor>): Promise<void> {
+  const optimizer = new AdamW(params, { lr: 1e-2 });
+  const latents = Tensor.randn([1, 4, 16, 16], 3);
+  const noise = Tensor.randn([1, 4, 16, 16], 4);
+  const t = Tensor.fromTypedArray(BigInt64Array.from([400n]), [1], 'int64');
+  const ehs = Tensor.randn([1, 77, Number(config.cross_attention_dim)], 5);
+  const out = await m.call('denoising_loss', { latents, noise, timesteps: t, encoder_hidden_states: ehs }, { scheduler_config: {} });
+  try {
+    await out.loss.backward();
+    await optimizer.step();
+  } finally {
+    disposeAll([out, latents, noise, t, ehs]);
+  }
+}
+
 test('a training step on mapped weights changes the parameter, never the file (bytes and mtime)', async () => {
   const file = path.join(tmp, 'unet.safetensors');
   fs.copyFileSync(UNET_FILE, file);
@@ -87,17 +103,10 @@ test('a training step on mapped weights changes the parameter, never the file (b
     expect(names.length).toBeGreaterThan(0);
     const params = m.tensors(names);
     const original = params[names[0]].clone();
-    const optimizer = new AdamW(params, { lr: 1e-2 });
-    const latents = Tensor.randn([1, 4, 16, 16], 3);
-    const noise = Tensor.randn([1, 4, 16, 16], 4);
-    const t = Tensor.fromTypedArray(BigInt64Array.from([400n]), [1], 'int64');
-    const ehs = Tensor.randn([1, 77, Number(config.cross_attention_dim)], 5);
-    const out = await m.call('denoising_loss', { latents, noise, timesteps: t, encoder_hidden_states: ehs }, { scheduler_config: {} });
-    await out.loss.backward();
-    await optimizer.step();
+    await denoisingStep(m, params);
     const moved = params[names[0]].compare(original, 0, 0);
     expect(moved.bad).toBeGreaterThan(0);
-    disposeAll([out, latents, noise, t, ehs, original, params]);
+    disposeAll([original, params]);
   } finally {
     m.dispose();
   }
@@ -137,20 +146,13 @@ test('releaseWeightPages hands back frozen mapped pages; outputs stay bit-equal;
     // A trained tensor's written pages are private copies: once frozen again they must survive a release.
     const names = m.setTrainable(['attn2\\.to_q\\.weight$']);
     const params = m.tensors(names);
-    const optimizer = new AdamW(params, { lr: 1e-2 });
-    const latents = Tensor.randn([1, 4, 16, 16], 3);
-    const noise = Tensor.randn([1, 4, 16, 16], 4);
-    const t = Tensor.fromTypedArray(BigInt64Array.from([400n]), [1], 'int64');
-    const ehs = Tensor.randn([1, 77, Number(config.cross_attention_dim)], 5);
-    const out = await m.call('denoising_loss', { latents, noise, timesteps: t, encoder_hidden_states: ehs }, { scheduler_config: {} });
-    await out.loss.backward();
-    await optimizer.step();
+    await denoisingStep(m, params);
     const trained = params[names[0]].clone();
     m.setTrainable([]);
     await m.releaseWeightPages();
     const after = m.tensors([names[0]]);
     expect(after[names[0]].compare(trained, 0, 0).bad).toBe(0);
-    disposeAll([a, b, out, latents, noise, t, ehs, trained, params, after]);
+    disposeAll([a, b, trained, params, after]);
   } finally {
     m.dispose();
     copied.dispose();
