@@ -31,6 +31,18 @@ auto guarded(Napi::Env env, F&& body) -> decltype(body()) {
 // its steps). `work` returns a finisher that builds the JS result on the JS thread.
 using Finisher = std::function<Napi::Value(Napi::Env)>;
 
+// Settles a call's promise with what its finisher builds on the JS thread (a throw rejects it), then drops it.
+inline void resolve_with(Napi::Promise::Deferred& deferred, Finisher& finish, Napi::Env env) {
+  try {
+    deferred.Resolve(finish ? finish(env) : env.Undefined());
+  } catch (const Napi::Error& e) {
+    deferred.Reject(e.Value());
+  } catch (const std::exception& e) {
+    deferred.Reject(Napi::Error::New(env, message_of(e)).Value());
+  }
+  finish = nullptr;
+}
+
 // What a call's work reports to the libuv worker waiting for it.
 struct ComputeCompletion {
   std::mutex mu;
@@ -94,14 +106,7 @@ class Worker : public Napi::AsyncWorker {
   }
   void OnOK() override {
     Napi::Env env = Env();
-    try {
-      deferred_.Resolve(finish_ ? finish_(env) : env.Undefined());
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    } catch (const std::exception& e) {
-      deferred_.Reject(Napi::Error::New(env, message_of(e)).Value());
-    }
-    finish_ = nullptr;
+    resolve_with(deferred_, finish_, env);
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
@@ -188,14 +193,7 @@ class ProgressWorker : public Napi::AsyncProgressQueueWorker<std::pair<int64_t, 
   void OnOK() override {
     Napi::Env env = Env();
     if (!callback_error_.IsEmpty()) return deferred_.Reject(callback_error_.Value());
-    try {
-      deferred_.Resolve(finish_ ? finish_(env) : env.Undefined());
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    } catch (const std::exception& e) {
-      deferred_.Reject(Napi::Error::New(env, message_of(e)).Value());
-    }
-    finish_ = nullptr;
+    resolve_with(deferred_, finish_, env);
   }
   void OnError(const Napi::Error& e) override {
     if (!callback_error_.IsEmpty()) return deferred_.Reject(callback_error_.Value());
