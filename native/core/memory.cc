@@ -229,10 +229,6 @@ void install_memory_policy() {
     g_huge_pages = !(huge && std::string(huge) == "off");
     // Small blocks (and oneDNN's own buffers) stay in glibc: keep blocks up to 32 MiB out of mmap, and keep up to
     // 64 MiB of freed heap top instead of trimming it after every call.
-    // One arena for every thread: each libuv worker that runs a call would otherwise fill an arena of its own with
-    // the call's small blocks and keep it (a joint step's graph holds ~0.5 GB of them), so peak RSS grew by another
-    // arena whenever a call landed on a new worker. Threads that malloc'ed before the addon loaded keep theirs.
-    mallopt(M_ARENA_MAX, 1);
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 128 << 20);
     mallopt(M_TOP_PAD, 64 << 20);

@@ -43,7 +43,7 @@ inline void resolve_with(Napi::Promise::Deferred& deferred, Finisher& finish, Na
   finish = nullptr;
 }
 
-// What a call's work reports to the libuv worker waiting for it.
+// What a call's work reports to the libuv worker waiting for it: its steps and its end.
 struct ComputeCompletion {
   std::mutex mu;
   std::condition_variable cv;
@@ -51,13 +51,16 @@ struct ComputeCompletion {
   std::exception_ptr error;
   std::deque<std::pair<int64_t, int64_t>> steps;  // progress not yet passed on
 
-  std::function<void(std::exception_ptr)> on_done(std::shared_ptr<ComputeCompletion> self) {
-    return [self](std::exception_ptr e) {
-      std::lock_guard<std::mutex> lock(self->mu);
-      self->done = true;
-      self->error = e;
-      self->cv.notify_all();
-    };
+  void add_step(int64_t done_steps, int64_t total) {
+    std::lock_guard<std::mutex> lock(mu);
+    steps.emplace_back(done_steps, total);
+    cv.notify_all();
+  }
+  void finish(std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+    error = e;
+    cv.notify_all();
   }
   // Waits until the work is done, handing each step to `step` (on the waiting thread) as it arrives.
   template <typename F>
@@ -78,6 +81,15 @@ struct ComputeCompletion {
   }
 };
 
+// Queues `work` on the compute thread (after every call made before it); null when calls run on libuv workers.
+// The completion outlives `work`: the compute thread holds it until it has reported the end.
+inline std::shared_ptr<ComputeCompletion> submit_call(std::function<void(ComputeCompletion&)> work) {
+  if (!compute_thread_enabled()) return nullptr;
+  auto c = std::make_shared<ComputeCompletion>();
+  submit_to_compute_thread([work = std::move(work), raw = c.get()] { work(*raw); }, [c](std::exception_ptr e) { c->finish(e); });
+  return c;
+}
+
 class Worker : public Napi::AsyncWorker {
  public:
   Worker(Napi::Env env, std::function<Finisher()> work)
@@ -86,10 +98,7 @@ class Worker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
   // Queues the work on the compute thread (in call order), then the libuv wait.
   void Start() {
-    if (compute_thread_enabled()) {
-      completion_ = std::make_shared<ComputeCompletion>();
-      submit_to_compute_thread([this] { run(); }, completion_->on_done(completion_));
-    }
+    completion_ = submit_call([this](ComputeCompletion&) { run(); });
     Queue();
   }
 
@@ -145,18 +154,7 @@ class ProgressWorker : public Napi::AsyncProgressQueueWorker<std::pair<int64_t, 
   Napi::Promise promise() { return deferred_.Promise(); }
   // Queues the work on the compute thread (in call order), then the libuv wait.
   void Start() {
-    if (compute_thread_enabled()) {
-      completion_ = std::make_shared<ComputeCompletion>();
-      std::weak_ptr<ComputeCompletion> c = completion_;
-      submit_to_compute_thread([this, c] { run([c](int64_t done, int64_t total) {
-                                 if (auto s = c.lock()) {
-                                   std::lock_guard<std::mutex> lock(s->mu);
-                                   s->steps.emplace_back(done, total);
-                                   s->cv.notify_all();
-                                 }
-                               }); },
-                               completion_->on_done(completion_));
-    }
+    completion_ = submit_call([this](ComputeCompletion& c) { run([&c](int64_t done, int64_t total) { c.add_step(done, total); }); });
     Queue();
   }
 
