@@ -33,38 +33,45 @@ inline bool can_inplace(const at::Tensor& into, const at::Tensor& other) {
 // a + b, reusing a's buffer when allowed.
 inline at::Tensor add_into(at::Tensor a, const at::Tensor& b) { return can_inplace(a, b) ? a.add_(b) : a + b; }
 
-// GroupNorm then SiLU under autograd, keeping only the norm's input and its per-group statistics for backward:
-// SiLU's input (the normalised tensor) is recomputed there instead of being held, which drops one activation-sized
-// tensor per pair from a training graph (two per ResnetBlock2D; the VAE decoder's backward at 256² holds ~0.6 GB
-// less). Forward and gradients are the ones libtorch's two ops give: the same native_group_norm, silu_backward and
-// native_group_norm_backward calls its autograd formulas make, so results are bit for bit equal.
+// GroupNorm then SiLU under autograd, keeping only the norm's input (and its affine weights) for backward: SiLU's
+// input, the normalised tensor, is recomputed there instead of being held, which drops one activation-sized tensor
+// per pair from a training graph (two per ResnetBlock2D). Backward runs the two ops again under libtorch's own
+// autograd, so its gradients are the unfused ones exactly (test/joint-step.test.ts holds the native step to the
+// composition within 1e-5 on the losses after an AdamW step, which a hand-written backward missed).
 struct GroupNormSiLUFn : torch::autograd::Function<GroupNormSiLUFn> {
   // x: [N, C, *] -> silu(group_norm(x)) [N, C, *]
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& bias, int64_t groups, double eps) {
-    const at::Tensor x = input.contiguous(input.suggest_memory_format());  // as at::group_norm on the CPU
-    const int64_t n = x.size(0), c = x.size(1), hw = c == 0 || n == 0 ? 0 : x.numel() / (n * c);
-    auto r = at::native_group_norm(x, weight, bias, n, c, hw, groups, eps);
-    ctx->save_for_backward({x, weight, bias, std::get<1>(r), std::get<2>(r)});
+    ctx->save_for_backward({x, weight, bias});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["eps"] = eps;
-    return at::silu_(std::get<0>(r));  // the normalised tensor is ours and not kept: SiLU in place
+    at::Tensor y = at::group_norm(x, groups, weight, bias, eps);
+    return at::silu_(y);  // the normalised tensor is ours and not kept: SiLU in place
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &weight = saved[1], &bias = saved[2], &mean = saved[3], &rstd = saved[4];
-    // The backward kernel reads plain contiguous tensors, as libtorch's formula hands it (channels-last too).
-    const at::Tensor x = saved[0].is_contiguous() ? saved[0] : saved[0].contiguous();
     const int64_t groups = ctx->saved_data["groups"].toInt();
     const double eps = ctx->saved_data["eps"].toDouble();
-    const int64_t n = x.size(0), c = x.size(1), hw = c == 0 || n == 0 ? 0 : x.numel() / (n * c);
-    const at::Tensor normed = std::get<0>(at::native_group_norm(x, weight, bias, n, c, hw, groups, eps));
-    const at::Tensor& g = grads[0];
-    at::Tensor grad_normed = at::silu_backward(g.is_contiguous() ? g : g.contiguous(), normed);
-    if (!grad_normed.is_contiguous()) grad_normed = grad_normed.contiguous();
-    auto r = at::native_group_norm_backward(grad_normed, x, mean, rstd, weight, n, c, hw, groups,
-                                            {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)});
-    return {std::get<0>(r), std::get<1>(r), std::get<2>(r), at::Tensor(), at::Tensor()};
+    // The two ops again, with libtorch's own autograd over them: their backward formulas, as unfused.
+    std::vector<at::Tensor> leaves;
+    std::vector<int> slot;
+    auto leaf = [&](const at::Tensor& t, int i) {
+      at::Tensor d = t.detach();
+      if (ctx->needs_input_grad(i)) {
+        d.requires_grad_(true);
+        leaves.push_back(d);
+        slot.push_back(i);
+      }
+      return d;
+    };
+    at::AutoGradMode grad_mode(true);
+    const at::Tensor x = leaf(saved[0], 0), weight = leaf(saved[1], 1), bias = leaf(saved[2], 2);
+    const at::Tensor y = at::silu(at::group_norm(x, groups, weight, bias, eps));
+    torch::autograd::variable_list out(5);
+    if (leaves.empty()) return out;
+    const auto g = torch::autograd::grad({y}, leaves, {grads[0]});
+    for (size_t k = 0; k < leaves.size(); ++k) out[slot[k]] = g[k];
+    return out;
   }
 };
 
