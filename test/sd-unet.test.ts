@@ -1,11 +1,12 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import '../lib/conformance/sd-unet';
+import { XATTN_Q } from '../lib/conformance/sd-unet';
 import { runConformanceCase } from '../lib/conformance/registry';
 import { UNet } from '../lib/models/sd/unet';
 import { parsePythonJson } from '../lib/models/sd/schedulers';
-import { disposeAll, noGrad } from '../lib/runtime/tensor';
+import { memorySnapshot } from '../lib/runtime/memory';
+import { Tensor, disposeAll, noGrad } from '../lib/runtime/tensor';
 import { loadSafetensors } from '../lib/weights/safetensors';
 import { saveTensors } from '../lib/weights/save';
 import { AdamW } from '../lib/train/optimizer';
@@ -70,4 +71,40 @@ test('a trained, then frozen weight keeps its trained values after packing (its 
   expect(packed.compare(io['output.sample'], spec.recommended_atol, spec.recommended_rtol).bad).toBeGreaterThan(0);
   disposeAll([io, loss, packed, plain, ...Object.values(params)]);
   unet.dispose();
+});
+
+test('a training forward runs frozen convolutions on packed weights, with gradients bit-equal to libtorch\'s own convolution', async () => {
+  const dir = path.join(REFERENCE, 'sd-unet');
+  const unet = await UNet.create(parsePythonJson(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
+  await unet.model.loadWeights([path.join(dir, 'model.safetensors')]);
+  const io = await loadSafetensors(path.join(dir, 'io.safetensors'));
+  const weights = Object.values(unet.model.tensors(unet.model.setTrainable(['.'])));
+  const convBytes = weights.filter((t) => t.shape.length === 4).reduce((n, t) => n + 4 * t.shape.reduce((a, b) => a * b, 1), 0);
+  disposeAll(weights);
+  // The fixture's set-up: frozen convolutions, trainable cross-attention queries, the text states' gradient.
+  const run = async (trainable: string[]) => {
+    const names = unet.model.setTrainable(trainable);
+    const ehs = io['input.encoder_hidden_states'].detach();
+    ehs.requiresGrad = true;
+    const { sample } = await unet.forward(io['input.sample'], io['input.timesteps'], ehs);
+    const loss = Tensor.op('mse', [sample, io['input.target']]);
+    await loss.backward();
+    const params = unet.model.tensors(names.filter((n) => /attn2\.to_q\.weight$/.test(n)));
+    const grads = [ehs.grad()!, ...Object.values(params).map((p) => p.grad()!)];
+    disposeAll([ehs, loss, Object.values(params)]);
+    return { sample, grads };
+  };
+  const before = memorySnapshot().nativePackedWeightBytes;
+  const packed = await run([XATTN_Q]);
+  const held = memorySnapshot().nativePackedWeightBytes - before;
+  expect(held).toBeGreaterThan(0.5 * convBytes);
+  expect(held).toBeLessThanOrEqual(convBytes);
+  // Trainable convolution weights take libtorch's own convolution: the same bits, forward and backward.
+  const plain = await run([XATTN_Q, 'conv', 'proj_in', 'proj_out']);
+  expect(plain.sample.compare(packed.sample, 0, 0).bad).toBe(0);
+  expect(plain.grads.length).toBe(packed.grads.length);
+  plain.grads.forEach((g, i) => expect(g.compare(packed.grads[i], 0, 0).bad).toBe(0));
+  disposeAll([io, packed.sample, plain.sample, packed.grads, plain.grads]);
+  unet.dispose();
+  expect(memorySnapshot().nativePackedWeightBytes).toBe(before);
 });

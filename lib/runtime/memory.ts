@@ -15,6 +15,8 @@ export interface MemorySnapshot {
   /** Native large blocks held by tensors / cached for reuse, bytes. */
   nativeLiveBytes: number;
   nativeCachedBytes: number;
+  /** Convolution weights held as oneDNN-packed copies, bytes (one per weight at inference, two under autograd). */
+  nativePackedWeightBytes: number;
 }
 
 function statusKb(field: string): number | undefined {
@@ -36,6 +38,7 @@ export function memorySnapshot(): MemorySnapshot {
     minorFaults: usage.minorPageFault,
     nativeLiveBytes: stats.liveBytes,
     nativeCachedBytes: stats.cachedBytes,
+    nativePackedWeightBytes: stats.packedWeightBytes,
   };
 }
 

@@ -45,6 +45,8 @@ export interface NativeMemoryStats {
   hits: number;
   misses: number;
   evictions: number;
+  /** Convolution weights held as oneDNN-packed copies (inference, and frozen ones under autograd: two per weight). */
+  packedWeightBytes: number;
 }
 
 export interface NativeModelHandle {

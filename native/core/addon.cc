@@ -14,7 +14,7 @@ void InitJoint(Napi::Env env, Napi::Object exports);
 void InitDist(Napi::Env env, Napi::Object exports);
 json model_kinds_json() { return model_kinds(); }
 
-// memoryStats() -> {liveBytes, cachedBytes, peakBytes, peakLiveBytes, hits, misses, evictions} of the large-block cache.
+// memoryStats() -> {liveBytes, cachedBytes, peakBytes, peakLiveBytes, hits, misses, evictions, packedWeightBytes} of the large-block cache.
 Napi::Value MemoryStatsJs(const Napi::CallbackInfo& info) {
   const MemoryStats s = memory_stats();
   return json_to_js(info.Env(), {{"liveBytes", s.live_bytes},
@@ -23,7 +23,8 @@ Napi::Value MemoryStatsJs(const Napi::CallbackInfo& info) {
                                  {"peakLiveBytes", s.peak_live_bytes},
                                  {"hits", s.hits},
                                  {"misses", s.misses},
-                                 {"evictions", s.evictions}});
+                                 {"evictions", s.evictions},
+                                 {"packedWeightBytes", s.packed_weight_bytes}});
 }
 }  // namespace rt
 

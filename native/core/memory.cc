@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -243,7 +244,15 @@ void release_cached_memory() {
   malloc_trim(0);
 }
 
-MemoryStats memory_stats() { return CachingCpuAllocator::instance ? CachingCpuAllocator::instance->stats() : MemoryStats{}; }
+std::atomic<int64_t> g_packed_weight_bytes{0};
+
+void note_packed_weight_bytes(int64_t delta) { g_packed_weight_bytes += delta; }
+
+MemoryStats memory_stats() {
+  MemoryStats s = CachingCpuAllocator::instance ? CachingCpuAllocator::instance->stats() : MemoryStats{};
+  s.packed_weight_bytes = static_cast<uint64_t>(std::max<int64_t>(0, g_packed_weight_bytes.load()));
+  return s;
+}
 
 void reset_peak_memory() {
   if (CachingCpuAllocator::instance) CachingCpuAllocator::instance->reset_peak();

@@ -25,8 +25,11 @@ struct MemoryStats {
   uint64_t peak_bytes = 0;    // max of live + cached since start (or the last reset)
   uint64_t peak_live_bytes = 0;  // max of live alone over the same window
   uint64_t hits = 0, misses = 0, evictions = 0;
+  uint64_t packed_weight_bytes = 0;  // convolution weights held as oneDNN-packed copies (sd::PackedConv2d)
 };
 MemoryStats memory_stats();
 void reset_peak_memory();
+// Bookkeeping of packed weight copies: +bytes when one is made, -bytes when it is dropped.
+void note_packed_weight_bytes(int64_t delta);
 
 }  // namespace rt

@@ -6,6 +6,7 @@
 
 #include "core/autocast.h"
 #include "core/common.h"
+#include "core/memory.h"
 #include "core/safetensors.h"
 #include "nn/layers.h"
 
@@ -87,16 +88,24 @@ inline at::Tensor group_norm_silu(torch::nn::GroupNorm& norm, const at::Tensor& 
   return GroupNormSiLUFn::apply(x, norm->weight, norm->bias, o.num_groups(), o.eps());
 }
 
-// A Conv2d's forward at inference with its weight packed once into oneDNN's blocked layout. libtorch 1.13 reorders a
-// plain weight into that layout inside every oneDNN convolution: for SD v1.4's UNet 2.4 GB of weights are read,
-// written to fresh buffers (zeroed by the block cache) and dropped on every forward. The packed copy is kept while the
-// weight keeps its storage and version (an optimizer step or a weight load repacks it); a frozen, unwritten mapped
-// weight then gives its pages back, so the copy replaces rather than doubles its resident memory. Taken only where
-// libtorch itself would run oneDNN (its use_mkldnn rule for float32 CPU input), so
-// the same kernels compute it; oneDNN may block a packed weight differently (outputs ~1e-6 apart). Outside a
-// PackedConvScope, with autograd, on another device or another libtorch, the module's own forward runs.
-// Whether PackedConv2d may pack: set by the UNet for a whole forward that starts without autograd. A checkpointed
-// training forward runs its first pass without grad too; it keeps libtorch's path, so both passes compute alike.
+// A Conv2d whose forward runs on its weight packed once into oneDNN's blocked layout. libtorch 1.13 reorders a
+// plain weight into that layout inside every oneDNN convolution: for SD v1.4's UNet 2.2 GB of convolution weights
+// are read, written to fresh buffers and dropped on every forward (for a 1280-channel 3×3 at 8×8, the reorder is 3/4
+// of the convolution's time). The packed copy is kept while the weight keeps its storage and version (an optimizer
+// step or a weight load repacks it). Taken only where libtorch itself would run oneDNN (its use_mkldnn rule for
+// float32 CPU input), so the same kernel computes it on the same blocked values: in every shape tested the outputs
+// equal libtorch's bit for bit (test/sd-unet.test.ts; the joint-step test's composition check depends on it), except
+// for 1×1 inputs, which keep libtorch's path under autograd.
+// - Without autograd, a frozen weight that still views its file unwritten then gives its mapped pages back, so the
+//   copy replaces rather than doubles its resident memory.
+// - With autograd, only for a frozen weight and bias: the forward runs packed, and backward takes libtorch's own
+//   input gradient on the plain weight (its convolution_backward, the kernel and summation order of the unpacked
+//   path; computing it instead as a convolution of the flipped, transposed weight moved the joint step's
+//   losses after an AdamW step by 1e-4). So training holds both the plain and the packed weight (+2.2 GB for
+//   SD v1.4) and saves the forward's reorders.
+// Outside a PackedConvScope, on another device or another libtorch, the module's own forward runs.
+// Whether PackedConv2d may pack: set by the UNet for its whole forward, with or without autograd, and for a
+// checkpointed block's recomputation (so both passes run the same kernels).
 inline bool& packed_conv_enabled() {
   thread_local bool on = false;
   return on;
@@ -106,11 +115,56 @@ struct PackedConvScope {
   explicit PackedConvScope(bool on) : prev(packed_conv_enabled()) { packed_conv_enabled() = on; }
   ~PackedConvScope() { packed_conv_enabled() = prev; }
 };
+// ROUNDTRIP_PACKED_CONV: "on" (default), "inference" (autograd keeps libtorch's convolution: the packed copy's
+// memory back, the forward's reorders again) or "off"; a diagnostic for A/B runs, read once.
+enum class PackedConvPolicy { on, inference, off };
+inline PackedConvPolicy packed_conv_policy() {
+  static const PackedConvPolicy p = [] {
+    const char* e = std::getenv("ROUNDTRIP_PACKED_CONV");
+    const std::string v = e ? e : "on";
+    if (v == "off") return PackedConvPolicy::off;
+    if (v == "inference") return PackedConvPolicy::inference;
+    if (v != "on") throw Error("ROUNDTRIP_PACKED_CONV: expected on, inference or off, got '" + v + "'");
+    return PackedConvPolicy::on;
+  }();
+  return p;
+}
+
+#if TORCH_VERSION_MAJOR == 1 && TORCH_VERSION_MINOR == 13 && AT_MKLDNN_ENABLED()
+// conv(x) with a frozen weight under autograd: forward on the packed weight, only x gets a gradient.
+struct PackedFrozenConvFn : torch::autograd::Function<PackedFrozenConvFn> {
+  // x: [N, Cin, H, W] -> [N, Cout, H', W']
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& packed,
+                            const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const torch::nn::detail::ConvNdOptions<2>& o) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["padding"] = at::IntArrayRef(*c10::get_if<torch::ExpandingArray<2>>(&o.padding())).vec();
+    ctx->saved_data["stride"] = at::IntArrayRef(o.stride()).vec();
+    ctx->saved_data["dilation"] = at::IntArrayRef(o.dilation()).vec();
+    ctx->saved_data["groups"] = o.groups();
+    return at::mkldnn_convolution(x, packed, bias, ctx->saved_data["padding"].toIntVector(), o.stride(), o.dilation(), o.groups());
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    // grads[0]: [N, Cout, H', W'] -> the input's gradient [N, Cin, H, W], as libtorch's convolution computes it
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> padding = ctx->saved_data["padding"].toIntVector(), stride = ctx->saved_data["stride"].toIntVector(),
+                               dilation = ctx->saved_data["dilation"].toIntVector(), no_output_padding{0, 0};
+    at::Tensor gx = std::get<0>(at::convolution_backward(grads[0], saved[0], saved[1], c10::nullopt, stride, padding, dilation,
+                                                         false, no_output_padding, ctx->saved_data["groups"].toInt(), {true, false, false}));
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+#endif
 
 struct PackedConv2d {
   at::Tensor packed;
   const void* data = nullptr;
   int64_t version = -1;
+  int64_t counted = 0;  // bytes of the packed copy, in memory_stats().packed_weight_bytes
+
+  PackedConv2d() = default;
+  PackedConv2d(const PackedConv2d&) = delete;
+  PackedConv2d& operator=(const PackedConv2d&) = delete;
+  ~PackedConv2d() { note_packed_weight_bytes(-counted); }
 
   // c: the module (its weight, bias and options), x: [N, Cin, H, W] -> [N, Cout, H', W']
   at::Tensor operator()(torch::nn::Conv2d& c, const at::Tensor& x) {
@@ -118,10 +172,14 @@ struct PackedConv2d {
     const auto& o = c->options;
     const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
     const at::Tensor& w = c->weight;
-    if (pad && packed_conv_enabled() && !at::GradMode::is_enabled() && c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) && !o.transposed() &&
-        at::globalContext().userEnabledMkldnn() && x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
-        w.scalar_type() == at::kFloat && w.device().is_cpu() && x.is_contiguous()) {
-      const at::IntArrayRef stride = o.stride(), dilation = o.dilation();
+    const bool grad = at::GradMode::is_enabled();
+    const bool frozen = !w.requires_grad() && (!c->bias.defined() || !c->bias.requires_grad());
+    const PackedConvPolicy policy = packed_conv_policy();
+    if (pad && packed_conv_enabled() && policy != PackedConvPolicy::off && (!grad || (frozen && policy == PackedConvPolicy::on)) &&
+        c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) && !o.transposed() && at::globalContext().userEnabledMkldnn() &&
+        x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+        w.device().is_cpu() && x.is_contiguous()) {
+      const at::IntArrayRef padding = *pad, stride = o.stride(), dilation = o.dilation();
       const bool strided = stride[0] != 1 || stride[1] != 1, dilated = dilation[0] != 1 || dilation[1] != 1;
       const int64_t kh = w.size(2), kw = w.size(3), n = x.size(0);
       // libtorch 1.13 ConvParams::use_mkldnn for a dense float32 input.
@@ -130,16 +188,25 @@ struct PackedConv2d {
       if (onednn) {
         if (!packed.defined() || data != w.data_ptr() || version != static_cast<int64_t>(w._version())) {
           packed = at::Tensor();  // the old copy goes before the new one is made
-          packed = at::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), at::IntArrayRef(*pad), stride, dilation, o.groups());
+          note_packed_weight_bytes(-counted);
+          packed = at::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), padding, stride, dilation, o.groups());
           data = w.data_ptr();
           version = static_cast<int64_t>(w._version());
-          // The packed copy now serves every such forward: a frozen weight that still views its file unwritten gives
-          // its mapped pages back, so packing costs no resident memory; anything that reads the plain weight again
-          // faults the same bytes back in from the page cache.
-          if (!w.requires_grad()) release_unwritten_mapped_pages(w);
+          counted = static_cast<int64_t>(w.nbytes());
+          note_packed_weight_bytes(counted);
+          // Without autograd the packed copy serves every forward: a frozen weight that still views its file
+          // unwritten gives its mapped pages back (a training backward reads the plain weight: they fault back in
+          // from the page cache once and stay).
+          if (!grad && !w.requires_grad()) release_unwritten_mapped_pages(w);
         }
         const c10::optional<at::Tensor> bias = c->bias.defined() ? c10::optional<at::Tensor>(c->bias) : c10::nullopt;
-        return at::mkldnn_convolution(x, packed, bias, at::IntArrayRef(*pad), stride, dilation, o.groups());
+        if (!grad || !x.requires_grad()) {
+          at::NoGradGuard no_grad;  // nothing here needs a gradient
+          return at::mkldnn_convolution(x, packed, bias, padding, stride, dilation, o.groups());
+        }
+        // A 1×1 input keeps libtorch's path: there the packed forward's bits differed from libtorch's own (a 64² image's
+        // latents reach 1×1 at the UNet's bottom).
+        if (x.size(2) * x.size(3) > 1) return PackedFrozenConvFn::apply(x, packed, w, bias, o);
       }
     }
 #endif

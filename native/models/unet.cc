@@ -82,14 +82,23 @@ UNetConfig read_unet_config(const json& c) {
 }
 
 // CrossAttnDownBlock2D / DownBlock2D.
-// Resnet and transformer calls; with checkpointing their activations are recomputed in backward.
+// Resnet and transformer calls; with checkpointing their activations are recomputed in backward, where the
+// forward's PackedConvScope is gone: the recomputation opens its own, so both passes run the same convolutions.
 at::Tensor run_resnet(ResnetBlock2D r, const at::Tensor& h, const at::Tensor& temb, bool ckpt) {
   if (!ckpt) return r->forward(h, temb);
-  return rt::nn::checkpoint([r](const std::vector<at::Tensor>& v) mutable { return r->forward(v[0], v[1]); }, {h, temb});
+  const bool packed = packed_conv_enabled();
+  return rt::nn::checkpoint([r, packed](const std::vector<at::Tensor>& v) mutable {
+    PackedConvScope scope(packed);
+    return r->forward(v[0], v[1]);
+  }, {h, temb});
 }
 at::Tensor run_transformer(Transformer2D a, const at::Tensor& h, const at::Tensor& ehs, bool ckpt) {
   if (!ckpt) return a->forward(h, ehs);
-  return rt::nn::checkpoint([a](const std::vector<at::Tensor>& v) mutable { return a->forward(v[0], v[1]); }, {h, ehs});
+  const bool packed = packed_conv_enabled();
+  return rt::nn::checkpoint([a, packed](const std::vector<at::Tensor>& v) mutable {
+    PackedConvScope scope(packed);
+    return a->forward(v[0], v[1]);
+  }, {h, ehs});
 }
 
 struct DownBlockImpl : torch::nn::Module {
@@ -257,7 +266,7 @@ struct UNet : Model {
   at::Tensor forward(const at::Tensor& sample, at::Tensor t, const at::Tensor& ehs, TensorMap* inter = nullptr) {
     const auto dtype = compute_dtype(conv_in->weight);
     const int64_t B = sample.size(0);
-    PackedConvScope packed_convs(!at::GradMode::is_enabled());  // inference: convolutions on packed weights
+    PackedConvScope packed_convs(true);  // convolutions on packed weights (frozen ones only, under autograd)
     if (sample.dim() != 4 || sample.size(1) != k.in_channels)
       throw Error("unet: sample must be [B, " + std::to_string(k.in_channels) + ", H, W], got " + shape_str(sample.sizes()));
     if (ehs.dim() != 3 || ehs.size(0) != B || ehs.size(2) != k.cross_dim[0])
