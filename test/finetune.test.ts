@@ -352,7 +352,8 @@ describe('trainer', () => {
     const fromYaml = finetuneConfigFrom({ config: yamlFile } as any) as any;
     expect(fromYaml.lr).toBe(0.0002);
     expect(fromYaml.batchSize).toBe(3);
-    expect([fromYaml.precision, fromYaml.gradientCheckpointing, fromYaml.prompt]).toEqual(['fp32', false, 'a picture of ']);
+    expect([fromYaml.precision, fromYaml.gradientCheckpointing, fromYaml.trainingConvPacking, fromYaml.prompt]).toEqual(['fp32', false, true, 'a picture of ']);
+    expect(() => finetuneConfigFrom({ config: cfgFile, trainingConvPacking: 'no' } as any)).toThrow(/trainingConvPacking/);
     expect(() => finetuneConfigFrom({ config: cfgFile, precision: 'fp8' } as any)).toThrow(/precision/);
     fs.writeFileSync(yamlFile, 'lr: [1, 2\n');
     expect(() => finetuneConfigFrom({ config: yamlFile } as any)).toThrow(/run\.yaml: invalid YAML/);

@@ -26,6 +26,7 @@ import { DATA } from './support/paths';
 import { makeTinyBlip, makeTinySd } from './support/tiny-models';
 import { JointModels as Models, composed, free, loadJointModels } from './support/joint-models';
 import { pixels } from './support/pixels';
+import { memorySnapshot } from '../lib/runtime/memory';
 
 jest.setTimeout(300000);
 
@@ -115,6 +116,26 @@ describe('native joint step', () => {
     disposeAll([images.blipImages, images.sdImages]);
     free(a);
     free(b);
+  });
+
+  test('trainingConvPacking off: the step packs none of the UNet\'s convolutions and gives the same bits', async () => {
+    const run = async (packing: boolean) => {
+      const m = await load();
+      m.sd.unet.model.setTrainingConvPacking(packing);
+      const images = { blipImages: pixels(2, 64, 41, -1.8, 2.1), sdImages: pixels(2, 64, 42) };
+      const before = memorySnapshot().nativePackedWeightBytes;
+      const { total, terms } = await JointStep.cached({ blip: m.blip, sd: m.sd, bridge, visionTrainable: false }, objective('summed')).objective({ ...images, captions: m.captions }, { step: 0, seed: 5 });
+      const held = memorySnapshot().nativePackedWeightBytes - before;
+      const values = [total.item(), ...Object.values(terms).map((t) => t!.item())];
+      disposeAll([total, Object.values(terms), images.blipImages, images.sdImages]);
+      free(m);
+      return { held, values };
+    };
+    const on = await run(true);
+    const off = await run(false);
+    expect(on.held).toBeGreaterThan(0);
+    expect(off.held).toBe(0);
+    expect(off.values).toEqual(on.values);
   });
 
   test('the release framing: BOS, softmax of every row from the first caption prediction on, EOS', async () => {

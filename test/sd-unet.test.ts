@@ -107,4 +107,21 @@ test('a training forward runs frozen convolutions on packed weights, with gradie
   disposeAll([io, packed.sample, plain.sample, packed.grads, plain.grads]);
   unet.dispose();
   expect(memorySnapshot().nativePackedWeightBytes).toBe(before);
+
+  // setTrainingConvPacking(false): a training forward packs nothing (its memory back), with the same bits.
+  const other = await UNet.create(parsePythonJson(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>);
+  await other.model.loadWeights([path.join(dir, 'model.safetensors')]);
+  other.model.setTrainingConvPacking(false);
+  expect(other.model.trainingConvPacking).toBe(false);
+  expect(() => other.model.setTrainingConvPacking('no' as unknown as boolean)).toThrow(/training convolution packing/);
+  const io2 = await loadSafetensors(path.join(dir, 'io.safetensors'));
+  other.model.setTrainable([XATTN_Q]);
+  const ehs = io2['input.encoder_hidden_states'].detach();
+  ehs.requiresGrad = true;
+  const { sample } = await other.model.call('forward', { sample: io2['input.sample'], timesteps: io2['input.timesteps'], encoder_hidden_states: ehs });
+  expect(memorySnapshot().nativePackedWeightBytes).toBe(before);
+  const spec = JSON.parse(fs.readFileSync(path.join(dir, 'case.json'), 'utf8')).tensors['output.sample'];
+  expect(sample.compare(io2['output.sample'], spec.recommended_atol, spec.recommended_rtol).bad).toBe(0);
+  disposeAll([io2, ehs, sample]);
+  other.dispose();
 });

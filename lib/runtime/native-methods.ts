@@ -21,6 +21,8 @@ export interface NativeMethod<In, Options, Out> {
 export interface CommonCallOptions {
   autocast?: 'bf16' | 'fp16';
   gradient_checkpointing?: boolean;
+  /** UNet: run frozen convolutions on packed weights under autograd too (default true; see setTrainingConvPacking). */
+  training_conv_packing?: boolean;
 }
 
 /** Text inputs of the captioners' decoders (BLIP's BERT decoder, BLIP-2's OPT). */

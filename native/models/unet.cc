@@ -266,7 +266,8 @@ struct UNet : Model {
   at::Tensor forward(const at::Tensor& sample, at::Tensor t, const at::Tensor& ehs, TensorMap* inter = nullptr) {
     const auto dtype = compute_dtype(conv_in->weight);
     const int64_t B = sample.size(0);
-    PackedConvScope packed_convs(true);  // convolutions on packed weights (frozen ones only, under autograd)
+    // Convolutions on packed weights: always without autograd, with it (frozen ones only) unless the call says not.
+    PackedConvScope packed_convs(!at::GradMode::is_enabled() || training_conv_packing);
     if (sample.dim() != 4 || sample.size(1) != k.in_channels)
       throw Error("unet: sample must be [B, " + std::to_string(k.in_channels) + ", H, W], got " + shape_str(sample.sizes()));
     if (ehs.dim() != 3 || ehs.size(0) != B || ehs.size(2) != k.cross_dim[0])
@@ -313,13 +314,15 @@ struct UNet : Model {
     return conv_out(at::silu(h));
   }
 
-  // Set per call from options.gradient_checkpointing (calls on one model are serialised).
+  // Set per call from options.gradient_checkpointing / training_conv_packing (calls on one model are serialised).
   bool checkpointing = false;
+  bool training_conv_packing = true;
 
   TensorMap call(const std::string& method, const TensorMap& in, const json& o) override {
     const auto dev = device();
     const auto dtype = compute_dtype(conv_in->weight);
     checkpointing = opt<bool>(o, "gradient_checkpointing", false);
+    training_conv_packing = opt<bool>(o, "training_conv_packing", true);
     if (method == "forward") {
       TensorMap out;
       const bool want = opt<bool>(o, "intermediates", false);

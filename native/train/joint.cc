@@ -92,6 +92,7 @@ JointConfig JointConfig::from(const json& c) {
   k.vision_trainable = opt<bool>(c, "vision_trainable", false);
   k.blip_image_size = opt<int64_t>(c, "blip_image_size", k.blip_image_size);
   k.gradient_checkpointing = opt<bool>(c, "gradient_checkpointing", false);
+  k.training_conv_packing = opt<bool>(c, "training_conv_packing", true);
   // a checkpointed block recomputes its forward in backward, after a route has given the weights back their grad
   if (k.gradient_checkpointing && (k.rec_img_route != "both" || k.rec_txt_route != "both"))
     throw Error("joint step: rec_img_route / rec_txt_route other than 'both' cannot be combined with gradient checkpointing");
@@ -169,7 +170,9 @@ at::Tensor JointObjective::to_4d(const Model& m, at::Tensor x) const {
   return m.channels_last && x.dim() == 4 ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
 }
 
-json JointCallOptions(const JointConfig& cfg) { return json{{"gradient_checkpointing", cfg.gradient_checkpointing}}; }
+json JointCallOptions(const JointConfig& cfg) {
+  return json{{"gradient_checkpointing", cfg.gradient_checkpointing}, {"training_conv_packing", cfg.training_conv_packing}};
+}
 
 // BLIP's vision tower; without a graph unless it trains (its embeddings are shared by cap and recImg).
 at::Tensor JointObjective::vision_embeds(const at::Tensor& pixels) {

@@ -44,6 +44,7 @@ struct JointConfig {
   bool vision_trainable = false;
   int64_t blip_image_size = 384;
   bool gradient_checkpointing = false;
+  bool training_conv_packing = true;  // the UNet's frozen convolutions on packed weights under autograd
   int64_t latent_channels = 4, vae_factor = 8;  // the VAE's posterior channels and spatial factor
   c10::optional<at::ScalarType> autocast;
   json scheduler_config = json::object();

@@ -95,6 +95,7 @@ export class JointStep {
       vision_trainable: models.visionTrainable,
       blip_image_size: blip.imageSize,
       gradient_checkpointing: blip.model.gradientCheckpointing || sd.unet.model.gradientCheckpointing,
+      training_conv_packing: sd.unet.model.trainingConvPacking,
       autocast: blip.model.autocast,
       scheduler_config: sd.schedulerConfig,
       latent_channels: sd.vae.latentChannels,
@@ -120,7 +121,7 @@ export class JointStep {
 
   /** The objective-only step for `models` and `opts`, built once and reused (the `jointObjective` path). */
   static cached(models: JointModels, opts: ObjectiveOptions): JointStep {
-    const key = JSON.stringify([opts, models.visionTrainable, models.sd.dir, models.sd.unet.model.gradientCheckpointing, models.blip.model.autocast]);
+    const key = JSON.stringify([opts, models.visionTrainable, models.sd.dir, models.sd.unet.model.gradientCheckpointing, models.sd.unet.model.trainingConvPacking, models.blip.model.autocast]);
     let perBlip = cache.get(models.blip);
     if (!perBlip) cache.set(models.blip, (perBlip = new Map()));
     let step = perBlip.get(key);

@@ -56,6 +56,7 @@ export const DEFAULT_CONFIG: Omit<FinetuneConfig, 'blip' | 'sd' | 'annotations' 
   precision: 'fp32',
   frozenDtype: 'fp32',
   gradientCheckpointing: false,
+  trainingConvPacking: true,
   cacheLatents: false,
   prompt: BLIP_PROMPT,
 };

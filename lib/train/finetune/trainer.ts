@@ -101,6 +101,8 @@ export interface FinetuneConfig {
   frozenDtype: FrozenDtype;
   /** Recompute UNet/BLIP blocks in backward instead of keeping their activations. */
   gradientCheckpointing: boolean;
+  /** The UNet's frozen convolutions on packed weights in training too: faster, +2.0 GB for SD v1.4 (false: that memory back). */
+  trainingConvPacking: boolean;
   /** Encode each training image with the (frozen) VAE once and reuse its posterior (needs no SD crop/flip). */
   cacheLatents: boolean;
   /** BLIP's caption prefix, ignored by the loss ('a picture of ' as BLIP trains; '' for models trained without). */
@@ -267,6 +269,7 @@ export function resolveConfig(partial: Record<string, unknown>, source = 'config
     throw new RoundtripError(`${source}: frozenDtype ${c.frozenDtype}: BLIP captioners only (${c.blip} is BLIP-2)`);
   }
   expectBoolean(k('gradientCheckpointing'), c.gradientCheckpointing);
+  expectBoolean(k('trainingConvPacking'), c.trainingConvPacking);
   expectBoolean(k('cacheLatents'), c.cacheLatents);
   expectString(k('prompt'), c.prompt);
   if (c.cacheLatents && (c.sdRandomCrop || c.sdFlip)) {
@@ -407,6 +410,7 @@ export async function loadModels(c: FinetuneConfig, items?: TrainItem[]): Promis
   }
   if (bridge.clipToBlip.length !== sd.tokenizer.vocabSize) throw new RoundtripError(`bridge: ${bridge.clipToBlip.length} CLIP ids, the SD tokenizer has ${sd.tokenizer.vocabSize}`);
   for (const m of [blip.model, sd.unet.model]) m.setGradientCheckpointing(c.gradientCheckpointing);
+  sd.unet.model.setTrainingConvPacking(c.trainingConvPacking);
   if (c.precision !== 'fp32') {
     try {
       blip.model.setAutocast(c.precision);
