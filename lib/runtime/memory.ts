@@ -15,7 +15,7 @@ export interface MemorySnapshot {
   /** Native large blocks held by tensors / cached for reuse, bytes. */
   nativeLiveBytes: number;
   nativeCachedBytes: number;
-  /** Convolution weights held as oneDNN-packed copies, bytes (one per weight at inference, two under autograd). */
+  /** Convolution weights held as oneDNN-packed copies (one per weight, beside the plain one under autograd), bytes. */
   nativePackedWeightBytes: number;
 }
 

@@ -45,7 +45,7 @@ export interface NativeMemoryStats {
   hits: number;
   misses: number;
   evictions: number;
-  /** Convolution weights held as oneDNN-packed copies (inference, and frozen ones under autograd: two per weight). */
+  /** Convolution weights held as oneDNN-packed copies, one per packed weight (see setTrainingConvPacking). */
   packedWeightBytes: number;
 }
 

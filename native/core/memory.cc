@@ -244,7 +244,9 @@ void release_cached_memory() {
   malloc_trim(0);
 }
 
+namespace {
 std::atomic<int64_t> g_packed_weight_bytes{0};
+}  // namespace
 
 void note_packed_weight_bytes(int64_t delta) { g_packed_weight_bytes += delta; }
 

@@ -135,13 +135,14 @@ inline PackedConvPolicy packed_conv_policy() {
 struct PackedFrozenConvFn : torch::autograd::Function<PackedFrozenConvFn> {
   // x: [N, Cin, H, W] -> [N, Cout, H', W']
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& packed,
-                            const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const torch::nn::detail::ConvNdOptions<2>& o) {
+                            const at::Tensor& weight, const c10::optional<at::Tensor>& bias, at::IntArrayRef padding,
+                            at::IntArrayRef stride, at::IntArrayRef dilation, int64_t groups) {
     ctx->save_for_backward({x, weight});
-    ctx->saved_data["padding"] = at::IntArrayRef(*c10::get_if<torch::ExpandingArray<2>>(&o.padding())).vec();
-    ctx->saved_data["stride"] = at::IntArrayRef(o.stride()).vec();
-    ctx->saved_data["dilation"] = at::IntArrayRef(o.dilation()).vec();
-    ctx->saved_data["groups"] = o.groups();
-    return at::mkldnn_convolution(x, packed, bias, ctx->saved_data["padding"].toIntVector(), o.stride(), o.dilation(), o.groups());
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["groups"] = groups;
+    return at::mkldnn_convolution(x, packed, bias, padding, stride, dilation, groups);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     // grads[0]: [N, Cout, H', W'] -> the input's gradient [N, Cin, H, W], as libtorch's convolution computes it
@@ -150,7 +151,7 @@ struct PackedFrozenConvFn : torch::autograd::Function<PackedFrozenConvFn> {
                                dilation = ctx->saved_data["dilation"].toIntVector(), no_output_padding{0, 0};
     at::Tensor gx = std::get<0>(at::convolution_backward(grads[0], saved[0], saved[1], c10::nullopt, stride, padding, dilation,
                                                          false, no_output_padding, ctx->saved_data["groups"].toInt(), {true, false, false}));
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 #endif
@@ -173,7 +174,10 @@ struct PackedConv2d {
     const auto* pad = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
     const at::Tensor& w = c->weight;
     const bool grad = at::GradMode::is_enabled();
-    const bool frozen = !w.requires_grad() && (!c->bias.defined() || !c->bias.requires_grad());
+    // With autograd: a frozen weight and bias only, and not for a 1×1 input whose gradient is wanted (there the
+    // packed forward's bits differed from libtorch's own; a 64² image's latents reach 1×1 at the UNet's bottom).
+    const bool frozen = !w.requires_grad() && (!c->bias.defined() || !c->bias.requires_grad()) &&
+                        !(x.requires_grad() && x.dim() == 4 && x.size(2) * x.size(3) == 1);
     const PackedConvPolicy policy = packed_conv_policy();
     if (pad && packed_conv_enabled() && policy != PackedConvPolicy::off && (!grad || (frozen && policy == PackedConvPolicy::on)) &&
         c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()) && !o.transposed() && at::globalContext().userEnabledMkldnn() &&
@@ -204,9 +208,7 @@ struct PackedConv2d {
           at::NoGradGuard no_grad;  // nothing here needs a gradient
           return at::mkldnn_convolution(x, packed, bias, padding, stride, dilation, o.groups());
         }
-        // A 1×1 input keeps libtorch's path: there the packed forward's bits differed from libtorch's own (a 64² image's
-        // latents reach 1×1 at the UNet's bottom).
-        if (x.size(2) * x.size(3) > 1) return PackedFrozenConvFn::apply(x, packed, w, bias, o);
+        return PackedFrozenConvFn::apply(x, packed, w, bias, padding, stride, dilation, o.groups());
       }
     }
 #endif
