@@ -30,7 +30,8 @@ Napi::Value MemoryStatsJs(const Napi::CallbackInfo& info) {
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // Before any tensor exists: glibc thresholds and the large-block cache (core/memory.h).
-  rt::install_memory_policy();
+  const std::string memory_problem = rt::install_memory_policy();
+  if (!memory_problem.empty()) throw Napi::Error::New(env, memory_problem);
   // Default intra-op threads: all cores (libtorch 1.13 would use half).
   rt::set_default_threads(0);
   at::set_num_threads(rt::default_threads());

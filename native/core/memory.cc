@@ -1,7 +1,6 @@
 // Large CPU blocks are cached by size class and reused; see memory.h for why.
 #include "core/memory.h"
 
-#include <ATen/Parallel.h>
 #include <c10/core/CPUAllocator.h>
 #include <malloc.h>
 #include <sys/mman.h>
@@ -57,21 +56,11 @@ void* map_block(size_t size) {
   return p;
 }
 
-// Zeroes a reused block on every intra-op thread: a single-threaded memset of a UNet forward's reused blocks
-// (~3 GB) left the other core idle for ~15% of the forward. Inside a parallel region (oneDNN scratch) it runs inline.
-void zero_block(void* p, size_t bytes) {
-  constexpr size_t kChunk = size_t(1) << 20;
-  const int64_t chunks = static_cast<int64_t>((bytes + kChunk - 1) / kChunk);
-  if (chunks < 4 || at::in_parallel_region() || at::get_num_threads() < 2) {
-    std::memset(p, 0, bytes);
-    return;
-  }
-  char* base = static_cast<char*>(p);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    const size_t lo = static_cast<size_t>(begin) * kChunk, hi = std::min(bytes, static_cast<size_t>(end) * kChunk);
-    std::memset(base + lo, 0, hi - lo);
-  });
-}
+// ROUNDTRIP_CACHE_PERTURB=<1..255>: every large block handed out (fresh or reused) is filled with this byte, as
+// glibc's MALLOC_PERTURB_ does for small ones. A reused block is otherwise handed out as its last user left it, as
+// PyTorch's own allocators do; a result that changes under perturbation reads memory it has not written
+// (test/memory-cache.test.ts holds the joint step to that).
+int g_perturb = 0;
 
 struct FreeBlock {
   void* ptr;
@@ -144,11 +133,7 @@ class CachingCpuAllocator final : public at::Allocator {
       }
     }
     if (reused.ptr) {
-      // A reused block reads as a freshly mapped one (zeros), as every large block did before this cache:
-      // results must not depend on what an earlier call left in memory (a resumed run in a new process has to
-      // repeat an in-process run bit for bit). One memset of warm pages costs far less than faulting them in.
-      // Outside the lock: the block is already ours.
-      zero_block(reused.ptr, std::min(reused.size, (n + 4095) / 4096 * 4096));
+      if (g_perturb) std::memset(reused.ptr, g_perturb, reused.size);  // outside the lock: the block is ours
       return reused.ptr;
     }
     {
@@ -168,6 +153,7 @@ class CachingCpuAllocator final : public at::Allocator {
     for (auto& b : drop) munmap(b.ptr, b.size);
     void* p = map_block(want);
     if (!p) throw Error("out of memory: cannot map " + std::to_string(want >> 20) + " MiB for a tensor");
+    if (g_perturb) std::memset(p, g_perturb, want);
     std::lock_guard<std::mutex> lock(mu_);
     live_[p] = want;
     stats_.live_bytes += want;
@@ -221,13 +207,22 @@ std::once_flag g_installed;
 
 }  // namespace
 
-void install_memory_policy() {
-  std::call_once(g_installed, [] {
+std::string install_memory_policy() {
+  std::string problem;
+  std::call_once(g_installed, [&] {
     // ROUNDTRIP_MEMORY_POLICY=off leaves glibc's defaults and libtorch's allocator (for A/B measurements).
     const char* env = std::getenv("ROUNDTRIP_MEMORY_POLICY");
     if (env && std::string(env) == "off") return;
     const char* huge = std::getenv("ROUNDTRIP_HUGE_PAGES");
     g_huge_pages = !(huge && std::string(huge) == "off");
+    if (const char* perturb = std::getenv("ROUNDTRIP_CACHE_PERTURB")) {
+      char* end = nullptr;
+      const long v = std::strtol(perturb, &end, 0);
+      if (*perturb && !*end && v >= 0 && v <= 255)
+        g_perturb = static_cast<int>(v);
+      else
+        problem = std::string("ROUNDTRIP_CACHE_PERTURB: expected a byte value 0-255 (e.g. 113 or 0x71), got '") + perturb + "'";
+    }
     // Small blocks (and oneDNN's own buffers) stay in glibc: keep blocks up to 32 MiB out of mmap, and keep up to
     // 64 MiB of freed heap top instead of trimming it after every call.
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
@@ -237,6 +232,7 @@ void install_memory_policy() {
     CachingCpuAllocator::instance = new CachingCpuAllocator(c10::GetCPUAllocator());
     c10::SetCPUAllocator(CachingCpuAllocator::instance, /*priority=*/1);
   });
+  return problem;
 }
 
 void release_cached_memory() {
