@@ -1,7 +1,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { native } from '../lib/runtime/native';
+import { spawnSync } from 'child_process';
+import { OPENBLAS_THREAD_TIMEOUT, native } from '../lib/runtime/native';
 import { Tensor, scope, noGrad, liveTensors, keep, disposeAll } from '../lib/runtime/tensor';
 import { loadSafetensors, readSafetensorsHeader } from '../lib/weights/safetensors';
 import { REFERENCE } from './support/paths';
@@ -19,6 +20,27 @@ describe('addon', () => {
     expect(native().getNumThreads()).toBe(1);
     native().setNumThreads(before);
     expect(() => native().setNumThreads(0)).toThrow(/threads: expected an integer >= 1/);
+  });
+
+  test("OpenBLAS's idle spin is shortened before the addon loads it; a user's own value is kept", () => {
+    const loadAndPrint = (env: Record<string, string | undefined>) => {
+      const r = spawnSync(process.execPath, ['-e', "require('./dist/runtime/native').native(); process.stdout.write(String(process.env.OPENBLAS_THREAD_TIMEOUT))"], {
+        cwd: path.join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, OPENBLAS_THREAD_TIMEOUT: undefined, ...env },
+      });
+      expect(r.status).toBe(0);
+      return r.stdout;
+    };
+    expect(loadAndPrint({})).toBe(String(OPENBLAS_THREAD_TIMEOUT));
+    expect(loadAndPrint({ OPENBLAS_THREAD_TIMEOUT: '7' })).toBe('7');
+  });
+
+  test('a bad ROUNDTRIP_THREADS is named as such, not as a build problem', () => {
+    const r = spawnSync(process.execPath, ['-e', "require('./dist/runtime/native').native()"], {
+      cwd: path.join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, ROUNDTRIP_THREADS: 'many' },
+    });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('roundtrip: ROUNDTRIP_THREADS: expected an integer >= 1, got "many"');
+    expect(r.stderr).not.toContain('could not be loaded');
   });
 });
 

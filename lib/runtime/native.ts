@@ -216,10 +216,17 @@ export interface NativeJointStepHandle {
 
 let addon: NativeAddon | undefined;
 
+/** log2 of the cycles an idle OpenBLAS worker spins before it sleeps (OpenBLAS's default: 28). */
+export const OPENBLAS_THREAD_TIMEOUT = 18;
+
 /** The addon; built by `npm install` (cmake-js) into build/Release. */
 export function native(): NativeAddon {
   if (!addon) {
     const root = PACKAGE_ROOT;
+    // OpenBLAS (Debian's libblas.so.3 here) keeps its worker threads spinning on sched_yield for ~2^28 cycles after
+    // each product; between products they then take CPU from the oneDNN/OpenMP threads doing the convolutions
+    // beside them. It reads this variable once, when the addon's libtorch loads it. A user's value stands.
+    if (process.env.OPENBLAS_THREAD_TIMEOUT === undefined) process.env.OPENBLAS_THREAD_TIMEOUT = String(OPENBLAS_THREAD_TIMEOUT);
     try {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
       addon = require('node-gyp-build')(root) as NativeAddon;
@@ -232,6 +239,8 @@ export function native(): NativeAddon {
       }
     } catch (err) {
       const why = err instanceof Error ? err.message : String(err);
+      // A bad ROUNDTRIP_* variable is the user's to fix, not the build's.
+      if (/^ROUNDTRIP_[A-Z_]+: /.test(why)) throw new Error(`roundtrip: ${why}`);
       throw new Error(
         `roundtrip: the native addon could not be loaded (${why}). Build it with \`npm run build:native\` ` +
           '(needs libtorch: `sudo apt-get install -y libtorch-dev nlohmann-json3-dev`, or LIBTORCH=/path/to/libtorch).',
