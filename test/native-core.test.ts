@@ -34,6 +34,28 @@ describe('addon', () => {
     expect(loadAndPrint({ OPENBLAS_THREAD_TIMEOUT: '7' })).toBe('7');
   });
 
+  test('denormal floats are flushed to zero (FTZ + DAZ) unless ROUNDTRIP_FLUSH_DENORMAL=off; other values are refused', () => {
+    const script = "const { Tensor } = require('./dist/runtime/tensor'); process.stdout.write(String(Tensor.fromTypedArray(new Float32Array([1e-39, 3]), [2]).mul(1).toFloat32Array()[0]))";
+    const child = (value: string | undefined) => spawnSync(process.execPath, ['-e', script], {
+      cwd: path.join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, ROUNDTRIP_FLUSH_DENORMAL: value },
+    });
+    // In this process (default on): the denormal operand reads as 0.
+    const x = Tensor.fromTypedArray(new Float32Array([1e-39, 3]), [2]);
+    const y = x.mul(1);
+    expect(Array.from(y.toFloat32Array())).toEqual([0, 3]);
+    disposeAll([x, y]);
+    // JavaScript's own arithmetic on this thread keeps IEEE denormals: the mode is the op's, not the thread's.
+    const tiny = Number('5e-324');
+    expect(tiny * 3).toBe(Number('1.5e-323'));
+    expect(child(undefined).stdout).toBe('0');
+    const off = child('off');
+    expect(off.status).toBe(0);
+    expect(Number(off.stdout)).toBeCloseTo(1e-39, 44);
+    const bad = child('sometimes');
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toContain("roundtrip: ROUNDTRIP_FLUSH_DENORMAL: expected on or off, got 'sometimes'");
+  });
+
   test('a bad ROUNDTRIP_THREADS is named as such, not as a build problem', () => {
     const r = spawnSync(process.execPath, ['-e', "require('./dist/runtime/native').native()"], {
       cwd: path.join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, ROUNDTRIP_THREADS: 'many' },

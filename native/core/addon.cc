@@ -33,6 +33,11 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   const std::string memory_problem = rt::install_memory_policy();
   if (!memory_problem.empty()) throw Napi::Error::New(env, memory_problem);
   // Default intra-op threads: all cores (libtorch 1.13 would use half).
+  try {
+    rt::flush_denormal_enabled();  // a bad ROUNDTRIP_FLUSH_DENORMAL fails the load, not a later call
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
   rt::set_default_threads(0);
   at::set_num_threads(rt::default_threads());
   // Full fp32 in cuDNN convolutions, as the reference numbers assume (PyTorch enables TF32 there).

@@ -2,7 +2,16 @@
 
 #include "core/reduced_weights.h"
 
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
+
 #include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <string>
 #include <thread>
 
 namespace rt {
@@ -111,6 +120,44 @@ int default_threads() {
   if (n <= 0) n = std::max(1u, std::thread::hardware_concurrency());
   return n;
 }
+bool flush_denormal_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("ROUNDTRIP_FLUSH_DENORMAL");
+    const std::string v = e ? e : "on";
+    if (v != "on" && v != "off") throw Error("ROUNDTRIP_FLUSH_DENORMAL: expected on or off, got '" + v + "'");
+    return v == "on";
+  }();
+  return on;
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+namespace {
+constexpr unsigned kFtzDaz = 0x8040;  // MXCSR flush-to-zero (bit 15) and denormals-are-zero (bit 6)
+}
+
+FlushDenormalScope::FlushDenormalScope() : previous_(_mm_getcsr()) {
+  if (!flush_denormal_enabled()) return;
+  _mm_setcsr(previous_ | kFtzDaz);
+  // Threads libtorch computes on besides this one: this thread's OpenMP team (its threads run nothing but
+  // libtorch's parallel regions, so they keep the flags; threads created later copy them from the flagged master)
+  // and, once per process, OpenBLAS's workers, which OpenBLAS made when libtorch loaded it. Those are shut down
+  // (`blas_thread_shutdown_`, what OpenBLAS's own fork handler calls) and re-created by OpenBLAS on its next
+  // threaded product, from a thread inside such a scope, whose flags they copy.
+  thread_local bool team_flagged = false;
+  if (!team_flagged && !at::in_parallel_region()) {
+    team_flagged = true;
+    at::parallel_for(0, at::get_num_threads(), 1, [](int64_t, int64_t) { _mm_setcsr(_mm_getcsr() | kFtzDaz); });
+    static std::once_flag blas_restart;
+    std::call_once(blas_restart, [] {
+      using Shutdown = int (*)();
+      if (auto shutdown = reinterpret_cast<Shutdown>(dlsym(RTLD_DEFAULT, "blas_thread_shutdown_"))) shutdown();
+    });
+  }
+}
+
+FlushDenormalScope::~FlushDenormalScope() { _mm_setcsr(previous_); }
+#endif
+
 void apply_threads() {
   const int n = default_threads();
   if (t_applied != n) {

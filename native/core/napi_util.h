@@ -122,6 +122,7 @@ class Worker : public Napi::AsyncWorker {
  private:
   void run() {
     apply_threads();
+    FlushDenormalScope float_mode;
     at::AutoGradMode grad(grad_);
     finish_ = work_();
   }
@@ -201,6 +202,7 @@ class ProgressWorker : public Napi::AsyncProgressQueueWorker<std::pair<int64_t, 
  private:
   void run(std::function<void(int64_t, int64_t)> report) {
     apply_threads();
+    FlushDenormalScope float_mode;
     at::AutoGradMode grad(grad_);
     CallContext ctx = ctx_;
     if (!on_step_.IsEmpty()) ctx.progress = std::move(report);

@@ -62,6 +62,7 @@ std::vector<int64_t> dims_of(const json& a, const char* key) {
 // op(name, tensors[], argsJson) -> Tensor | number
 Napi::Value Op(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
+    FlushDenormalScope float_mode;  // restored before V8 computes again on this thread
     const std::string name = arg_string(info, 0, "op");
     if (!info[1].IsArray()) throw Napi::TypeError::New(info.Env(), name + ": expected an array of tensors");
     Napi::Array ts = info[1].As<Napi::Array>();
