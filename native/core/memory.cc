@@ -56,7 +56,7 @@ void* map_block(size_t size) {
   return p;
 }
 
-// ROUNDTRIP_CACHE_PERTURB=<1..255>: every large block handed out (fresh or reused) is filled with this byte, as
+// ROUNDTRIP_CACHE_PERTURB=<1..255> (0: off): every large block handed out (fresh or reused) is filled with this byte, as
 // glibc's MALLOC_PERTURB_ does for small ones. A reused block is otherwise handed out as its last user left it, as
 // PyTorch's own allocators do; a result that changes under perturbation reads memory it has not written
 // (test/memory-cache.test.ts holds the joint step to that).
