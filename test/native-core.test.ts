@@ -56,6 +56,14 @@ describe('addon', () => {
     expect(bad.stderr).toContain("roundtrip: ROUNDTRIP_FLUSH_DENORMAL: expected on or off, got 'sometimes'");
   });
 
+  test('a diagnostic variable with a value outside its choices fails the load, naming it and the choices', () => {
+    const r = spawnSync(process.execPath, ['-e', "require('./dist/runtime/native').native()"], {
+      cwd: path.join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, ROUNDTRIP_MEMORY_POLICY: 'Off' },
+    });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain("roundtrip: ROUNDTRIP_MEMORY_POLICY: expected on or off, got 'Off'");
+  });
+
   test('a bad ROUNDTRIP_THREADS is named as such, not as a build problem', () => {
     const r = spawnSync(process.execPath, ['-e', "require('./dist/runtime/native').native()"], {
       cwd: path.join(__dirname, '..'), encoding: 'utf8', env: { ...process.env, ROUNDTRIP_THREADS: 'many' },

@@ -29,15 +29,15 @@ Napi::Value MemoryStatsJs(const Napi::CallbackInfo& info) {
 }  // namespace rt
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  // Before any tensor exists: glibc thresholds and the large-block cache (core/memory.h).
-  const std::string memory_problem = rt::install_memory_policy();
-  if (!memory_problem.empty()) throw Napi::Error::New(env, memory_problem);
-  // Default intra-op threads: all cores (libtorch 1.13 would use half).
+  // A bad diagnostic variable fails the load, naming it, not a later call.
   try {
-    rt::flush_denormal_enabled();  // a bad ROUNDTRIP_FLUSH_DENORMAL fails the load, not a later call
+    // Before any tensor exists: glibc thresholds and the large-block cache (core/memory.h).
+    rt::install_memory_policy();
+    rt::flush_denormal_enabled();
   } catch (const std::exception& e) {
     throw Napi::Error::New(env, e.what());
   }
+  // Default intra-op threads: all cores (libtorch 1.13 would use half).
   rt::set_default_threads(0);
   at::set_num_threads(rt::default_threads());
   // Full fp32 in cuDNN convolutions, as the reference numbers assume (PyTorch enables TF32 there).

@@ -120,13 +120,19 @@ int default_threads() {
   if (n <= 0) n = std::max(1u, std::thread::hardware_concurrency());
   return n;
 }
+std::string env_choice(const char* name, const std::vector<std::string>& allowed) {
+  const char* e = std::getenv(name);
+  if (!e) return allowed.front();
+  for (const auto& a : allowed)
+    if (a == e) return a;
+  std::string choices;
+  for (size_t i = 0; i < allowed.size(); ++i)
+    choices += (i == 0 ? "" : i + 1 == allowed.size() ? " or " : ", ") + allowed[i];
+  throw Error(std::string(name) + ": expected " + choices + ", got '" + e + "'");
+}
+
 bool flush_denormal_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("ROUNDTRIP_FLUSH_DENORMAL");
-    const std::string v = e ? e : "on";
-    if (v != "on" && v != "off") throw Error("ROUNDTRIP_FLUSH_DENORMAL: expected on or off, got '" + v + "'");
-    return v == "on";
-  }();
+  static const bool on = env_choice("ROUNDTRIP_FLUSH_DENORMAL", {"on", "off"}) == "on";
   return on;
 }
 

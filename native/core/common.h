@@ -37,6 +37,9 @@ std::string device_name(const at::Device& d);
 // Intra-op threads for native work (libtorch sets them per calling thread).
 void set_default_threads(int n);
 int default_threads();
+// A diagnostic ROUNDTRIP_* variable: its value if it is one of `allowed`, the first of them if it is unset;
+// any other value throws, naming the variable and the choices.
+std::string env_choice(const char* name, const std::vector<std::string>& allowed);
 // Applies the configured thread count to the calling (worker) thread.
 void apply_threads();
 // While alive, denormal floats are flushed to zero (x86 FTZ + DAZ) on this thread; its previous mode is back after,

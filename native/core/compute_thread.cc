@@ -1,6 +1,8 @@
 // See compute_thread.h for why every call's work runs on one thread.
 #include "core/compute_thread.h"
 
+#include "core/common.h"
+
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -57,10 +59,7 @@ class ComputeThread {
 }  // namespace
 
 bool compute_thread_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("ROUNDTRIP_MEMORY_POLICY");
-    return !(env && std::string(env) == "off");
-  }();
+  static const bool on = env_choice("ROUNDTRIP_MEMORY_POLICY", {"on", "off"}) == "on";
   return on;
 }
 

@@ -207,21 +207,17 @@ std::once_flag g_installed;
 
 }  // namespace
 
-std::string install_memory_policy() {
-  std::string problem;
-  std::call_once(g_installed, [&] {
+void install_memory_policy() {
+  std::call_once(g_installed, [] {
     // ROUNDTRIP_MEMORY_POLICY=off leaves glibc's defaults and libtorch's allocator (for A/B measurements).
-    const char* env = std::getenv("ROUNDTRIP_MEMORY_POLICY");
-    if (env && std::string(env) == "off") return;
-    const char* huge = std::getenv("ROUNDTRIP_HUGE_PAGES");
-    g_huge_pages = !(huge && std::string(huge) == "off");
+    if (env_choice("ROUNDTRIP_MEMORY_POLICY", {"on", "off"}) == "off") return;
+    g_huge_pages = env_choice("ROUNDTRIP_HUGE_PAGES", {"on", "off"}) == "on";
     if (const char* perturb = std::getenv("ROUNDTRIP_CACHE_PERTURB")) {
       char* end = nullptr;
       const long v = std::strtol(perturb, &end, 0);
-      if (*perturb && !*end && v >= 0 && v <= 255)
-        g_perturb = static_cast<int>(v);
-      else
-        problem = std::string("ROUNDTRIP_CACHE_PERTURB: expected a byte value 0-255 (e.g. 113 or 0x71), got '") + perturb + "'";
+      if (!*perturb || *end || v < 0 || v > 255)
+        throw Error(std::string("ROUNDTRIP_CACHE_PERTURB: expected a byte value 0-255 (e.g. 113 or 0x71), got '") + perturb + "'");
+      g_perturb = static_cast<int>(v);
     }
     // Small blocks (and oneDNN's own buffers) stay in glibc: keep blocks up to 32 MiB out of mmap, and keep up to
     // 64 MiB of freed heap top instead of trimming it after every call.
@@ -232,7 +228,6 @@ std::string install_memory_policy() {
     CachingCpuAllocator::instance = new CachingCpuAllocator(c10::GetCPUAllocator());
     c10::SetCPUAllocator(CachingCpuAllocator::instance, /*priority=*/1);
   });
-  return problem;
 }
 
 void release_cached_memory() {

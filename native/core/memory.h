@@ -8,14 +8,12 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <string>
 
 namespace rt {
 
 // Installs both at addon load: mallopt thresholds (small blocks, oneDNN scratch) and the caching CPU allocator
-// (ATen blocks >= kLargeBlock). Idempotent. Returns "" or what is wrong with a diagnostic variable (the addon's
-// load then fails with it).
-std::string install_memory_policy();
+// (ATen blocks >= kLargeBlock). Idempotent. Throws, naming it, on a bad diagnostic variable.
+void install_memory_policy();
 
 // Returns every cached (free) large block to the system and restarts the cache budget from the live bytes. Live tensors are untouched.
 // Called between phases whose block sizes differ (e.g. after sampling, before the VAE decode) and on demand.

@@ -120,12 +120,8 @@ struct PackedConvScope {
 enum class PackedConvPolicy { on, inference, off };
 inline PackedConvPolicy packed_conv_policy() {
   static const PackedConvPolicy p = [] {
-    const char* e = std::getenv("ROUNDTRIP_PACKED_CONV");
-    const std::string v = e ? e : "on";
-    if (v == "off") return PackedConvPolicy::off;
-    if (v == "inference") return PackedConvPolicy::inference;
-    if (v != "on") throw Error("ROUNDTRIP_PACKED_CONV: expected on, inference or off, got '" + v + "'");
-    return PackedConvPolicy::on;
+    const std::string v = env_choice("ROUNDTRIP_PACKED_CONV", {"on", "inference", "off"});
+    return v == "off" ? PackedConvPolicy::off : v == "inference" ? PackedConvPolicy::inference : PackedConvPolicy::on;
   }();
   return p;
 }

@@ -84,22 +84,17 @@ UNetConfig read_unet_config(const json& c) {
 // CrossAttnDownBlock2D / DownBlock2D.
 // Resnet and transformer calls; with checkpointing their activations are recomputed in backward, where the
 // forward's PackedConvScope is gone: the recomputation opens its own, so both passes run the same convolutions.
-at::Tensor run_resnet(ResnetBlock2D r, const at::Tensor& h, const at::Tensor& temb, bool ckpt) {
-  if (!ckpt) return r->forward(h, temb);
+template <class Block>
+at::Tensor run_block(Block b, const at::Tensor& h, const at::Tensor& cond, bool ckpt) {
+  if (!ckpt) return b->forward(h, cond);
   const bool packed = packed_conv_enabled();
-  return rt::nn::checkpoint([r, packed](const std::vector<at::Tensor>& v) mutable {
+  return rt::nn::checkpoint([b, packed](const std::vector<at::Tensor>& v) mutable {
     PackedConvScope scope(packed);
-    return r->forward(v[0], v[1]);
-  }, {h, temb});
+    return b->forward(v[0], v[1]);
+  }, {h, cond});
 }
-at::Tensor run_transformer(Transformer2D a, const at::Tensor& h, const at::Tensor& ehs, bool ckpt) {
-  if (!ckpt) return a->forward(h, ehs);
-  const bool packed = packed_conv_enabled();
-  return rt::nn::checkpoint([a, packed](const std::vector<at::Tensor>& v) mutable {
-    PackedConvScope scope(packed);
-    return a->forward(v[0], v[1]);
-  }, {h, ehs});
-}
+at::Tensor run_resnet(ResnetBlock2D r, const at::Tensor& h, const at::Tensor& temb, bool ckpt) { return run_block(r, h, temb, ckpt); }
+at::Tensor run_transformer(Transformer2D a, const at::Tensor& h, const at::Tensor& ehs, bool ckpt) { return run_block(a, h, ehs, ckpt); }
 
 struct DownBlockImpl : torch::nn::Module {
   std::vector<ResnetBlock2D> resnets;
